@@ -1,1 +1,46 @@
-"""pocketserver."""
+"""Async orchestration over storage and the protocol core.
+
+:func:`build_services` wires every service explicitly; each receives what it uses.
+There is no god object: :class:`Services` is only the bag the API layer reads from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pocketserver.config import Config
+from pocketserver.services.auth import AuthService
+from pocketserver.services.clock import Clock
+from pocketserver.services.notifier import Notifier
+from pocketserver.services.server_keys import ServerSigningKey
+from pocketserver.storage.database import Database
+
+
+@dataclass
+class Services:
+    config: Config
+    db: Database
+    signing_key: ServerSigningKey
+    clock: Clock
+    notifier: Notifier
+    auth: AuthService
+    # Background tasks each service wants run in the root nursery: (name, async fn).
+    background: list[Any]
+
+
+def build_services(
+    config: Config, db: Database, signing_key: ServerSigningKey, clock: Clock | None = None
+) -> Services:
+    clock = clock or Clock()
+    notifier = Notifier()
+    auth = AuthService(db, clock)
+    return Services(
+        config=config,
+        db=db,
+        signing_key=signing_key,
+        clock=clock,
+        notifier=notifier,
+        auth=auth,
+        background=[],
+    )

@@ -1,0 +1,3 @@
+from pocketserver.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""What every route module needs: the services, JSON in and out, the requester.
+
+Route handlers stay thin: parse with these helpers, call one service, answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from quart import Response, current_app, request
+
+from pocketserver.errors import BadJson, InvalidParam, MissingParam, NotJson, TooLarge
+from pocketserver.protocol.canonical_json import CanonicalJsonError, JsonParseError, parse_json
+from pocketserver.services import Services
+from pocketserver.services.auth import Requester
+
+MAX_JSON_BODY = 8 * 1024 * 1024
+
+
+def services() -> Services:
+    return current_app.extensions["pocketserver"]  # type: ignore[no-any-return]
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    resp = Response(data, status=status, content_type="application/json")
+    if headers:
+        for k, v in headers.items():
+            resp.headers[k] = v
+    return resp
+
+
+async def read_body(limit: int = MAX_JSON_BODY) -> bytes:
+    """The request body, refusing with M_TOO_LARGE once it passes ``limit`` bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise TooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.body:
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(*, allow_empty: bool = False, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+    """The request body as a JSON object, or M_NOT_JSON / M_BAD_JSON."""
+    raw = await read_body(limit)
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise NotJson("Request body is empty; expected a JSON object")
+    try:
+        value = parse_json(raw)
+    except (JsonParseError, CanonicalJsonError) as e:
+        raise NotJson(f"Content not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise BadJson("Expected a JSON object")
+    return value
+
+
+def get_str(body: Mapping[str, Any], key: str, *, required: bool = False, default: str | None = None) -> str | None:
+    v = body.get(key)
+    if v is None:
+        if required:
+            raise MissingParam(f"Missing {key!r}")
+        return default
+    if not isinstance(v, str):
+        raise BadJson(f"{key!r} must be a string")
+    return v
+
+
+def get_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    v = body.get(key, default)
+    if not isinstance(v, bool):
+        raise BadJson(f"{key!r} must be a boolean")
+    return v
+
+
+def get_int(body: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
+    v = body.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadJson(f"{key!r} must be an integer")
+    return v
+
+
+def get_dict(body: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any] | None:
+    v = body.get(key)
+    if v is None:
+        if required:
+            raise MissingParam(f"Missing {key!r}")
+        return None
+    if not isinstance(v, dict):
+        raise BadJson(f"{key!r} must be an object")
+    return v
+
+
+def query_int(name: str, default: int | None = None, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise InvalidParam(f"{name!r} must be an integer") from None
+    if minimum is not None and v < minimum:
+        raise InvalidParam(f"{name!r} must be at least {minimum}")
+    if maximum is not None:
+        v = min(v, maximum)
+    return v
+
+
+def query_bool(name: str, default: bool = False) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if raw in ("true", "1"):
+        return True
+    if raw in ("false", "0"):
+        return False
+    raise InvalidParam(f"{name!r} must be true or false")
+
+
+def access_token_from_request() -> str | None:
+    auth = request.headers.get("Authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    return request.args.get("access_token") or None
+
+
+async def require_auth(*, allow_guest: bool = False, allow_locked: bool = False) -> Requester:
+    """The authenticated requester, or M_MISSING_TOKEN / M_UNKNOWN_TOKEN."""
+    svc = services()
+    return await svc.auth.authenticate(
+        access_token_from_request(),
+        allow_guest=allow_guest,
+        ip=request.remote_addr,
+        user_agent=request.headers.get("User-Agent"),
+    )
+
+
+async def optional_auth() -> Requester | None:
+    if access_token_from_request() is None:
+        return None
+    return await require_auth(allow_guest=True)

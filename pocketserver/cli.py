@@ -1,0 +1,169 @@
+"""The ``pocketserver`` command: ``main(argv) -> int``.
+
+``pocketserver`` with no arguments serves a working homeserver on localhost.
+Subcommands: serve, init, register-user, create-registration-token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pocketserver.config import EXAMPLE_CONFIG, Config, ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pocketserver", description="A complete, light Matrix homeserver in one SQLite file."
+    )
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--data-dir", metavar="DIR", help="folder for the database and keys")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the homeserver (the default)")
+    init = sub.add_parser("init", help="write a commented example configuration")
+    init.add_argument("path", nargs="?", default="pocketserver.toml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    reg = sub.add_parser("register-user", help="create a local user")
+    reg.add_argument("name", help="localpart (alice) or full user ID (@alice:server)")
+    reg.add_argument("--admin", action="store_true", help="make the user a server admin")
+    reg.add_argument("--password-file", metavar="F", help="read the password from a file ('-': stdin)")
+    tok = sub.add_parser("create-registration-token", help="create a registration token")
+    tok.add_argument("token", nargs="?", help="the token (random if omitted)")
+    tok.add_argument("--uses", type=int, default=None, help="how many registrations it allows")
+    return p
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    return load_config(args.config, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            return _init(args)
+        cfg = _load(args)
+        logging.basicConfig(
+            level=cfg.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if args.command in (None, "serve"):
+            return _serve(cfg)
+        if args.command == "register-user":
+            return _register_user(cfg, args)
+        if args.command == "create-registration-token":
+            return _create_token(cfg, args)
+    except ConfigError as e:
+        print(f"pocketserver: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        print(f"pocketserver: {path} exists (use --force to overwrite)", file=sys.stderr)
+        return 1
+    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    print(f"wrote {path}; start with: pocketserver --config {path}")
+    return 0
+
+
+def _serve(cfg: Config) -> int:
+    import trio
+
+    from pocketserver.server import run_server
+
+    try:
+        trio.run(run_server, cfg)
+    except OSError as e:
+        print(f"pocketserver: cannot start: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _register_user(cfg: Config, args: argparse.Namespace) -> int:
+    from pocketserver.protocol.identifiers import InvalidIdentifier, UserID, is_valid_localpart
+    from pocketserver.server import prepare
+    from pocketserver.services.clock import Clock
+    from pocketserver.services.passwords import hash_password_sync
+    from pocketserver.storage import accounts
+
+    name: str = args.name
+    if name.startswith("@"):
+        try:
+            uid = UserID.parse(name)
+        except InvalidIdentifier as e:
+            print(f"pocketserver: {e}", file=sys.stderr)
+            return 1
+        if uid.domain != cfg.server_name:
+            print(f"pocketserver: {name} is not on this server ({cfg.server_name})", file=sys.stderr)
+            return 1
+        localpart = uid.localpart
+    else:
+        localpart = name
+    if not is_valid_localpart(localpart):
+        print(
+            "pocketserver: a user name may contain only a-z, 0-9, and . _ = - /",
+            file=sys.stderr,
+        )
+        return 1
+    if args.password_file:
+        if args.password_file == "-":
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for @{localpart}:{cfg.server_name}: ")
+        if password != getpass.getpass("Again: "):
+            print("pocketserver: the passwords differ", file=sys.stderr)
+            return 1
+    if not password:
+        print("pocketserver: the password is empty", file=sys.stderr)
+        return 1
+    user_id = f"@{localpart}:{cfg.server_name}"
+    db, _key, _notes = prepare(cfg)
+    try:
+        pw_hash = hash_password_sync(password)
+        created = db.write_sync(
+            accounts.insert_user, user_id, pw_hash, Clock().time_ms(), is_admin=args.admin
+        )
+    finally:
+        db.close()
+    if not created:
+        print(f"pocketserver: {user_id} already exists", file=sys.stderr)
+        return 1
+    print(f"created {user_id}{' (admin)' if args.admin else ''}")
+    return 0
+
+
+def _create_token(cfg: Config, args: argparse.Namespace) -> int:
+    import secrets
+
+    from pocketserver.server import prepare
+    from pocketserver.storage import accounts
+
+    token = args.token or secrets.token_urlsafe(12)
+    db, _key, _notes = prepare(cfg)
+    try:
+        ok = db.write_sync(accounts.insert_registration_token, token, args.uses, None)
+    finally:
+        db.close()
+    if not ok:
+        print(f"pocketserver: token {token!r} exists", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

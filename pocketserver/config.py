@@ -1,0 +1,374 @@
+"""Configuration: frozen dataclasses loaded from TOML, with zero-config defaults.
+
+``load_config(None)`` gives a working localhost server; ``load_config(path)`` reads a
+TOML file in which every key is optional. Unknown keys and wrong types raise
+:class:`ConfigError` naming the key (``listeners[1].port``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    address: str = "127.0.0.1"
+    port: int = 8008
+    tls: bool = False
+    # With tls = true and no paths, the server's own self-signed certificate is used.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Which APIs this listener serves: "client" (client API, media, .well-known) and
+    # "federation" (federation API and /_matrix/key).
+    resources: tuple[str, ...] = ("client", "federation")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationConfig:
+    # "open" (no verification), "token" (m.login.registration_token), or "closed".
+    # Empty means: open while every listener is on loopback, closed otherwise.
+    mode: str = ""
+    allow_guests: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitsConfig:
+    enabled: bool = True
+    messages: RateLimit = RateLimit(10.0, 50)
+    login: RateLimit = RateLimit(1.0, 10)
+    registration: RateLimit = RateLimit(1.0, 10)
+    to_device: RateLimit = RateLimit(50.0, 500)
+    media_upload: RateLimit = RateLimit(2.0, 20)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    max_upload_size: int = 100 * 1024 * 1024
+    # Unauthenticated /_matrix/media/v3 download/thumbnail: frozen as the spec allows.
+    legacy_unauthenticated: bool = False
+    per_user_quota: int = 0  # bytes; 0 = unlimited
+    url_preview_enabled: bool = True
+    # Addresses URL previews may fetch besides public ones (CIDR); tests add 127.0.0.0/8.
+    url_preview_ip_allowlist: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    enabled: bool = True
+    verify_tls: bool = True
+    extra_ca_file: str = ""
+    # Private/loopback ranges outbound requests may reach (for loopback testing).
+    allowed_ip_ranges: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WellKnownConfig:
+    # Served at /.well-known/matrix/server as {"m.server": ...} when set.
+    server: str = ""
+    # Served at /.well-known/matrix/client as m.homeserver.base_url; defaults to public_baseurl.
+    client_base_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    uris: tuple[str, ...] = ()
+    shared_secret: str = ""
+    lifetime_seconds: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    # Number of events kept decoded in memory.
+    event_cache_size: int = 2000
+    # Number of state snapshots kept in memory.
+    state_cache_size: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server_name: str = "localhost"
+    public_baseurl: str = ""
+    data_dir: str = ""
+    database_path: str = ""
+    signing_key_path: str = ""
+    tls_cert_path: str = ""
+    tls_key_path: str = ""
+    log_level: str = "info"
+    listeners: tuple[ListenerConfig, ...] = (
+        ListenerConfig(),
+        ListenerConfig(port=8448, tls=True, resources=("federation",)),
+    )
+    registration: RegistrationConfig = RegistrationConfig()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
+    media: MediaConfig = MediaConfig()
+    federation: FederationConfig = FederationConfig()
+    well_known: WellKnownConfig = WellKnownConfig()
+    turn: TurnConfig = TurnConfig()
+    caches: CacheConfig = CacheConfig()
+    # Users created by `register-user --admin` may use the admin API.
+    max_event_size: int = 65536
+
+    # -- derived ------------------------------------------------------------
+
+    @property
+    def registration_mode(self) -> str:
+        if self.registration.mode:
+            return self.registration.mode
+        return "open" if all(_is_loopback(lst.address) for lst in self.listeners) else "closed"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_baseurl:
+            return self.public_baseurl.rstrip("/") + "/"
+        for lst in self.listeners:
+            if "client" in lst.resources:
+                scheme = "https" if lst.tls else "http"
+                host = lst.address
+                if host in ("0.0.0.0", "::"):
+                    host = "localhost"
+                elif ":" in host:
+                    host = f"[{host}]"
+                return f"{scheme}://{host}:{lst.port}/"
+        return f"https://{self.server_name}/"
+
+    def path(self, name: str) -> Path:
+        """Resolve one of the file paths (database, signing key, TLS) with defaults."""
+        explicit = {
+            "database": self.database_path,
+            "signing_key": self.signing_key_path,
+            "tls_cert": self.tls_cert_path,
+            "tls_key": self.tls_key_path,
+        }[name]
+        if explicit:
+            return Path(explicit).expanduser()
+        default = {
+            "database": "homeserver.db",
+            "signing_key": "signing.key",
+            "tls_cert": "tls.crt",
+            "tls_key": "tls.key",
+        }[name]
+        return Path(self.data_dir_path) / default
+
+    @property
+    def data_dir_path(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(xdg) / "pocketserver"
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+# -- loading ---------------------------------------------------------------
+
+_VALID_REG_MODES = ("", "open", "token", "closed")
+_VALID_LOG_LEVELS = ("debug", "info", "warning", "error")
+_VALID_RESOURCES = ("client", "federation")
+
+
+def _build(cls: Any, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from TOML ``data``, checking keys and types."""
+    if dataclasses.is_dataclass(cls):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'config'}: expected a table")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        kwargs = {}
+        for key, value in data.items():
+            name = f"{where}.{key}" if where else key
+            if key not in names:
+                raise ConfigError(f"unknown configuration key {name!r}")
+            kwargs[key] = _build(hints[key], value, name)
+        return cls(**kwargs)
+    origin = typing.get_origin(cls)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(cls)
+        if not isinstance(data, list):
+            raise ConfigError(f"{where}: expected a list")
+        return tuple(_build(item_type, v, f"{where}[{i}]") for i, v in enumerate(data))
+    if origin is types.UnionType:
+        raise ConfigError(f"{where}: unsupported type")
+    if cls is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise ConfigError(f"{where}: expected a number")
+        return float(data)
+    if cls is int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise ConfigError(f"{where}: expected an integer")
+        return data
+    if cls is bool:
+        if not isinstance(data, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return data
+    if cls is str:
+        if not isinstance(data, str):
+            raise ConfigError(f"{where}: expected a string")
+        return data
+    raise ConfigError(f"{where}: unsupported type")
+
+
+def _validate(cfg: Config) -> None:
+    from pocketserver.protocol.identifiers import InvalidIdentifier, parse_server_name
+
+    try:
+        parse_server_name(cfg.server_name)
+    except InvalidIdentifier:
+        raise ConfigError(f"server_name: {cfg.server_name!r} is not a valid server name") from None
+    if cfg.registration.mode not in _VALID_REG_MODES:
+        raise ConfigError("registration.mode: must be one of open, token, closed")
+    if cfg.log_level.lower() not in _VALID_LOG_LEVELS:
+        raise ConfigError(f"log_level: must be one of {', '.join(_VALID_LOG_LEVELS)}")
+    if not cfg.listeners:
+        raise ConfigError("listeners: at least one listener is needed")
+    for i, lst in enumerate(cfg.listeners):
+        if not 0 <= lst.port <= 65535:
+            raise ConfigError(f"listeners[{i}].port: must be 0-65535")
+        for r in lst.resources:
+            if r not in _VALID_RESOURCES:
+                raise ConfigError(f"listeners[{i}].resources: unknown resource {r!r}")
+        if bool(lst.tls_cert) != bool(lst.tls_key):
+            raise ConfigError(f"listeners[{i}]: tls_cert and tls_key go together")
+    for i, cidr in enumerate(cfg.federation.allowed_ip_ranges):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"federation.allowed_ip_ranges[{i}]: not a CIDR range") from None
+    for i, cidr in enumerate(cfg.media.url_preview_ip_allowlist):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"media.url_preview_ip_allowlist[{i}]: not a CIDR range") from None
+    if cfg.max_event_size < 1024:
+        raise ConfigError("max_event_size: too small")
+
+
+def config_from_dict(data: dict[str, Any], **overrides: Any) -> Config:
+    cfg: Config = _build(Config, data, "")
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config:
+    """Load the TOML file at ``path`` (None: defaults) and apply keyword overrides."""
+    if path is None:
+        return config_from_dict({}, **overrides)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return config_from_dict(data, **overrides)
+
+
+EXAMPLE_CONFIG = """\
+# pocketserver configuration. Every key is optional; the values shown are the defaults.
+
+# The name in your users' IDs (@alice:example.org). Cannot change once users exist.
+server_name = "localhost"
+
+# The URL clients use to reach this server (used in .well-known and messages).
+# public_baseurl = "https://matrix.example.org/"
+
+# Where the database, signing key and TLS certificate live.
+# data_dir = "~/.local/share/pocketserver"
+# database_path = ""      # default: <data_dir>/homeserver.db
+# signing_key_path = ""   # default: <data_dir>/signing.key
+# tls_cert_path = ""      # default: <data_dir>/tls.crt (self-signed, made on first start)
+# tls_key_path = ""       # default: <data_dir>/tls.key
+
+log_level = "info"        # debug, info, warning, error
+max_event_size = 65536
+
+# Client API on plain HTTP (put a reverse proxy with TLS in front for the internet).
+[[listeners]]
+address = "127.0.0.1"
+port = 8008
+tls = false
+resources = ["client", "federation"]
+
+# Federation over HTTPS. With no tls_cert/tls_key the self-signed certificate is used.
+[[listeners]]
+address = "127.0.0.1"
+port = 8448
+tls = true
+resources = ["federation"]
+
+[registration]
+# "open", "token" (tokens from `pocketserver create-registration-token`) or "closed".
+# Unset: open while every listener is on loopback, closed otherwise.
+# mode = "token"
+allow_guests = false
+
+[rate_limits]
+enabled = true
+messages = { per_second = 10.0, burst = 50 }
+login = { per_second = 1.0, burst = 10 }
+registration = { per_second = 1.0, burst = 10 }
+
+[media]
+max_upload_size = 104857600
+legacy_unauthenticated = false
+per_user_quota = 0
+url_preview_enabled = true
+url_preview_ip_allowlist = []
+
+[federation]
+enabled = true
+verify_tls = true
+extra_ca_file = ""
+allowed_ip_ranges = []    # e.g. ["127.0.0.0/8", "::1/128"] to federate on loopback
+
+[well_known]
+# server = "matrix.example.org:443"           # delegation: /.well-known/matrix/server
+# client_base_url = "https://matrix.example.org/"
+
+[turn]
+# uris = ["turn:turn.example.org:3478?transport=udp"]
+# shared_secret = "the coturn static-auth-secret"
+lifetime_seconds = 86400
+
+[caches]
+event_cache_size = 2000
+state_cache_size = 200
+"""
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ListenerConfig",
+    "load_config",
+    "config_from_dict",
+    "EXAMPLE_CONFIG",
+    "field",
+]

@@ -1,0 +1,182 @@
+"""The server process: open the database, the root nursery, listeners, background work.
+
+Start-up order (STYLE.md): data folder and key material, the database (migrated), the
+services, then one hypercorn listener per configured listener and each background
+service, all in one root nursery. SIGINT/SIGTERM stop the listeners gracefully (in-flight
+requests finish, each write is one committed transaction), then the background tasks
+are cancelled and the database is checkpointed and closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import trio
+
+from pocketserver.config import Config, ListenerConfig
+
+log = logging.getLogger("pocketserver")
+
+FEDERATION_PREFIXES = ("/_matrix/federation/", "/_matrix/key/")
+
+
+@dataclass
+class RunningServer:
+    """What a started server tells its starter (tests, the CLI)."""
+
+    services: Any
+    urls: list[str] = field(default_factory=list)
+    stop: trio.Event = field(default_factory=trio.Event)
+
+
+class _ResourceFilter:
+    """Serve only the resources a listener is configured for."""
+
+    def __init__(self, app: Any, resources: tuple[str, ...]) -> None:
+        self.app = app
+        self.client = "client" in resources
+        self.federation = "federation" in resources
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            is_fed = scope["path"].startswith(FEDERATION_PREFIXES)
+            if (is_fed and not self.federation) or (not is_fed and not self.client):
+                body = b'{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}'
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 404,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
+    from hypercorn.config import Config as HConfig
+
+    hc = HConfig()
+    host = lst.address
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    hc.bind = [f"{host}:{lst.port}"]
+    if lst.tls:
+        hc.certfile = lst.tls_cert or str(cfg.path("tls_cert"))
+        hc.keyfile = lst.tls_key or str(cfg.path("tls_key"))
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = 10.0
+    hc.keep_alive_timeout = 75.0
+    hc.include_server_header = False
+    hc.h11_max_incomplete_size = 64 * 1024
+    return hc
+
+
+def prepare(cfg: Config) -> tuple[Any, Any, list[str]]:
+    """Create the data folder, key, certificate and database; return (db, key, notes)."""
+    from pocketserver.services.server_keys import load_or_create_signing_key
+    from pocketserver.services.tls import ensure_self_signed_certificate
+    from pocketserver.storage.database import Database
+
+    notes: list[str] = []
+    data_dir = cfg.data_dir_path
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True, mode=0o700)
+        notes.append(f"created data folder {data_dir}")
+    key, created = load_or_create_signing_key(cfg.path("signing_key"))
+    if created:
+        notes.append(f"created signing key {key.key_id} in {cfg.path('signing_key')}")
+    if any(lst.tls and not lst.tls_cert for lst in cfg.listeners):
+        if ensure_self_signed_certificate(cfg.path("tls_cert"), cfg.path("tls_key"), cfg.server_name):
+            notes.append(f"created self-signed TLS certificate {cfg.path('tls_cert')}")
+    db_path = cfg.path("database")
+    if not db_path.exists():
+        notes.append(f"created database {db_path}")
+    db = Database(db_path)
+    return db, key, notes
+
+
+async def run_server(
+    cfg: Config,
+    *,
+    out: TextIO | None = sys.stdout,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+    services_hook: Callable[[Any], None] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or ``RunningServer.stop`` is set)."""
+    import hypercorn.trio
+
+    from pocketserver.app import create_app
+    from pocketserver.services import build_services
+
+    started = trio.current_time()
+    db, key, notes = prepare(cfg)
+    services = build_services(cfg, db, key)
+    if services_hook is not None:
+        services_hook(services)
+    app = create_app(services)
+    running = RunningServer(services=services)
+    try:
+        async with trio.open_nursery() as root:
+            # Background services first, so listeners never serve a half-started server.
+            for _name, fn in services.background:
+                await root.start(fn)
+            shutdown = trio.Event()
+            async with trio.open_nursery() as listeners:
+                for lst in cfg.listeners:
+                    hc = _hypercorn_config(cfg, lst)
+                    binds = await listeners.start(
+                        lambda task_status, hc=hc, lst=lst: hypercorn.trio.serve(
+                            _ResourceFilter(app, lst.resources),
+                            hc,
+                            shutdown_trigger=shutdown.wait,
+                            task_status=task_status,
+                        )
+                    )
+                    running.urls.extend(binds)
+                if out is not None:
+                    _print_banner(cfg, running.urls, notes, trio.current_time() - started, out)
+                if handle_signals:
+                    listeners.start_soon(_wait_for_signal, running.stop)
+                task_status.started(running)
+                await running.stop.wait()
+                log.info("stopping: finishing in-flight requests")
+                shutdown.set()
+            root.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            db.close()
+        log.info("stopped")
+
+
+async def _wait_for_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _sig in signals:
+            stop.set()
+            return
+
+
+def _print_banner(cfg: Config, urls: list[str], notes: list[str], secs: float, out: TextIO) -> None:
+    from pocketserver import __version__
+
+    lines = [f"pocketserver {__version__} is serving '{cfg.server_name}' (ready in {secs:.2f} s)"]
+    for note in notes:
+        lines.append(f"  - {note}")
+    for lst, url in zip(cfg.listeners, urls, strict=False):
+        what = " + ".join(lst.resources)
+        lines.append(f"  {what:<20} {url}")
+    lines.append(f"  data folder          {cfg.data_dir_path}")
+    lines.append(f"  registration         {cfg.registration_mode}")
+    client = next((u for lst, u in zip(cfg.listeners, urls, strict=False) if "client" in lst.resources), None)
+    if client:
+        lines.append(f"Connect a Matrix client (Element, nio, ...) to {client}")
+    lines.append("Create a user: pocketserver register-user NAME [--admin]   Stop: Ctrl-C")
+    print("\n".join(lines), file=out, flush=True)

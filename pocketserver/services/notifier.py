@@ -1,0 +1,45 @@
+"""Wakes long-polling /sync requests when a stream advances.
+
+One global stream position orders everything a client syncs (see storage/schema.py).
+Writers call :meth:`Notifier.notify` after their transaction commits; waiters call
+:meth:`wait_for_change` and re-check their own data, so a spurious wake-up costs one
+cheap query and never a lost event.
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.position = 0
+        # In-memory streams (typing) advance this serial, not the stored position.
+        self.ephemeral_serial = 0
+        self.waiters = 0
+
+    def notify(self, position: int | None = None) -> None:
+        if position is not None and position > self.position:
+            self.position = position
+        self._event.set()
+        self._event = trio.Event()
+
+    def notify_ephemeral(self) -> None:
+        self.ephemeral_serial += 1
+        self.notify()
+
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        """Wait until the next notify() or the timeout; True if woken."""
+        event = self._event
+        self.waiters += 1
+        try:
+            with trio.move_on_after(timeout_s):
+                await event.wait()
+                return True
+            return False
+        finally:
+            self.waiters -= 1
+
+    def statistics(self) -> dict[str, int]:
+        return {"position": self.position, "waiters": self.waiters}

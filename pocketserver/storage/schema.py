@@ -1,0 +1,606 @@
+"""The database schema and its migrations.
+
+Migrations are an append-only list; ``PRAGMA user_version`` records how many have run.
+All of them run in one transaction at start-up; a database newer than this code is
+refused. Until the first release, migration 1 is the whole schema, drawn for the entire
+homeserver (federation included) so that no table is torn up later.
+
+Compactness (the Raspberry Pi is the target):
+
+* Room IDs, event IDs and (type, state_key) pairs are interned to integers
+  (``rooms.room_nid``, ``events.event_nid``, ``state_keys.sk_nid``); those integers never
+  leave ``storage/``.
+* An event's JSON is stored once, zstd-compressed with a shared dictionary-less level.
+* Room state is stored as snapshots plus deltas (``state_groups`` / ``state_group_entries``):
+  a state group lists only what changed against its parent; every so often a group is a
+  full snapshot, so no chain is longer than ``MAX_DELTA_CHAIN``. A message costs no state
+  rows at all (it shares its parent's group); a state event costs one group row and one
+  entry row, whatever the number of members.
+* One global stream counter (``stream_positions``) orders everything a client syncs:
+  events, account data, receipts, to-device messages, device-list changes, presence.
+  A sync token is then one integer (plus the in-memory typing serial).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import apsw
+
+APPLICATION_ID = 0x706B7376  # "pksv"
+
+SCHEMA_V1 = """
+-- ---------------------------------------------------------------- server
+CREATE TABLE server_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- One global stream counter; stream_positions.pos is the last allocated position.
+CREATE TABLE stream_positions (
+    name TEXT PRIMARY KEY,
+    pos INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO stream_positions VALUES ('main', 0), ('backfill', 0);
+
+-- ---------------------------------------------------------------- accounts
+CREATE TABLE users (
+    user_id TEXT PRIMARY KEY,
+    password_hash TEXT,             -- argon2id (PyNaCl pwhash), NULL for no password
+    created_ts INTEGER NOT NULL,
+    is_admin INTEGER NOT NULL DEFAULT 0,
+    is_guest INTEGER NOT NULL DEFAULT 0,
+    deactivated INTEGER NOT NULL DEFAULT 0,
+    displayname TEXT,
+    avatar_url TEXT,
+    user_type TEXT,
+    locked INTEGER NOT NULL DEFAULT 0,
+    suspended INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE devices (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    display_name TEXT,
+    created_ts INTEGER NOT NULL,
+    last_seen_ts INTEGER,
+    last_seen_ip TEXT,
+    last_seen_user_agent TEXT,
+    hidden INTEGER NOT NULL DEFAULT 0,     -- e.g. cross-signing pseudo-devices
+    dehydrated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+
+-- Access tokens are kept only as SHA-256 hashes.
+CREATE TABLE access_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT,
+    created_ts INTEGER NOT NULL,
+    valid_until_ms INTEGER,              -- NULL: no expiry
+    refresh_token_hash BLOB,             -- the refresh token that made it, if any
+    used INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX access_tokens_by_device ON access_tokens (user_id, device_id);
+
+CREATE TABLE refresh_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    created_ts INTEGER NOT NULL,
+    next_token_hash BLOB                 -- set once it has been exchanged
+) WITHOUT ROWID;
+CREATE INDEX refresh_tokens_by_device ON refresh_tokens (user_id, device_id);
+
+CREATE TABLE registration_tokens (
+    token TEXT PRIMARY KEY,
+    uses_allowed INTEGER,                -- NULL: unlimited
+    pending INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    expiry_time INTEGER                  -- ms, NULL: never
+) WITHOUT ROWID;
+
+-- User-interactive auth sessions.
+CREATE TABLE ui_auth_sessions (
+    session_id TEXT PRIMARY KEY,
+    created_ts INTEGER NOT NULL,
+    request_hash TEXT NOT NULL,          -- what the session was started for
+    completed_json TEXT NOT NULL DEFAULT '[]',
+    params_json TEXT NOT NULL DEFAULT '{}',
+    user_id TEXT
+) WITHOUT ROWID;
+
+CREATE TABLE user_threepids (
+    user_id TEXT NOT NULL,
+    medium TEXT NOT NULL,
+    address TEXT NOT NULL,
+    validated_at INTEGER NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (medium, address)
+) WITHOUT ROWID;
+
+CREATE TABLE account_data (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,               -- '' for global account data
+    type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id, type)
+) WITHOUT ROWID;
+CREATE INDEX account_data_stream ON account_data (user_id, stream_pos);
+
+CREATE TABLE filters (
+    user_id TEXT NOT NULL,
+    filter_id INTEGER NOT NULL,
+    filter_json TEXT NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+) WITHOUT ROWID;
+
+CREATE TABLE presence (
+    user_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    status_msg TEXT,
+    last_active_ts INTEGER NOT NULL,
+    last_user_sync_ts INTEGER NOT NULL DEFAULT 0,
+    currently_active INTEGER NOT NULL DEFAULT 0,
+    stream_pos INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX presence_stream ON presence (stream_pos);
+
+-- ---------------------------------------------------------------- rooms and events
+CREATE TABLE rooms (
+    room_nid INTEGER PRIMARY KEY,
+    room_id TEXT NOT NULL UNIQUE,
+    room_version TEXT NOT NULL,
+    creator TEXT,
+    is_public INTEGER NOT NULL DEFAULT 0,    -- published in the room directory
+    created_ts INTEGER NOT NULL,
+    -- The state group of the room's current state (NULL until the create event).
+    current_state_group INTEGER,
+    -- Set when this server has no joined users left and holds the room as outlier data.
+    partial_state INTEGER NOT NULL DEFAULT 0
+);
+
+-- (type, state_key) pairs, interned.
+CREATE TABLE state_keys (
+    sk_nid INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    UNIQUE (type, state_key)
+);
+
+-- Every event this server knows, local or remote, in the timeline or not.
+--   stream_pos > 0: in the timeline, ordered by arrival ('main' stream);
+--   stream_pos < 0: backfilled history, ordered before the room's earlier events;
+--   outlier = 1: known (e.g. auth events, invites over federation) but not in the
+--               timeline and with no state computed at it.
+CREATE TABLE events (
+    event_nid INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    room_nid INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    sk_nid INTEGER,                      -- state events only
+    sender TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    origin_server_ts INTEGER NOT NULL,
+    received_ts INTEGER NOT NULL,
+    stream_pos INTEGER,                  -- NULL for outliers
+    outlier INTEGER NOT NULL DEFAULT 0,
+    rejected_reason TEXT,
+    -- State group of the state *after* this event (NULL for outliers/rejected).
+    state_group INTEGER,
+    -- For a state event: the event it replaced in the state before it (NULL: none).
+    replaces_nid INTEGER,
+    redacted_by TEXT,                    -- event ID of an applied redaction
+    txn_key TEXT,                        -- local sends: user/device/txn for idempotency
+    json BLOB NOT NULL                   -- zstd-compressed canonical PDU (with event_id)
+);
+CREATE INDEX events_room_stream ON events (room_nid, stream_pos);
+CREATE INDEX events_stream ON events (stream_pos) WHERE stream_pos IS NOT NULL;
+CREATE INDEX events_room_depth ON events (room_nid, depth);
+CREATE INDEX events_room_ts ON events (room_nid, origin_server_ts);
+CREATE UNIQUE INDEX events_txn ON events (txn_key) WHERE txn_key IS NOT NULL;
+
+-- The event graph: prev_events and auth_events edges. Targets by ID because a
+-- remote event may name events this server has not fetched yet.
+CREATE TABLE event_edges (
+    event_nid INTEGER NOT NULL,
+    prev_event_id TEXT NOT NULL,
+    PRIMARY KEY (event_nid, prev_event_id)
+) WITHOUT ROWID;
+CREATE INDEX event_edges_prev ON event_edges (prev_event_id);
+
+CREATE TABLE event_auth_edges (
+    event_nid INTEGER NOT NULL,
+    auth_event_id TEXT NOT NULL,
+    PRIMARY KEY (event_nid, auth_event_id)
+) WITHOUT ROWID;
+
+-- Events with no known children in the timeline: the prev_events of the next event.
+CREATE TABLE forward_extremities (
+    room_nid INTEGER NOT NULL,
+    event_nid INTEGER NOT NULL,
+    PRIMARY KEY (room_nid, event_nid)
+) WITHOUT ROWID;
+
+-- prev_events we do not have: where backfill continues.
+CREATE TABLE backward_extremities (
+    room_nid INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (room_nid, event_id)
+) WITHOUT ROWID;
+
+-- State snapshots and deltas. A group with parent NULL is a full snapshot; otherwise
+-- its entries override the parent's (event_nid NULL removes the key).
+CREATE TABLE state_groups (
+    group_nid INTEGER PRIMARY KEY,
+    room_nid INTEGER NOT NULL,
+    parent_nid INTEGER,
+    chain_len INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 0      -- number of keys in the resolved state
+);
+CREATE TABLE state_group_entries (
+    group_nid INTEGER NOT NULL,
+    sk_nid INTEGER NOT NULL,
+    event_nid INTEGER,
+    PRIMARY KEY (group_nid, sk_nid)
+) WITHOUT ROWID;
+
+-- The current state of each room, denormalised for fast reads.
+CREATE TABLE current_state (
+    room_nid INTEGER NOT NULL,
+    sk_nid INTEGER NOT NULL,
+    event_nid INTEGER NOT NULL,
+    PRIMARY KEY (room_nid, sk_nid)
+) WITHOUT ROWID;
+
+-- Membership of every user in every room, as of the current state, plus the stream
+-- position of the change (for sync's joined/invite/leave sections).
+CREATE TABLE room_memberships (
+    room_nid INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    membership TEXT NOT NULL,
+    event_nid INTEGER NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    is_local INTEGER NOT NULL,
+    forgotten INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room_nid, user_id)
+) WITHOUT ROWID;
+CREATE INDEX room_memberships_user ON room_memberships (user_id, membership);
+CREATE INDEX room_memberships_stream ON room_memberships (user_id, stream_pos);
+
+CREATE TABLE room_aliases (
+    alias TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    creator TEXT NOT NULL,
+    servers_json TEXT NOT NULL DEFAULT '[]'
+) WITHOUT ROWID;
+CREATE INDEX room_aliases_room ON room_aliases (room_id);
+
+-- Relations (m.relates_to) of events, for edits, reactions, threads, references.
+CREATE TABLE event_relations (
+    event_nid INTEGER PRIMARY KEY,
+    relates_to_id TEXT NOT NULL,
+    rel_type TEXT NOT NULL,
+    aggregation_key TEXT
+);
+CREATE INDEX event_relations_parent ON event_relations (relates_to_id, rel_type);
+
+-- Full-text search over message bodies (contentless, rowid = event_nid).
+CREATE VIRTUAL TABLE event_search USING fts5 (body, content='', tokenize='unicode61');
+
+CREATE TABLE event_reports (
+    report_id INTEGER PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    event_id TEXT,
+    user_id TEXT NOT NULL,
+    reason TEXT,
+    score INTEGER,
+    received_ts INTEGER NOT NULL
+);
+
+CREATE TABLE receipts (
+    room_nid INTEGER NOT NULL,
+    receipt_type TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL DEFAULT '',  -- '' = unthreaded
+    event_id TEXT NOT NULL,
+    data_json TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    PRIMARY KEY (room_nid, receipt_type, user_id, thread_id)
+) WITHOUT ROWID;
+CREATE INDEX receipts_stream ON receipts (stream_pos);
+
+-- Notification and highlight counts are computed lazily per (user, room) from the
+-- events after the user's read receipt, never as one row per member per message.
+CREATE TABLE notification_counts (
+    user_id TEXT NOT NULL,
+    room_nid INTEGER NOT NULL,
+    thread_id TEXT NOT NULL DEFAULT '',
+    counted_to INTEGER NOT NULL,
+    notify_count INTEGER NOT NULL,
+    highlight_count INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_nid, thread_id)
+) WITHOUT ROWID;
+
+CREATE TABLE push_rules (
+    user_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rule_id TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    rule_json TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    actions_json TEXT,
+    PRIMARY KEY (user_id, kind, rule_id)
+) WITHOUT ROWID;
+
+-- Enabled/actions overrides of the server-default rules.
+CREATE TABLE push_rule_overrides (
+    user_id TEXT NOT NULL,
+    rule_id TEXT NOT NULL,
+    enabled INTEGER,
+    actions_json TEXT,
+    PRIMARY KEY (user_id, rule_id)
+) WITHOUT ROWID;
+
+CREATE TABLE pushers (
+    user_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    pushkey TEXT NOT NULL,
+    access_token_hash BLOB,
+    data_json TEXT NOT NULL,
+    last_stream_pos INTEGER NOT NULL DEFAULT 0,
+    failing_since INTEGER,
+    PRIMARY KEY (app_id, pushkey, user_id)
+) WITHOUT ROWID;
+
+CREATE TABLE notifications (
+    user_id TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    room_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    actions_json TEXT NOT NULL,
+    highlight INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (user_id, stream_pos)
+) WITHOUT ROWID;
+
+-- ---------------------------------------------------------------- end-to-end encryption
+CREATE TABLE device_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    keys_json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+
+CREATE TABLE one_time_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id, algorithm, key_id)
+) WITHOUT ROWID;
+
+CREATE TABLE fallback_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    key_json TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, device_id, algorithm)
+) WITHOUT ROWID;
+
+CREATE TABLE cross_signing_keys (
+    user_id TEXT NOT NULL,
+    key_type TEXT NOT NULL,              -- master, self_signing, user_signing
+    keys_json TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    PRIMARY KEY (user_id, key_type)
+) WITHOUT ROWID;
+
+-- Signatures uploaded by users over other keys (/keys/signatures/upload).
+CREATE TABLE key_signatures (
+    signer_user_id TEXT NOT NULL,
+    signer_key_id TEXT NOT NULL,
+    target_user_id TEXT NOT NULL,
+    target_key_id TEXT NOT NULL,         -- device ID or cross-signing public key
+    signature TEXT NOT NULL,
+    PRIMARY KEY (signer_user_id, signer_key_id, target_user_id, target_key_id)
+) WITHOUT ROWID;
+
+-- Users whose device list changed at a stream position (for device_lists.changed).
+CREATE TABLE device_list_changes (
+    stream_pos INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL
+);
+CREATE INDEX device_list_changes_user ON device_list_changes (user_id);
+
+CREATE TABLE to_device_messages (
+    stream_pos INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    message_id TEXT
+);
+CREATE INDEX to_device_target ON to_device_messages (user_id, device_id, stream_pos);
+
+CREATE TABLE room_key_backup_versions (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    algorithm TEXT NOT NULL,
+    auth_data TEXT NOT NULL,
+    etag INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, version)
+) WITHOUT ROWID;
+
+CREATE TABLE room_key_backup_keys (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    room_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    first_message_index INTEGER NOT NULL,
+    forwarded_count INTEGER NOT NULL,
+    is_verified INTEGER NOT NULL,
+    session_data TEXT NOT NULL,
+    PRIMARY KEY (user_id, version, room_id, session_id)
+) WITHOUT ROWID;
+
+-- Idempotency of transaction IDs on non-event endpoints (sendToDevice, ...).
+CREATE TABLE client_txns (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    response_json TEXT NOT NULL,
+    created_ts INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id, endpoint, txn_id)
+) WITHOUT ROWID;
+
+-- ---------------------------------------------------------------- media
+-- A media item names content by its SHA-256; the content is stored once, in chunks.
+CREATE TABLE media (
+    server_name TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    user_id TEXT,                        -- uploader (local media)
+    content_type TEXT,
+    filename TEXT,
+    size INTEGER,
+    sha256 BLOB,                         -- NULL until uploaded (async upload)
+    created_ts INTEGER NOT NULL,
+    unused_expires_ts INTEGER,           -- for /create: upload deadline
+    last_access_ts INTEGER,
+    quarantined INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (server_name, media_id)
+) WITHOUT ROWID;
+CREATE INDEX media_by_user ON media (user_id, created_ts);
+CREATE INDEX media_by_hash ON media (sha256);
+
+CREATE TABLE media_content (
+    sha256 BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    stored_size INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    refcount INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE media_chunks (
+    sha256 BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    compressed INTEGER NOT NULL,         -- 1: zstd frame, 0: raw
+    raw_size INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (sha256, seq)
+);
+
+-- Chunks of an upload in progress; moved under their content hash on completion, and
+-- swept at start-up (a killed upload leaves nothing visible and no leaked space).
+CREATE TABLE media_upload_chunks (
+    upload_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    compressed INTEGER NOT NULL,
+    raw_size INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    created_ts INTEGER NOT NULL,
+    PRIMARY KEY (upload_id, seq)
+);
+
+CREATE TABLE media_thumbnails (
+    server_name TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    animated INTEGER NOT NULL DEFAULT 0,
+    content_type TEXT NOT NULL,
+    sha256 BLOB NOT NULL,
+    PRIMARY KEY (server_name, media_id, width, height, method, animated)
+) WITHOUT ROWID;
+
+CREATE TABLE url_previews (
+    url TEXT NOT NULL,
+    fetched_ts INTEGER NOT NULL,
+    og_json TEXT NOT NULL,
+    expires_ts INTEGER NOT NULL,
+    PRIMARY KEY (url)
+) WITHOUT ROWID;
+
+-- ---------------------------------------------------------------- federation
+CREATE TABLE server_keys (
+    server_name TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    verify_key BLOB NOT NULL,
+    valid_until_ts INTEGER NOT NULL,
+    expired_ts INTEGER,                  -- old_verify_keys
+    fetched_ts INTEGER NOT NULL,
+    PRIMARY KEY (server_name, key_id)
+) WITHOUT ROWID;
+
+CREATE TABLE destinations (
+    destination TEXT PRIMARY KEY,
+    failure_ts INTEGER,
+    retry_last_ts INTEGER,
+    retry_interval INTEGER NOT NULL DEFAULT 0,
+    last_successful_stream_pos INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- Outgoing PDUs and EDUs, kept until the destination acknowledged them.
+CREATE TABLE federation_outbox (
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,                  -- 'pdu' or 'edu'
+    payload BLOB NOT NULL,
+    created_ts INTEGER NOT NULL
+);
+CREATE INDEX federation_outbox_dest ON federation_outbox (destination, id);
+
+CREATE TABLE received_transactions (
+    origin TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    response_json TEXT NOT NULL,
+    received_ts INTEGER NOT NULL,
+    PRIMARY KEY (origin, txn_id)
+) WITHOUT ROWID;
+
+-- Remote users' devices and keys we track because we share a room with them.
+CREATE TABLE remote_device_lists (
+    user_id TEXT PRIMARY KEY,
+    stream_id INTEGER,
+    stale INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID;
+"""
+
+
+def _migration_1(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_V1)
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1]
+
+
+class DatabaseTooNewError(RuntimeError):
+    pass
+
+
+def migrate(conn: apsw.Connection) -> int:
+    """Bring ``conn`` to the newest schema in one transaction; return the version."""
+    with conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+        if version == 0 and app_id == 0:
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        elif app_id != APPLICATION_ID:
+            raise DatabaseTooNewError("this database file is not a pocketserver database")
+        if version > len(MIGRATIONS):
+            raise DatabaseTooNewError(
+                f"the database has schema version {version} but this pocketserver knows "
+                f"only up to {len(MIGRATIONS)}: upgrade pocketserver"
+            )
+        for step in MIGRATIONS[version:]:
+            step(conn)
+        conn.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
+    return len(MIGRATIONS)

@@ -1,0 +1,55 @@
+"""Shared fixtures: an in-process server on ephemeral loopback ports, and HTTP clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from pocketserver.config import Config, config_from_dict
+from pocketserver.server import RunningServer, run_server
+
+
+def make_config(tmp_path: Path, extra: dict[str, Any] | None = None) -> Config:
+    data: dict[str, Any] = {
+        "server_name": "test.local",
+        "data_dir": str(tmp_path / "data"),
+        "log_level": "warning",
+        "listeners": [
+            {"address": "127.0.0.1", "port": 0, "resources": ["client", "federation"]},
+            {"address": "127.0.0.1", "port": 0, "tls": True, "resources": ["federation"]},
+        ],
+        "rate_limits": {"enabled": False},
+    }
+    if extra:
+        for k, v in extra.items():
+            if isinstance(v, dict) and isinstance(data.get(k), dict):
+                data[k] = {**data[k], **v}
+            else:
+                data[k] = v
+    return config_from_dict(data)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+async def server(config: Config, nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
+    running: RunningServer = await nursery.start(
+        partial(run_server, config, out=None, handle_signals=False)
+    )
+    yield running
+    running.stop.set()
+
+
+@pytest.fixture
+async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.urls[0], timeout=30) as client:
+        yield client
