@@ -287,7 +287,9 @@ CREATE TABLE event_relations (
 CREATE INDEX event_relations_parent ON event_relations (relates_to_id, rel_type);
 
 -- Full-text search over message bodies (contentless, rowid = event_nid).
-CREATE VIRTUAL TABLE event_search USING fts5 (body, content='', tokenize='unicode61');
+CREATE VIRTUAL TABLE event_search USING fts5 (
+    body, content='', contentless_delete=1, tokenize='unicode61'
+);
 
 CREATE TABLE event_reports (
     report_id INTEGER PRIMARY KEY,
@@ -373,14 +375,17 @@ CREATE TABLE device_keys (
     PRIMARY KEY (user_id, device_id)
 ) WITHOUT ROWID;
 
+-- A rowid table on purpose: the rowid is the upload order, and /keys/claim hands out
+-- the oldest key first.
 CREATE TABLE one_time_keys (
+    id INTEGER PRIMARY KEY,
     user_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
     algorithm TEXT NOT NULL,
     key_id TEXT NOT NULL,
     key_json TEXT NOT NULL,
-    PRIMARY KEY (user_id, device_id, algorithm, key_id)
-) WITHOUT ROWID;
+    UNIQUE (user_id, device_id, algorithm, key_id)
+);
 
 CREATE TABLE fallback_keys (
     user_id TEXT NOT NULL,
@@ -409,24 +414,32 @@ CREATE TABLE key_signatures (
     signature TEXT NOT NULL,
     PRIMARY KEY (signer_user_id, signer_key_id, target_user_id, target_key_id)
 ) WITHOUT ROWID;
+CREATE INDEX key_signatures_target ON key_signatures (target_user_id, target_key_id);
 
--- Users whose device list changed at a stream position (for device_lists.changed).
+-- Users whose devices or cross-signing keys changed at a stream position, for
+-- device_lists.changed and /keys/changes. only_for NULL: everyone sharing a room with
+-- user_id must re-query; otherwise only that user (a signature only they can see).
 CREATE TABLE device_list_changes (
-    stream_pos INTEGER PRIMARY KEY,
-    user_id TEXT NOT NULL
+    id INTEGER PRIMARY KEY,
+    stream_pos INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    only_for TEXT
 );
-CREATE INDEX device_list_changes_user ON device_list_changes (user_id);
+CREATE INDEX device_list_changes_stream ON device_list_changes (stream_pos);
+CREATE INDEX device_list_changes_user ON device_list_changes (user_id, stream_pos);
 
+-- Pending to-device messages, kept until the target device acknowledges them with a
+-- later sync token. One sendToDevice request takes one stream position.
 CREATE TABLE to_device_messages (
-    stream_pos INTEGER PRIMARY KEY,
     user_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
     sender TEXT NOT NULL,
     type TEXT NOT NULL,
     content TEXT NOT NULL,
-    message_id TEXT
-);
-CREATE INDEX to_device_target ON to_device_messages (user_id, device_id, stream_pos);
+    message_id TEXT,
+    PRIMARY KEY (user_id, device_id, stream_pos)
+) WITHOUT ROWID;
 
 CREATE TABLE room_key_backup_versions (
     user_id TEXT NOT NULL,
@@ -462,7 +475,9 @@ CREATE TABLE client_txns (
 ) WITHOUT ROWID;
 
 -- ---------------------------------------------------------------- media
--- A media item names content by its SHA-256; the content is stored once, in chunks.
+-- A media item (an mxc:// URI) points at content; identical bytes are stored once
+-- (media_content.sha256 is unique) and shared through refcount. Content is split into
+-- fixed-size chunks, each zstd-compressed only when that makes it smaller.
 CREATE TABLE media (
     server_name TEXT NOT NULL,
     media_id TEXT NOT NULL,
@@ -470,7 +485,7 @@ CREATE TABLE media (
     content_type TEXT,
     filename TEXT,
     size INTEGER,
-    sha256 BLOB,                         -- NULL until uploaded (async upload)
+    content_id INTEGER,                  -- NULL until uploaded (async upload)
     created_ts INTEGER NOT NULL,
     unused_expires_ts INTEGER,           -- for /create: upload deadline
     last_access_ts INTEGER,
@@ -478,35 +493,29 @@ CREATE TABLE media (
     PRIMARY KEY (server_name, media_id)
 ) WITHOUT ROWID;
 CREATE INDEX media_by_user ON media (user_id, created_ts);
-CREATE INDEX media_by_hash ON media (sha256);
+CREATE INDEX media_by_content ON media (content_id);
+CREATE INDEX media_by_created ON media (created_ts);
 
+-- sha256 is NULL while an upload is in progress: such rows (and their chunks) are
+-- swept at start-up, so a killed upload leaves nothing visible and no leaked space.
 CREATE TABLE media_content (
-    sha256 BLOB PRIMARY KEY,
-    size INTEGER NOT NULL,
-    stored_size INTEGER NOT NULL,
+    content_id INTEGER PRIMARY KEY,
+    sha256 BLOB UNIQUE,
+    size INTEGER NOT NULL DEFAULT 0,
+    stored_size INTEGER NOT NULL DEFAULT 0,
     chunk_size INTEGER NOT NULL,
-    refcount INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
+    refcount INTEGER NOT NULL DEFAULT 0,
+    created_ts INTEGER NOT NULL
+);
 
+-- A rowid table on purpose: chunks are large blobs (overflow pages).
 CREATE TABLE media_chunks (
-    sha256 BLOB NOT NULL,
+    content_id INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     compressed INTEGER NOT NULL,         -- 1: zstd frame, 0: raw
     raw_size INTEGER NOT NULL,
     data BLOB NOT NULL,
-    PRIMARY KEY (sha256, seq)
-);
-
--- Chunks of an upload in progress; moved under their content hash on completion, and
--- swept at start-up (a killed upload leaves nothing visible and no leaked space).
-CREATE TABLE media_upload_chunks (
-    upload_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    compressed INTEGER NOT NULL,
-    raw_size INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    created_ts INTEGER NOT NULL,
-    PRIMARY KEY (upload_id, seq)
+    PRIMARY KEY (content_id, seq)
 );
 
 CREATE TABLE media_thumbnails (
@@ -517,9 +526,10 @@ CREATE TABLE media_thumbnails (
     method TEXT NOT NULL,
     animated INTEGER NOT NULL DEFAULT 0,
     content_type TEXT NOT NULL,
-    sha256 BLOB NOT NULL,
+    content_id INTEGER NOT NULL,         -- a media_content row (refcounted)
     PRIMARY KEY (server_name, media_id, width, height, method, animated)
 ) WITHOUT ROWID;
+CREATE INDEX media_thumbnails_by_content ON media_thumbnails (content_id);
 
 CREATE TABLE url_previews (
     url TEXT NOT NULL,
