@@ -44,6 +44,12 @@ class RegistrationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountsConfig:
+    # Lifetime of access tokens given to clients that accept refresh tokens (refresh_token: true).
+    refreshable_access_token_lifetime_ms: int = 5 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     per_second: float
     burst: int
@@ -117,6 +123,7 @@ class Config:
         ListenerConfig(port=8448, tls=True, resources=("federation",)),
     )
     registration: RegistrationConfig = RegistrationConfig()
+    accounts: AccountsConfig = AccountsConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     media: MediaConfig = MediaConfig()
     federation: FederationConfig = FederationConfig()
@@ -263,6 +270,8 @@ def _validate(cfg: Config) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"media.url_preview_ip_allowlist[{i}]: not a CIDR range") from None
+    if cfg.accounts.refreshable_access_token_lifetime_ms < 1000:
+        raise ConfigError("accounts.refreshable_access_token_lifetime_ms: must be at least 1000")
     if cfg.max_event_size < 1024:
         raise ConfigError("max_event_size: too small")
 

@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.config import Config
+from pocketserver.services.accounts import AccountsService
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.presence import PresenceService
+from pocketserver.services.ratelimit import RateLimiter
 from pocketserver.services.server_keys import ServerSigningKey
+from pocketserver.services.uia import UIAService
 from pocketserver.storage.database import Database
 
 
@@ -25,6 +29,10 @@ class Services:
     clock: Clock
     notifier: Notifier
     auth: AuthService
+    ratelimiter: RateLimiter
+    uia: UIAService
+    accounts: AccountsService
+    presence: PresenceService
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -35,6 +43,10 @@ def build_services(
     clock = clock or Clock()
     notifier = Notifier()
     auth = AuthService(db, clock)
+    ratelimiter = RateLimiter(config.rate_limits, clock)
+    uia = UIAService(db, clock, config.server_name)
+    accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter)
+    presence = PresenceService(db, clock, notifier)
     return Services(
         config=config,
         db=db,
@@ -42,5 +54,9 @@ def build_services(
         clock=clock,
         notifier=notifier,
         auth=auth,
+        ratelimiter=ratelimiter,
+        uia=uia,
+        accounts=accounts,
+        presence=presence,
         background=[],
     )

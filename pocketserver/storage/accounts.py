@@ -61,8 +61,8 @@ def user_exists(conn: Conn, user_id: str) -> bool:
 
 
 def count_users(conn: Conn) -> int:
-    (n,) = conn.execute("SELECT COUNT(*) FROM users").fetchone()
-    return int(n)
+    row = conn.execute("SELECT COUNT(*) FROM users").fetchone()
+    return int(row[0]) if row else 0
 
 
 def get_token_info(conn: Conn, token_hash: bytes) -> TokenInfo | None:
@@ -123,3 +123,319 @@ def insert_registration_token(
         (token, uses_allowed, expiry_time),
     )
     return conn.changes() > 0
+
+
+# -- users ---------------------------------------------------------------------
+
+
+def set_password_hash(conn: Conn, user_id: str, password_hash: str | None) -> None:
+    conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
+
+
+def set_displayname(conn: Conn, user_id: str, displayname: str | None) -> None:
+    conn.execute("UPDATE users SET displayname = ? WHERE user_id = ?", (displayname, user_id))
+
+
+def set_avatar_url(conn: Conn, user_id: str, avatar_url: str | None) -> None:
+    conn.execute("UPDATE users SET avatar_url = ? WHERE user_id = ?", (avatar_url, user_id))
+
+
+def get_profile(conn: Conn, user_id: str) -> tuple[str | None, str | None] | None:
+    """(displayname, avatar_url) of a local user that is not deactivated, or None."""
+    row = conn.execute(
+        "SELECT displayname, avatar_url FROM users WHERE user_id = ? AND deactivated = 0",
+        (user_id,),
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def get_profile_fields(conn: Conn, user_id: str) -> dict[str, str]:
+    """Custom profile fields as ``{key: value_json}``."""
+    return {
+        k: v
+        for k, v in conn.execute(
+            "SELECT key, value_json FROM profile_fields WHERE user_id = ? ORDER BY key", (user_id,)
+        )
+    }
+
+
+def set_profile_field(conn: Conn, user_id: str, key: str, value_json: str | None) -> None:
+    """Set (or with None delete) one custom profile field."""
+    if value_json is None:
+        conn.execute("DELETE FROM profile_fields WHERE user_id = ? AND key = ?", (user_id, key))
+    else:
+        conn.execute(
+            "INSERT INTO profile_fields (user_id, key, value_json) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, key) DO UPDATE SET value_json = excluded.value_json",
+            (user_id, key, value_json),
+        )
+
+
+def deactivate_user(conn: Conn, user_id: str, *, erase: bool = False) -> list[str]:
+    """Mark the user deactivated and remove every credential; return the removed device IDs.
+
+    The user row stays (a user ID is never reused). Account data goes too: it can hold
+    secrets (SSSS keys) and nothing can read it any more.
+    """
+    devices = [r[0] for r in conn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,))]
+    conn.execute(
+        "UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = ?", (user_id,)
+    )
+    if erase:
+        conn.execute(
+            "UPDATE users SET displayname = NULL, avatar_url = NULL WHERE user_id = ?", (user_id,)
+        )
+        conn.execute("DELETE FROM profile_fields WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM refresh_tokens WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM account_data WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM filters WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM user_threepids WHERE user_id = ?", (user_id,))
+    return devices
+
+
+# -- devices -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    display_name: str | None
+    last_seen_ts: int | None
+    last_seen_ip: str | None
+    last_seen_user_agent: str | None
+
+
+_DEVICE_COLS = "device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent"
+
+
+def list_devices(conn: Conn, user_id: str) -> list[Device]:
+    """The user's visible devices (hidden pseudo-devices excluded), by device ID."""
+    return [
+        Device(*row)
+        for row in conn.execute(
+            f"SELECT {_DEVICE_COLS} FROM devices WHERE user_id = ? AND hidden = 0"
+            " ORDER BY device_id",
+            (user_id,),
+        )
+    ]
+
+
+def get_device(conn: Conn, user_id: str, device_id: str) -> Device | None:
+    row = conn.execute(
+        f"SELECT {_DEVICE_COLS} FROM devices WHERE user_id = ? AND device_id = ? AND hidden = 0",
+        (user_id, device_id),
+    ).fetchone()
+    return None if row is None else Device(*row)
+
+
+def update_device_display_name(
+    conn: Conn, user_id: str, device_id: str, display_name: str | None
+) -> bool:
+    conn.execute(
+        "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ? AND hidden = 0",
+        (display_name, user_id, device_id),
+    )
+    return conn.changes() > 0
+
+
+def touch_device(
+    conn: Conn, user_id: str, device_id: str, ts: int, ip: str | None, user_agent: str | None
+) -> None:
+    conn.execute(
+        "UPDATE devices SET last_seen_ts = ?, last_seen_ip = ?, last_seen_user_agent = ?"
+        " WHERE user_id = ? AND device_id = ?",
+        (ts, ip, user_agent, user_id, device_id),
+    )
+
+
+def delete_devices(conn: Conn, user_id: str, device_ids: list[str]) -> list[str]:
+    """Delete devices with their access and refresh tokens; return those that existed."""
+    deleted: list[str] = []
+    for device_id in dict.fromkeys(device_ids):
+        conn.execute(
+            "DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+        )
+        if conn.changes() > 0:
+            deleted.append(device_id)
+        conn.execute(
+            "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+        )
+        conn.execute(
+            "DELETE FROM refresh_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+        )
+    return deleted
+
+
+def delete_device_tokens(conn: Conn, user_id: str, device_id: str) -> None:
+    conn.execute(
+        "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+    )
+    conn.execute(
+        "DELETE FROM refresh_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+    )
+
+
+def list_device_ids(conn: Conn, user_id: str) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,))]
+
+
+# -- access and refresh tokens -------------------------------------------------
+
+
+def delete_access_tokens_except(conn: Conn, user_id: str, keep_hash: bytes | None) -> None:
+    conn.execute(
+        "DELETE FROM access_tokens WHERE user_id = ? AND token_hash IS NOT ?", (user_id, keep_hash)
+    )
+
+
+def insert_refresh_token(
+    conn: Conn, token_hash: bytes, user_id: str, device_id: str, now_ms: int
+) -> None:
+    conn.execute(
+        "INSERT INTO refresh_tokens (token_hash, user_id, device_id, created_ts)"
+        " VALUES (?, ?, ?, ?)",
+        (token_hash, user_id, device_id, now_ms),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    user_id: str
+    device_id: str
+    next_token_hash: bytes | None
+    # True once the token this one was exchanged for has itself been exchanged.
+    next_used: bool
+
+
+def get_refresh_token(conn: Conn, token_hash: bytes) -> RefreshToken | None:
+    row = conn.execute(
+        "SELECT r.user_id, r.device_id, r.next_token_hash, n.next_token_hash IS NOT NULL"
+        " FROM refresh_tokens r LEFT JOIN refresh_tokens n ON n.token_hash = r.next_token_hash"
+        " WHERE r.token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    return RefreshToken(row[0], row[1], row[2], bool(row[3]))
+
+
+def exchange_refresh_token(
+    conn: Conn,
+    old_hash: bytes,
+    new_refresh_hash: bytes,
+    new_access_hash: bytes,
+    user_id: str,
+    device_id: str,
+    now_ms: int,
+    valid_until_ms: int,
+) -> None:
+    """Replace what ``old_hash`` last produced with a new access/refresh token pair.
+
+    The old refresh token stays usable until its successor is used (refresh.yaml), so a
+    client that lost the answer can retry; a retry replaces the unused successor.
+    """
+    row = conn.execute(
+        "SELECT next_token_hash FROM refresh_tokens WHERE token_hash = ?", (old_hash,)
+    ).fetchone()
+    if row is not None and row[0] is not None:
+        conn.execute("DELETE FROM refresh_tokens WHERE token_hash = ?", (row[0],))
+        conn.execute("DELETE FROM access_tokens WHERE refresh_token_hash = ?", (row[0],))
+    # The access tokens minted with the old refresh token end now.
+    conn.execute("DELETE FROM access_tokens WHERE refresh_token_hash = ?", (old_hash,))
+    insert_refresh_token(conn, new_refresh_hash, user_id, device_id, now_ms)
+    conn.execute(
+        "UPDATE refresh_tokens SET next_token_hash = ? WHERE token_hash = ?",
+        (new_refresh_hash, old_hash),
+    )
+    # The old token's own predecessor is finished now that its successor was used.
+    conn.execute("DELETE FROM refresh_tokens WHERE next_token_hash = ?", (old_hash,))
+    insert_access_token(
+        conn, new_access_hash, user_id, device_id, now_ms, valid_until_ms, new_refresh_hash
+    )
+
+
+def get_access_token_count(conn: Conn, user_id: str) -> int:
+    row = conn.execute("SELECT COUNT(*) FROM access_tokens WHERE user_id = ?", (user_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- registration tokens -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationToken:
+    token: str
+    uses_allowed: int | None
+    pending: int
+    completed: int
+    expiry_time: int | None
+
+    def is_valid(self, now_ms: int) -> bool:
+        if self.expiry_time is not None and self.expiry_time <= now_ms:
+            return False
+        return self.uses_allowed is None or self.pending + self.completed < self.uses_allowed
+
+
+def get_registration_token(conn: Conn, token: str) -> RegistrationToken | None:
+    row = conn.execute(
+        "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens"
+        " WHERE token = ?",
+        (token,),
+    ).fetchone()
+    return None if row is None else RegistrationToken(*row)
+
+
+def reserve_registration_token(conn: Conn, token: str, now_ms: int) -> bool:
+    """Count one pending use of a valid token (the UIA stage succeeded); False if invalid."""
+    info = get_registration_token(conn, token)
+    if info is None or not info.is_valid(now_ms):
+        return False
+    conn.execute("UPDATE registration_tokens SET pending = pending + 1 WHERE token = ?", (token,))
+    return True
+
+
+def release_registration_token(conn: Conn, token: str) -> None:
+    """A pending use that will never complete (its UIA session expired)."""
+    conn.execute(
+        "UPDATE registration_tokens SET pending = MAX(pending - 1, 0) WHERE token = ?", (token,)
+    )
+
+
+def complete_registration_token(conn: Conn, token: str) -> None:
+    """A pending use became a registration."""
+    conn.execute(
+        "UPDATE registration_tokens SET pending = MAX(pending - 1, 0), completed = completed + 1"
+        " WHERE token = ?",
+        (token,),
+    )
+
+
+# -- filters -------------------------------------------------------------------
+
+
+def insert_filter(conn: Conn, user_id: str, filter_json: str) -> int:
+    """Store a filter (the same JSON gets the same ID back); return its ID."""
+    row = conn.execute(
+        "SELECT filter_id FROM filters WHERE user_id = ? AND filter_json = ?",
+        (user_id, filter_json),
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    top = conn.execute(
+        "SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    next_id = int(top[0]) if top else 0
+    conn.execute(
+        "INSERT INTO filters (user_id, filter_id, filter_json) VALUES (?, ?, ?)",
+        (user_id, next_id, filter_json),
+    )
+    return int(next_id)
+
+
+def get_filter(conn: Conn, user_id: str, filter_id: int) -> str | None:
+    row = conn.execute(
+        "SELECT filter_json FROM filters WHERE user_id = ? AND filter_id = ?", (user_id, filter_id)
+    ).fetchone()
+    return None if row is None else str(row[0])

@@ -110,6 +110,14 @@ CREATE TABLE ui_auth_sessions (
     user_id TEXT
 ) WITHOUT ROWID;
 
+-- Custom profile fields (m.tz, com.example.*); displayname and avatar_url live in users.
+CREATE TABLE profile_fields (
+    user_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value_json TEXT NOT NULL,
+    PRIMARY KEY (user_id, key)
+) WITHOUT ROWID;
+
 CREATE TABLE user_threepids (
     user_id TEXT NOT NULL,
     medium TEXT NOT NULL,

@@ -1,0 +1,221 @@
+"""Accounts over HTTP: registration, login, logout, refresh, whoami, password,
+deactivation, devices, capabilities' account parts, and /admin/whois.
+
+Thin: parse, call :class:`~pocketserver.services.accounts.AccountsService`, answer.
+Every path is served under ``/_matrix/client/v3`` and the older ``r0`` prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from quart import Blueprint, Response, request
+
+from pocketserver.api.common import (
+    json_body,
+    json_response,
+    require_auth,
+    services,
+)
+from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam
+
+bp = Blueprint("client_account", __name__)
+
+PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+
+
+def client_route(bp: Blueprint, path: str, methods: list[str], prefixes: tuple[str, ...] = PREFIXES) -> Callable[[Any], Any]:
+    """Register one handler under each client API prefix."""
+
+    def deco(fn: Any) -> Any:
+        for i, prefix in enumerate(prefixes):
+            bp.add_url_rule(
+                prefix + path, endpoint=f"{fn.__name__}_{i}", view_func=fn, methods=methods
+            )
+        return fn
+
+    return deco
+
+
+# -- registration ----------------------------------------------------------------
+
+
+@client_route(bp, "/register", ["POST"])
+async def register() -> Response:
+    """POST /_matrix/client/v3/register"""
+    kind = request.args.get("kind", "user")
+    body = await json_body(allow_empty=True)
+    out = await services().accounts.register(body, kind=kind, ip=request.remote_addr)
+    return json_response(out)
+
+
+@client_route(bp, "/register/available", ["GET"])
+async def register_available() -> Response:
+    """GET /_matrix/client/v3/register/available?username="""
+    svc = services()
+    username = request.args.get("username")
+    if not username:
+        raise MissingParam("Missing 'username'")
+    svc.ratelimiter.check("registration", request.remote_addr or "?")
+    await svc.accounts.username_available(username)
+    return json_response({"available": True})
+
+
+@client_route(
+    bp, "/register/m.login.registration_token/validity", ["GET"],
+    ("/_matrix/client/v1",),
+)
+async def registration_token_validity() -> Response:
+    """GET /_matrix/client/v1/register/m.login.registration_token/validity?token="""
+    svc = services()
+    if svc.config.registration_mode != "token":
+        raise Forbidden("Registration with tokens is not enabled on this server")
+    token = request.args.get("token")
+    if token is None:
+        raise MissingParam("Missing 'token'")
+    svc.ratelimiter.check("registration", request.remote_addr or "?")
+    return json_response({"valid": await svc.accounts.registration_token_valid(token)})
+
+
+# -- login, logout, refresh ---------------------------------------------------------
+
+
+@client_route(bp, "/login", ["GET"])
+async def login_flows() -> Response:
+    """GET /_matrix/client/v3/login"""
+    return json_response({"flows": services().accounts.login_flows()})
+
+
+@client_route(bp, "/login", ["POST"])
+async def login() -> Response:
+    """POST /_matrix/client/v3/login"""
+    body = await json_body()
+    return json_response(await services().accounts.login(body, ip=request.remote_addr))
+
+
+@client_route(bp, "/logout", ["POST"])
+async def logout() -> Response:
+    """POST /_matrix/client/v3/logout"""
+    requester = await require_auth(allow_guest=True)
+    await services().accounts.logout(requester)
+    return json_response({})
+
+
+@client_route(bp, "/logout/all", ["POST"])
+async def logout_all() -> Response:
+    """POST /_matrix/client/v3/logout/all"""
+    requester = await require_auth(allow_guest=True)
+    await services().accounts.logout_all(requester)
+    return json_response({})
+
+
+@client_route(bp, "/refresh", ["POST"], ("/_matrix/client/v3", "/_matrix/client/v1"))
+async def refresh() -> Response:
+    """POST /_matrix/client/v3/refresh"""
+    body = await json_body()
+    token = body.get("refresh_token")
+    if token is None:
+        raise MissingParam("Missing 'refresh_token'")
+    if not isinstance(token, str):
+        raise BadJson("'refresh_token' must be a string")
+    return json_response(await services().accounts.refresh(token))
+
+
+@client_route(bp, "/account/whoami", ["GET"])
+async def whoami() -> Response:
+    """GET /_matrix/client/v3/account/whoami"""
+    requester = await require_auth(allow_guest=True)
+    out: dict[str, Any] = {"user_id": requester.user_id, "is_guest": requester.is_guest}
+    if requester.device_id is not None:
+        out["device_id"] = requester.device_id
+    return json_response(out)
+
+
+# -- password and deactivation --------------------------------------------------------
+
+
+@client_route(bp, "/account/password", ["POST"])
+async def change_password() -> Response:
+    """POST /_matrix/client/v3/account/password"""
+    requester = await require_auth()
+    body = await json_body()
+    await services().accounts.change_password(requester, body)
+    return json_response({})
+
+
+@client_route(bp, "/account/deactivate", ["POST"])
+async def deactivate() -> Response:
+    """POST /_matrix/client/v3/account/deactivate"""
+    requester = await require_auth()
+    body = await json_body(allow_empty=True)
+    await services().accounts.deactivate(requester, body)
+    return json_response({"id_server_unbind_result": "no-support"})
+
+
+# -- devices -------------------------------------------------------------------------
+
+
+@client_route(bp, "/devices", ["GET"])
+async def list_devices() -> Response:
+    """GET /_matrix/client/v3/devices"""
+    requester = await require_auth(allow_guest=True)
+    return json_response({"devices": await services().accounts.list_devices(requester.user_id)})
+
+
+@client_route(bp, "/devices/<device_id>", ["GET"])
+async def get_device(device_id: str) -> Response:
+    """GET /_matrix/client/v3/devices/{deviceId}"""
+    requester = await require_auth(allow_guest=True)
+    return json_response(await services().accounts.get_device(requester.user_id, device_id))
+
+
+@client_route(bp, "/devices/<device_id>", ["PUT"])
+async def update_device(device_id: str) -> Response:
+    """PUT /_matrix/client/v3/devices/{deviceId}"""
+    requester = await require_auth(allow_guest=True)
+    body = await json_body(allow_empty=True)
+    await services().accounts.update_device(requester.user_id, device_id, body)
+    return json_response({})
+
+
+@client_route(bp, "/devices/<device_id>", ["DELETE"])
+async def delete_device(device_id: str) -> Response:
+    """DELETE /_matrix/client/v3/devices/{deviceId}"""
+    requester = await require_auth()
+    body = await json_body(allow_empty=True)
+    await services().accounts.delete_devices(
+        requester, [device_id], body.get("auth"), f"DELETE /devices/{device_id}"
+    )
+    return json_response({})
+
+
+@client_route(bp, "/delete_devices", ["POST"])
+async def delete_devices() -> Response:
+    """POST /_matrix/client/v3/delete_devices"""
+    requester = await require_auth()
+    body = await json_body()
+    devices = body.get("devices")
+    if devices is None:
+        raise MissingParam("Missing 'devices'")
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        raise BadJson("'devices' must be a list of strings")
+    if len(devices) > 1000:
+        raise MatrixError(400, "M_INVALID_PARAM", "Too many devices at once")
+    await services().accounts.delete_devices(
+        requester, devices, body.get("auth"), "POST /delete_devices"
+    )
+    return json_response({})
+
+
+# -- admin -----------------------------------------------------------------------------
+
+
+@client_route(bp, "/admin/whois/<user_id>", ["GET"])
+async def whois(user_id: str) -> Response:
+    """GET /_matrix/client/v3/admin/whois/{userId}"""
+    requester = await require_auth()
+    return json_response(await services().accounts.whois(requester, user_id))
+
+
+__all__ = ["bp", "client_route"]

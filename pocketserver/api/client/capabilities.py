@@ -1,0 +1,35 @@
+"""GET /capabilities (capabilities.yaml; client-server-api "Capabilities negotiation")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response
+
+from pocketserver.api.client.account import client_route
+from pocketserver.api.common import json_response, require_auth
+from pocketserver.protocol.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+
+bp = Blueprint("client_capabilities", __name__)
+
+
+def capabilities() -> dict[str, Any]:
+    return {
+        "m.change_password": {"enabled": True},
+        "m.room_versions": {
+            "default": DEFAULT_ROOM_VERSION,
+            "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS},
+        },
+        "m.set_displayname": {"enabled": True},
+        "m.set_avatar_url": {"enabled": True},
+        "m.3pid_changes": {"enabled": False},
+        "m.get_login_token": {"enabled": False},
+        "m.profile_fields": {"enabled": True},
+    }
+
+
+@client_route(bp, "/capabilities", ["GET"])
+async def get_capabilities() -> Response:
+    """GET /_matrix/client/v3/capabilities"""
+    await require_auth(allow_guest=True)
+    return json_response({"capabilities": capabilities()})

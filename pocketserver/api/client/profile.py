@@ -1,0 +1,46 @@
+"""Profiles: GET /profile/{userId}, GET/PUT/DELETE /profile/{userId}/{keyName}.
+
+Profiles are public to any authenticated user (the spec lets servers require auth).
+A change to ``displayname`` or ``avatar_url`` is propagated into the user's rooms by the
+hooks the rooms service registers on the accounts service.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from pocketserver.api.client.account import client_route
+from pocketserver.api.common import json_body, json_response, require_auth, services
+
+bp = Blueprint("client_profile", __name__)
+
+
+@client_route(bp, "/profile/<user_id>", ["GET"])
+async def get_profile(user_id: str) -> Response:
+    """GET /_matrix/client/v3/profile/{userId}"""
+    await require_auth(allow_guest=True)
+    return json_response(await services().accounts.get_profile(user_id))
+
+
+@client_route(bp, "/profile/<user_id>/<key>", ["GET"])
+async def get_profile_field(user_id: str, key: str) -> Response:
+    """GET /_matrix/client/v3/profile/{userId}/{keyName}"""
+    await require_auth(allow_guest=True)
+    return json_response(await services().accounts.get_profile_field(user_id, key))
+
+
+@client_route(bp, "/profile/<user_id>/<key>", ["PUT"])
+async def set_profile_field(user_id: str, key: str) -> Response:
+    """PUT /_matrix/client/v3/profile/{userId}/{keyName}"""
+    requester = await require_auth(allow_guest=True)
+    body = await json_body()
+    await services().accounts.set_profile_field(requester, user_id, key, body)
+    return json_response({})
+
+
+@client_route(bp, "/profile/<user_id>/<key>", ["DELETE"])
+async def delete_profile_field(user_id: str, key: str) -> Response:
+    """DELETE /_matrix/client/v3/profile/{userId}/{keyName}"""
+    requester = await require_auth(allow_guest=True)
+    await services().accounts.delete_profile_field(requester, user_id, key)
+    return json_response({})

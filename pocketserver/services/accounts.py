@@ -1,0 +1,731 @@
+"""Accounts: registration, login and sessions, passwords, deactivation, devices,
+profiles, account data, filters.
+
+What other services need to hear about is announced through hook lists, each called
+after the change has committed (the rooms service registers member-event propagation
+and leaving rooms; the end-to-end encryption service registers key clean-up):
+
+* ``on_device_created(user_id, device_id)``
+* ``on_device_deleted(user_id, device_id)`` (logout, device deletion, password change
+  with ``logout_devices``, deactivation)
+* ``on_profile_changed(user_id)``
+* ``on_deactivate(user_id)``
+
+This module knows nothing of HTTP; the route modules translate requests into calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pocketserver.config import Config
+from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam, NotFound
+from pocketserver.protocol.identifiers import MAX_IDENTIFIER_BYTES, is_valid_localpart
+from pocketserver.services import filtering
+from pocketserver.services.auth import Requester, hash_token, new_device_id, new_token
+from pocketserver.services.clock import Clock
+from pocketserver.services.notifier import Notifier
+from pocketserver.services.passwords import check_password, hash_password
+from pocketserver.services.ratelimit import RateLimiter
+from pocketserver.services.uia import (
+    DUMMY,
+    PASSWORD,
+    REGISTRATION_TOKEN,
+    AuthResult,
+    UIAService,
+    finish_in_txn,
+    password_identifier_user,
+)
+from pocketserver.storage import account_data as ad_store
+from pocketserver.storage import accounts
+from pocketserver.storage.database import Conn, Database
+
+log = logging.getLogger("pocketserver.accounts")
+
+UserHook = Callable[[str], Awaitable[None]]
+DeviceHook = Callable[[str, str], Awaitable[None]]
+
+MAX_DISPLAYNAME = 256
+MAX_AVATAR_URL = 1000
+MAX_DEVICE_NAME = 256
+MAX_DEVICE_ID = 255
+MAX_PROFILE_BYTES = 64 * 1024
+PROFILE_KEY = re.compile(r"avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+
+# Account data types a client may not write directly (account-data.yaml).
+SERVER_MANAGED_ACCOUNT_DATA = ("m.fully_read", "m.push_rules")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What /login, /register and /refresh hand to the client."""
+
+    user_id: str
+    device_id: str
+    access_token: str
+    refresh_token: str | None = None
+    expires_in_ms: int | None = None
+
+    def to_json(self, server_name: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "user_id": self.user_id,
+            "access_token": self.access_token,
+            "device_id": self.device_id,
+            "home_server": server_name,
+        }
+        if self.refresh_token is not None:
+            out["refresh_token"] = self.refresh_token
+        if self.expires_in_ms is not None:
+            out["expires_in_ms"] = self.expires_in_ms
+        return out
+
+
+def _create_session_txn(
+    conn: Conn,
+    user_id: str,
+    device_id: str,
+    display_name: str | None,
+    now: int,
+    access_hash: bytes,
+    refresh_hash: bytes | None,
+    valid_until: int | None,
+) -> bool:
+    """Create the device if new, drop its earlier tokens, mint the new ones."""
+    created = accounts.upsert_device(conn, user_id, device_id, display_name, now)
+    if not created:
+        # Logging in again on a known device: its earlier tokens end (client-server-api,
+        # "Relationship between access tokens and devices"); its name and keys stay.
+        accounts.delete_device_tokens(conn, user_id, device_id)
+    if refresh_hash is not None:
+        accounts.insert_refresh_token(conn, refresh_hash, user_id, device_id, now)
+    accounts.insert_access_token(
+        conn, access_hash, user_id, device_id, now, valid_until, refresh_hash
+    )
+    return created
+
+
+def _register_txn(
+    conn: Conn,
+    user_id: str,
+    password_hash: str | None,
+    now: int,
+    is_guest: bool,
+    auth: AuthResult | None,
+    session_args: tuple[Any, ...] | None,
+) -> bool:
+    if not accounts.insert_user(conn, user_id, password_hash, now, is_guest=is_guest):
+        return False
+    if auth is not None:
+        finish_in_txn(conn, auth)
+    if session_args is not None:
+        _create_session_txn(conn, user_id, *session_args)
+    return True
+
+
+def _set_password_txn(
+    conn: Conn, user_id: str, pw_hash: str, keep_device: str | None, keep_token: bytes,
+    logout: bool, auth: AuthResult,
+) -> list[str]:
+    accounts.set_password_hash(conn, user_id, pw_hash)
+    finish_in_txn(conn, auth)
+    if not logout:
+        return []
+    others = [d for d in accounts.list_device_ids(conn, user_id) if d != keep_device]
+    deleted = accounts.delete_devices(conn, user_id, others)
+    accounts.delete_access_tokens_except(conn, user_id, keep_token)
+    return deleted
+
+
+def _delete_devices_txn(
+    conn: Conn, user_id: str, device_ids: list[str], auth: AuthResult | None
+) -> list[str]:
+    if auth is not None:
+        finish_in_txn(conn, auth)
+    return accounts.delete_devices(conn, user_id, device_ids)
+
+
+def _deactivate_txn(conn: Conn, user_id: str, erase: bool, auth: AuthResult) -> list[str]:
+    finish_in_txn(conn, auth)
+    return accounts.deactivate_user(conn, user_id, erase=erase)
+
+
+def _set_profile_txn(conn: Conn, user_id: str, key: str, value: Any, delete: bool) -> None:
+    if key == "displayname":
+        accounts.set_displayname(conn, user_id, value or None)
+    elif key == "avatar_url":
+        accounts.set_avatar_url(conn, user_id, value or None)
+    else:
+        text = None if delete else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        accounts.set_profile_field(conn, user_id, key, text)
+
+
+def _logout_txn(conn: Conn, requester_token: bytes, user_id: str, device_id: str | None) -> list[str]:
+    conn.execute("DELETE FROM access_tokens WHERE token_hash = ?", (requester_token,))
+    if device_id is None:
+        return []
+    return accounts.delete_devices(conn, user_id, [device_id])
+
+
+def _logout_all_txn(conn: Conn, user_id: str) -> list[str]:
+    devices = accounts.list_device_ids(conn, user_id)
+    deleted = accounts.delete_devices(conn, user_id, devices)
+    conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
+    return deleted
+
+
+class AccountsService:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        clock: Clock,
+        notifier: Notifier,
+        uia: UIAService,
+        ratelimiter: RateLimiter,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.clock = clock
+        self.notifier = notifier
+        self.uia = uia
+        self.ratelimiter = ratelimiter
+        self.server_name = config.server_name
+        self.on_device_created: list[DeviceHook] = []
+        self.on_device_deleted: list[DeviceHook] = []
+        self.on_profile_changed: list[UserHook] = []
+        self.on_deactivate: list[UserHook] = []
+
+    # -- hooks ---------------------------------------------------------------------
+
+    async def _run_hooks(self, hooks: list[Any], *args: Any) -> None:
+        for hook in list(hooks):
+            try:
+                await hook(*args)
+            except MatrixError:
+                log.warning("hook %r failed for %r", hook, args, exc_info=True)
+            except Exception:
+                log.exception("hook %r failed for %r", hook, args)
+
+    async def _devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
+        for d in device_ids:
+            await self._run_hooks(self.on_device_deleted, user_id, d)
+
+    # -- sessions ------------------------------------------------------------------
+
+    def _mint(self, want_refresh: bool) -> tuple[str, bytes, str | None, bytes | None, int | None]:
+        access = new_token("psat")
+        if not want_refresh:
+            return access, hash_token(access), None, None, None
+        refresh = new_token("psrt")
+        lifetime = self.config.accounts.refreshable_access_token_lifetime_ms
+        return access, hash_token(access), refresh, hash_token(refresh), lifetime
+
+    def _session_args(
+        self, device_id: str, display_name: str | None, want_refresh: bool
+    ) -> tuple[Session, tuple[Any, ...], Callable[[str], Session]]:
+        now = self.clock.time_ms()
+        access, ah, refresh, rh, lifetime = self._mint(want_refresh)
+        valid_until = now + lifetime if lifetime is not None else None
+        args = (device_id, display_name, now, ah, rh, valid_until)
+
+        def session(user_id: str) -> Session:
+            return Session(user_id, device_id, access, refresh, lifetime)
+
+        return session(""), args, session
+
+    # -- registration --------------------------------------------------------------
+
+    def registration_flows(self) -> list[list[str]]:
+        mode = self.config.registration_mode
+        if mode == "token":
+            return [[REGISTRATION_TOKEN]]
+        return [[DUMMY]]
+
+    def check_localpart(self, username: str) -> str:
+        """The user ID for a requested username, or M_INVALID_USERNAME."""
+        localpart = username.lower()
+        if not is_valid_localpart(localpart) or localpart.startswith("_"):
+            raise MatrixError(
+                400,
+                "M_INVALID_USERNAME",
+                "User names may contain only a-z, 0-9, and . _ = - / + (and not start with _)",
+            )
+        user_id = f"@{localpart}:{self.server_name}"
+        if len(user_id.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+            raise MatrixError(400, "M_INVALID_USERNAME", "User name too long")
+        return user_id
+
+    async def username_available(self, username: str) -> bool:
+        user_id = self.check_localpart(username)
+        if await self.db.read(accounts.user_exists, user_id):
+            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+        return True
+
+    async def registration_token_valid(self, token: str) -> bool:
+        info = await self.db.read(accounts.get_registration_token, token)
+        return info is not None and info.is_valid(self.clock.time_ms())
+
+    async def register(
+        self,
+        body: Mapping[str, Any],
+        *,
+        kind: str,
+        ip: str | None,
+    ) -> dict[str, Any]:
+        """POST /register; ``body`` is the request JSON object."""
+        if kind not in ("user", "guest"):
+            raise MatrixError(400, "M_INVALID_PARAM", "kind must be 'user' or 'guest'")
+        self.ratelimiter.check("registration", ip or "?")
+        display = body.get("initial_device_display_name")
+        if display is not None and not isinstance(display, str):
+            raise BadJson("'initial_device_display_name' must be a string")
+        if display is not None and len(display) > MAX_DEVICE_NAME:
+            raise MatrixError(400, "M_INVALID_PARAM", "Device display name too long")
+        if kind == "guest":
+            return await self._register_guest(display)
+
+        mode = self.config.registration_mode
+        if mode == "closed":
+            raise Forbidden("Registration is disabled on this server")
+        username = body.get("username")
+        password = body.get("password")
+        device_id = body.get("device_id")
+        inhibit = body.get("inhibit_login", False)
+        want_refresh = body.get("refresh_token", False)
+        if username is not None and not isinstance(username, str):
+            raise BadJson("'username' must be a string")
+        if password is not None and not isinstance(password, str):
+            raise BadJson("'password' must be a string")
+        if device_id is not None and (not isinstance(device_id, str) or not device_id):
+            raise BadJson("'device_id' must be a non-empty string")
+        if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
+            raise MatrixError(400, "M_INVALID_PARAM", "device_id too long")
+        if not isinstance(inhibit, bool) or not isinstance(want_refresh, bool):
+            raise BadJson("'inhibit_login' and 'refresh_token' must be booleans")
+        # The spec asks for the user name checks before user-interactive auth.
+        user_id: str | None = None
+        if username:
+            user_id = self.check_localpart(username)
+            if await self.db.read(accounts.user_exists, user_id):
+                raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+
+        auth = body.get("auth")
+        if auth is not None and not isinstance(auth, dict):
+            raise BadJson("'auth' must be an object")
+        result = await self.uia.authenticate(
+            auth, flows=self.registration_flows(), request_key="POST /register"
+        )
+        if not password:
+            raise MissingParam("Missing 'password'")
+        pw_hash = await hash_password(password)
+        now = self.clock.time_ms()
+        session: Session | None = None
+        args: tuple[Any, ...] | None = None
+        make: Callable[[str], Session] | None = None
+        if not inhibit:
+            _s, args, make = self._session_args(device_id or new_device_id(), display, want_refresh)
+        for _attempt in range(5):
+            uid = user_id or self._generated_user_id()
+            ok = await self.db.write(_register_txn, uid, pw_hash, now, False, result, args)
+            if ok:
+                break
+            if user_id is not None:
+                raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+        else:  # pragma: no cover - five random collisions
+            raise MatrixError(500, "M_UNKNOWN", "Could not pick a user ID")
+        log.info("registered %s", uid)
+        if make is None:
+            return {"user_id": uid, "home_server": self.server_name}
+        session = make(uid)
+        await self._run_hooks(self.on_device_created, uid, session.device_id)
+        return session.to_json(self.server_name)
+
+    def _generated_user_id(self) -> str:
+        return f"@{secrets.randbelow(10**10):010d}:{self.server_name}"
+
+    async def _register_guest(self, display: str | None) -> dict[str, Any]:
+        if not self.config.registration.allow_guests:
+            raise Forbidden("Guest access is disabled")
+        _s, args, make = self._session_args(new_device_id(), display, False)
+        now = self.clock.time_ms()
+        for _attempt in range(5):
+            uid = self._generated_user_id()
+            if await self.db.write(_register_txn, uid, None, now, True, None, args):
+                break
+        else:  # pragma: no cover
+            raise MatrixError(500, "M_UNKNOWN", "Could not pick a user ID")
+        session = make(uid)
+        await self._run_hooks(self.on_device_created, uid, session.device_id)
+        return session.to_json(self.server_name)
+
+    # -- login / logout / refresh ----------------------------------------------------
+
+    def login_flows(self) -> list[dict[str, Any]]:
+        return [{"type": "m.login.password"}]
+
+    async def login(self, body: Mapping[str, Any], *, ip: str | None) -> dict[str, Any]:
+        login_type = body.get("type")
+        if not isinstance(login_type, str):
+            raise MissingParam("Missing 'type'")
+        if login_type != "m.login.password":
+            raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {login_type!r}")
+        self.ratelimiter.check("login", ip or "?")
+        ident = body.get("identifier")
+        if ident is not None:
+            if not isinstance(ident, dict):
+                raise BadJson("'identifier' must be an object")
+            if ident.get("type") != "m.id.user":
+                raise Forbidden("Only m.id.user identifiers are supported")
+        user_id = password_identifier_user(body, self.server_name)
+        if user_id is None:
+            raise MissingParam("Missing user identifier")
+        password = body.get("password")
+        if not isinstance(password, str):
+            raise MissingParam("Missing 'password'")
+        device_id = body.get("device_id")
+        display = body.get("initial_device_display_name")
+        want_refresh = body.get("refresh_token", False)
+        if device_id is not None and (not isinstance(device_id, str) or not device_id):
+            raise BadJson("'device_id' must be a non-empty string")
+        if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
+            raise MatrixError(400, "M_INVALID_PARAM", "device_id too long")
+        if display is not None and not isinstance(display, str):
+            raise BadJson("'initial_device_display_name' must be a string")
+        if not isinstance(want_refresh, bool):
+            raise BadJson("'refresh_token' must be a boolean")
+        # A second, per-account bucket stops password guessing spread over addresses.
+        self.ratelimiter.check("login", user_id)
+        user = await self.db.read(accounts.get_user, user_id)
+        stored = user.get("password_hash") if user else None
+        if user is None or not await check_password(password, stored if isinstance(stored, str) else None):
+            if user is not None and user["deactivated"]:
+                raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+            raise Forbidden("Invalid username or password")
+        if user["deactivated"]:
+            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+        device = device_id or new_device_id()
+        _s, args, make = self._session_args(device, display, want_refresh)
+        created = await self.db.write(_create_session_txn, user_id, *args)
+        if created:
+            await self._run_hooks(self.on_device_created, user_id, device)
+        return make(user_id).to_json(self.server_name)
+
+    async def logout(self, requester: Requester) -> None:
+        deleted = await self.db.write(
+            _logout_txn, requester.token_hash, requester.user_id, requester.device_id
+        )
+        await self._devices_deleted(requester.user_id, deleted)
+
+    async def logout_all(self, requester: Requester) -> None:
+        deleted = await self.db.write(_logout_all_txn, requester.user_id)
+        await self._devices_deleted(requester.user_id, deleted)
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        old = hash_token(refresh_token)
+        info = await self.db.read(accounts.get_refresh_token, old)
+        if info is None or info.next_used:
+            raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown refresh token", soft_logout=False)
+        user = await self.db.read(accounts.get_user, info.user_id)
+        if user is None or user["deactivated"]:
+            raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown refresh token", soft_logout=False)
+        access, ah, refresh, rh, lifetime = self._mint(True)
+        assert refresh is not None and rh is not None and lifetime is not None
+        now = self.clock.time_ms()
+        await self.db.write(
+            accounts.exchange_refresh_token, old, rh, ah, info.user_id, info.device_id, now,
+            now + lifetime,
+        )
+        return {"access_token": access, "refresh_token": refresh, "expires_in_ms": lifetime}
+
+    # -- password and deactivation -----------------------------------------------------
+
+    async def change_password(
+        self, requester: Requester, body: Mapping[str, Any]
+    ) -> None:
+        new_password = body.get("new_password")
+        logout_devices = body.get("logout_devices", True)
+        if new_password is not None and not isinstance(new_password, str):
+            raise BadJson("'new_password' must be a string")
+        if not isinstance(logout_devices, bool):
+            raise BadJson("'logout_devices' must be a boolean")
+        auth = body.get("auth")
+        if auth is not None and not isinstance(auth, dict):
+            raise BadJson("'auth' must be an object")
+        result = await self.uia.authenticate(
+            auth, flows=[[PASSWORD]], request_key="POST /account/password",
+            user_id=requester.user_id,
+        )
+        if not new_password:
+            raise MissingParam("Missing 'new_password'")
+        pw_hash = await hash_password(new_password)
+        deleted = await self.db.write(
+            _set_password_txn, requester.user_id, pw_hash, requester.device_id,
+            requester.token_hash, logout_devices, result,
+        )
+        await self._devices_deleted(requester.user_id, deleted)
+
+    async def deactivate(self, requester: Requester, body: Mapping[str, Any]) -> None:
+        erase = body.get("erase", False)
+        if not isinstance(erase, bool):
+            raise BadJson("'erase' must be a boolean")
+        auth = body.get("auth")
+        if auth is not None and not isinstance(auth, dict):
+            raise BadJson("'auth' must be an object")
+        result = await self.uia.authenticate(
+            auth, flows=[[PASSWORD]], request_key="POST /account/deactivate",
+            user_id=requester.user_id,
+        )
+        deleted = await self.db.write(_deactivate_txn, requester.user_id, erase, result)
+        log.info("deactivated %s", requester.user_id)
+        await self._devices_deleted(requester.user_id, deleted)
+        await self._run_hooks(self.on_deactivate, requester.user_id)
+        if erase:
+            await self._run_hooks(self.on_profile_changed, requester.user_id)
+
+    # -- devices -------------------------------------------------------------------------
+
+    @staticmethod
+    def device_json(d: accounts.Device) -> dict[str, Any]:
+        out: dict[str, Any] = {"device_id": d.device_id}
+        if d.display_name is not None:
+            out["display_name"] = d.display_name
+        if d.last_seen_ip is not None:
+            out["last_seen_ip"] = d.last_seen_ip
+        if d.last_seen_ts is not None:
+            out["last_seen_ts"] = d.last_seen_ts
+        return out
+
+    async def list_devices(self, user_id: str) -> list[dict[str, Any]]:
+        return [self.device_json(d) for d in await self.db.read(accounts.list_devices, user_id)]
+
+    async def get_device(self, user_id: str, device_id: str) -> dict[str, Any]:
+        d = await self.db.read(accounts.get_device, user_id, device_id)
+        if d is None:
+            raise NotFound("No device with that ID")
+        return self.device_json(d)
+
+    async def update_device(self, user_id: str, device_id: str, body: Mapping[str, Any]) -> None:
+        name = body.get("display_name")
+        if name is not None and not isinstance(name, str):
+            raise BadJson("'display_name' must be a string")
+        if name is not None and len(name) > MAX_DEVICE_NAME:
+            raise MatrixError(400, "M_INVALID_PARAM", "Device display name too long")
+        if "display_name" not in body:
+            if await self.db.read(accounts.get_device, user_id, device_id) is None:
+                raise NotFound("No device with that ID")
+            return
+        if not await self.db.write(accounts.update_device_display_name, user_id, device_id, name):
+            raise NotFound("No device with that ID")
+
+    async def delete_devices(
+        self, requester: Requester, device_ids: list[str], auth: Any, request_key: str
+    ) -> None:
+        if auth is not None and not isinstance(auth, dict):
+            raise BadJson("'auth' must be an object")
+        result = await self.uia.authenticate(
+            auth, flows=[[PASSWORD]], request_key=request_key, user_id=requester.user_id
+        )
+        deleted = await self.db.write(_delete_devices_txn, requester.user_id, device_ids, result)
+        await self._devices_deleted(requester.user_id, deleted)
+
+    # -- profile -------------------------------------------------------------------------
+
+    async def get_profile(self, user_id: str) -> dict[str, Any]:
+        """GET /profile/{userId}: every field; M_NOT_FOUND for unknown users."""
+
+        def read(conn: Conn) -> tuple[tuple[str | None, str | None] | None, dict[str, str]]:
+            return accounts.get_profile(conn, user_id), accounts.get_profile_fields(conn, user_id)
+
+        prof, custom = await self.db.read(read)
+        if prof is None:
+            raise NotFound("Profile not found")
+        out: dict[str, Any] = {k: json.loads(v) for k, v in custom.items()}
+        if prof[0] is not None:
+            out["displayname"] = prof[0]
+        if prof[1] is not None:
+            out["avatar_url"] = prof[1]
+        return out
+
+    async def get_profile_field(self, user_id: str, key: str) -> dict[str, Any]:
+        profile = await self.get_profile(user_id)
+        if key not in profile:
+            raise NotFound(f"No {key} in this profile")
+        return {key: profile[key]}
+
+    def _check_profile_key(self, key: str) -> None:
+        if len(key.encode("utf-8")) > 255:
+            raise MatrixError(400, "M_KEY_TOO_LARGE", "Profile keys are at most 255 bytes")
+        if not PROFILE_KEY.fullmatch(key):
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid profile key")
+
+    async def set_profile_field(
+        self, requester: Requester, user_id: str, key: str, body: Mapping[str, Any]
+    ) -> None:
+        """PUT /profile/{userId}/{keyName} with ``body`` holding ``keyName``."""
+        if requester.user_id != user_id and not requester.is_admin:
+            raise Forbidden("You can only change your own profile")
+        self._check_profile_key(key)
+        if key not in body:
+            raise MissingParam(f"Missing {key!r}")
+        value = body[key]
+        if key == "displayname":
+            if value is not None and not isinstance(value, str):
+                raise BadJson("'displayname' must be a string")
+            if value is not None and len(value) > MAX_DISPLAYNAME:
+                raise MatrixError(400, "M_INVALID_PARAM", "Display name too long")
+        elif key == "avatar_url":
+            if value is not None and not isinstance(value, str):
+                raise BadJson("'avatar_url' must be a string")
+            if value and (len(value) > MAX_AVATAR_URL or not value.startswith("mxc://")):
+                raise MatrixError(400, "M_INVALID_PARAM", "avatar_url must be an mxc:// URI")
+        elif key == "m.tz" and not isinstance(value, str):
+            raise BadJson("'m.tz' must be a string")
+        current = await self.get_profile(user_id)
+        current[key] = value
+        if len(json.dumps(current, ensure_ascii=False, separators=(",", ":"))) > MAX_PROFILE_BYTES:
+            raise MatrixError(400, "M_PROFILE_TOO_LARGE", "The profile would exceed 64 KiB")
+        await self.db.write(_set_profile_txn, user_id, key, value, False)
+        if key in ("displayname", "avatar_url"):
+            await self._run_hooks(self.on_profile_changed, user_id)
+
+    async def delete_profile_field(self, requester: Requester, user_id: str, key: str) -> None:
+        """DELETE /profile/{userId}/{keyName}"""
+        if requester.user_id != user_id and not requester.is_admin:
+            raise Forbidden("You can only change your own profile")
+        self._check_profile_key(key)
+        await self.get_profile(user_id)  # M_NOT_FOUND for unknown users
+        await self.db.write(_set_profile_txn, user_id, key, None, True)
+        if key in ("displayname", "avatar_url"):
+            await self._run_hooks(self.on_profile_changed, user_id)
+
+    # -- account data ------------------------------------------------------------------
+
+    async def put_account_data(
+        self, requester: Requester, user_id: str, room_id: str, data_type: str, content: Any
+    ) -> None:
+        if requester.user_id != user_id:
+            raise Forbidden("Cannot add account data for other users")
+        if not isinstance(content, dict):
+            raise BadJson("Account data content must be a JSON object")
+        if data_type in SERVER_MANAGED_ACCOUNT_DATA:
+            raise MatrixError(
+                405, "M_BAD_JSON", f"Cannot set {data_type} through this API"
+            )
+        await self._put_account_data(user_id, room_id, data_type, content)
+
+    async def _put_account_data(
+        self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]
+    ) -> None:
+        pos = await self.db.write(ad_store.put_account_data, user_id, room_id, data_type, content)
+        self.notifier.notify(pos)
+
+    async def get_account_data(
+        self, requester: Requester, user_id: str, room_id: str, data_type: str
+    ) -> dict[str, Any]:
+        if requester.user_id != user_id:
+            raise Forbidden("Cannot get account data for other users")
+        content = await self.db.read(ad_store.get_account_data, user_id, room_id, data_type)
+        if content is None:
+            raise NotFound("Account data not found")
+        return content
+
+    async def get_tags(self, requester: Requester, user_id: str, room_id: str) -> dict[str, Any]:
+        if requester.user_id != user_id:
+            raise Forbidden("Cannot get tags for other users")
+        content = await self.db.read(ad_store.get_account_data, user_id, room_id, "m.tag")
+        tags = (content or {}).get("tags")
+        return tags if isinstance(tags, dict) else {}
+
+    async def set_tag(
+        self, requester: Requester, user_id: str, room_id: str, tag: str, body: Any
+    ) -> None:
+        if requester.user_id != user_id:
+            raise Forbidden("Cannot add tags for other users")
+        if not isinstance(body, dict):
+            raise BadJson("Tag content must be a JSON object")
+        order = body.get("order")
+        if order is not None and (isinstance(order, bool) or not isinstance(order, int | float)):
+            raise BadJson("'order' must be a number")
+        if len(tag.encode("utf-8")) > 255:
+            raise MatrixError(400, "M_INVALID_PARAM", "Tag too long")
+        tags = await self.get_tags(requester, user_id, room_id)
+        tags[tag] = dict(body)
+        await self._put_account_data(user_id, room_id, "m.tag", {"tags": tags})
+
+    async def delete_tag(self, requester: Requester, user_id: str, room_id: str, tag: str) -> None:
+        if requester.user_id != user_id:
+            raise Forbidden("Cannot delete tags for other users")
+        tags = await self.get_tags(requester, user_id, room_id)
+        if tags.pop(tag, None) is not None:
+            await self._put_account_data(user_id, room_id, "m.tag", {"tags": tags})
+
+    # -- filters -------------------------------------------------------------------------
+
+    async def create_filter(self, requester: Requester, user_id: str, body: Any) -> str:
+        if requester.user_id != user_id:
+            raise Forbidden("Cannot create filters for other users")
+        try:
+            filtering.Filter.parse(body)
+        except filtering.InvalidFilter as e:
+            raise BadJson(f"Invalid filter: {e}") from None
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        if len(text) > 64 * 1024:
+            raise MatrixError(413, "M_TOO_LARGE", "Filter too large")
+        return str(await self.db.write(accounts.insert_filter, user_id, text))
+
+    async def get_filter(self, requester: Requester, user_id: str, filter_id: str) -> dict[str, Any]:
+        if requester.user_id != user_id:
+            raise Forbidden("Cannot get filters of other users")
+        if not filter_id.isdigit() or len(filter_id) > 18:
+            raise NotFound("Unknown filter")
+        text = await self.db.read(accounts.get_filter, user_id, int(filter_id))
+        if text is None:
+            raise NotFound("Unknown filter")
+        value: dict[str, Any] = json.loads(text)
+        return value
+
+    async def load_filter(self, user_id: str, filter_ref: str) -> filtering.Filter:
+        """A /sync ``filter`` parameter: a filter ID or inline JSON; M_BAD_JSON/M_NOT_FOUND."""
+        if filter_ref.lstrip().startswith("{"):
+            try:
+                obj = json.loads(filter_ref)
+            except ValueError:
+                raise MatrixError(400, "M_NOT_JSON", "filter is not JSON") from None
+        else:
+            if not filter_ref.isdigit() or len(filter_ref) > 18:
+                raise NotFound("Unknown filter")
+            text = await self.db.read(accounts.get_filter, user_id, int(filter_ref))
+            if text is None:
+                raise NotFound("Unknown filter")
+            obj = json.loads(text)
+        try:
+            return filtering.Filter.parse(obj)
+        except filtering.InvalidFilter as e:
+            raise BadJson(f"Invalid filter: {e}") from None
+
+    # -- admin ---------------------------------------------------------------------------
+
+    async def whois(self, requester: Requester, user_id: str) -> dict[str, Any]:
+        if requester.user_id != user_id and not requester.is_admin:
+            raise Forbidden("You are not a server admin")
+        if await self.db.read(accounts.get_user, user_id) is None:
+            raise NotFound("Unknown user")
+        devices = await self.db.read(accounts.list_devices, user_id)
+        out: dict[str, Any] = {}
+        for d in devices:
+            connections = []
+            if d.last_seen_ts is not None:
+                conn: dict[str, Any] = {"last_seen": d.last_seen_ts}
+                if d.last_seen_ip is not None:
+                    conn["ip"] = d.last_seen_ip
+                if d.last_seen_user_agent is not None:
+                    conn["user_agent"] = d.last_seen_user_agent
+                connections.append(conn)
+            out[d.device_id] = {"sessions": [{"connections": connections}]}
+        return {"user_id": user_id, "devices": out}

@@ -1,0 +1,222 @@
+"""User-interactive authentication (client-server-api "User-Interactive Authentication API").
+
+An endpoint protected by UIA calls :meth:`UIAService.authenticate` with the flows it
+offers. Until one flow's stages are all completed, in order, this raises
+:class:`AuthRequired`: HTTP 401 whose body holds ``flows``, ``params``, ``session`` and
+``completed`` (plus ``errcode``/``error`` when a stage attempt failed). Once a flow is
+complete it returns an :class:`AuthResult`; the endpoint does its work and then ends the
+session (:func:`finish_in_txn` inside its own write, or :meth:`UIAService.finish`).
+
+Stages implemented: ``m.login.dummy``, ``m.login.password`` (identifier ``m.id.user`` or
+the deprecated ``user``), ``m.login.registration_token`` (``/register`` only: a pending
+use of the token is counted when the stage succeeds and turned into a completed use
+when the registration commits; an abandoned session gives its pending use back when it
+expires).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pocketserver.errors import MatrixError
+from pocketserver.services.clock import Clock
+from pocketserver.services.passwords import check_password
+from pocketserver.storage import accounts
+from pocketserver.storage import uia as uia_store
+from pocketserver.storage.database import Conn, Database
+
+DUMMY = "m.login.dummy"
+PASSWORD = "m.login.password"
+REGISTRATION_TOKEN = "m.login.registration_token"
+
+SESSION_LIFETIME_MS = 6 * 60 * 60 * 1000
+
+
+class AuthRequired(MatrixError):
+    """401 with the UIA body; ``errcode`` only when a stage attempt failed."""
+
+    def __init__(self, body: dict[str, Any], errcode: str | None = None, error: str = "") -> None:
+        super().__init__(401, errcode or "M_UNAUTHORIZED", error or "Authentication required")
+        self.body = body
+        self.has_error = errcode is not None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.has_error:
+            return {"errcode": self.errcode, "error": self.message, **self.body}
+        return dict(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    session_id: str
+    completed: list[str]
+    # The registration token this session holds a pending use of, if any.
+    registration_token: str | None = None
+
+
+def finish_in_txn(conn: Conn, result: AuthResult) -> None:
+    """End the session inside the caller's write transaction (and use its token)."""
+    if result.registration_token is not None:
+        accounts.complete_registration_token(conn, result.registration_token)
+    uia_store.delete_session(conn, result.session_id)
+
+
+def _expire_sessions(conn: Conn, older_than_ms: int) -> int:
+    expired = uia_store.pop_expired_sessions(conn, older_than_ms)
+    for s in expired:
+        token = s.params.get("registration_token")
+        if isinstance(token, str):
+            accounts.release_registration_token(conn, token)
+    return len(expired)
+
+
+def _create_session(conn: Conn, session_id: str, now_ms: int, request_key: str, user_id: str | None) -> None:
+    _expire_sessions(conn, now_ms - SESSION_LIFETIME_MS)
+    uia_store.insert_session(conn, session_id, now_ms, request_key, user_id)
+
+
+def _complete_token_stage(conn: Conn, session_id: str, token: str, now_ms: int) -> list[str] | None:
+    if not accounts.reserve_registration_token(conn, token, now_ms):
+        return None
+    uia_store.set_session_param(conn, session_id, "registration_token", token)
+    return uia_store.add_completed_stage(conn, session_id, REGISTRATION_TOKEN)
+
+
+def password_identifier_user(auth: Mapping[str, Any], server_name: str) -> str | None:
+    """The user ID an ``m.login.password`` dict names (``identifier`` or ``user``)."""
+    ident = auth.get("identifier")
+    user: Any = None
+    if isinstance(ident, dict):
+        if ident.get("type") != "m.id.user":
+            return None
+        user = ident.get("user")
+    else:
+        user = auth.get("user")
+    if not isinstance(user, str) or not user:
+        return None
+    if user.startswith("@"):
+        local, sep, domain = user[1:].partition(":")
+        if not sep:
+            return None
+        return f"@{local.lower()}:{domain}"
+    return f"@{user.lower()}:{server_name}"
+
+
+class UIAService:
+    def __init__(self, db: Database, clock: Clock, server_name: str) -> None:
+        self.db = db
+        self.clock = clock
+        self.server_name = server_name
+
+    def _body(
+        self, flows: Sequence[Sequence[str]], params: Mapping[str, Any], session: str, completed: list[str]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "flows": [{"stages": list(f)} for f in flows],
+            "params": dict(params),
+            "session": session,
+        }
+        if completed:
+            body["completed"] = list(completed)
+        return body
+
+    async def authenticate(
+        self,
+        auth: Mapping[str, Any] | None,
+        *,
+        flows: Sequence[Sequence[str]],
+        request_key: str,
+        user_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> AuthResult:
+        """Check ``auth`` (the request's ``auth`` dict) against ``flows``.
+
+        ``request_key`` names the operation (e.g. ``"POST /register"``): a session
+        cannot be carried over to another one. ``user_id`` is the authenticated
+        requester, whom an ``m.login.password`` stage must prove to be.
+        """
+        params = params or {}
+        now = self.clock.time_ms()
+        if auth is not None and not isinstance(auth, Mapping):
+            raise MatrixError(400, "M_BAD_JSON", "'auth' must be an object")
+        session_id = auth.get("session") if auth else None
+        if session_id is not None and not isinstance(session_id, str):
+            raise MatrixError(400, "M_BAD_JSON", "'session' must be a string")
+
+        if session_id is None:
+            session_id = secrets.token_urlsafe(24)
+            await self.db.write(_create_session, session_id, now, request_key, user_id)
+            session = uia_store.UIASession(session_id, now, request_key, [], {}, user_id)
+        else:
+            found = await self.db.read(uia_store.get_session, session_id)
+            if found is None or found.created_ts < now - SESSION_LIFETIME_MS:
+                raise MatrixError(400, "M_UNKNOWN", f"Unknown session ID: {session_id}")
+            if found.request_hash != request_key:
+                raise MatrixError(
+                    403, "M_FORBIDDEN", "This session was started for a different request"
+                )
+            if found.user_id != user_id:
+                raise MatrixError(403, "M_FORBIDDEN", "This session belongs to another user")
+            session = found
+
+        completed = list(session.completed)
+
+        def fail(errcode: str | None = None, error: str = "") -> AuthRequired:
+            return AuthRequired(self._body(flows, params, session_id, completed), errcode, error)
+
+        if not auth:
+            raise fail()
+        stage = auth.get("type")
+        if stage is not None:
+            if not isinstance(stage, str):
+                raise MatrixError(400, "M_BAD_JSON", "'auth.type' must be a string")
+            if stage not in completed:
+                if not any(list(f[: len(completed) + 1]) == completed + [stage] for f in flows):
+                    raise fail("M_FORBIDDEN", f"Auth type {stage!r} is not expected now")
+                completed = await self._attempt(stage, auth, session_id, user_id, now, fail)
+
+        for f in flows:
+            if list(f) == completed:
+                final = await self.db.read(uia_store.get_session, session_id)
+                token = final.params.get("registration_token") if final else None
+                return AuthResult(session_id, completed, token if isinstance(token, str) else None)
+        raise fail()
+
+    async def _attempt(
+        self,
+        stage: str,
+        auth: Mapping[str, Any],
+        session_id: str,
+        user_id: str | None,
+        now: int,
+        fail: Any,
+    ) -> list[str]:
+        if stage == DUMMY:
+            return await self.db.write(uia_store.add_completed_stage, session_id, DUMMY)
+        if stage == PASSWORD:
+            password = auth.get("password")
+            named = password_identifier_user(auth, self.server_name)
+            if not isinstance(password, str) or named is None:
+                raise fail("M_BAD_JSON", "m.login.password needs an identifier and a password")
+            if user_id is not None and named != user_id:
+                raise fail("M_FORBIDDEN", "You can only authenticate as yourself")
+            user = await self.db.read(accounts.get_user, named)
+            stored = user["password_hash"] if user and not user["deactivated"] else None
+            if not await check_password(password, stored if isinstance(stored, str) else None):
+                raise fail("M_FORBIDDEN", "Invalid password")
+            return await self.db.write(uia_store.add_completed_stage, session_id, PASSWORD)
+        if stage == REGISTRATION_TOKEN:
+            token = auth.get("token")
+            if not isinstance(token, str) or not token:
+                raise fail("M_BAD_JSON", "m.login.registration_token needs a token")
+            done = await self.db.write(_complete_token_stage, session_id, token, now)
+            if done is None:
+                raise fail("M_FORBIDDEN", "Invalid registration token")
+            return done
+        raise fail("M_UNRECOGNIZED", f"Unsupported auth type {stage!r}")
+
+    async def finish(self, result: AuthResult) -> None:
+        await self.db.write(finish_in_txn, result)
