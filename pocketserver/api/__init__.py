@@ -9,7 +9,10 @@ def register_blueprints(app: Any) -> None:
     """Register every route module's blueprint on ``app``."""
     from pocketserver.api import discovery
     from pocketserver.api.client import account, account_data, capabilities, presence, profile
+    from pocketserver.api.client import key_backup as client_key_backup
+    from pocketserver.api.client import keys as client_keys
+    from pocketserver.api.client import to_device as client_to_device
     from pocketserver.api.federation import keys as federation_keys
 
-    for module in (account, account_data, capabilities, presence, profile, discovery, federation_keys):
+    for module in (client_keys, client_to_device, client_key_backup, account, account_data, capabilities, presence, profile, discovery, federation_keys):
         app.register_blueprint(module.bp)

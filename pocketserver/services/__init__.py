@@ -13,6 +13,8 @@ from pocketserver.config import Config
 from pocketserver.services.accounts import AccountsService
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
+from pocketserver.services.e2ee import E2eeService
+from pocketserver.services.key_backup import KeyBackupService
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.presence import PresenceService
 from pocketserver.services.ratelimit import RateLimiter
@@ -33,6 +35,8 @@ class Services:
     uia: UIAService
     accounts: AccountsService
     presence: PresenceService
+    e2ee: E2eeService
+    key_backup: KeyBackupService
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -47,6 +51,9 @@ def build_services(
     uia = UIAService(db, clock, config.server_name)
     accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter)
     presence = PresenceService(db, clock, notifier)
+    e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
+    accounts.on_device_deleted.append(e2ee.on_device_deleted)
+    key_backup = KeyBackupService(db)
     return Services(
         config=config,
         db=db,
@@ -58,5 +65,7 @@ def build_services(
         uia=uia,
         accounts=accounts,
         presence=presence,
+        e2ee=e2ee,
+        key_backup=key_backup,
         background=[],
     )
