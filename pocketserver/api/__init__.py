@@ -11,8 +11,11 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.client import account, account_data, capabilities, presence, profile
     from pocketserver.api.client import key_backup as client_key_backup
     from pocketserver.api.client import keys as client_keys
+    from pocketserver.api.client import media as client_media
+    from pocketserver.api.client import rooms as client_rooms
+    from pocketserver.api.client import sync as client_sync
     from pocketserver.api.client import to_device as client_to_device
     from pocketserver.api.federation import keys as federation_keys
 
-    for module in (client_keys, client_to_device, client_key_backup, account, account_data, capabilities, presence, profile, discovery, federation_keys):
+    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media):
         app.register_blueprint(module.bp)

@@ -14,11 +14,17 @@ from pocketserver.services.accounts import AccountsService
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
 from pocketserver.services.e2ee import E2eeService
+from pocketserver.services.ephemeral import ReceiptService, TypingTracker
+from pocketserver.services.events import EventPipeline
 from pocketserver.services.key_backup import KeyBackupService
+from pocketserver.services.media import MediaService
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.presence import PresenceService
 from pocketserver.services.ratelimit import RateLimiter
+from pocketserver.services.room_reader import RoomReader
+from pocketserver.services.rooms import RoomService
 from pocketserver.services.server_keys import ServerSigningKey
+from pocketserver.services.sync import SyncService, e2ee_extension
 from pocketserver.services.uia import UIAService
 from pocketserver.storage.database import Database
 
@@ -35,8 +41,15 @@ class Services:
     uia: UIAService
     accounts: AccountsService
     presence: PresenceService
+    media: MediaService
     e2ee: E2eeService
     key_backup: KeyBackupService
+    pipeline: EventPipeline
+    rooms: RoomService
+    reader: RoomReader
+    typing: TypingTracker
+    receipts: ReceiptService
+    sync: SyncService
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -51,9 +64,25 @@ def build_services(
     uia = UIAService(db, clock, config.server_name)
     accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter)
     presence = PresenceService(db, clock, notifier)
+    media = MediaService(config, db, clock)
     e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
     accounts.on_device_deleted.append(e2ee.on_device_deleted)
     key_backup = KeyBackupService(db)
+    pipeline = EventPipeline(
+        db,
+        clock,
+        notifier,
+        config.server_name,
+        signing_key,
+        max_event_size=config.max_event_size,
+        cache_size=config.caches.event_cache_size,
+    )
+    rooms = RoomService(db, config, clock, notifier, pipeline)
+    reader = RoomReader(db, clock)
+    typing = TypingTracker(clock, notifier)
+    receipts = ReceiptService(db, clock, notifier)
+    sync = SyncService(db, clock, notifier, typing)
+    sync.extensions.append(e2ee_extension(e2ee))
     return Services(
         config=config,
         db=db,
@@ -65,7 +94,14 @@ def build_services(
         uia=uia,
         accounts=accounts,
         presence=presence,
+        media=media,
         e2ee=e2ee,
         key_backup=key_backup,
-        background=[],
+        pipeline=pipeline,
+        rooms=rooms,
+        reader=reader,
+        typing=typing,
+        receipts=receipts,
+        sync=sync,
+        background=[("media", media.run)],
     )

@@ -467,3 +467,57 @@ def search_messages(
         args,
     ).fetchall()
     return [(_record(r[:9]), -float(r[9])) for r in rows]
+
+
+def count_relations(conn: Conn, parent_id: str, rel_type: str) -> int:
+    (n,) = conn.execute(
+        "SELECT COUNT(*) FROM event_relations rel JOIN events e ON e.event_nid = rel.event_nid"
+        " WHERE rel.relates_to_id = ? AND rel.rel_type = ? AND e.rejected_reason IS NULL"
+        " AND e.stream_pos IS NOT NULL",
+        (parent_id, rel_type),
+    ).fetchone()
+    return int(n)
+
+
+def has_related_from(conn: Conn, parent_id: str, rel_type: str, sender: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM event_relations rel JOIN events e ON e.event_nid = rel.event_nid"
+            " WHERE rel.relates_to_id = ? AND rel.rel_type = ? AND e.sender = ? LIMIT 1",
+            (parent_id, rel_type, sender),
+        ).fetchone()
+        is not None
+    )
+
+
+def thread_roots(
+    conn: Conn, room_id: str, *, participated_by: str | None, before_pos: int | None, limit: int
+) -> list[tuple[EventRecord, int]]:
+    """Thread roots of a room ordered by their latest reply, newest first, with that position."""
+    args: list[Any] = [room_id]
+    extra = ""
+    if participated_by is not None:
+        extra = (
+            " AND (root.sender = ? OR EXISTS (SELECT 1 FROM event_relations r2 JOIN events e2"
+            " ON e2.event_nid = r2.event_nid WHERE r2.relates_to_id = root.event_id"
+            " AND r2.rel_type = 'm.thread' AND e2.sender = ?))"
+        )
+        args += [participated_by, participated_by]
+    having = ""
+    if before_pos is not None:
+        having = " HAVING MAX(reply.stream_pos) < ?"
+    rows = conn.execute(
+        f"SELECT root.event_id, MAX(reply.stream_pos) AS latest FROM events root"
+        " JOIN rooms r ON r.room_nid = root.room_nid"
+        " JOIN event_relations rel ON rel.relates_to_id = root.event_id AND rel.rel_type = 'm.thread'"
+        " JOIN events reply ON reply.event_nid = rel.event_nid"
+        f" WHERE r.room_id = ?{extra} GROUP BY root.event_id{having}"
+        " ORDER BY latest DESC LIMIT ?",
+        [*args, *([before_pos] if before_pos is not None else []), limit],
+    ).fetchall()
+    out: list[tuple[EventRecord, int]] = []
+    for eid, latest in rows:
+        rec = get_event(conn, eid)
+        if rec is not None:
+            out.append((rec, int(latest)))
+    return out

@@ -1,0 +1,25 @@
+"""Route registration for the client API under its prefixes (v3, and r0 for old clients)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from quart import Blueprint
+
+PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+
+
+def client_route(
+    bp: Blueprint, path: str, methods: list[str], prefixes: tuple[str, ...] = PREFIXES
+) -> Callable[[Any], Any]:
+    """Register ``fn`` for ``path`` under each client API prefix."""
+
+    def decorator(fn: Any) -> Any:
+        for i, prefix in enumerate(prefixes):
+            bp.add_url_rule(
+                prefix + path, endpoint=f"{fn.__name__}_{i}", view_func=fn, methods=methods
+            )
+        return fn
+
+    return decorator

@@ -1,0 +1,127 @@
+"""Typing notifications (in memory) and receipts / read markers (stored).
+
+Typing is ephemeral by nature: a restart forgets who was typing, which is what every
+client expects. Each room keeps the serial of its last change so /sync sends m.typing
+only for rooms whose typing set changed since the client's token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pocketserver.errors import BadJson, Forbidden, NotFound
+from pocketserver.services.clock import Clock
+from pocketserver.services.notifier import Notifier
+from pocketserver.storage import rooms as room_store
+from pocketserver.storage import state as state_store
+from pocketserver.storage.database import Conn, Database
+from pocketserver.storage.events import event_position
+from pocketserver.storage.streams import next_stream_pos
+
+MAX_TYPING_TIMEOUT_MS = 120_000
+RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
+
+
+@dataclass
+class _RoomTyping:
+    users: dict[str, float] = field(default_factory=dict)  # user -> monotonic expiry
+    serial: int = 0
+
+
+class TypingTracker:
+    def __init__(self, clock: Clock, notifier: Notifier) -> None:
+        self.clock = clock
+        self.notifier = notifier
+        self._rooms: dict[str, _RoomTyping] = {}
+
+    def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+        self._expire()
+        room = self._rooms.setdefault(room_id, _RoomTyping())
+        changed = False
+        if typing:
+            timeout = min(max(timeout_ms, 0), MAX_TYPING_TIMEOUT_MS) / 1000
+            changed = user_id not in room.users
+            room.users[user_id] = self.clock.monotonic() + timeout
+        elif user_id in room.users:
+            del room.users[user_id]
+            changed = True
+        if changed:
+            self.notifier.notify_ephemeral()
+            room.serial = self.notifier.ephemeral_serial
+
+    def _expire(self) -> None:
+        now = self.clock.monotonic()
+        expired_any = False
+        for room_id, room in list(self._rooms.items()):
+            gone = [u for u, exp in room.users.items() if exp <= now]
+            for u in gone:
+                del room.users[u]
+            if gone:
+                expired_any = True
+                self.notifier.ephemeral_serial += 1
+                room.serial = self.notifier.ephemeral_serial
+            if not room.users and not gone and room.serial < self.notifier.ephemeral_serial - 1000:
+                del self._rooms[room_id]
+        if expired_any:
+            self.notifier.notify()
+
+    def typing_since(self, room_id: str, since_serial: int | None) -> list[str] | None:
+        """The room's typing users if they changed after ``since_serial`` (None: unchanged)."""
+        self._expire()
+        room = self._rooms.get(room_id)
+        if room is None:
+            return [] if since_serial is None else None
+        if since_serial is not None and room.serial <= since_serial:
+            return None
+        return sorted(room.users)
+
+    def next_expiry_in(self) -> float | None:
+        soonest = None
+        for room in self._rooms.values():
+            for exp in room.users.values():
+                if soonest is None or exp < soonest:
+                    soonest = exp
+        return None if soonest is None else max(0.0, soonest - self.clock.monotonic())
+
+
+class ReceiptService:
+    def __init__(self, db: Database, clock: Clock, notifier: Notifier) -> None:
+        self.db = db
+        self.clock = clock
+        self.notifier = notifier
+
+    async def send_receipt(
+        self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None
+    ) -> None:
+        if receipt_type not in RECEIPT_TYPES:
+            raise BadJson(f"Unknown receipt type {receipt_type}")
+        if thread_id is not None and (not isinstance(thread_id, str) or not thread_id):
+            raise BadJson("thread_id must be a non-empty string")
+        if receipt_type == "m.fully_read" and thread_id is not None:
+            raise BadJson("m.fully_read cannot be threaded")
+        pos = await self.db.write(
+            self._write, user_id, room_id, receipt_type, event_id, thread_id or ""
+        )
+        self.notifier.notify(pos)
+
+    def _write(
+        self, conn: Conn, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str
+    ) -> int:
+        m = state_store.get_membership(conn, room_id, user_id)
+        if m is None or m[0] != "join":
+            raise Forbidden("You are not joined to this room")
+        where = event_position(conn, event_id)
+        if where is None or where[0] != room_id:
+            raise NotFound("Unknown event")
+        if receipt_type == "m.fully_read":
+            from pocketserver.storage import account_data
+
+            return account_data.put_account_data(
+                conn, user_id, room_id, "m.fully_read", {"event_id": event_id}
+            )
+        pos = next_stream_pos(conn)
+        data: dict[str, object] = {"ts": self.clock.time_ms()}
+        if thread_id:
+            data["thread_id"] = thread_id
+        room_store.upsert_receipt(conn, room_id, receipt_type, user_id, thread_id, event_id, data, pos)
+        return pos

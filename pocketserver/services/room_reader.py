@@ -1,0 +1,422 @@
+"""Reading rooms for clients: state, events, members, /messages, /context, directory.
+
+Every read checks what the requester may see: current state for members, the state
+at the moment they left for former members, everything for world-readable rooms, and
+history visibility per event for timelines (see ``visibility``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from pocketserver.errors import BadJson, Forbidden, InvalidParam, NotFound
+from pocketserver.services.auth import Requester
+from pocketserver.services.client_events import serialize_event, serialize_events
+from pocketserver.services.clock import Clock
+from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
+from pocketserver.services.sync import parse_stream_token
+from pocketserver.services.visibility import VisibilityChecker
+from pocketserver.storage import events as ev_store
+from pocketserver.storage import rooms as room_store
+from pocketserver.storage import state as state_store
+from pocketserver.storage.database import Conn, Database
+from pocketserver.storage.events import EventRecord
+from pocketserver.storage.state import StateMap
+from pocketserver.storage.streams import current_stream_pos
+
+JsonDict = dict[str, Any]
+
+
+def _parse_room_filter(raw: str | None) -> RoomEventFilter | None:
+    if not raw:
+        return None
+    try:
+        obj = json.loads(raw)
+        return RoomEventFilter.parse(obj)
+    except (ValueError, InvalidFilter) as e:
+        raise BadJson(f"Invalid filter: {e}") from None
+
+
+def _view(rec: EventRecord) -> JsonDict:
+    ev = rec.event
+    return {"type": ev.type, "sender": ev.sender, "room_id": ev.room_id, "content": ev.content}
+
+
+class RoomReader:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- access --------------------------------------------------------------------------
+
+    def _visible_state(self, conn: Conn, requester: Requester, room_id: str) -> StateMap:
+        """The state the requester may read, or Forbidden."""
+        if ev_store.get_room(conn, room_id) is None:
+            raise Forbidden("You are not in this room")
+        m = state_store.get_membership(conn, room_id, requester.user_id)
+        if m is not None and m[0] == "join":
+            return state_store.get_current_state_ids(conn, room_id)
+        if m is not None and m[0] in ("leave", "ban"):
+            after = state_store.state_after_event(conn, m[1])
+            if after is not None:
+                return after
+        checker = VisibilityChecker(conn, room_id, requester.user_id)
+        if checker.world_readable_now:
+            return state_store.get_current_state_ids(conn, room_id)
+        raise Forbidden("You are not in this room")
+
+    # -- state ------------------------------------------------------------------------------
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        rooms = await self.db.read(state_store.rooms_for_user, user_id, ("join",))
+        return sorted(rooms)
+
+    async def state_event(
+        self, requester: Requester, room_id: str, etype: str, state_key: str
+    ) -> JsonDict | None:
+        def run(conn: Conn) -> JsonDict | None:
+            state = self._visible_state(conn, requester, room_id)
+            eid = state.get((etype, state_key))
+            if eid is None:
+                return None
+            rec = ev_store.get_event(conn, eid)
+            if rec is None:
+                return None
+            return serialize_event(
+                conn, rec, user_id=requester.user_id, device_id=requester.device_id,
+                now_ms=self.clock.time_ms(), bundle=False,
+            )
+
+        return await self.db.read(run)
+
+    async def room_state(self, requester: Requester, room_id: str) -> list[JsonDict]:
+        def run(conn: Conn) -> list[JsonDict]:
+            state = self._visible_state(conn, requester, room_id)
+            recs = ev_store.get_events(conn, state.values())
+            return serialize_events(
+                conn, [recs[e] for e in state.values() if e in recs],
+                user_id=requester.user_id, device_id=requester.device_id,
+                now_ms=self.clock.time_ms(), bundle=False,
+            )
+
+        return await self.db.read(run)
+
+    async def members(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        at: str | None,
+        membership: str | None,
+        not_membership: str | None,
+    ) -> list[JsonDict]:
+        def run(conn: Conn) -> list[JsonDict]:
+            state = self._visible_state(conn, requester, room_id)
+            if at is not None:
+                pos = parse_stream_token(at)
+                state = self._state_at_pos(conn, room_id, pos) or state
+            ids = [eid for (t, _), eid in state.items() if t == "m.room.member"]
+            recs = ev_store.get_events(conn, ids)
+            chosen = []
+            for eid in ids:
+                rec = recs.get(eid)
+                if rec is None:
+                    continue
+                m = rec.event.membership
+                if membership is not None and m != membership:
+                    continue
+                if not_membership is not None and m == not_membership:
+                    continue
+                chosen.append(rec)
+            return serialize_events(
+                conn, chosen, user_id=requester.user_id, device_id=requester.device_id,
+                now_ms=self.clock.time_ms(), bundle=False,
+            )
+
+        return await self.db.read(run)
+
+    def _state_at_pos(self, conn: Conn, room_id: str, pos: int) -> StateMap | None:
+        recs = ev_store.room_timeline(conn, room_id, from_pos=pos + 1, to_pos=None, backwards=True, limit=1)
+        if not recs:
+            return None
+        return state_store.state_after_event(conn, recs[0].event.event_id)
+
+    async def joined_members(self, requester: Requester, room_id: str) -> JsonDict:
+        def run(conn: Conn) -> JsonDict:
+            state = self._visible_state(conn, requester, room_id)
+            ids = [eid for (t, _), eid in state.items() if t == "m.room.member"]
+            recs = ev_store.get_events(conn, ids)
+            out: JsonDict = {}
+            for rec in recs.values():
+                if rec.event.membership == "join" and rec.event.state_key is not None:
+                    c = rec.event.content
+                    out[rec.event.state_key] = {
+                        "display_name": c.get("displayname") if isinstance(c.get("displayname"), str) else None,
+                        "avatar_url": c.get("avatar_url") if isinstance(c.get("avatar_url"), str) else None,
+                    }
+            return out
+
+        return await self.db.read(run)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
+        def run(conn: Conn) -> JsonDict:
+            rec = ev_store.get_event(conn, event_id)
+            if rec is None or rec.event.room_id != room_id or rec.rejected_reason is not None:
+                raise NotFound("Event not found")
+            if ev_store.get_room(conn, room_id) is None:
+                raise NotFound("Event not found")
+            checker = VisibilityChecker(conn, room_id, requester.user_id)
+            if not checker.can_see(rec):
+                raise NotFound("Event not found")
+            return serialize_event(
+                conn, rec, user_id=requester.user_id, device_id=requester.device_id,
+                now_ms=self.clock.time_ms(),
+            )
+
+        return await self.db.read(run)
+
+    async def messages(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        from_token: str | None,
+        to_token: str | None,
+        backwards: bool,
+        limit: int,
+        raw_filter: str | None,
+    ) -> JsonDict:
+        flt = _parse_room_filter(raw_filter)
+        start_pos = parse_stream_token(from_token) if from_token else None
+        end_pos = parse_stream_token(to_token) if to_token else None
+
+        def run(conn: Conn) -> JsonDict:
+            if ev_store.get_room(conn, room_id) is None:
+                raise Forbidden("You are not in this room")
+            checker = VisibilityChecker(conn, room_id, requester.user_id)
+            if checker.current_membership is None and not checker.world_readable_now:
+                raise Forbidden("You are not in this room")
+            # A token t{p} is the gap after the event at position p.
+            if backwards:
+                boundary = start_pos if start_pos is not None else current_stream_pos(conn)
+                cursor = boundary + 1
+            else:
+                boundary = start_pos if start_pos is not None else -(2**62)
+                cursor = boundary
+            picked: list[EventRecord] = []
+            exhausted = False
+            page_size = max(limit, 20)
+            for _ in range(50):
+                page = ev_store.room_timeline(
+                    conn, room_id, from_pos=cursor, to_pos=end_pos, backwards=backwards, limit=page_size
+                )
+                full = False
+                for rec in page:
+                    if len(picked) >= limit:
+                        full = True
+                        break
+                    assert rec.stream_pos is not None
+                    cursor = rec.stream_pos
+                    if not checker.can_see(rec):
+                        continue
+                    if flt is not None and not flt.matches(_view(rec)):
+                        continue
+                    picked.append(rec)
+                if full or len(picked) >= limit:
+                    break
+                if len(page) < page_size:
+                    exhausted = True
+                    break
+            chunk = serialize_events(
+                conn, picked, user_id=requester.user_id, device_id=requester.device_id,
+                now_ms=self.clock.time_ms(),
+            )
+            out: JsonDict = {"chunk": chunk, "start": f"t{boundary}"}
+            if not exhausted and (picked or limit == 0):
+                out["end"] = f"t{cursor - 1}" if backwards else f"t{cursor}"
+            if flt is not None and flt.lazy_load_members and picked:
+                senders = {r.event.sender for r in picked}
+                state = state_store.get_current_state_ids(
+                    conn, room_id, [("m.room.member", s) for s in senders]
+                )
+                recs = ev_store.get_events(conn, state.values())
+                out["state"] = serialize_events(
+                    conn, list(recs.values()), user_id=requester.user_id,
+                    device_id=requester.device_id, now_ms=self.clock.time_ms(), bundle=False,
+                )
+            return out
+
+        return await self.db.read(run)
+
+    async def context(
+        self, requester: Requester, room_id: str, event_id: str, limit: int, raw_filter: str | None
+    ) -> JsonDict:
+        flt = _parse_room_filter(raw_filter)
+
+        def run(conn: Conn) -> JsonDict:
+            rec = ev_store.get_event(conn, event_id)
+            if rec is None or rec.event.room_id != room_id or rec.stream_pos is None:
+                raise NotFound("Event not found")
+            checker = VisibilityChecker(conn, room_id, requester.user_id)
+            if not checker.can_see(rec):
+                raise NotFound("Event not found")
+            pos = rec.stream_pos
+            before_n = limit // 2
+            after_n = limit - before_n
+
+            def collect(backwards: bool, n: int) -> tuple[list[EventRecord], int]:
+                out: list[EventRecord] = []
+                cursor = pos
+                for _ in range(20):
+                    page = ev_store.room_timeline(
+                        conn, room_id, from_pos=cursor, to_pos=None, backwards=backwards, limit=max(n, 20)
+                    )
+                    if not page:
+                        break
+                    for r in page:
+                        assert r.stream_pos is not None
+                        if len(out) >= n:
+                            break
+                        cursor = r.stream_pos
+                        if checker.can_see(r) and (flt is None or flt.matches(_view(r))):
+                            out.append(r)
+                    if len(out) >= n or len(page) < max(n, 20):
+                        break
+                return out, cursor
+
+            before, start = collect(True, before_n)
+            after, end = collect(False, after_n)
+            kw = {"user_id": requester.user_id, "device_id": requester.device_id, "now_ms": self.clock.time_ms()}
+            last = after[-1].event.event_id if after else event_id
+            state_ids = state_store.state_after_event(conn, last) or {}
+            if flt is not None and flt.lazy_load_members:
+                senders = {r.event.sender for r in [rec, *before, *after]}
+                state_ids = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in senders}
+            srecs = ev_store.get_events(conn, state_ids.values())
+            return {
+                "event": serialize_event(conn, rec, **kw),  # type: ignore[arg-type]
+                "events_before": serialize_events(conn, before, **kw),  # type: ignore[arg-type]
+                "events_after": serialize_events(conn, after, **kw),  # type: ignore[arg-type]
+                "start": f"t{start - 1}",
+                "end": f"t{end}",
+                "state": serialize_events(conn, list(srecs.values()), bundle=False, **kw),  # type: ignore[arg-type]
+            }
+
+        return await self.db.read(run)
+
+    async def timestamp_to_event(self, requester: Requester, room_id: str, ts: int, forwards: bool) -> JsonDict:
+        def run(conn: Conn) -> JsonDict:
+            self._visible_state(conn, requester, room_id)
+            eid = ev_store.event_id_at_or_near_ts(conn, room_id, ts, forwards)
+            if eid is None:
+                raise NotFound("No event found")
+            rec = ev_store.get_event(conn, eid)
+            assert rec is not None
+            return {"event_id": eid, "origin_server_ts": rec.event.origin_server_ts}
+
+        return await self.db.read(run)
+
+    # -- aliases, directory, reports -------------------------------------------------------------
+
+    async def room_aliases(self, requester: Requester, room_id: str) -> list[str]:
+        def run(conn: Conn) -> list[str]:
+            self._visible_state(conn, requester, room_id)
+            return room_store.aliases_for_room(conn, room_id)
+
+        return await self.db.read(run)
+
+    async def room_is_public(self, room_id: str) -> bool:
+        info = await self.db.read(ev_store.get_room, room_id)
+        if info is None:
+            raise NotFound("Unknown room")
+        return info.is_public
+
+    async def set_room_public(self, requester: Requester, room_id: str, public: bool) -> None:
+        def run(conn: Conn) -> None:
+            if ev_store.get_room(conn, room_id) is None:
+                raise NotFound("Unknown room")
+            m = state_store.get_membership(conn, room_id, requester.user_id)
+            if (m is None or m[0] != "join") and not requester.is_admin:
+                raise Forbidden("You must be in the room to publish it")
+            room_store.set_room_public(conn, room_id, public)
+
+        await self.db.write(run)
+
+    async def public_rooms(self, *, limit: int | None, since: str | None, search: str | None) -> JsonDict:
+        offset = 0
+        if since:
+            try:
+                offset = int(base64.urlsafe_b64decode(since.encode()).decode())
+            except ValueError:
+                raise InvalidParam("Invalid since token") from None
+
+        def run(conn: Conn) -> JsonDict:
+            entries = []
+            for room_id in room_store.public_room_ids(conn):
+                entry = self._directory_entry(conn, room_id)
+                if search:
+                    hay = " ".join(str(entry.get(k, "")) for k in ("name", "topic", "canonical_alias")).lower()
+                    if search.lower() not in hay:
+                        continue
+                entries.append(entry)
+            entries.sort(key=lambda e: (-e["num_joined_members"], e["room_id"]))
+            total = len(entries)
+            page = entries[offset:] if limit is None else entries[offset : offset + limit]
+            out: JsonDict = {"chunk": page, "total_room_count_estimate": total}
+            if limit is not None and offset + limit < total:
+                out["next_batch"] = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
+            if offset > 0:
+                out["prev_batch"] = base64.urlsafe_b64encode(str(max(0, offset - (limit or 0))).encode()).decode()
+            return out
+
+        return await self.db.read(run)
+
+    def _directory_entry(self, conn: Conn, room_id: str) -> JsonDict:
+        keys = [
+            ("m.room.name", ""), ("m.room.topic", ""), ("m.room.canonical_alias", ""),
+            ("m.room.avatar", ""), ("m.room.join_rules", ""), ("m.room.history_visibility", ""),
+            ("m.room.guest_access", ""), ("m.room.create", ""),
+        ]
+        ids = state_store.get_current_state_ids(conn, room_id, keys)
+        recs = ev_store.get_events(conn, ids.values())
+        content = {k[0]: recs[e].event.content for k, e in ids.items() if e in recs}
+        entry: JsonDict = {
+            "room_id": room_id,
+            "num_joined_members": state_store.count_members(conn, room_id),
+            "world_readable": content.get("m.room.history_visibility", {}).get("history_visibility") == "world_readable",
+            "guest_can_join": content.get("m.room.guest_access", {}).get("guest_access") == "can_join",
+            "join_rule": content.get("m.room.join_rules", {}).get("join_rule", "invite"),
+        }
+        for key, etype, field in (
+            ("name", "m.room.name", "name"),
+            ("topic", "m.room.topic", "topic"),
+            ("canonical_alias", "m.room.canonical_alias", "alias"),
+            ("avatar_url", "m.room.avatar", "url"),
+        ):
+            v = content.get(etype, {}).get(field)
+            if isinstance(v, str) and v:
+                entry[key] = v
+        room_type = content.get("m.room.create", {}).get("type")
+        if isinstance(room_type, str):
+            entry["room_type"] = room_type
+        return entry
+
+    async def report(
+        self, requester: Requester, room_id: str, event_id: str | None, reason: str | None, score: int | None
+    ) -> None:
+        def run(conn: Conn) -> None:
+            if ev_store.get_room(conn, room_id) is None:
+                raise NotFound("Unknown room")
+            if event_id is not None:
+                rec = ev_store.get_event(conn, event_id)
+                if rec is None or rec.event.room_id != room_id:
+                    raise NotFound("Event not found")
+                if not VisibilityChecker(conn, room_id, requester.user_id).can_see(rec):
+                    raise NotFound("Event not found")
+            room_store.insert_report(conn, room_id, event_id, requester.user_id, reason, score, self.clock.time_ms())
+
+        await self.db.write(run)

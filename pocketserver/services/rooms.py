@@ -1,0 +1,523 @@
+"""Rooms: creation, membership, sending, state, redaction, aliases and the directory.
+
+Every change to a room is one event through :class:`EventPipeline` (built, authorised
+by the room version's rules, persisted in one transaction). This module decides *which*
+events to send and enforces the client-API rules that sit above the auth rules
+(aliases, redaction permission, upgrades).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pocketserver.config import Config
+from pocketserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
+from pocketserver.protocol.identifiers import (
+    InvalidIdentifier,
+    RoomAlias,
+    is_valid_room_id,
+    is_valid_user_id,
+)
+from pocketserver.protocol.room_versions import (
+    DEFAULT_ROOM_VERSION,
+    KNOWN_ROOM_VERSIONS,
+    RoomVersion,
+)
+from pocketserver.services.auth import Requester
+from pocketserver.services.clock import Clock
+from pocketserver.services.events import EventPipeline, Persisted
+from pocketserver.services.notifier import Notifier
+from pocketserver.storage import accounts
+from pocketserver.storage import events as ev_store
+from pocketserver.storage import rooms as room_store
+from pocketserver.storage import state as state_store
+from pocketserver.storage.database import Database
+from pocketserver.storage.events import RoomInfo
+
+JsonDict = dict[str, Any]
+
+PRESETS: dict[str, dict[str, str]] = {
+    "private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join"},
+    "trusted_private_chat": {
+        "join_rule": "invite",
+        "history_visibility": "shared",
+        "guest_access": "can_join",
+    },
+    "public_chat": {"join_rule": "public", "history_visibility": "shared", "guest_access": "forbidden"},
+}
+
+MEMBERSHIP_ACTIONS = ("invite", "join", "leave", "ban", "knock")
+
+
+class RoomService:
+    def __init__(
+        self,
+        db: Database,
+        config: Config,
+        clock: Clock,
+        notifier: Notifier,
+        pipeline: EventPipeline,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.clock = clock
+        self.notifier = notifier
+        self.pipeline = pipeline
+        self.server_name = config.server_name
+        # Called with (room_id, user_id) after a local user's membership changed.
+        self.on_membership: list[Callable[[str, str, str], Awaitable[None]]] = []
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get_room(self, room_id: str) -> RoomInfo:
+        info = await self.db.read(ev_store.get_room, room_id)
+        if info is None:
+            raise NotFound("Unknown room")
+        return info
+
+    async def membership(self, room_id: str, user_id: str) -> str | None:
+        m = await self.db.read(state_store.get_membership, room_id, user_id)
+        return None if m is None else m[0]
+
+    async def require_joined(self, requester: Requester, room_id: str) -> RoomInfo:
+        info = await self.db.read(ev_store.get_room, room_id)
+        if info is None:
+            raise Forbidden("You are not in this room")
+        if await self.membership(room_id, requester.user_id) != "join":
+            raise Forbidden("You are not joined to this room")
+        return info
+
+    async def current_state_event(self, room_id: str, etype: str, state_key: str = "") -> JsonDict | None:
+        ids = await self.db.read(state_store.get_current_state_ids, room_id, [(etype, state_key)])
+        eid = ids.get((etype, state_key))
+        if eid is None:
+            return None
+        rec = await self.pipeline.get_event(eid)
+        return None if rec is None else dict(rec.event.content)
+
+    async def resolve_room_id_or_alias(self, room_id_or_alias: str) -> str:
+        if room_id_or_alias.startswith("#"):
+            try:
+                RoomAlias.parse(room_id_or_alias)
+            except InvalidIdentifier:
+                raise InvalidParam("Invalid room alias") from None
+            row = await self.db.read(room_store.get_alias, room_id_or_alias)
+            if row is None:
+                raise NotFound(f"Room alias {room_id_or_alias} not found")
+            return row[0]
+        if not room_id_or_alias.startswith("!") or not is_valid_room_id(room_id_or_alias):
+            raise InvalidParam("Invalid room ID or alias")
+        return room_id_or_alias
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send_event(
+        self,
+        requester: Requester,
+        room_id: str,
+        etype: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+        txn_id: str | None = None,
+    ) -> Persisted:
+        info = await self.get_room_for_sender(room_id)
+        txn_key = None
+        if txn_id is not None:
+            txn_key = f"{requester.user_id}|{requester.device_id or ''}|{txn_id}"
+        redacts = None
+        if etype == "m.room.redaction":
+            r = content.get("redacts")
+            redacts = r if isinstance(r, str) else None
+        return await self.pipeline.create_room_event(
+            room_id,
+            info.room_version,
+            requester.user_id,
+            etype,
+            content,
+            state_key=state_key,
+            txn_key=txn_key,
+            redacts=redacts,
+        )
+
+    async def get_room_for_sender(self, room_id: str) -> RoomInfo:
+        info = await self.db.read(ev_store.get_room, room_id)
+        if info is None:
+            # Unknown rooms look the same as rooms one is not in.
+            raise Forbidden("You are not in this room")
+        return info
+
+    async def send_state(
+        self, requester: Requester, room_id: str, etype: str, state_key: str, content: JsonDict
+    ) -> Persisted:
+        if etype == "m.room.member":
+            membership = content.get("membership")
+            if not isinstance(membership, str):
+                raise BadJson("membership is required")
+            return await self.update_membership(
+                requester, room_id, state_key, membership, content=content, via_state_api=True
+            )
+        if etype == "m.room.canonical_alias":
+            await self._check_canonical_alias(room_id, content)
+        return await self.send_event(requester, room_id, etype, content, state_key=state_key)
+
+    async def _check_canonical_alias(self, room_id: str, content: JsonDict) -> None:
+        aliases: list[Any] = []
+        if "alias" in content and content["alias"] is not None:
+            aliases.append(content["alias"])
+        alt = content.get("alt_aliases", [])
+        if not isinstance(alt, list):
+            raise BadJson("alt_aliases must be a list")
+        aliases += alt
+        for alias in aliases:
+            if not isinstance(alias, str):
+                raise BadJson("aliases must be strings")
+            try:
+                parsed = RoomAlias.parse(alias)
+            except InvalidIdentifier:
+                raise MatrixError(400, "M_INVALID_PARAM", f"Invalid alias {alias}") from None
+            if parsed.domain == self.server_name:
+                row = await self.db.read(room_store.get_alias, alias)
+                if row is None or row[0] != room_id:
+                    raise MatrixError(400, "M_BAD_ALIAS", f"{alias} does not point at this room")
+
+    async def redact(
+        self, requester: Requester, room_id: str, event_id: str, reason: str | None, txn_id: str | None
+    ) -> Persisted:
+        info = await self.get_room_for_sender(room_id)
+        target = await self.pipeline.get_event(event_id)
+        if target is not None and target.event.room_id == room_id:
+            # "Handling redactions": one's own events, or with the redact power level.
+            if target.event.sender != requester.user_id:
+                pl = await self.current_state_event(room_id, "m.room.power_levels") or {}
+                if await self._user_power(room_id, info, requester.user_id, pl) < _int(pl.get("redact"), 50):
+                    raise Forbidden("You may not redact other users' events")
+        content: JsonDict = {}
+        if reason is not None:
+            content["reason"] = reason
+        if info.room_version.updated_redaction_rules:
+            content["redacts"] = event_id
+        txn_key = f"{requester.user_id}|{requester.device_id or ''}|{txn_id}" if txn_id else None
+        return await self.pipeline.create_room_event(
+            room_id,
+            info.room_version,
+            requester.user_id,
+            "m.room.redaction",
+            content,
+            txn_key=txn_key,
+            redacts=event_id,
+        )
+
+    async def _user_power(self, room_id: str, info: RoomInfo, user_id: str, pl: JsonDict) -> float:
+        if info.room_version.privileged_creators:
+            create = await self.current_state_event(room_id, "m.room.create") or {}
+            creators = {info.creator} | set(create.get("additional_creators") or [])
+            if user_id in creators:
+                return float("inf")
+        users = pl.get("users") or {}
+        if not pl:
+            return 100 if user_id == info.creator else 0
+        return _int(users.get(user_id), _int(pl.get("users_default"), 0))
+
+    # -- membership --------------------------------------------------------------------------
+
+    async def update_membership(
+        self,
+        requester: Requester,
+        room_id: str,
+        target: str,
+        membership: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        via_state_api: bool = False,
+        is_direct: bool | None = None,
+        txn_id: str | None = None,
+    ) -> Persisted:
+        if membership not in MEMBERSHIP_ACTIONS:
+            raise InvalidParam(f"Unknown membership {membership!r}")
+        if not is_valid_user_id(target):
+            raise InvalidParam("Invalid user ID")
+        info = await self.db.read(ev_store.get_room, room_id)
+        if info is None:
+            if membership == "join":
+                raise NotFound("No known room with that ID (joining over federation is not available yet)")
+            raise Forbidden("You are not in this room")
+        body: JsonDict = dict(content or {})
+        body["membership"] = membership
+        if reason is not None:
+            body["reason"] = reason
+        if is_direct is not None:
+            body["is_direct"] = is_direct
+        if membership in ("join", "invite", "knock") and ":" in target:
+            profile = await self.db.read(accounts.get_user, target)
+            if profile is not None and not via_state_api:
+                if profile.get("displayname") is not None:
+                    body.setdefault("displayname", profile["displayname"])
+                if profile.get("avatar_url") is not None:
+                    body.setdefault("avatar_url", profile["avatar_url"])
+        if membership == "join" and target == requester.user_id:
+            await self._maybe_authorise_restricted_join(room_id, info, target, body)
+        persisted = await self.pipeline.create_room_event(
+            room_id,
+            info.room_version,
+            requester.user_id,
+            "m.room.member",
+            body,
+            state_key=target,
+            txn_key=f"{requester.user_id}|{requester.device_id or ''}|{txn_id}" if txn_id else None,
+        )
+        for hook in self.on_membership:
+            await hook(room_id, target, membership)
+        return persisted
+
+    async def _maybe_authorise_restricted_join(
+        self, room_id: str, info: RoomInfo, joiner: str, body: JsonDict
+    ) -> None:
+        """Restricted rooms: name a local member who may invite (auth rule 5.3.5.2)."""
+        if not info.room_version.restricted_join_rule:
+            return
+        jr = await self.current_state_event(room_id, "m.room.join_rules") or {}
+        if jr.get("join_rule") not in ("restricted", "knock_restricted"):
+            return
+        if await self.membership(room_id, joiner) in ("join", "invite"):
+            return
+        allow = jr.get("allow") or []
+        allowed_rooms = [
+            a["room_id"]
+            for a in allow
+            if isinstance(a, dict) and a.get("type") == "m.room_membership" and isinstance(a.get("room_id"), str)
+        ]
+        in_allowed = False
+        for rid in allowed_rooms:
+            if await self.membership(rid, joiner) == "join":
+                in_allowed = True
+                break
+        if not in_allowed:
+            raise Forbidden("You are not a member of a room that allows joining this room")
+        pl = await self.current_state_event(room_id, "m.room.power_levels") or {}
+        invite_level = _int(pl.get("invite"), 0)
+        members = await self.db.read(state_store.local_members, room_id)
+        for candidate in sorted(members):
+            if await self._user_power(room_id, info, candidate, pl) >= invite_level:
+                body["join_authorised_via_users_server"] = candidate
+                return
+        raise Forbidden("No member of this server can authorise the join")
+
+    async def join(self, requester: Requester, room_id_or_alias: str, *, reason: str | None = None) -> str:
+        room_id = await self.resolve_room_id_or_alias(room_id_or_alias)
+        current = await self.membership(room_id, requester.user_id)
+        if current == "join":
+            return room_id
+        await self.update_membership(requester, room_id, requester.user_id, "join", reason=reason)
+        return room_id
+
+    async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
+        current = await self.membership(room_id, requester.user_id)
+        if current is None or current in ("leave",):
+            if current is None:
+                raise Forbidden("You are not in this room")
+            return
+        await self.update_membership(requester, room_id, requester.user_id, "leave", reason=reason)
+
+    async def forget(self, requester: Requester, room_id: str) -> None:
+        current = await self.membership(room_id, requester.user_id)
+        if current in ("join", "invite", "knock"):
+            raise MatrixError(400, "M_UNKNOWN", "Leave the room before forgetting it")
+        if current is None:
+            raise NotFound("You have never been in this room")
+        await self.db.write(state_store.forget_room, room_id, requester.user_id)
+
+    # -- creation ----------------------------------------------------------------------------
+
+    async def create_room(self, requester: Requester, body: JsonDict) -> tuple[str, str | None]:
+        version_id = body.get("room_version", DEFAULT_ROOM_VERSION)
+        if not isinstance(version_id, str):
+            raise BadJson("room_version must be a string")
+        rv = KNOWN_ROOM_VERSIONS.get(version_id)
+        if rv is None:
+            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"Unknown room version {version_id}")
+        visibility = body.get("visibility", "private")
+        if visibility not in ("public", "private"):
+            raise BadJson("visibility must be public or private")
+        preset = body.get("preset") or ("public_chat" if visibility == "public" else "private_chat")
+        if preset not in PRESETS:
+            raise BadJson(f"Unknown preset {preset!r}")
+        invites = body.get("invite", [])
+        if not isinstance(invites, list) or not all(isinstance(u, str) for u in invites):
+            raise BadJson("invite must be a list of user IDs")
+        for u in invites:
+            if not is_valid_user_id(u):
+                raise InvalidParam(f"Invalid user ID {u!r}")
+        if body.get("invite_3pid"):
+            raise MatrixError(400, "M_UNRECOGNIZED", "Third-party invites are not supported yet")
+        creation_content = body.get("creation_content") or {}
+        if not isinstance(creation_content, dict):
+            raise BadJson("creation_content must be an object")
+        initial_state = body.get("initial_state", [])
+        if not isinstance(initial_state, list):
+            raise BadJson("initial_state must be a list")
+        for item in initial_state:
+            if not (isinstance(item, dict) and isinstance(item.get("type"), str) and isinstance(item.get("content"), dict)):
+                raise BadJson("initial_state entries need type and content")
+            if not isinstance(item.get("state_key", ""), str):
+                raise BadJson("state_key must be a string")
+        pl_override = body.get("power_level_content_override")
+        if pl_override is not None and not isinstance(pl_override, dict):
+            raise BadJson("power_level_content_override must be an object")
+        for key in ("name", "topic"):
+            if key in body and not isinstance(body[key], str):
+                raise BadJson(f"{key} must be a string")
+        is_direct = body.get("is_direct", False)
+        if not isinstance(is_direct, bool):
+            raise BadJson("is_direct must be a boolean")
+
+        alias: str | None = None
+        alias_name = body.get("room_alias_name")
+        if alias_name is not None:
+            if not isinstance(alias_name, str) or not alias_name or ":" in alias_name or "#" in alias_name:
+                raise MatrixError(400, "M_INVALID_PARAM", "Invalid room_alias_name")
+            alias = f"#{alias_name}:{self.server_name}"
+            try:
+                RoomAlias.parse(alias)
+            except InvalidIdentifier:
+                raise MatrixError(400, "M_INVALID_PARAM", "Invalid room_alias_name") from None
+            if await self.db.read(room_store.get_alias, alias) is not None:
+                raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
+
+        creator = requester.user_id
+        create_content: JsonDict = dict(creation_content)
+        create_content["room_version"] = rv.identifier
+        if rv.implicit_room_creator:
+            create_content.pop("creator", None)
+        else:
+            create_content["creator"] = creator
+        if rv.privileged_creators:
+            extra = create_content.get("additional_creators", [])
+            if not isinstance(extra, list):
+                raise BadJson("additional_creators must be a list")
+            if preset == "trusted_private_chat":
+                extra = list(dict.fromkeys([*extra, *invites]))
+            if extra:
+                create_content["additional_creators"] = extra
+            else:
+                create_content.pop("additional_creators", None)
+
+        room_id = None
+        if not rv.room_id_is_create_event_hash:
+            room_id = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
+        created = await self.pipeline.create_create_event(rv, creator, create_content, room_id)
+        room_id = created.record.event.room_id
+
+        await self.update_membership(requester, room_id, creator, "join")
+
+        pl: JsonDict = {
+            "users": {} if rv.privileged_creators else {creator: 100},
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                "m.room.tombstone": 150 if rv.privileged_creators else 100,
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            },
+            "events_default": 0,
+            "state_default": 50,
+            "ban": 50,
+            "kick": 50,
+            "redact": 50,
+            "invite": 0,
+            "historical": 100,
+            "notifications": {"room": 50},
+        }
+        if preset == "trusted_private_chat" and not rv.privileged_creators:
+            for u in invites:
+                pl["users"][u] = 100
+        if pl_override:
+            for k, v in pl_override.items():
+                pl[k] = v
+        await self.send_event(requester, room_id, "m.room.power_levels", pl, state_key="")
+
+        if alias is not None:
+            await self.db.write(room_store.insert_alias, alias, room_id, creator)
+            await self.send_event(requester, room_id, "m.room.canonical_alias", {"alias": alias}, state_key="")
+
+        p = PRESETS[preset]
+        preset_state = {
+            ("m.room.join_rules", ""): {"join_rule": p["join_rule"]},
+            ("m.room.history_visibility", ""): {"history_visibility": p["history_visibility"]},
+            ("m.room.guest_access", ""): {"guest_access": p["guest_access"]},
+        }
+        initial = {(i["type"], i.get("state_key", "")): i["content"] for i in initial_state}
+        for key, content in preset_state.items():
+            if key not in initial:
+                await self.send_event(requester, room_id, key[0], content, state_key=key[1])
+        for (etype, skey), content in initial.items():
+            if etype in ("m.room.create", "m.room.member", "m.room.power_levels"):
+                continue
+            await self.send_event(requester, room_id, etype, content, state_key=skey)
+        if "name" in body:
+            await self.send_event(requester, room_id, "m.room.name", {"name": body["name"]}, state_key="")
+        if "topic" in body:
+            await self.send_event(requester, room_id, "m.room.topic", {"topic": body["topic"]}, state_key="")
+        for u in invites:
+            await self.update_membership(requester, room_id, u, "invite", is_direct=is_direct or None)
+        if visibility == "public":
+            await self.db.write(room_store.set_room_public, room_id, True)
+        return room_id, alias
+
+    # -- aliases and directory ----------------------------------------------------------------
+
+    async def create_alias(self, requester: Requester, alias: str, room_id: str) -> None:
+        try:
+            parsed = RoomAlias.parse(alias)
+        except InvalidIdentifier:
+            raise InvalidParam("Invalid room alias") from None
+        if parsed.domain != self.server_name:
+            raise InvalidParam("Room alias must be on this server")
+        if not is_valid_room_id(room_id):
+            raise InvalidParam("Invalid room ID")
+        if await self.db.read(ev_store.get_room, room_id) is None:
+            raise NotFound("Unknown room")
+        if await self.membership(room_id, requester.user_id) != "join" and not requester.is_admin:
+            raise Forbidden("You must be in the room to create an alias for it")
+        ok = await self.db.write(room_store.insert_alias, alias, room_id, requester.user_id)
+        if not ok:
+            raise MatrixError(409, "M_UNKNOWN", "Room alias already exists")
+
+    async def delete_alias(self, requester: Requester, alias: str) -> None:
+        row = await self.db.read(room_store.get_alias, alias)
+        if row is None:
+            raise NotFound("Room alias not found")
+        room_id, creator = row
+        if creator != requester.user_id and not requester.is_admin:
+            info = await self.db.read(ev_store.get_room, room_id)
+            pl = await self.current_state_event(room_id, "m.room.power_levels") or {}
+            needed = _int((pl.get("events") or {}).get("m.room.canonical_alias"), _int(pl.get("state_default"), 50))
+            if info is None or await self._user_power(room_id, info, requester.user_id, pl) < needed:
+                raise Forbidden("You may not delete this alias")
+        await self.db.write(room_store.delete_alias, alias)
+
+    async def get_alias(self, alias: str) -> tuple[str, list[str]]:
+        row = await self.db.read(room_store.get_alias, alias)
+        if row is None:
+            raise NotFound(f"Room alias {alias} not found")
+        return row[0], [self.server_name]
+
+
+def _int(value: Any, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return default
+    return default

@@ -1,0 +1,82 @@
+"""History visibility: which events of a room a user may see.
+
+Client-server API, "Room History Visibility". For each event the rules read the room's
+``m.room.history_visibility`` and the user's membership *at that event*; both are taken
+from the room's history ordered by stream position (backfilled history sorts before the
+rest), so one check over a page of events costs two small queries.
+
+* ``world_readable``: everyone;
+* ``shared``: members at the event, and anyone joined now;
+* ``invited``: members or invitees at the event;
+* ``joined``: members at the event.
+A user's own membership event is visible to them (it is "at" that membership).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+from pocketserver.storage import state as state_store
+from pocketserver.storage.database import Conn
+from pocketserver.storage.events import EventRecord
+
+
+class VisibilityChecker:
+    """Precomputed histories of one (room, user) pair."""
+
+    def __init__(self, conn: Conn, room_id: str, user_id: str | None) -> None:
+        self.user_id = user_id
+        hv = state_store.state_history(conn, room_id, "m.room.history_visibility", "")
+        self._hv_pos = [p for p, _ in hv]
+        self._hv_val = [
+            c.get("history_visibility") if isinstance(c.get("history_visibility"), str) else "shared"
+            for _, c in hv
+        ]
+        if user_id is not None:
+            mem = state_store.user_membership_history(conn, room_id, user_id)
+        else:
+            mem = []
+        self._mem_pos = [p for p, _ in mem]
+        self._mem_val = [m for _, m in mem]
+        self.current_membership = self._mem_val[-1] if self._mem_val else None
+
+    def visibility_at(self, pos: int) -> str:
+        # The visibility in force for an event is the state before it.
+        i = bisect.bisect_left(self._hv_pos, pos)
+        return str(self._hv_val[i - 1]) if i > 0 else "shared"
+
+    def membership_at(self, pos: int) -> str | None:
+        i = bisect.bisect_right(self._mem_pos, pos)
+        return self._mem_val[i - 1] if i > 0 else None
+
+    def can_see(self, rec: EventRecord) -> bool:
+        pos = rec.stream_pos
+        if pos is None or rec.rejected_reason is not None:
+            return False
+        vis = self.visibility_at(pos)
+        if vis == "world_readable":
+            return True
+        if self.user_id is None:
+            return False
+        membership = self.membership_at(pos)
+        if membership == "join":
+            return True
+        if vis == "shared" and self.current_membership == "join":
+            return True
+        if vis == "invited" and membership == "invite":
+            return True
+        return False
+
+    def filter(self, records: Sequence[EventRecord]) -> list[EventRecord]:
+        return [r for r in records if self.can_see(r)]
+
+    @property
+    def world_readable_now(self) -> bool:
+        return bool(self._hv_val) and self._hv_val[-1] == "world_readable"
+
+
+def filter_visible(
+    conn: Conn, room_id: str, user_id: str | None, records: Sequence[EventRecord]
+) -> list[EventRecord]:
+    return VisibilityChecker(conn, room_id, user_id).filter(records)

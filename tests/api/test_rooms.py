@@ -1,0 +1,244 @@
+"""Rooms over real HTTP: create, join, send, sync, paginate, state, redact, errors."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.api.helpers import auth_headers, register
+
+V3 = "/_matrix/client/v3"
+_txn = itertools.count()
+
+
+async def create_room(http: httpx.AsyncClient, token: str, **body: Any) -> str:
+    r = await http.post(f"{V3}/createRoom", json=body, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    return str(r.json()["room_id"])
+
+
+async def send(http: httpx.AsyncClient, token: str, room_id: str, content: dict[str, Any], etype: str = "m.room.message") -> str:
+    r = await http.put(
+        f"{V3}/rooms/{room_id}/send/{etype}/t{next(_txn)}", json=content, headers=auth_headers(token)
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["event_id"])
+
+
+async def sync(http: httpx.AsyncClient, token: str, **params: Any) -> dict[str, Any]:
+    r = await http.get(f"{V3}/sync", params=params, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def timeline_bodies(resp: dict[str, Any], room_id: str) -> list[str]:
+    events = resp["rooms"]["join"][room_id]["timeline"]["events"]
+    return [e["content"].get("body") for e in events if e["type"] == "m.room.message"]
+
+
+@pytest.mark.parametrize("version", ["1", "3", "6", "10", "11", "12"])
+async def test_create_room_of_each_version_and_chat(http: httpx.AsyncClient, version: str) -> None:
+    alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, room_version=version, preset="public_chat", name="Chat")
+    if version == "12":
+        assert ":" not in room
+    r = await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    await send(http, atok, room, {"msgtype": "m.text", "body": "hello bob"})
+    await send(http, btok, room, {"msgtype": "m.text", "body": "hi alice"})
+    resp = await sync(http, btok)
+    assert timeline_bodies(resp, room) == ["hello bob", "hi alice"]
+    state_types = {e["type"] for e in resp["rooms"]["join"][room]["state"]["events"]}
+    assert "m.room.create" in state_types and "m.room.name" in state_types
+    name = await http.get(f"{V3}/rooms/{room}/state/m.room.name", headers=auth_headers(btok))
+    assert name.json() == {"name": "Chat"}
+    members = await http.get(f"{V3}/rooms/{room}/joined_members", headers=auth_headers(atok))
+    assert set(members.json()["joined"]) == {alice, bob}
+
+
+async def test_incremental_sync_and_long_poll_wakes(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    first = await sync(http, btok)
+    since = first["next_batch"]
+    got: dict[str, Any] = {}
+
+    async def waiter() -> None:
+        got.update(await sync(http, btok, since=since, timeout=20000))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(waiter)
+        await trio.sleep(0.2)  # let the waiter block in its long poll first
+        await send(http, atok, room, {"msgtype": "m.text", "body": "wake up"})
+    assert timeline_bodies(got, room) == ["wake up"]
+    again = await sync(http, btok, since=got["next_batch"], timeout=0)
+    assert room not in again["rooms"]["join"]
+
+
+async def test_gappy_sync_is_limited_and_paginates_back(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    first = await sync(http, atok)
+    for i in range(15):
+        await send(http, atok, room, {"msgtype": "m.text", "body": f"m{i}"})
+    resp = await sync(http, atok, since=first["next_batch"], filter='{"room":{"timeline":{"limit":5}}}')
+    tl = resp["rooms"]["join"][room]["timeline"]
+    assert tl["limited"] is True
+    assert [e["content"]["body"] for e in tl["events"]] == [f"m{i}" for i in range(10, 15)]
+    r = await http.get(
+        f"{V3}/rooms/{room}/messages",
+        params={"dir": "b", "from": tl["prev_batch"], "limit": 5},
+        headers=auth_headers(atok),
+    )
+    chunk = r.json()["chunk"]
+    assert [e["content"]["body"] for e in chunk] == [f"m{i}" for i in range(9, 4, -1)]
+    r2 = await http.get(
+        f"{V3}/rooms/{room}/messages",
+        params={"dir": "f", "from": r.json()["end"], "limit": 3},
+        headers=auth_headers(atok),
+    )
+    assert [e["content"]["body"] for e in r2.json()["chunk"]] == ["m4", "m5", "m6"]
+
+
+async def test_transaction_id_is_idempotent(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    url = f"{V3}/rooms/{room}/send/m.room.message/same-txn"
+    r1 = await http.put(url, json={"msgtype": "m.text", "body": "once"}, headers=auth_headers(atok))
+    r2 = await http.put(url, json={"msgtype": "m.text", "body": "once"}, headers=auth_headers(atok))
+    assert r1.json()["event_id"] == r2.json()["event_id"]
+    resp = await sync(http, atok)
+    events = resp["rooms"]["join"][room]["timeline"]["events"]
+    mine = [e for e in events if e["type"] == "m.room.message"]
+    assert len(mine) == 1
+    assert mine[0]["unsigned"]["transaction_id"] == "same-txn"
+
+
+async def test_invite_leave_and_private_room_access(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    _, ctok, _ = await register(http)
+    room = await create_room(http, atok, preset="private_chat", invite=[bob])
+    resp = await sync(http, btok)
+    assert room in resp["rooms"]["invite"]
+    types = {e["type"] for e in resp["rooms"]["invite"][room]["invite_state"]["events"]}
+    assert "m.room.member" in types and "m.room.join_rules" in types
+    # Carol was not invited: joining fails, reading fails.
+    r = await http.post(f"{V3}/rooms/{room}/join", json={}, headers=auth_headers(ctok))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.get(f"{V3}/rooms/{room}/messages", headers=auth_headers(ctok))
+    assert r.status_code == 403
+    r = await http.post(f"{V3}/rooms/{room}/join", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200
+    r = await http.get(f"{V3}/joined_rooms", headers=auth_headers(btok))
+    assert room not in r.json()["joined_rooms"]
+
+
+async def test_redaction_and_edit_shown_to_clients(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    original = await send(http, atok, room, {"msgtype": "m.text", "body": "tpyo"})
+    await send(
+        http,
+        atok,
+        room,
+        {
+            "msgtype": "m.text",
+            "body": "* typo",
+            "m.new_content": {"msgtype": "m.text", "body": "typo"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+        },
+    )
+    ev = (await http.get(f"{V3}/rooms/{room}/event/{original}", headers=auth_headers(atok))).json()
+    edit = ev["unsigned"]["m.relations"]["m.replace"]
+    assert edit["content"]["m.new_content"]["body"] == "typo"
+    secret = await send(http, atok, room, {"msgtype": "m.text", "body": "secret"})
+    r = await http.put(
+        f"{V3}/rooms/{room}/redact/{secret}/r1", json={"reason": "oops"}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200
+    ev = (await http.get(f"{V3}/rooms/{room}/event/{secret}", headers=auth_headers(atok))).json()
+    assert ev["content"] == {}
+    assert ev["unsigned"]["redacted_because"]["content"]["reason"] == "oops"
+
+
+async def test_typing_and_receipts_reach_the_other_user(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    eid = await send(http, atok, room, {"msgtype": "m.text", "body": "read me"})
+    since = (await sync(http, btok))["next_batch"]
+    r = await http.put(
+        f"{V3}/rooms/{room}/typing/{alice}", json={"typing": True, "timeout": 10000}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200
+    resp = await sync(http, btok, since=since)
+    eph = resp["rooms"]["join"][room]["ephemeral"]["events"]
+    assert {"type": "m.typing", "content": {"user_ids": [alice]}} in eph
+    r = await http.post(f"{V3}/rooms/{room}/receipt/m.read/{eid}", json={}, headers=auth_headers(atok))
+    assert r.status_code == 200
+    resp = await sync(http, btok, since=resp["next_batch"])
+    receipts = [e for e in resp["rooms"]["join"][room]["ephemeral"]["events"] if e["type"] == "m.receipt"]
+    assert alice in receipts[0]["content"][eid]["m.read"]
+
+
+async def test_bad_input_gets_spec_errors(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok)
+    h = auth_headers(atok)
+    r = await http.put(f"{V3}/rooms/{room}/send/m.room.message/x1", content=b"{nope", headers=h)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_NOT_JSON"
+    r = await http.put(f"{V3}/rooms/{room}/send/m.room.message/x2", json=[1, 2], headers=h)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_BAD_JSON"
+    r = await http.put(
+        f"{V3}/rooms/{room}/send/m.room.message/x3", json={"body": "x" * 70000, "msgtype": "m.text"}, headers=h
+    )
+    assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE"
+    r = await http.put(f"{V3}/rooms/{room}/send/m.room.message/x4", json={"body": "hi"})
+    assert r.status_code == 401 and r.json()["errcode"] == "M_MISSING_TOKEN"
+    r = await http.put(
+        f"{V3}/rooms/{room}/send/m.room.message/x5", json={"body": "hi"}, headers=auth_headers("nope")
+    )
+    assert r.status_code == 401 and r.json()["errcode"] == "M_UNKNOWN_TOKEN"
+    r = await http.put(
+        f"{V3}/rooms/{room}/send/m.room.message/x6", json={"body": "hi"}, headers=auth_headers(btok)
+    )
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.put(f"{V3}/rooms/{room}/send/m.room.message/x7", json={"n": 1.5}, headers=h)
+    assert r.status_code == 400 and r.json()["errcode"] in ("M_BAD_JSON", "M_NOT_JSON")
+    r = await http.post(f"{V3}/createRoom", json={"room_version": "99"}, headers=h)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_UNSUPPORTED_ROOM_VERSION"
+    r = await http.get(f"{V3}/rooms/not-a-room/state", headers=h)
+    assert r.status_code == 400
+    r = await http.get(f"{V3}/rooms/{room}/event/$nope", headers=h)
+    assert r.status_code == 404 and r.json()["errcode"] == "M_NOT_FOUND"
+    r = await http.get(f"{V3}/sync", params={"since": "garbage"}, headers=h)
+    assert r.status_code == 400
+
+
+async def test_alias_directory_and_public_rooms(http: httpx.AsyncClient, server: Any) -> None:
+    _, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat", visibility="public", room_alias_name="lobby", name="Lobby")
+    alias = f"#lobby:{server.services.config.server_name}"
+    r = await http.get(f"{V3}/directory/room/{alias}")
+    assert r.json()["room_id"] == room
+    r = await http.post(f"{V3}/join/{alias}", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200 and r.json()["room_id"] == room
+    r = await http.get(f"{V3}/publicRooms")
+    chunk = r.json()["chunk"]
+    assert chunk[0]["room_id"] == room and chunk[0]["name"] == "Lobby"
+    assert chunk[0]["num_joined_members"] == 2
+    r = await http.post(f"{V3}/createRoom", json={"room_alias_name": "lobby"}, headers=auth_headers(btok))
+    assert r.status_code == 400 and r.json()["errcode"] == "M_ROOM_IN_USE"
