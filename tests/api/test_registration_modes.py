@@ -1,0 +1,113 @@
+"""Registration with tokens, closed registration, guests and rate limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pocketserver.config import Config
+from pocketserver.server import RunningServer
+from pocketserver.storage import accounts
+from tests.api.helpers import auth_headers
+from tests.conftest import make_config
+
+V3 = "/_matrix/client/v3"
+VALIDITY = "/_matrix/client/v1/register/m.login.registration_token/validity"
+
+
+@pytest.fixture
+def config_extra() -> dict[str, Any] | None:
+    return None
+
+
+@pytest.fixture
+def config(tmp_path: Path, config_extra: dict[str, Any] | None) -> Config:
+    return make_config(tmp_path, config_extra)
+
+
+@pytest.mark.parametrize("config_extra", [{"registration": {"mode": "token"}}])
+async def test_registration_token(http: httpx.AsyncClient, server: RunningServer) -> None:
+    await server.services.db.write(accounts.insert_registration_token, "tok-1", 1, None)
+    r = await http.get(VALIDITY, params={"token": "tok-1"})
+    assert r.json() == {"valid": True}
+    r = await http.get(VALIDITY, params={"token": "nope"})
+    assert r.json() == {"valid": False}
+
+    body = {"username": "ann", "password": "pw"}
+    r = await http.post(f"{V3}/register", json=body)
+    assert r.status_code == 401
+    assert r.json()["flows"] == [{"stages": ["m.login.registration_token"]}]
+    session = r.json()["session"]
+    # Dummy auth is not a way around the token.
+    r = await http.post(f"{V3}/register", json={**body, "auth": {"type": "m.login.dummy", "session": session}})
+    assert r.status_code == 401 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.post(
+        f"{V3}/register",
+        json={**body, "auth": {"type": "m.login.registration_token", "token": "bad", "session": session}},
+    )
+    assert r.status_code == 401 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.post(
+        f"{V3}/register",
+        json={**body, "auth": {"type": "m.login.registration_token", "token": "tok-1", "session": session}},
+    )
+    assert r.status_code == 200, r.text
+    tok = await server.services.db.read(accounts.get_registration_token, "tok-1")
+    assert tok is not None and (tok.pending, tok.completed) == (0, 1)
+    # One use only: now invalid.
+    r = await http.get(VALIDITY, params={"token": "tok-1"})
+    assert r.json() == {"valid": False}
+    r = await http.post(
+        f"{V3}/register",
+        json={"username": "ben", "password": "pw",
+              "auth": {"type": "m.login.registration_token", "token": "tok-1"}},
+    )
+    assert r.status_code == 401 and r.json()["errcode"] == "M_FORBIDDEN"
+
+
+@pytest.mark.parametrize("config_extra", [{"registration": {"mode": "closed"}}])
+async def test_registration_closed(http: httpx.AsyncClient) -> None:
+    r = await http.post(f"{V3}/register", json={"username": "x", "password": "pw"})
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.post(f"{V3}/register?kind=guest", json={})
+    assert r.status_code == 403
+    r = await http.get(VALIDITY, params={"token": "x"})
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize("config_extra", [{"registration": {"allow_guests": True}}])
+async def test_guests(http: httpx.AsyncClient) -> None:
+    r = await http.post(
+        f"{V3}/register?kind=guest",
+        json={"username": "ignored", "initial_device_display_name": "Guest phone"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert not body["user_id"].startswith("@ignored")
+    r = await http.get(f"{V3}/account/whoami", headers=auth_headers(body["access_token"]))
+    assert r.json()["is_guest"] is True
+    # Guests may not change passwords (or use other non-guest endpoints).
+    r = await http.post(f"{V3}/account/password", json={"new_password": "x"},
+                        headers=auth_headers(body["access_token"]))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
+
+
+async def test_guests_disabled_by_default(http: httpx.AsyncClient) -> None:
+    r = await http.post(f"{V3}/register?kind=guest", json={})
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+
+
+@pytest.mark.parametrize("config_extra", [{"rate_limits": {"enabled": True, "login": {"per_second": 0.01, "burst": 3}}}])
+async def test_login_rate_limited(http: httpx.AsyncClient) -> None:
+    statuses = []
+    for _ in range(5):
+        r = await http.post(
+            f"{V3}/login",
+            json={"type": "m.login.password", "user": "ghost", "password": "x"},
+        )
+        statuses.append(r.status_code)
+    assert statuses[:3] == [403, 403, 403]
+    assert statuses[-1] == 429
+    assert r.json()["errcode"] == "M_LIMIT_EXCEEDED" and r.json()["retry_after_ms"] > 0
