@@ -669,7 +669,8 @@ class E2eeService:
         if count > MAX_TO_DEVICE_MESSAGES:
             raise TooLarge(f"At most {MAX_TO_DEVICE_MESSAGES} messages per request")
         endpoint = f"sendToDevice/{event_type}"
-        if await self.db.read(to_device.get_txn_response, user_id, device_id, endpoint, txn_id):
+        done = await self.db.read(to_device.get_txn_response, user_id, device_id, endpoint, txn_id)
+        if done is not None:
             return
         if self.ratelimiter is not None:
             self.ratelimiter.check("to_device", f"{user_id}/{device_id}", max(1, count) / 10)
@@ -677,7 +678,7 @@ class E2eeService:
         message_id = secrets.token_urlsafe(12)
 
         def txn(conn: Conn) -> int | None:
-            if to_device.get_txn_response(conn, user_id, device_id, endpoint, txn_id):
+            if to_device.get_txn_response(conn, user_id, device_id, endpoint, txn_id) is not None:
                 return None
             targets: dict[tuple[str, str], str] = {}
             for target, content in wildcard:
@@ -711,6 +712,34 @@ class E2eeService:
             self.notifier.notify(pos)
 
     # -- for /sync -----------------------------------------------------------------------
+
+    async def sync_extension(
+        self, requester: Any, since: Any, upto_pos: int, response: JsonDict
+    ) -> int | None:
+        """Fill /sync's ``to_device``, ``device_lists``, ``device_one_time_keys_count`` and
+        ``device_unused_fallback_key_types``; return how far to-device messages went.
+
+        Shaped as a ``SyncService`` extension: ``since`` is the parsed sync token (with
+        ``pos``, the main-stream position, and ``to_device``, how far to-device messages
+        were handed out) or None for an initial sync.
+        """
+        user_id = requester.user_id
+        device_id = requester.device_id
+        if since is not None and upto_pos > since.pos:
+            response["device_lists"] = await self.device_lists_for_sync(
+                user_id, since.pos, upto_pos
+            )
+        if device_id is None:
+            return None
+        events, reached = await self.to_device_for_sync(
+            user_id, device_id, since.to_device if since is not None else 0, upto_pos
+        )
+        response["to_device"] = {"events": events}
+        response["device_one_time_keys_count"] = await self.otk_counts(user_id, device_id)
+        response["device_unused_fallback_key_types"] = await self.unused_fallback_key_types(
+            user_id, device_id
+        )
+        return reached
 
     async def to_device_for_sync(
         self, user_id: str, device_id: str, since_pos: int, upto_pos: int, limit: int = 100
