@@ -95,9 +95,12 @@ def _create_session_txn(
     access_hash: bytes,
     refresh_hash: bytes | None,
     valid_until: int | None,
+    ip: str | None,
+    user_agent: str | None,
 ) -> bool:
     """Create the device if new, drop its earlier tokens, mint the new ones."""
     created = accounts.upsert_device(conn, user_id, device_id, display_name, now)
+    accounts.touch_device(conn, user_id, device_id, now, ip, user_agent)
     if not created:
         # Logging in again on a known device: its earlier tokens end (client-server-api,
         # "Relationship between access tokens and devices"); its name and keys stay.
@@ -227,12 +230,17 @@ class AccountsService:
         return access, hash_token(access), refresh, hash_token(refresh), lifetime
 
     def _session_args(
-        self, device_id: str, display_name: str | None, want_refresh: bool
+        self,
+        device_id: str,
+        display_name: str | None,
+        want_refresh: bool,
+        ip: str | None = None,
+        user_agent: str | None = None,
     ) -> tuple[Session, tuple[Any, ...], Callable[[str], Session]]:
         now = self.clock.time_ms()
         access, ah, refresh, rh, lifetime = self._mint(want_refresh)
         valid_until = now + lifetime if lifetime is not None else None
-        args = (device_id, display_name, now, ah, rh, valid_until)
+        args = (device_id, display_name, now, ah, rh, valid_until, ip, user_agent)
 
         def session(user_id: str) -> Session:
             return Session(user_id, device_id, access, refresh, lifetime)
@@ -277,6 +285,7 @@ class AccountsService:
         *,
         kind: str,
         ip: str | None,
+        user_agent: str | None = None,
     ) -> dict[str, Any]:
         """POST /register; ``body`` is the request JSON object."""
         if kind not in ("user", "guest"):
@@ -288,7 +297,7 @@ class AccountsService:
         if display is not None and len(display) > MAX_DEVICE_NAME:
             raise MatrixError(400, "M_INVALID_PARAM", "Device display name too long")
         if kind == "guest":
-            return await self._register_guest(display)
+            return await self._register_guest(display, ip, user_agent)
 
         mode = self.config.registration_mode
         if mode == "closed":
@@ -329,7 +338,9 @@ class AccountsService:
         args: tuple[Any, ...] | None = None
         make: Callable[[str], Session] | None = None
         if not inhibit:
-            _s, args, make = self._session_args(device_id or new_device_id(), display, want_refresh)
+            _s, args, make = self._session_args(
+                device_id or new_device_id(), display, want_refresh, ip, user_agent
+            )
         for _attempt in range(5):
             uid = user_id or self._generated_user_id()
             ok = await self.db.write(_register_txn, uid, pw_hash, now, False, result, args)
@@ -349,10 +360,12 @@ class AccountsService:
     def _generated_user_id(self) -> str:
         return f"@{secrets.randbelow(10**10):010d}:{self.server_name}"
 
-    async def _register_guest(self, display: str | None) -> dict[str, Any]:
+    async def _register_guest(
+        self, display: str | None, ip: str | None, user_agent: str | None
+    ) -> dict[str, Any]:
         if not self.config.registration.allow_guests:
             raise Forbidden("Guest access is disabled")
-        _s, args, make = self._session_args(new_device_id(), display, False)
+        _s, args, make = self._session_args(new_device_id(), display, False, ip, user_agent)
         now = self.clock.time_ms()
         for _attempt in range(5):
             uid = self._generated_user_id()
@@ -369,7 +382,9 @@ class AccountsService:
     def login_flows(self) -> list[dict[str, Any]]:
         return [{"type": "m.login.password"}]
 
-    async def login(self, body: Mapping[str, Any], *, ip: str | None) -> dict[str, Any]:
+    async def login(
+        self, body: Mapping[str, Any], *, ip: str | None, user_agent: str | None = None
+    ) -> dict[str, Any]:
         login_type = body.get("type")
         if not isinstance(login_type, str):
             raise MissingParam("Missing 'type'")
@@ -410,7 +425,7 @@ class AccountsService:
         if user["deactivated"]:
             raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
         device = device_id or new_device_id()
-        _s, args, make = self._session_args(device, display, want_refresh)
+        _s, args, make = self._session_args(device, display, want_refresh, ip, user_agent)
         created = await self.db.write(_create_session_txn, user_id, *args)
         if created:
             await self._run_hooks(self.on_device_created, user_id, device)
@@ -492,14 +507,14 @@ class AccountsService:
 
     @staticmethod
     def device_json(d: accounts.Device) -> dict[str, Any]:
-        out: dict[str, Any] = {"device_id": d.device_id}
-        if d.display_name is not None:
-            out["display_name"] = d.display_name
-        if d.last_seen_ip is not None:
-            out["last_seen_ip"] = d.last_seen_ip
-        if d.last_seen_ts is not None:
-            out["last_seen_ts"] = d.last_seen_ts
-        return out
+        # Unknown values are null rather than absent, as Synapse does: several clients
+        # (matrix-nio) validate these keys as required.
+        return {
+            "device_id": d.device_id,
+            "display_name": d.display_name,
+            "last_seen_ip": d.last_seen_ip,
+            "last_seen_ts": d.last_seen_ts,
+        }
 
     async def list_devices(self, user_id: str) -> list[dict[str, Any]]:
         return [self.device_json(d) for d in await self.db.read(accounts.list_devices, user_id)]

@@ -46,7 +46,9 @@ async def register() -> Response:
     """POST /_matrix/client/v3/register"""
     kind = request.args.get("kind", "user")
     body = await json_body(allow_empty=True)
-    out = await services().accounts.register(body, kind=kind, ip=request.remote_addr)
+    out = await services().accounts.register(
+        body, kind=kind, ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
+    )
     return json_response(out)
 
 
@@ -91,7 +93,10 @@ async def login_flows() -> Response:
 async def login() -> Response:
     """POST /_matrix/client/v3/login"""
     body = await json_body()
-    return json_response(await services().accounts.login(body, ip=request.remote_addr))
+    out = await services().accounts.login(
+        body, ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
+    )
+    return json_response(out)
 
 
 @client_route(bp, "/logout", ["POST"])

@@ -1,0 +1,135 @@
+"""The real ``pocketserver`` command, started as a subprocess, for interop tests.
+
+``pocketserver_url`` starts ``python3 -m pocketserver --config <tmp>/pocketserver.toml``
+on free loopback ports with its data in the test's tmp_path, waits (bounded) until it
+answers ``/_matrix/client/versions``, yields its client base URL, and stops it by pid:
+SIGTERM, then SIGKILL after a deadline. Interop tests are plain sync functions marked
+``@pytest.mark.interop`` that drive asyncio clients with ``asyncio.run(...)``.
+
+Other interop modules may call :func:`start_pocketserver` directly for extra config
+(federation between two servers, other registration modes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+START_DEADLINE_S = 60.0
+STOP_DEADLINE_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    base_url: str
+    federation_url: str
+    server_name: str
+    data_dir: Path
+    config_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_until_up(sp: ServerProcess) -> None:
+    deadline = time.monotonic() + START_DEADLINE_S
+    last_error = ""
+    while time.monotonic() < deadline:
+        if sp.proc.poll() is not None:
+            raise RuntimeError(f"pocketserver exited with {sp.proc.returncode}:\n{sp.log()}")
+        try:
+            r = httpx.get(f"{sp.base_url}/_matrix/client/versions", timeout=2.0)
+            if r.status_code == 200:
+                return
+            last_error = f"HTTP {r.status_code}"
+        except httpx.HTTPError as e:
+            last_error = repr(e)
+        time.sleep(0.1)
+    raise RuntimeError(f"pocketserver did not answer within {START_DEADLINE_S}s ({last_error}):\n{sp.log()}")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM the process we started; SIGKILL it if it has not exited by the deadline."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=STOP_DEADLINE_S)
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def start_pocketserver(
+    tmp_path: Path, *, server_name: str = "localhost", extra_toml: str = ""
+) -> Iterator[ServerProcess]:
+    client_port, fed_port = free_port(), free_port()
+    data_dir = tmp_path / "pocketserver-data"
+    config_path = tmp_path / "pocketserver.toml"
+    config_path.write_text(
+        f'server_name = "{server_name}"\n'
+        f'data_dir = "{data_dir}"\n'
+        'log_level = "info"\n'
+        "[[listeners]]\n"
+        f'address = "127.0.0.1"\nport = {client_port}\nresources = ["client", "federation"]\n'
+        "[[listeners]]\n"
+        f'address = "127.0.0.1"\nport = {fed_port}\ntls = true\nresources = ["federation"]\n'
+        "[rate_limits]\nenabled = false\n" + extra_toml,
+        encoding="utf-8",
+    )
+    log_path = tmp_path / "pocketserver.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pocketserver", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    sp = ServerProcess(
+        base_url=f"http://127.0.0.1:{client_port}",
+        federation_url=f"https://127.0.0.1:{fed_port}",
+        server_name=server_name,
+        data_dir=data_dir,
+        config_path=config_path,
+        log_path=log_path,
+        proc=proc,
+    )
+    try:
+        _wait_until_up(sp)
+        yield sp
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def pocketserver_process(tmp_path: Path) -> Iterator[ServerProcess]:
+    with start_pocketserver(tmp_path) as sp:
+        yield sp
+
+
+@pytest.fixture
+def pocketserver_url(pocketserver_process: ServerProcess) -> str:
+    return pocketserver_process.base_url
