@@ -74,6 +74,12 @@ class MediaConfig:
     url_preview_enabled: bool = True
     # Addresses URL previews may fetch besides public ones (CIDR); tests add 127.0.0.0/8.
     url_preview_ip_allowlist: tuple[str, ...] = ()
+    url_preview_max_size: int = 10 * 1024 * 1024
+    url_preview_timeout_seconds: float = 10.0
+    # Images larger than these are not thumbnailed (413 M_TOO_LARGE): decoding is the
+    # memory peak of the media repository.
+    max_thumbnail_source_size: int = 32 * 1024 * 1024
+    max_thumbnail_pixels: int = 40_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +357,10 @@ legacy_unauthenticated = false
 per_user_quota = 0
 url_preview_enabled = true
 url_preview_ip_allowlist = []
+url_preview_max_size = 10485760
+url_preview_timeout_seconds = 10.0
+max_thumbnail_source_size = 33554432
+max_thumbnail_pixels = 40000000
 
 [federation]
 enabled = true
