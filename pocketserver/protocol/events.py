@@ -92,10 +92,10 @@ class Event:
         self = cls.__new__(cls)
         rv = room_version
         try:
-            if rv.uses_event_id_in_pdu:
-                eid = pdu["event_id"]
-            elif event_id is not None:
+            if event_id is not None:
                 eid = event_id
+            elif rv.uses_event_id_in_pdu:
+                eid = pdu["event_id"]
             else:
                 from pocketserver.protocol.hashes import compute_event_id
 

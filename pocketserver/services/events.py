@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from pocketserver.errors import Forbidden, MatrixError, NotFound, TooLarge
+from pocketserver.protocol.auth_rules import AuthError, auth_types_for_event, check_auth
 from pocketserver.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from pocketserver.protocol.events import Event, EventFormatError
 from pocketserver.protocol.redaction import redact
@@ -121,8 +122,6 @@ class EventPipeline:
             if redacts is not None and not rv.updated_redaction_rules:
                 pdu_base["redacts"] = redacts
             event, auth_map = await self.db.read(self._prepare, pdu_base, rv)
-            from pocketserver.protocol.auth_rules import AuthError, check_auth
-
             try:
                 check_auth(event, auth_map)
             except AuthError as e:
@@ -158,8 +157,6 @@ class EventPipeline:
             assert room_id is not None
             pdu["room_id"] = room_id
         event = self._finish(pdu, rv)
-        from pocketserver.protocol.auth_rules import AuthError, check_auth
-
         try:
             check_auth(event, {})
         except AuthError as e:
@@ -202,8 +199,6 @@ class EventPipeline:
         probe = Event.from_pdu(
             {**pdu, "prev_events": [], "auth_events": [], "depth": depth}, rv, event_id="$probe"
         )
-        from pocketserver.protocol.auth_rules import auth_types_for_event
-
         wanted = auth_types_for_event(probe, rv)
         if not rv.room_id_is_create_event_hash:
             wanted = set(wanted) | {("m.room.create", "")}
