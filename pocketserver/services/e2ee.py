@@ -713,34 +713,6 @@ class E2eeService:
 
     # -- for /sync -----------------------------------------------------------------------
 
-    async def sync_extension(
-        self, requester: Any, since: Any, upto_pos: int, response: JsonDict
-    ) -> int | None:
-        """Fill /sync's ``to_device``, ``device_lists``, ``device_one_time_keys_count`` and
-        ``device_unused_fallback_key_types``; return how far to-device messages went.
-
-        Shaped as a ``SyncService`` extension: ``since`` is the parsed sync token (with
-        ``pos``, the main-stream position, and ``to_device``, how far to-device messages
-        were handed out) or None for an initial sync.
-        """
-        user_id = requester.user_id
-        device_id = requester.device_id
-        if since is not None and upto_pos > since.pos:
-            response["device_lists"] = await self.device_lists_for_sync(
-                user_id, since.pos, upto_pos
-            )
-        if device_id is None:
-            return None
-        events, reached = await self.to_device_for_sync(
-            user_id, device_id, since.to_device if since is not None else 0, upto_pos
-        )
-        response["to_device"] = {"events": events}
-        response["device_one_time_keys_count"] = await self.otk_counts(user_id, device_id)
-        response["device_unused_fallback_key_types"] = await self.unused_fallback_key_types(
-            user_id, device_id
-        )
-        return reached
-
     async def to_device_for_sync(
         self, user_id: str, device_id: str, since_pos: int, upto_pos: int, limit: int = 100
     ) -> tuple[list[JsonDict], int]:
