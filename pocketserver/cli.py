@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("create-registration-token", help="create a registration token")
     tok.add_argument("token", nargs="?", help="the token (random if omitted)")
     tok.add_argument("--uses", type=int, default=None, help="how many registrations it allows")
+    _media_parser(sub)
     return p
 
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             return _register_user(cfg, args)
         if args.command == "create-registration-token":
             return _create_token(cfg, args)
+        if args.command == "media":
+            return _media(cfg, args)
     except ConfigError as e:
         print(f"pocketserver: configuration error: {e}", file=sys.stderr)
         return 2
@@ -135,7 +138,9 @@ def _register_user(cfg: Config, args: argparse.Namespace) -> int:
     try:
         pw_hash = hash_password_sync(password)
         created = db.write_sync(
-            accounts.insert_user, user_id, pw_hash, Clock().time_ms(), is_admin=args.admin
+            lambda conn: accounts.insert_user(
+                conn, user_id, pw_hash, Clock().time_ms(), is_admin=args.admin
+            )
         )
     finally:
         db.close()
@@ -163,6 +168,94 @@ def _create_token(cfg: Config, args: argparse.Namespace) -> int:
         return 1
     print(token)
     return 0
+
+
+# -- media -----------------------------------------------------------------------------
+
+
+def _media_parser(sub: Any) -> None:
+    media = sub.add_parser("media", help="delete media and reclaim their space")
+    msub = media.add_subparsers(dest="media_command", required=True)
+    delete = msub.add_parser("delete", help="delete media (and their thumbnails)")
+    delete.add_argument("--id", dest="mxc", metavar="MXC", help="one media item: mxc://server/id")
+    delete.add_argument("--user", metavar="USER_ID", help="everything a user uploaded")
+    delete.add_argument(
+        "--before", metavar="DATE", help="media created before DATE (YYYY-MM-DD or ISO 8601, UTC)"
+    )
+    delete.add_argument("--purge", action="store_true", help="reclaim the space at once")
+    msub.add_parser("purge", help="drop unreferenced content and give the space back (VACUUM)")
+    msub.add_parser("stats", help="how much media is stored, and what it costs on disk")
+
+
+def _parse_date_ms(value: str) -> int:
+    import datetime
+
+    dt = datetime.datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _media(cfg: Config, args: argparse.Namespace) -> int:
+    from pocketserver.server import prepare
+    from pocketserver.services.media import delete_media_sync
+    from pocketserver.storage import media as media_store
+
+    if args.media_command == "delete":
+        chosen = [x for x in (args.mxc, args.user, args.before) if x]
+        if len(chosen) != 1:
+            print("pocketserver: give exactly one of --id, --user, --before", file=sys.stderr)
+            return 2
+        before = None
+        if args.before:
+            try:
+                before = _parse_date_ms(args.before)
+            except ValueError:
+                print(f"pocketserver: not a date: {args.before}", file=sys.stderr)
+                return 2
+    db, _key, _notes = prepare(cfg)
+    try:
+        if args.media_command == "delete":
+            try:
+                n = delete_media_sync(
+                    db, mxc=args.mxc, user_id=args.user, before_ts=before,
+                    server_name=cfg.server_name,
+                )
+            except ValueError as e:
+                print(f"pocketserver: {e}", file=sys.stderr)
+                return 2
+            print(f"deleted {n} media item(s)")
+            if args.purge:
+                _media_purge(db, media_store)
+            return 0 if n or not args.mxc else 1
+        if args.media_command == "purge":
+            _media_purge(db, media_store)
+            return 0
+        stats = db.read_sync(media_store.storage_stats)
+        for k, v in stats.items():
+            print(f"{k:16} {v}")
+        return 0
+    finally:
+        db.close()
+
+
+def _media_purge(db: Any, media_store: Any) -> None:
+    from pocketserver.storage.database import open_connection
+
+    dropped = db.write_sync(media_store.delete_unreferenced_content)
+    path = Path(db.path)
+    before = path.stat().st_size
+    # VACUUM rewrites the file without its free pages: the space goes back to the disk.
+    # (It cannot run inside a transaction, so on a connection of its own.)
+    conn = open_connection(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    after = path.stat().st_size
+    print(f"dropped {dropped} unreferenced content item(s); database {before} -> {after} bytes")
 
 
 if __name__ == "__main__":

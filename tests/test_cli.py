@@ -1,0 +1,177 @@
+"""The ``pocketserver`` command as a user runs it: zero-config start, init, register-user,
+configuration errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.interop.conftest import ServerProcess, start_pocketserver
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+         cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pocketserver", *args],
+        capture_output=True, text=True, timeout=120, env=env or dict(os.environ),
+        input=input, cwd=cwd,
+    )
+
+
+def _wait_for(
+    predicate: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path,
+    deadline_s: float = 60.0,
+) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"pocketserver exited ({proc.returncode}) before {what}:\n{log.read_text()}")
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()}")
+
+
+def _start_default(env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pocketserver"], stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+        )
+
+
+def _server_key(base: str) -> dict[str, object]:
+    r = httpx.get(f"{base}/_matrix/key/v2/server", verify=False, timeout=5)
+    r.raise_for_status()
+    keys = r.json()["verify_keys"]
+    assert isinstance(keys, dict)
+    return keys
+
+
+def test_zero_config_start_restart_and_sigterm(tmp_path: Path) -> None:
+    if not (_port_free(8008) and _port_free(8448)):
+        pytest.skip("ports 8008/8448 are taken on this machine")
+    home = tmp_path / "home"
+    xdg = tmp_path / "xdg"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(xdg), "PYTHONUNBUFFERED": "1"}
+    data_dir = xdg / "pocketserver"
+    keys = []
+    for run in range(2):
+        log = tmp_path / f"run{run}.log"
+        proc = _start_default(env, log, tmp_path)
+        try:
+            _wait_for(
+                lambda: httpx.get("http://127.0.0.1:8008/_matrix/client/versions", timeout=2).status_code == 200,
+                "the client API", proc, log,
+            )
+            _wait_for(lambda log=log: "data folder" in log.read_text(), "the banner", proc, log)
+            banner = log.read_text()
+            assert "http://127.0.0.1:8008" in banner
+            assert str(data_dir) in banner
+            keys.append(_server_key("https://127.0.0.1:8448"))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+                pytest.fail("pocketserver did not stop on SIGTERM")
+        assert code == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+    assert (data_dir / "homeserver.db").exists()
+    assert keys[0] == keys[1] and keys[0], "the signing key must survive a restart"
+
+
+def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
+    target = tmp_path / "pocketserver.toml"
+    r = _cli("init", str(target))
+    assert r.returncode == 0, r.stderr
+    assert target.exists() and str(target) in r.stdout
+    r = _cli("init", str(target))
+    assert r.returncode == 1 and "exists" in r.stderr
+    r = _cli("init", str(target), "--force")
+    assert r.returncode == 0
+    from pocketserver.config import load_config
+
+    cfg = load_config(target)
+    assert cfg.server_name == "localhost"
+
+
+def test_register_user_then_login(tmp_path: Path) -> None:
+    with start_pocketserver(tmp_path) as sp:
+        _register(sp, "admin", "s3cret", "--admin")
+        r = httpx.post(
+            f"{sp.base_url}/_matrix/client/v3/login",
+            json={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "admin"},
+                  "password": "s3cret"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        token = r.json()["access_token"]
+        # An admin may look at other users.
+        _register(sp, "@plain:localhost", "pw2")
+        r = httpx.get(
+            f"{sp.base_url}/_matrix/client/v3/admin/whois/@plain:localhost",
+            headers={"Authorization": f"Bearer {token}"}, timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        # The same name twice is refused with a message, not a traceback.
+        r = _cli("--config", str(sp.config_path), "register-user", "admin", "--password-file", "-",
+                 input="x\n")
+        assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
+
+
+def _register(sp: ServerProcess, name: str, password: str, *flags: str) -> None:
+    r = _cli("--config", str(sp.config_path), "register-user", name, "--password-file", "-", *flags,
+             input=password + "\n")
+    assert r.returncode == 0, r.stderr
+    assert "created @" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("srver_name = 'x'\n", "srver_name"),
+        ("[[listeners]]\nport = 'eighty'\n", "listeners[0].port"),
+        ("[registration]\nmode = 'sometimes'\n", "registration.mode"),
+        ("[accounts]\nrefreshable_access_token_lifetime_ms = 5\n", "accounts.refreshable_access_token_lifetime_ms"),
+        ("server_name = \n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    r = _cli("--config", str(cfg), "serve")
+    assert r.returncode == 2
+    assert key in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    r = _cli("--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "nope.toml" in r.stderr and "Traceback" not in r.stderr
