@@ -95,5 +95,5 @@ def create_app(services: Services) -> QuartTrio:
     from pocketserver.api import register_blueprints
 
     register_blueprints(app)
-    app.asgi_app = _EncodedSlashMiddleware(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = _EncodedSlashMiddleware(app.asgi_app)  # type: ignore[method-assign,assignment]
     return app

@@ -217,7 +217,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
             if key not in names:
                 raise ConfigError(f"unknown configuration key {name!r}")
             kwargs[key] = _build(hints[key], value, name)
-        return cls(**kwargs)
+        return cls(**kwargs)  # type: ignore[operator]
     origin = typing.get_origin(cls)
     if origin is tuple:
         (item_type, _) = typing.get_args(cls)

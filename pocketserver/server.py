@@ -135,7 +135,7 @@ async def run_server(
                     hc = _hypercorn_config(cfg, lst)
                     binds = await listeners.start(
                         lambda task_status, hc=hc, lst=lst: hypercorn.trio.serve(
-                            _ResourceFilter(app, lst.resources),
+                            _ResourceFilter(app, lst.resources),  # type: ignore[arg-type]
                             hc,
                             shutdown_trigger=shutdown.wait,
                             task_status=task_status,

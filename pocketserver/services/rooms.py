@@ -23,7 +23,6 @@ from pocketserver.protocol.identifiers import (
 from pocketserver.protocol.room_versions import (
     DEFAULT_ROOM_VERSION,
     KNOWN_ROOM_VERSIONS,
-    RoomVersion,
 )
 from pocketserver.services.auth import Requester
 from pocketserver.services.clock import Clock
@@ -454,9 +453,9 @@ class RoomService:
             ("m.room.guest_access", ""): {"guest_access": p["guest_access"]},
         }
         initial = {(i["type"], i.get("state_key", "")): i["content"] for i in initial_state}
-        for key, content in preset_state.items():
-            if key not in initial:
-                await self.send_event(requester, room_id, key[0], content, state_key=key[1])
+        for pkey, pcontent in preset_state.items():
+            if pkey not in initial:
+                await self.send_event(requester, room_id, pkey[0], pcontent, state_key=pkey[1])
         for (etype, skey), content in initial.items():
             if etype in ("m.room.create", "m.room.member", "m.room.power_levels"):
                 continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import apsw
 import trio
@@ -25,7 +25,10 @@ from pocketserver.storage.schema import APPLICATION_ID, DatabaseTooNewError, mig
 
 T = TypeVar("T")
 
-Conn = apsw.Connection
+# Storage functions take the connection first. apsw types every column value as the
+# union of all SQLite values, so each storage function converts what it reads itself;
+# the alias keeps their signatures readable.
+Conn: TypeAlias = Any
 
 
 def _configure(conn: apsw.Connection, *, readonly: bool, durable: bool) -> None:
@@ -40,7 +43,9 @@ def _configure(conn: apsw.Connection, *, readonly: bool, durable: bool) -> None:
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
 
 
-def open_connection(path: str | Path, *, readonly: bool = False, durable: bool = False) -> Conn:
+def open_connection(
+    path: str | Path, *, readonly: bool = False, durable: bool = False
+) -> apsw.Connection:
     flags = apsw.SQLITE_OPEN_READONLY if readonly else (
         apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     )
@@ -49,7 +54,7 @@ def open_connection(path: str | Path, *, readonly: bool = False, durable: bool =
     return conn
 
 
-def open_memory() -> Conn:
+def open_memory() -> apsw.Connection:
     """A migrated in-memory database, for storage tests."""
     conn = apsw.Connection(":memory:")
     _configure(conn, readonly=True, durable=False)  # (no WAL for memory databases)
@@ -97,8 +102,10 @@ class Database:
             return await trio.to_thread.run_sync(self._run_write, fn, args, abandon_on_cancel=False)
 
     def _run_write(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        with self._writer:
-            return fn(self._writer, *args)
+        conn: Conn = self._writer
+        with conn:
+            result = fn(conn, *args)
+        return result
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one read transaction on a reader connection."""
@@ -120,7 +127,8 @@ class Database:
     @staticmethod
     def _run_read(conn: Conn, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         with conn:
-            return fn(conn, *args)
+            result = fn(conn, *args)
+        return result
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """For start-up and the CLI, before the event loop runs."""

@@ -24,6 +24,7 @@ Compactness (the Raspberry Pi is the target):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import apsw
 
@@ -604,7 +605,7 @@ class DatabaseTooNewError(RuntimeError):
     pass
 
 
-def migrate(conn: apsw.Connection) -> int:
+def migrate(conn: Any) -> int:
     """Bring ``conn`` to the newest schema in one transaction; return the version."""
     with conn:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
