@@ -113,11 +113,12 @@ class MediaService:
         swept = await self.db.write(store.sweep_incomplete_content)
         if swept:
             log.info("dropped %d interrupted upload(s)", swept)
-        task_status.started()
         while True:
             now = self.clock.time_ms()
             await self.db.write(store.delete_expired_pending, now)
             await self.db.write(store.delete_expired_url_previews, now)
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
             await trio.sleep(3600)
 
     # -- upload --------------------------------------------------------------------
