@@ -508,7 +508,7 @@ def check_auth(
             raise _fail(rv, "state_key", "state_key names another user")
 
     # 10 (v6-v11: 9) If type is m.room.power_levels.
-    if event.type == "m.room.power_levels" and event.state_key == "":
+    if event.type == "m.room.power_levels":
         _check_power_levels(event, auth_events, create, pl, sender_level)
         return
 
