@@ -35,3 +35,10 @@ def test_js_sdk_accounts(pocketserver_process: ServerProcess) -> None:
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"ok": True, "user_id": "@jsuser:localhost", "devices": 2}
+
+
+def test_js_sdk_rooms_send_and_sync(pocketserver_process: ServerProcess) -> None:
+    proc = run_script("rooms.mjs", pocketserver_process.base_url)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"ok": True, "bodies": ["hello from js", "and back"]}
