@@ -273,7 +273,7 @@ async def run_workload(server: ServerProcess, sc: Scale, log: Callable[[str], No
             arrived = 0.0
             sent_at = 0.0
 
-            async def waiter() -> None:
+            async def waiter(marker: str) -> None:
                 nonlocal since, arrived
                 for _ in range(50):  # bounded: wake-ups for other things re-poll
                     data = await c.sync(owner, since=since, timeout_ms=30_000)
@@ -286,7 +286,7 @@ async def run_workload(server: ServerProcess, sc: Scale, log: Callable[[str], No
 
             with trio.fail_after(60):
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(waiter)
+                    nursery.start_soon(waiter, marker)
                     await trio.sleep(0.1)  # let the long-poll park on the server
                     sent_at = time.perf_counter()
                     await c.send_text(lat_sender, room0, marker)
@@ -348,9 +348,10 @@ def report(results: dict[str, Result], sc: Scale) -> None:
             verdict = " ok" if check(pv, sv) else " MISSED"
         rows.append((label, fmt.format(pv), fmt.format(sv), ratio, (target + verdict).strip()))
     print()
+    any_result = p or s
+    messages = any_result.figures.get("messages", 0) if any_result else 0
     print(
-        f"scale: {sc.users} users, {sc.rooms} rooms, "
-        f"{(p or s).figures.get('messages', 0) if (p or s) else 0:.0f} messages, "
+        f"scale: {sc.users} users, {sc.rooms} rooms, {messages:.0f} messages, "
         f"big room of {sc.big_room_members} members; ratio = pocketserver / synapse"
     )
     print_table(rows)
