@@ -16,16 +16,23 @@ from pocketserver.services.clock import Clock
 from pocketserver.services.e2ee import E2eeService
 from pocketserver.services.ephemeral import ReceiptService, TypingTracker
 from pocketserver.services.events import EventPipeline
+from pocketserver.services.hierarchy import HierarchyService
 from pocketserver.services.key_backup import KeyBackupService
 from pocketserver.services.media import MediaService
+from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.presence import PresenceService
 from pocketserver.services.ratelimit import RateLimiter
+from pocketserver.services.relations import RelationsService
 from pocketserver.services.room_reader import RoomReader
 from pocketserver.services.rooms import RoomService
+from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
 from pocketserver.services.sync import SyncService, e2ee_extension
 from pocketserver.services.uia import UIAService
+from pocketserver.services.upgrade import UpgradeService
+from pocketserver.services.user_directory import UserDirectoryService
+from pocketserver.services.voip import VoipService
 from pocketserver.storage.database import Database
 
 
@@ -50,6 +57,12 @@ class Services:
     typing: TypingTracker
     receipts: ReceiptService
     sync: SyncService
+    relations: RelationsService
+    search: SearchService
+    upgrades: UpgradeService
+    hierarchy: HierarchyService
+    user_directory: UserDirectoryService
+    voip: VoipService
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -83,6 +96,11 @@ def build_services(
     receipts = ReceiptService(db, clock, notifier)
     sync = SyncService(db, clock, notifier, typing)
     sync.extensions.append(e2ee_extension(e2ee))
+    relations = RelationsService(db, clock)
+    rooms.before_send.append(relations.check_new_relation)
+    member_profiles = MemberProfiles(db, rooms)
+    accounts.on_profile_changed.append(member_profiles.on_profile_changed)
+    accounts.on_deactivate.append(member_profiles.on_deactivate)
     return Services(
         config=config,
         db=db,
@@ -103,5 +121,11 @@ def build_services(
         typing=typing,
         receipts=receipts,
         sync=sync,
+        relations=relations,
+        search=SearchService(db, clock),
+        upgrades=UpgradeService(db, rooms, pipeline),
+        hierarchy=HierarchyService(db),
+        user_directory=UserDirectoryService(db),
+        voip=VoipService(config.turn, clock),
         background=[("media", media.run)],
     )

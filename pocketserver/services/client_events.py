@@ -8,15 +8,20 @@ hop, not one per aggregation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pocketserver.protocol.redaction import redact_client_event
 from pocketserver.storage import events as ev_store
+from pocketserver.storage import relations
 from pocketserver.storage.database import Conn
 from pocketserver.storage.events import EventRecord
 
 JsonDict = dict[str, Any]
+
+# Bounds on what one aggregation reads: edits compared, references listed.
+MAX_EDITS_CONSIDERED = 100
+MAX_REFERENCES = 100
 
 
 def client_format(rec: EventRecord, now_ms: int) -> JsonDict:
@@ -49,9 +54,12 @@ def serialize_events(
     device_id: str | None,
     now_ms: int,
     bundle: bool = True,
+    ignored: frozenset[str] = frozenset(),
 ) -> list[JsonDict]:
     return [
-        serialize_event(conn, rec, user_id=user_id, device_id=device_id, now_ms=now_ms, bundle=bundle)
+        serialize_event(
+            conn, rec, user_id=user_id, device_id=device_id, now_ms=now_ms, bundle=bundle, ignored=ignored
+        )
         for rec in records
     ]
 
@@ -64,7 +72,9 @@ def serialize_event(
     device_id: str | None,
     now_ms: int,
     bundle: bool = True,
+    ignored: frozenset[str] = frozenset(),
 ) -> JsonDict:
+    """``ignored``: users whose child events are left out of the aggregations."""
     out = client_format(rec, now_ms)
     unsigned = out["unsigned"]
     if rec.txn_key is not None and user_id is not None and device_id is not None:
@@ -87,65 +97,83 @@ def serialize_event(
         redacted["unsigned"]["age"] = unsigned["age"]
         return redacted
     if bundle and rec.event.state_key is None:
-        relations = bundled_aggregations(conn, rec, user_id=user_id, now_ms=now_ms)
+        relations = bundled_aggregations(conn, rec, user_id=user_id, now_ms=now_ms, ignored=ignored)
         if relations:
             unsigned["m.relations"] = relations
     return out
 
 
 def latest_edit(conn: Conn, rec: EventRecord) -> EventRecord | None:
-    """The newest valid m.replace of an event: same sender, same type, not itself a replace."""
+    """The most recent valid m.replace of an event ("Validity of replacement events").
+
+    Valid: same sender, same type, neither is a state event, the original is not itself
+    an edit, and the replacement has ``m.new_content`` (unless encrypted, where it sits
+    in the ciphertext). Most recent: greatest ``origin_server_ts``, then the
+    lexicographically largest event ID.
+    """
     ev = rec.event
-    edits = ev_store.relations_of(
-        conn, ev.event_id, "m.replace", None, from_pos=None, backwards=True, limit=50
-    )
-    for edit in edits:
+    if ev.state_key is not None or _rel_type(ev.content) == "m.replace":
+        return None
+    best: EventRecord | None = None
+    for edit in relations.relation_children(
+        conn, ev.event_id, rel_type="m.replace", event_type=ev.type, from_pos=None, to_pos=None,
+        backwards=True, limit=MAX_EDITS_CONSIDERED,
+    ):
         e = edit.event
-        if e.sender != ev.sender or e.type != ev.type or edit.redacted_by is not None:
+        if e.sender != ev.sender or e.state_key is not None or edit.redacted_by is not None:
             continue
-        if ev.state_key is not None or e.state_key is not None:
+        if ev.type != "m.room.encrypted" and not isinstance(e.content.get("m.new_content"), dict):
             continue
-        new_content = e.content.get("m.new_content")
-        if ev.type != "m.room.encrypted" and not isinstance(new_content, dict):
-            continue
-        return edit
-    return None
+        if best is None or (e.origin_server_ts, e.event_id) > (
+            best.event.origin_server_ts, best.event.event_id
+        ):
+            best = edit
+    return best
 
 
-def bundled_aggregations(conn: Conn, rec: EventRecord, *, user_id: str | None, now_ms: int) -> JsonDict:
+def _rel_type(content: Mapping[str, Any]) -> str | None:
+    rel = content.get("m.relates_to")
+    value = rel.get("rel_type") if isinstance(rel, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def bundled_aggregations(
+    conn: Conn,
+    rec: EventRecord,
+    *,
+    user_id: str | None,
+    now_ms: int,
+    ignored: frozenset[str] = frozenset(),
+) -> JsonDict:
+    """``unsigned.m.relations``: m.replace, m.thread and m.reference (m.annotation is
+    not aggregated by the server). Children sent by ``ignored`` users do not count."""
     ev = rec.event
-    relations: JsonDict = {}
-    rel = ev.content.get("m.relates_to")
-    own_rel_type = rel.get("rel_type") if isinstance(rel, dict) else None
+    out: JsonDict = {}
     # Events that are themselves edits get no aggregations.
-    if own_rel_type == "m.replace":
-        return relations
+    if _rel_type(ev.content) == "m.replace":
+        return out
     edit = latest_edit(conn, rec)
-    if edit is not None:
-        relations["m.replace"] = serialize_event(
+    if edit is not None and edit.event.sender not in ignored:
+        out["m.replace"] = serialize_event(
             conn, edit, user_id=user_id, device_id=None, now_ms=now_ms, bundle=False
         )
-    thread = ev_store.relations_of(
-        conn, ev.event_id, "m.thread", None, from_pos=None, backwards=True, limit=1
-    )
-    if thread:
-        count = thread_count(conn, ev.event_id)
+    latest = relations.latest_child(conn, ev.event_id, "m.thread", ignored)
+    if latest is not None:
         participated = user_id is not None and (
             ev.sender == user_id or thread_participated(conn, ev.event_id, user_id)
         )
-        relations["m.thread"] = {
+        out["m.thread"] = {
             "latest_event": serialize_event(
-                conn, thread[0], user_id=user_id, device_id=None, now_ms=now_ms, bundle=True
+                conn, latest, user_id=user_id, device_id=None, now_ms=now_ms, bundle=True,
+                ignored=ignored,
             ),
-            "count": count,
+            "count": relations.count_children(conn, ev.event_id, "m.thread", ignored),
             "current_user_participated": participated,
         }
-    refs = ev_store.relations_of(
-        conn, ev.event_id, "m.reference", None, from_pos=None, backwards=False, limit=100
-    )
+    refs = relations.reference_ids(conn, ev.event_id, ignored, MAX_REFERENCES)
     if refs:
-        relations["m.reference"] = {"chunk": [{"event_id": r.event.event_id} for r in refs]}
-    return relations
+        out["m.reference"] = {"chunk": [{"event_id": r} for r in refs]}
+    return out
 
 
 def thread_count(conn: Conn, root_id: str) -> int:

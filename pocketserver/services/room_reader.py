@@ -16,6 +16,7 @@ from pocketserver.services.auth import Requester
 from pocketserver.services.client_events import serialize_event, serialize_events
 from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
+from pocketserver.services.ignored_users import ignored_users, is_hidden
 from pocketserver.services.sync import parse_stream_token
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import events as ev_store
@@ -200,6 +201,7 @@ class RoomReader:
             checker = VisibilityChecker(conn, room_id, requester.user_id)
             if checker.current_membership is None and not checker.world_readable_now:
                 raise Forbidden("You are not in this room")
+            ignored = ignored_users(conn, requester.user_id)
             # A token t{p} is the gap after the event at position p.
             if backwards:
                 boundary = start_pos if start_pos is not None else current_stream_pos(conn)
@@ -221,7 +223,7 @@ class RoomReader:
                         break
                     assert rec.stream_pos is not None
                     cursor = rec.stream_pos
-                    if not checker.can_see(rec):
+                    if not checker.can_see(rec) or is_hidden(rec, ignored):
                         continue
                     if flt is not None and not flt.matches(_view(rec)):
                         continue
@@ -265,6 +267,7 @@ class RoomReader:
             if not checker.can_see(rec):
                 raise NotFound("Event not found")
             pos = rec.stream_pos
+            ignored = ignored_users(conn, requester.user_id)
             before_n = limit // 2
             after_n = limit - before_n
 
@@ -282,7 +285,11 @@ class RoomReader:
                         if len(out) >= n:
                             break
                         cursor = r.stream_pos
-                        if checker.can_see(r) and (flt is None or flt.matches(_view(r))):
+                        if (
+                            checker.can_see(r)
+                            and not is_hidden(r, ignored)
+                            and (flt is None or flt.matches(_view(r)))
+                        ):
                             out.append(r)
                     if len(out) >= n or len(page) < max(n, 20):
                         break

@@ -67,6 +67,9 @@ class RoomService:
         self.server_name = config.server_name
         # Called with (room_id, user_id) after a local user's membership changed.
         self.on_membership: list[Callable[[str, str, str], Awaitable[None]]] = []
+        # Called with (sender, room_id, type, content) before a client's non-state event
+        # is built; raises to refuse it (relations: duplicate annotations, threads).
+        self.before_send: list[Callable[[str, str, str, Mapping[str, Any]], Awaitable[None]]] = []
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -126,6 +129,11 @@ class RoomService:
         txn_key = None
         if txn_id is not None:
             txn_key = f"{requester.user_id}|{requester.device_id or ''}|{txn_id}"
+        if state_key is None and self.before_send:
+            # A retried transaction gets its event back, not a refusal.
+            if txn_key is None or await self.db.read(ev_store.get_txn_event_id, txn_key) is None:
+                for check in self.before_send:
+                    await check(requester.user_id, room_id, etype, content)
         redacts = None
         if etype == "m.room.redaction":
             r = content.get("redacts")

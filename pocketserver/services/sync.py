@@ -26,6 +26,7 @@ from pocketserver.services.client_events import serialize_event, stripped_state
 from pocketserver.services.clock import Clock
 from pocketserver.services.ephemeral import TypingTracker
 from pocketserver.services.filtering import Filter
+from pocketserver.services.ignored_users import ignored_users, is_hidden
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
@@ -208,6 +209,8 @@ class SyncService:
                 }
                 rooms_join[room_id] = room
             elif membership == "invite" and newly:
+                if self._invited_by_ignored(conn, room_id, user_id):
+                    continue
                 rooms_invite[room_id] = {"invite_state": {"events": self._stripped(conn, room_id, user_id)}}
             elif membership == "knock" and newly:
                 rooms_knock[room_id] = {"knock_state": {"events": self._stripped(conn, room_id, user_id)}}
@@ -238,6 +241,15 @@ class SyncService:
             },
         }
 
+    def _invited_by_ignored(self, conn: Conn, room_id: str, user_id: str) -> bool:
+        """Invites from ignored users are not delivered ("Ignoring Users")."""
+        ignored = ignored_users(conn, user_id)
+        if not ignored:
+            return False
+        m = state_store.get_membership(conn, room_id, user_id)
+        invite = ev_store.get_event(conn, m[1]) if m is not None else None
+        return invite is not None and invite.event.sender in ignored
+
     def _all_room_account_data(self, conn: Conn, user_id: str, room_id: str) -> list[JsonDict]:
         changes = ad_store.get_account_data_since(conn, user_id, 0, None)
         return ad_store.to_events(changes.rooms.get(room_id, {}))
@@ -257,6 +269,7 @@ class SyncService:
             limit = DEFAULT_TIMELINE_LIMIT
         limit = min(limit, MAX_TIMELINE_LIMIT)
         checker = VisibilityChecker(conn, room_id, requester.user_id)
+        ignored = ignored_users(conn, requester.user_id)
         picked: list[EventRecord] = []
         limited = False
         cursor = upto + 1
@@ -269,7 +282,7 @@ class SyncService:
                 break
             for rec in page:
                 cursor = rec.stream_pos if rec.stream_pos is not None else cursor
-                if not checker.can_see(rec):
+                if not checker.can_see(rec) or is_hidden(rec, ignored):
                     continue
                 if not filt.room.timeline.matches(_filter_view(rec)):
                     continue

@@ -408,12 +408,26 @@ def _index_content(conn: Conn, nid: int, ev: Event) -> None:
 
 
 def _searchable_text(ev: Event) -> str | None:
-    # Encrypted events (m.room.encrypted) have no readable body: never indexed.
+    """The text /search finds an event by (client-server API "Server Side Search").
+
+    ``content.body`` of m.room.message, ``content.name`` of m.room.name, and
+    ``content.topic`` plus the text/plain ``m.topic`` representation of m.room.topic.
+    Encrypted events (m.room.encrypted) have no readable body: never indexed.
+    """
     key = {"m.room.message": "body", "m.room.name": "name", "m.room.topic": "topic"}.get(ev.type)
     if key is None:
         return None
     value = ev.content.get(key)
-    return value if isinstance(value, str) and value else None
+    parts = [value] if isinstance(value, str) and value else []
+    if ev.type == "m.room.topic":
+        block = ev.content.get("m.topic")
+        texts = block.get("m.text") if isinstance(block, dict) else None
+        for t in texts if isinstance(texts, list) else []:
+            if isinstance(t, dict) and t.get("mimetype", "text/plain") == "text/plain":
+                body = t.get("body")
+                if isinstance(body, str) and body and body not in parts:
+                    parts.append(body)
+    return "\n".join(parts) or None
 
 
 def set_forward_extremities(conn: Conn, room_id: str, new_event_id: str) -> None:

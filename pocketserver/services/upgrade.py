@@ -1,0 +1,260 @@
+"""Room upgrades (client-server API "Room Upgrades", server behaviour steps 1-6).
+
+1. The requester must be joined and able to send ``m.room.tombstone`` in the old room.
+2. A replacement room is created whose ``m.room.create`` names the ``predecessor``
+   and copies the old room's ``type`` (and ``m.federate``); in v12 the
+   ``additional_creators`` come from the request only.
+3. Transferable state is replicated: power levels (adjusted for the new version's
+   creator rules), join rules, history visibility, guest access, name, topic,
+   avatar, encryption, server ACL, space children; bans are carried over.
+4. Local aliases and the directory listing move to the new room, and the canonical
+   alias with them (removed from the old room).
+5. ``m.room.tombstone`` is sent to the old room.
+6. The old room's power levels are raised so that ordinary users can no longer send
+   or invite (``events_default`` and ``invite`` to max(50, users_default + 1)).
+
+The whole upgrade is shielded from cancellation: a client hanging up half way must
+not leave a half-copied room behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from pocketserver.errors import Forbidden, InvalidParam, MatrixError
+from pocketserver.protocol.identifiers import is_valid_user_id
+from pocketserver.protocol.power_levels import PowerLevels
+from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from pocketserver.services.auth import Requester
+from pocketserver.services.events import EventPipeline
+from pocketserver.services.rooms import RoomService
+from pocketserver.storage import events as ev_store
+from pocketserver.storage import room_upgrades as upgrade_store
+from pocketserver.storage import state as state_store
+from pocketserver.storage.database import Database
+from pocketserver.storage.events import EventRecord
+
+log = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+
+# State copied as is (recommended list of the spec, plus the space's children).
+COPIED_STATE = (
+    "m.room.server_acl",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.join_rules",
+)
+COPIED_STATE_ANY_KEY = ("m.space.child",)
+
+
+class UpgradeService:
+    def __init__(self, db: Database, rooms: RoomService, pipeline: EventPipeline) -> None:
+        self.db = db
+        self.rooms = rooms
+        self.pipeline = pipeline
+        self.server_name = rooms.server_name
+        self._locks: dict[str, trio.Lock] = {}
+
+    async def upgrade(
+        self,
+        requester: Requester,
+        room_id: str,
+        new_version: str,
+        additional_creators: Sequence[str] | None = None,
+    ) -> str:
+        rv = KNOWN_ROOM_VERSIONS.get(new_version)
+        if rv is None:
+            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", "This server does not support that room version")
+        extra_creators: list[str] = []
+        if additional_creators is not None:
+            if not isinstance(additional_creators, list) or not all(
+                isinstance(u, str) and is_valid_user_id(u) for u in additional_creators
+            ):
+                raise InvalidParam("additional_creators must be a list of user IDs")
+            if rv.privileged_creators:
+                extra_creators = [u for u in dict.fromkeys(additional_creators) if u != requester.user_id]
+        lock = self._locks.setdefault(room_id, trio.Lock())
+        new_room = ""
+        with trio.CancelScope(shield=True):
+            async with lock:
+                try:
+                    new_room = await self._upgrade(requester, room_id, rv, extra_creators)
+                finally:
+                    if not lock.statistics().tasks_waiting:
+                        self._locks.pop(room_id, None)
+        return new_room
+
+    async def _state(self, room_id: str) -> dict[tuple[str, str], EventRecord]:
+        ids = await self.db.read(state_store.get_current_state_ids, room_id)
+        recs = await self.db.read(ev_store.get_events, ids.values())
+        return {k: recs[e] for k, e in ids.items() if e in recs}
+
+    async def _upgrade(
+        self, requester: Requester, room_id: str, rv: RoomVersion, extra_creators: list[str]
+    ) -> str:
+        user_id = requester.user_id
+        info = await self.rooms.get_room_for_sender(room_id)
+        if await self.rooms.membership(room_id, user_id) != "join":
+            raise Forbidden("You are not joined to this room")
+        old_rv = info.room_version
+        state = await self._state(room_id)
+        create = state.get(("m.room.create", ""))
+        pl_rec = state.get(("m.room.power_levels", ""))
+        old_pl = PowerLevels.from_events(
+            create.event if create else None, pl_rec.event if pl_rec else None, old_rv
+        )
+        # Step 1: permission to send the tombstone.
+        if old_pl.user_level(user_id) < old_pl.send_level("m.room.tombstone", True):
+            raise Forbidden("You cannot upgrade this room")
+        if state.get(("m.room.tombstone", "")) is not None:
+            tomb = state[("m.room.tombstone", "")].event.content
+            if isinstance(tomb.get("replacement_room"), str):
+                raise MatrixError(400, "M_BAD_STATE", "This room has already been upgraded")
+
+        # Step 2: the replacement room.
+        old_create = dict(create.event.content) if create else {}
+        content: JsonDict = {"room_version": rv.identifier}
+        for key in ("type", "m.federate"):
+            if key in old_create:
+                content[key] = old_create[key]
+        predecessor: JsonDict = {"room_id": room_id}
+        extremities = await self.db.read(ev_store.forward_extremities, room_id)
+        if extremities:
+            predecessor["event_id"] = extremities[0][0]
+        content["predecessor"] = predecessor
+        if not rv.implicit_room_creator:
+            content["creator"] = user_id
+        if extra_creators:
+            content["additional_creators"] = extra_creators
+        new_id = None
+        if not rv.room_id_is_create_event_hash:
+            new_id = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
+        created = await self.pipeline.create_create_event(rv, user_id, content, new_id)
+        new_room = created.record.event.room_id
+        await self.rooms.update_membership(requester, new_room, user_id, "join")
+
+        # Step 3: power levels first (raised for the upgrader while state is copied).
+        new_creators = frozenset({user_id, *extra_creators})
+        final_pl = self._new_power_levels(
+            pl_rec.event.content if pl_rec else None, old_pl, rv, new_creators
+        )
+        copied = [
+            rec
+            for (etype, skey), rec in sorted(state.items())
+            if (etype in COPIED_STATE and skey == "") or etype in COPIED_STATE_ANY_KEY
+        ]
+        bans = [
+            rec for (etype, _), rec in sorted(state.items())
+            if etype == "m.room.member" and rec.event.membership == "ban"
+        ]
+        first_pl = final_pl
+        if not rv.privileged_creators:
+            view = PowerLevels(final_pl, rv, new_creators)
+            needed = max(
+                [view.send_level("m.room.power_levels", True)]
+                + [view.send_level(r.event.type, True) for r in copied]
+                + ([view.ban, view.kick] if bans else [])
+            )
+            if view.user_level(user_id) < needed:
+                first_pl = {**final_pl, "users": {**(final_pl.get("users") or {}), user_id: needed}}
+        await self.rooms.send_event(requester, new_room, "m.room.power_levels", first_pl, state_key="")
+        for rec in copied:
+            await self._try_send(requester, new_room, rec.event.type, rec.event.content, rec.event.state_key or "")
+        for rec in bans:
+            target = rec.event.state_key or ""
+            try:
+                await self.rooms.update_membership(
+                    requester, new_room, target, "ban",
+                    reason=rec.event.content.get("reason") if isinstance(rec.event.content.get("reason"), str) else None,
+                )
+            except MatrixError as e:
+                log.warning("upgrade of %s: could not carry over the ban of %s: %s", room_id, target, e)
+
+        # Step 4: aliases, directory listing, canonical alias.
+        await self.db.write(upgrade_store.move_aliases_and_listing, room_id, new_room)
+        canonical = state.get(("m.room.canonical_alias", ""))
+        if canonical is not None and canonical.event.content:
+            await self._try_send(requester, new_room, "m.room.canonical_alias", canonical.event.content, "")
+            await self._try_send(requester, room_id, "m.room.canonical_alias", {}, "")
+        if first_pl is not final_pl:
+            await self.rooms.send_event(requester, new_room, "m.room.power_levels", final_pl, state_key="")
+
+        # Step 5: the tombstone.
+        await self.rooms.send_event(
+            requester,
+            room_id,
+            "m.room.tombstone",
+            {"body": "This room has been replaced", "replacement_room": new_room},
+            state_key="",
+        )
+
+        # Step 6: stop ordinary users from talking in (or inviting to) the old room.
+        if pl_rec is not None:
+            restricted = max(50, old_pl.users_default + 1)
+            if old_pl.events_default < restricted or old_pl.invite < restricted:
+                lowered = {**pl_rec.event.content, "events_default": restricted, "invite": restricted}
+                await self._try_send(requester, room_id, "m.room.power_levels", lowered, "")
+        return new_room
+
+    def _new_power_levels(
+        self,
+        old_content: Any,
+        old_pl: PowerLevels,
+        rv: RoomVersion,
+        new_creators: frozenset[str],
+    ) -> JsonDict:
+        """The old room's power levels, fitted to the new room version's creator rules."""
+        pl: JsonDict = dict(old_content) if isinstance(old_content, dict) else {}
+        users = dict(pl.get("users") or {}) if isinstance(pl.get("users"), dict) else {}
+        if old_content is None:
+            # No power levels event: the old creators had 100.
+            for c in old_pl.creators:
+                users[c] = 100
+        if old_pl.privileged_creators and not rv.privileged_creators:
+            # From v12 down: old creators had infinite power; give them the top level.
+            top = max([100, *(v for v in users.values() if isinstance(v, int))])
+            for c in old_pl.privileged_creators:
+                users[c] = top
+        if rv.privileged_creators:
+            for c in new_creators:
+                users.pop(c, None)
+        pl["users"] = users
+        if rv.enforce_int_power_levels:
+            pl = _integer_levels(pl)
+        return pl
+
+    async def _try_send(self, requester: Requester, room_id: str, etype: str, content: Any, state_key: str) -> None:
+        try:
+            await self.rooms.send_event(requester, room_id, etype, dict(content), state_key=state_key)
+        except MatrixError as e:
+            log.warning("upgrade: could not send %s to %s: %s", etype, room_id, e)
+
+
+def _integer_levels(pl: JsonDict) -> JsonDict:
+    """Stringy levels of old room versions as integers (v10+ accepts integers only)."""
+
+    def level(v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return int(v.strip())
+            except ValueError:
+                return v
+        return v
+
+    out: JsonDict = {}
+    for k, v in pl.items():
+        if isinstance(v, dict):
+            out[k] = {kk: level(vv) for kk, vv in v.items()}
+        else:
+            out[k] = level(v)
+    return out

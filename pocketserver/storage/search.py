@@ -1,0 +1,139 @@
+"""Full-text search over the ``event_search`` FTS5 index (contentless, rowid = event_nid).
+
+What is indexed is decided when an event is stored (``events._searchable_text``);
+redactions remove the row. Queries here take an FTS5 match expression built by
+:func:`fts_query` from what a user typed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pocketserver.storage.database import Conn
+from pocketserver.storage.events import _RECORD_COLS, _RECORD_FROM, EventRecord, _record
+
+_TERM = re.compile(r'(-?)"([^"]*)"?|(\S+)')
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedQuery:
+    match: str | None  # None: nothing can match (no positive term)
+    highlights: tuple[str, ...]
+
+
+def fts_query(search_term: str) -> ParsedQuery:
+    """A safe FTS5 expression for a user's search term.
+
+    Words match as prefixes (``hel`` finds "hello"), all must match; ``"a phrase"``
+    matches those words in a row; ``-word`` excludes; ``or`` between two terms makes
+    either suffice. Everything else a user types is treated as text, never as FTS5
+    syntax.
+    """
+    positives: list[str] = []
+    negatives: list[str] = []
+    highlights: list[str] = []
+    pending_or = False
+    for m in _TERM.finditer(search_term):
+        negate, phrase, bare = m.group(1), m.group(2), m.group(3)
+        if bare is not None and bare.lower() == "or" and positives:
+            pending_or = True
+            continue
+        if bare is not None and bare.startswith("-") and len(bare) > 1:
+            negate, bare = "-", bare[1:]
+        text = phrase if phrase is not None else bare or ""
+        words = [w.lower() for w in _WORD.findall(text)]
+        if not words:
+            continue
+        expr = '"' + " ".join(words) + '"' + ("" if phrase is not None else "*")
+        if negate:
+            negatives.append(expr)
+            pending_or = False
+            continue
+        highlights.extend(w for w in words if w not in highlights)
+        if pending_or:
+            positives[-1] = f"{positives[-1]} OR {expr}"
+            pending_or = False
+        else:
+            positives.append(expr)
+    if not positives:
+        return ParsedQuery(None, ())
+    match = " AND ".join(f"({p})" for p in positives)
+    for n in negatives:
+        match = f"({match}) NOT {n}"
+    return ParsedQuery(match, tuple(highlights))
+
+
+def _conditions(
+    room_ids: Sequence[str], types: Sequence[str], senders: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    clauses = [
+        "event_search MATCH ?",
+        f"r.room_id IN ({','.join('?' * len(room_ids))})",
+        f"e.type IN ({','.join('?' * len(types))})",
+        "e.redacted_by IS NULL",
+        "e.rejected_reason IS NULL",
+        "e.stream_pos IS NOT NULL",
+    ]
+    args: list[Any] = [*room_ids, *types]
+    if senders is not None:
+        clauses.append(f"e.sender IN ({','.join('?' * len(senders))})")
+        args += senders
+    return " AND ".join(clauses), args
+
+
+def search_events(
+    conn: Conn,
+    match: str,
+    room_ids: Sequence[str],
+    types: Sequence[str],
+    *,
+    senders: Sequence[str] | None = None,
+    by_rank: bool,
+    before_pos: int | None = None,
+    offset: int = 0,
+    limit: int,
+) -> list[tuple[EventRecord, float]]:
+    """(event, rank) of matching events; rank is higher for better matches.
+
+    ``by_rank``: best first, paged by ``offset``; otherwise newest first, paged by
+    ``before_pos``.
+    """
+    if not room_ids or not types or senders == []:
+        return []
+    where, args = _conditions(room_ids, types, senders)
+    if not by_rank and before_pos is not None:
+        where += " AND e.stream_pos < ?"
+        args.append(before_pos)
+    order = "bm25(event_search), e.stream_pos DESC" if by_rank else "e.stream_pos DESC"
+    rows = conn.execute(
+        f"SELECT {_RECORD_COLS}, bm25(event_search){_RECORD_FROM}"
+        " JOIN event_search ON event_search.rowid = e.event_nid"
+        f" WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+        [match, *args, limit, offset if by_rank else 0],
+    ).fetchall()
+    return [(_record(r[:9]), -float(r[9])) for r in rows]
+
+
+def count_events(
+    conn: Conn,
+    match: str,
+    room_ids: Sequence[str],
+    types: Sequence[str],
+    *,
+    senders: Sequence[str] | None = None,
+) -> int:
+    """How many events match (before history visibility: an estimate, as allowed)."""
+    if not room_ids or not types or senders == []:
+        return 0
+    where, args = _conditions(room_ids, types, senders)
+    (n,) = conn.execute(
+        "SELECT COUNT(*) FROM events e JOIN rooms r ON r.room_nid = e.room_nid"
+        " JOIN event_search ON event_search.rowid = e.event_nid"
+        f" WHERE {where}",
+        [match, *args],
+    ).fetchone()
+    return int(n)
