@@ -46,6 +46,13 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_make-certificate"] and len(argv) == 4:
+        # Internal: run by the server in a child process on first start (services/tls.py).
+        from pocketserver.services.tls import write_self_signed_certificate
+
+        write_self_signed_certificate(Path(argv[1]), Path(argv[2]), argv[3])
+        return 0
     args = _parser().parse_args(argv)
     try:
         if args.command == "init":

@@ -79,8 +79,27 @@ def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
     return hc
 
 
-def prepare(cfg: Config) -> tuple[Any, Any, list[str]]:
-    """Create the data folder, key, certificate and database; return (db, key, notes)."""
+def needs_self_signed_certificate(cfg: Config) -> bool:
+    if not any(lst.tls and not lst.tls_cert for lst in cfg.listeners):
+        return False
+    return not (cfg.path("tls_cert").exists() and cfg.path("tls_key").exists())
+
+
+async def make_self_signed_certificate(cfg: Config) -> None:
+    """Write the self-signed certificate in a child process, without blocking."""
+    from pocketserver.services.tls import certificate_command
+
+    cmd = certificate_command(cfg.path("tls_cert"), cfg.path("tls_key"), cfg.server_name)
+    with trio.fail_after(120):
+        await trio.run_process(cmd, capture_stdout=True, capture_stderr=True)
+
+
+def prepare(cfg: Config, *, make_certificate: bool = True) -> tuple[Any, Any, list[str]]:
+    """Create the data folder, key, certificate and database; return (db, key, notes).
+
+    With ``make_certificate=False`` the caller makes the certificate itself (the server
+    does, concurrently with serving the client API).
+    """
     from pocketserver.services.server_keys import load_or_create_signing_key
     from pocketserver.services.tls import ensure_self_signed_certificate
     from pocketserver.storage.database import Database
@@ -93,7 +112,7 @@ def prepare(cfg: Config) -> tuple[Any, Any, list[str]]:
     key, created = load_or_create_signing_key(cfg.path("signing_key"))
     if created:
         notes.append(f"created signing key {key.key_id} in {cfg.path('signing_key')}")
-    if any(lst.tls and not lst.tls_cert for lst in cfg.listeners):
+    if make_certificate and needs_self_signed_certificate(cfg):
         if ensure_self_signed_certificate(cfg.path("tls_cert"), cfg.path("tls_key"), cfg.server_name):
             notes.append(f"created self-signed TLS certificate {cfg.path('tls_cert')}")
     db_path = cfg.path("database")
@@ -118,7 +137,8 @@ async def run_server(
     from pocketserver.services import build_services
 
     started = trio.current_time()
-    db, key, notes = prepare(cfg)
+    db, key, notes = prepare(cfg, make_certificate=False)
+    cert_needed = needs_self_signed_certificate(cfg)
     services = build_services(cfg, db, key)
     if services_hook is not None:
         services_hook(services)
@@ -131,7 +151,14 @@ async def run_server(
                 await root.start(fn)
             shutdown = trio.Event()
             async with trio.open_nursery() as listeners:
-                for lst in cfg.listeners:
+                # Plain listeners first: the client API answers while the first start
+                # still makes the self-signed certificate the TLS listeners need.
+                ordered = sorted(cfg.listeners, key=lambda lst: lst.tls)
+                for lst in ordered:
+                    if lst.tls and not lst.tls_cert and cert_needed:
+                        await make_self_signed_certificate(cfg)
+                        notes.append(f"created self-signed TLS certificate {cfg.path('tls_cert')}")
+                        cert_needed = False
                     hc = _hypercorn_config(cfg, lst)
                     binds = await listeners.start(
                         lambda task_status, hc=hc, lst=lst: hypercorn.trio.serve(
@@ -141,9 +168,9 @@ async def run_server(
                             task_status=task_status,
                         )
                     )
-                    running.urls.extend(binds)
+                    running.urls.append(binds[0])
                 if out is not None:
-                    _print_banner(cfg, running.urls, notes, trio.current_time() - started, out)
+                    _print_banner(cfg, ordered, running.urls, notes, trio.current_time() - started, out)
                 if handle_signals:
                     listeners.start_soon(_wait_for_signal, running.stop)
                 task_status.started(running)
@@ -164,18 +191,25 @@ async def _wait_for_signal(stop: trio.Event) -> None:
             return
 
 
-def _print_banner(cfg: Config, urls: list[str], notes: list[str], secs: float, out: TextIO) -> None:
+def _print_banner(
+    cfg: Config,
+    listeners: list[ListenerConfig],
+    urls: list[str],
+    notes: list[str],
+    secs: float,
+    out: TextIO,
+) -> None:
     from pocketserver import __version__
 
     lines = [f"pocketserver {__version__} is serving '{cfg.server_name}' (ready in {secs:.2f} s)"]
     for note in notes:
         lines.append(f"  - {note}")
-    for lst, url in zip(cfg.listeners, urls, strict=False):
+    for lst, url in zip(listeners, urls, strict=False):
         what = " + ".join(lst.resources)
         lines.append(f"  {what:<20} {url}")
     lines.append(f"  data folder          {cfg.data_dir_path}")
     lines.append(f"  registration         {cfg.registration_mode}")
-    client = next((u for lst, u in zip(cfg.listeners, urls, strict=False) if "client" in lst.resources), None)
+    client = next((u for lst, u in zip(listeners, urls, strict=False) if "client" in lst.resources), None)
     if client:
         lines.append(f"Connect a Matrix client (Element, nio, ...) to {client}")
     lines.append("Create a user: pocketserver register-user NAME [--admin]   Stop: Ctrl-C")

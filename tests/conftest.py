@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,28 @@ from pocketserver.config import Config, config_from_dict
 from pocketserver.server import RunningServer, run_server
 
 
+_CERT: tuple[str, str] | None = None
+
+
+def shared_certificate() -> tuple[str, str]:
+    """One self-signed certificate for every in-process test server (made once)."""
+    global _CERT
+    if _CERT is None:
+        from pocketserver.services.tls import write_self_signed_certificate
+
+        folder = Path(tempfile.mkdtemp(prefix="pocketserver-test-tls-"))
+        write_self_signed_certificate(folder / "tls.crt", folder / "tls.key", "test.local")
+        _CERT = (str(folder / "tls.crt"), str(folder / "tls.key"))
+    return _CERT
+
+
 def make_config(tmp_path: Path, extra: dict[str, Any] | None = None) -> Config:
+    cert, key = shared_certificate()
     data: dict[str, Any] = {
         "server_name": "test.local",
         "data_dir": str(tmp_path / "data"),
+        "tls_cert_path": cert,
+        "tls_key_path": key,
         "log_level": "warning",
         "listeners": [
             {"address": "127.0.0.1", "port": 0, "resources": ["client", "federation"]},

@@ -5,17 +5,41 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 
 def ensure_self_signed_certificate(cert_path: Path, key_path: Path, server_name: str) -> bool:
     """Create a self-signed certificate for ``server_name`` unless both files exist.
 
-    Returns True when it created them. ``cryptography`` is imported only here, so a
-    server whose certificate exists does not pay for it in memory.
+    Returns True when it created them. The work runs in a short-lived child process:
+    ``cryptography`` costs about 14 MB once imported, and the server never needs it again.
     """
     if cert_path.exists() and key_path.exists():
         return False
+    result = subprocess.run(
+        certificate_command(cert_path, key_path, server_name),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0 or not cert_path.exists():
+        raise OSError(f"could not create a TLS certificate: {result.stderr.strip()[-500:]}")
+    return True
+
+
+def certificate_command(cert_path: Path, key_path: Path, server_name: str) -> list[str]:
+    """The child process that writes the certificate (see ``cli.main``)."""
+    if getattr(sys, "frozen", False):
+        cmd = [sys.executable, "_make-certificate"]
+    else:
+        cmd = [sys.executable, "-m", "pocketserver", "_make-certificate"]
+    return cmd + [str(cert_path), str(key_path), server_name]
+
+
+def write_self_signed_certificate(cert_path: Path, key_path: Path, server_name: str) -> None:
+    """Generate the key and certificate files (run by the child process)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -62,4 +86,3 @@ def ensure_self_signed_certificate(cert_path: Path, key_path: Path, server_name:
             )
         )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return True
