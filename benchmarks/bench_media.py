@@ -197,12 +197,14 @@ def random_files(total: int, each: int) -> list[tuple[str, str, bytes]]:
 # -- measurements ------------------------------------------------------------------------------
 
 
-def upload(http: httpx.Client, token: str, data: Any, ctype: str, name: str) -> str:
+def upload(
+    http: httpx.Client, token: str, data: Any, ctype: str, name: str, length: int | None = None
+) -> str:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": ctype}
+    if length is not None:  # a streamed body with a declared length (Synapse needs one)
+        headers["Content-Length"] = str(length)
     r = http.post(
-        "/_matrix/media/v3/upload",
-        params={"filename": name},
-        content=data,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
+        "/_matrix/media/v3/upload", params={"filename": name}, content=data, headers=headers
     )
     r.raise_for_status()
     return str(r.json()["content_uri"])
@@ -277,7 +279,7 @@ def big_transfer(server: ServerProcess, http: httpx.Client, token: str, size: in
     idle = server.rss_mb()
     with RssSampler(server) as up:
         t0 = time.perf_counter()
-        uri = upload(http, token, body(), "video/mp4", "big.mp4")
+        uri = upload(http, token, body(), "video/mp4", "big.mp4", size)
         up_s = time.perf_counter() - t0
     with RssSampler(server) as down:
         t0 = time.perf_counter()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from functools import partial
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ import trio
 
 from pocketserver.config import Config, config_from_dict
 from pocketserver.server import RunningServer, run_server
-
 
 _CERT: tuple[str, str] | None = None
 

@@ -106,30 +106,20 @@ def separate(
     """The unconflicted state map and the conflicted state set (by key).
 
     A key missing from some set is conflicted (v2: "present in every S_i with the same
-    value").
+    value"). The common part is a C-level intersection of the sets' item views.
     """
-    first, rest = state_sets[0], state_sets[1:]
-    unconflicted: dict[StateKey, str] = {}
+    common = set(state_sets[0].items())
+    for s in state_sets[1:]:
+        common &= s.items()
+    unconflicted = dict(common)
     conflicted: dict[StateKey, set[str]] = {}
-    for key, eid in first.items():
-        same = True
-        for s in rest:
-            if s.get(key) != eid:
-                same = False
-                break
-        if same:
-            unconflicted[key] = eid
-        else:
-            vals = {eid}
-            for s in rest:
-                v = s.get(key)
-                if v is not None:
-                    vals.add(v)
-            conflicted[key] = vals
-    for s in rest:
-        for key, eid in s.items():
-            if key not in first:
-                conflicted.setdefault(key, set()).add(eid)
+    for s in state_sets:
+        for key in s.keys() - unconflicted.keys():
+            c = conflicted.get(key)
+            if c is None:
+                conflicted[key] = {s[key]}
+            else:
+                c.add(s[key])
     return unconflicted, conflicted
 
 
@@ -191,55 +181,52 @@ class _Graph:
         return ev.auth_event_ids
 
 
-def _auth_difference_in_memory(
-    graph: _Graph,
+def auth_difference_in_memory(
+    get: Callable[[str], Event | None],
     state_sets: Sequence[StateMap],
     unconflicted: Mapping[StateKey, str],
-    conflicted_ids: set[str],
-    with_subgraph: bool,
-) -> set[int]:
-    """Auth difference (and, for v2.1, the conflicted state subgraph) as event indices.
+    conflicted: Mapping[StateKey, set[str]],
+) -> set[str]:
+    """The auth difference of ``state_sets``, by walking the auth graph in memory.
 
-    One bitmask per event says which state sets' full auth chains reach it (a state
-    set's chain counts its own events, as Synapse's does; this only ever adds conflicted
-    events, which are in the full conflicted set anyway). Masks only grow, so the
-    worklist propagation terminates after at most n_sets passes over any event.
+    A state set's full auth chain C_i is U | X_i, where U is the chain of the
+    unconflicted events (shared by every set) and X_i the chain of the set's conflicted
+    events. So the difference is (union X_i - intersection X_i) - U, and the walks from
+    the conflicted events can stop at any event of U: everything below it is in U too.
+    The one full walk is U's, a tight loop over strings; the per-set walks only cover
+    what happened since the sets diverged. (As in Synapse, a set's chain counts the set's
+    own events; that only ever adds conflicted events, which are in the full conflicted
+    set anyway.)
     """
-    n = len(state_sets)
-    full = (1 << n) - 1
-    intern = graph.intern
-    auth_of = graph.auth_of
-    mask: dict[int, int] = {}
-    stack: list[int] = []
-    # Unconflicted events are in every set: seed them with the full mask.
-    for eid in unconflicted.values():
-        i = intern(eid)
-        if mask.get(i, 0) != full:
-            mask[i] = full
-            stack.append(i)
-    for bit_no, s in enumerate(state_sets):
-        bit = 1 << bit_no
-        for eid in s.values():
-            if eid in conflicted_ids:
-                i = intern(eid)
-                m = mask.get(i, 0)
-                if not m & bit:
-                    mask[i] = m | bit
-                    stack.append(i)
+    in_u = set(unconflicted.values())
+    stack = list(in_u)
+    pop, push, add = stack.pop, stack.append, in_u.add
     while stack:
-        i = stack.pop()
-        m = mask[i]
-        for a in auth_of(i):
-            old = mask.get(a, 0)
-            new = old | m
-            if new != old:
-                mask[a] = new
-                stack.append(a)
-    diff = {i for i, m in mask.items() if m != full}
-
-    if with_subgraph and conflicted_ids:
-        diff |= _conflicted_subgraph(graph, [intern(e) for e in conflicted_ids])
-    return diff
+        ev = get(pop())
+        if ev is None:
+            continue
+        for a in ev.auth_event_ids:
+            if a not in in_u:
+                add(a)
+                push(a)
+    reach: list[set[str]] = []
+    for s in state_sets:
+        r: set[str] = set()
+        for key in conflicted:
+            eid = s.get(key)
+            if eid is not None and eid not in r:
+                r.add(eid)
+                stack.append(eid)
+        while stack:
+            ev = get(stack.pop())
+            if ev is None:
+                continue
+            for a in ev.auth_event_ids:
+                if a not in r and a not in in_u:
+                    r.add(a)
+                    stack.append(a)
+        reach.append(r)
+    return set().union(*reach) - reach[0].intersection(*reach[1:])
 
 
 def _conflicted_subgraph(graph: _Graph, conflicted: list[int]) -> set[int]:
@@ -459,8 +446,10 @@ def _resolve_v2(
         )
         full = {graph.intern(e) for e in extra_ids | conflicted_ids}
     else:
-        full = _auth_difference_in_memory(graph, state_sets, unconflicted, conflicted_ids, v21)
-        full.update(graph.intern(e) for e in conflicted_ids)
+        diff = auth_difference_in_memory(get, state_sets, unconflicted, conflicted)
+        full = {graph.intern(e) for e in diff | conflicted_ids}
+        if v21:
+            full |= _conflicted_subgraph(graph, [graph.intern(e) for e in conflicted_ids])
     events = graph.events
     # Only events we actually have take part (as in every implementation).
     full = {i for i in full if events[i] is not None}

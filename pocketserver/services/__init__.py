@@ -22,6 +22,7 @@ from pocketserver.services.media import MediaService
 from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.presence import PresenceService
+from pocketserver.services.push import PushService
 from pocketserver.services.ratelimit import RateLimiter
 from pocketserver.services.relations import RelationsService
 from pocketserver.services.room_reader import RoomReader
@@ -63,6 +64,7 @@ class Services:
     hierarchy: HierarchyService
     user_directory: UserDirectoryService
     voip: VoipService
+    push: PushService
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -96,6 +98,10 @@ def build_services(
     receipts = ReceiptService(db, clock, notifier)
     sync = SyncService(db, clock, notifier, typing)
     sync.extensions.append(e2ee_extension(e2ee))
+    push = PushService(db, clock, notifier)
+    sync.unread_counter = push.unread_counts
+    sync.extensions.append(push.sync_extension())
+    accounts.on_device_deleted.append(push.on_device_deleted)
     relations = RelationsService(db, clock)
     rooms.before_send.append(relations.check_new_relation)
     member_profiles = MemberProfiles(db, rooms)
@@ -127,5 +133,6 @@ def build_services(
         hierarchy=HierarchyService(db),
         user_directory=UserDirectoryService(db),
         voip=VoipService(config.turn, clock),
-        background=[("media", media.run)],
+        push=push,
+        background=[("media", media.run), ("push", push.run)],
     )

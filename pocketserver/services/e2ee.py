@@ -366,9 +366,11 @@ class E2eeService:
         if not found and master is None and not _user_known(conn, user_id):
             return
         result: JsonDict = {}
+        extra_sigs = e2e_keys.get_signatures_by_target(conn, user_id, user_id) if found else {}
         for device_id, (keys, display_name) in found.items():
-            extra = e2e_keys.get_signatures_on(conn, user_id, device_id, [user_id])
-            keys = _merge_signatures(keys, extra)
+            extra = extra_sigs.get(device_id)
+            if extra:
+                keys = _merge_signatures(keys, {user_id: extra})
             unsigned = dict(keys.get("unsigned") or {})
             if display_name is not None:
                 unsigned["device_display_name"] = display_name
@@ -377,8 +379,8 @@ class E2eeService:
         out["device_keys"][user_id] = result
         if master is not None:
             pub = _ed25519_value(master)
-            extra = e2e_keys.get_signatures_on(conn, user_id, pub, [user_id, requester])
-            out["master_keys"][user_id] = _merge_signatures(master, extra)
+            master_sigs = e2e_keys.get_signatures_on(conn, user_id, pub, [user_id, requester])
+            out["master_keys"][user_id] = _merge_signatures(master, master_sigs)
         if ssk is not None:
             out["self_signing_keys"][user_id] = ssk
         if user_id == requester:
@@ -653,19 +655,20 @@ class E2eeService:
             for target_device, content in devices.items():
                 if not isinstance(content, dict):
                     raise BadJson("Message contents must be objects")
-                try:
-                    encoded = encode_canonical_json(content)
-                except CanonicalJsonError as e:
-                    raise BadJson(f"Message content: {e}") from None
-                if len(encoded) > MAX_TO_DEVICE_CONTENT:
+                # Stored as compact JSON (not canonical: nothing signs it, and the C
+                # encoder keeps a fan-out to hundreds of devices cheap).
+                encoded = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+                if len(encoded) > MAX_TO_DEVICE_CONTENT // 4 and (
+                    len(encoded.encode("utf-8")) > MAX_TO_DEVICE_CONTENT
+                ):
                     raise TooLarge("A to-device message may be at most 64 KiB")
                 count += 1
                 if domain != self.server_name:
                     remote.setdefault(domain, {}).setdefault(target, {})[target_device] = content
                 elif target_device == "*":
-                    wildcard.append((target, encoded.decode("utf-8")))
+                    wildcard.append((target, encoded))
                 else:
-                    local.append((target, target_device, encoded.decode("utf-8")))
+                    local.append((target, target_device, encoded))
         if count > MAX_TO_DEVICE_MESSAGES:
             raise TooLarge(f"At most {MAX_TO_DEVICE_MESSAGES} messages per request")
         endpoint = f"sendToDevice/{event_type}"

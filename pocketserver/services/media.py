@@ -152,20 +152,28 @@ class MediaService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_chunks, content_id, hasher, recv)
                 async with send:
-                    buf = bytearray()
+                    # Pieces are collected and joined once per chunk (one copy).
+                    pending: list[bytes] = []
+                    pending_len = 0
                     seq = 0
                     try:
                         async for piece in body:
                             size += len(piece)
                             if size > limit:
                                 raise TooLarge(f"File is larger than the {limit} byte limit")
-                            buf += piece
-                            while len(buf) >= store.CHUNK_SIZE:
-                                await send.send((seq, bytes(buf[: store.CHUNK_SIZE])))
-                                del buf[: store.CHUNK_SIZE]
-                                seq += 1
-                        if buf:
-                            await send.send((seq, bytes(buf)))
+                            pending.append(piece)
+                            pending_len += len(piece)
+                            if pending_len >= store.CHUNK_SIZE:
+                                joined = b"".join(pending)
+                                cut = len(joined) - len(joined) % store.CHUNK_SIZE
+                                for off in range(0, cut, store.CHUNK_SIZE):
+                                    await send.send((seq, joined[off : off + store.CHUNK_SIZE]))
+                                    seq += 1
+                                pending = [joined[cut:]] if cut < len(joined) else []
+                                pending_len = len(joined) - cut
+                                del joined
+                        if pending_len:
+                            await send.send((seq, b"".join(pending)))
                     except MatrixError as e:
                         error = e
                         nursery.cancel_scope.cancel()

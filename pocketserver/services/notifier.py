@@ -1,9 +1,11 @@
 """Wakes long-polling /sync requests when a stream advances.
 
 One global stream position orders everything a client syncs (see storage/schema.py).
-Writers call :meth:`Notifier.notify` after their transaction commits; waiters call
-:meth:`wait_for_change` and re-check their own data, so a spurious wake-up costs one
-cheap query and never a lost event.
+Writers call :meth:`Notifier.notify` after their transaction commits. A waiter takes
+:meth:`Notifier.change_event` *before* it reads, then passes it to :meth:`wait_for_change`:
+a notify that lands between its read and its wait has already set that event, so the
+wait returns at once instead of sleeping through the change (a lost wake-up). A
+spurious wake-up costs one cheap query and never a lost event.
 """
 
 from __future__ import annotations
@@ -29,9 +31,15 @@ class Notifier:
         self.ephemeral_serial += 1
         self.notify()
 
-    async def wait_for_change(self, timeout_s: float) -> bool:
-        """Wait until the next notify() or the timeout; True if woken."""
-        event = self._event
+    def change_event(self) -> trio.Event:
+        """The event the next notify() sets; take it before reading what it guards."""
+        return self._event
+
+    async def wait_for_change(self, timeout_s: float, event: trio.Event | None = None) -> bool:
+        """Wait until ``event`` (default: the next notify()) is set or the timeout; True
+        if woken."""
+        if event is None:
+            event = self._event
         self.waiters += 1
         try:
             with trio.move_on_after(timeout_s):

@@ -115,6 +115,7 @@ class SyncService:
         token = SyncToken.parse(since) if since else None
         deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
         while True:
+            changed = self.notifier.change_event()
             upto = await self.db.read(current_stream_pos)
             typing_serial = self.notifier.ephemeral_serial
             response = await self.db.read(
@@ -134,7 +135,7 @@ class SyncService:
             expiry = self.typing.next_expiry_in()
             if expiry is not None:
                 remaining = min(remaining, expiry + 0.05)
-            await self.notifier.wait_for_change(remaining)
+            await self.notifier.wait_for_change(remaining, changed)
 
     # -- one pass, inside one read transaction ---------------------------------------------
 

@@ -268,3 +268,19 @@ def get_signatures_on(
         for key_id, sig in rows:
             out.setdefault(signer, {})[key_id] = sig
     return out
+
+
+def get_signatures_by_target(
+    conn: Conn, target_user_id: str, signer_user_id: str
+) -> dict[str, dict[str, str]]:
+    """All of one signer's uploaded signatures over a user's keys: target key ID ->
+    signer key ID -> signature (one query for all of a user's devices)."""
+    out: dict[str, dict[str, str]] = {}
+    rows = conn.execute(
+        "SELECT target_key_id, signer_key_id, signature FROM key_signatures"
+        " WHERE target_user_id = ? AND signer_user_id = ?",
+        (target_user_id, signer_user_id),
+    )
+    for target, key_id, sig in rows:
+        out.setdefault(target, {})[key_id] = sig
+    return out

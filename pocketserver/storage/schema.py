@@ -322,26 +322,19 @@ CREATE TABLE receipts (
 ) WITHOUT ROWID;
 CREATE INDEX receipts_stream ON receipts (stream_pos);
 
--- Notification and highlight counts are computed lazily per (user, room) from the
--- events after the user's read receipt, never as one row per member per message.
-CREATE TABLE notification_counts (
-    user_id TEXT NOT NULL,
-    room_nid INTEGER NOT NULL,
-    thread_id TEXT NOT NULL DEFAULT '',
-    counted_to INTEGER NOT NULL,
-    notify_count INTEGER NOT NULL,
-    highlight_count INTEGER NOT NULL,
-    PRIMARY KEY (user_id, room_nid, thread_id)
-) WITHOUT ROWID;
+-- Notification and highlight counts are never stored per member per message: they are
+-- computed lazily per (user, room) at /sync from the events after the user's read
+-- receipt (services/push.py keeps a bounded in-memory cache of the result). The same
+-- goes for GET /notifications, evaluated on read.
 
+-- User-defined push rules; priority orders rules of one kind (higher = more important).
 CREATE TABLE push_rules (
     user_id TEXT NOT NULL,
     kind TEXT NOT NULL,
     rule_id TEXT NOT NULL,
     priority INTEGER NOT NULL,
-    rule_json TEXT NOT NULL,
+    rule_json TEXT NOT NULL,             -- {"actions", "conditions"|"pattern"}
     enabled INTEGER NOT NULL DEFAULT 1,
-    actions_json TEXT,
     PRIMARY KEY (user_id, kind, rule_id)
 ) WITHOUT ROWID;
 
@@ -358,23 +351,15 @@ CREATE TABLE pushers (
     user_id TEXT NOT NULL,
     app_id TEXT NOT NULL,
     pushkey TEXT NOT NULL,
-    access_token_hash BLOB,
-    data_json TEXT NOT NULL,
-    last_stream_pos INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL,
+    pusher_json TEXT NOT NULL,           -- as GET /pushers shows it
+    device_id TEXT,                      -- the device that set it; removed with it
+    pushkey_ts INTEGER NOT NULL,         -- ms, when last set
+    last_stream_pos INTEGER NOT NULL,    -- events up to here were handled
     failing_since INTEGER,
     PRIMARY KEY (app_id, pushkey, user_id)
 ) WITHOUT ROWID;
-
-CREATE TABLE notifications (
-    user_id TEXT NOT NULL,
-    stream_pos INTEGER NOT NULL,
-    room_id TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    actions_json TEXT NOT NULL,
-    highlight INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    PRIMARY KEY (user_id, stream_pos)
-) WITHOUT ROWID;
+CREATE INDEX pushers_user ON pushers (user_id);
 
 -- ---------------------------------------------------------------- end-to-end encryption
 CREATE TABLE device_keys (
@@ -438,17 +423,19 @@ CREATE INDEX device_list_changes_stream ON device_list_changes (stream_pos);
 CREATE INDEX device_list_changes_user ON device_list_changes (user_id, stream_pos);
 
 -- Pending to-device messages, kept until the target device acknowledges them with a
--- later sync token. One sendToDevice request takes one stream position.
+-- later sync token. One sendToDevice request takes one stream position. A rowid table
+-- on purpose: contents are often kilobytes (olm ciphertext), too big for WITHOUT ROWID.
 CREATE TABLE to_device_messages (
+    id INTEGER PRIMARY KEY,
     user_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
     stream_pos INTEGER NOT NULL,
     sender TEXT NOT NULL,
     type TEXT NOT NULL,
     content TEXT NOT NULL,
-    message_id TEXT,
-    PRIMARY KEY (user_id, device_id, stream_pos)
-) WITHOUT ROWID;
+    message_id TEXT
+);
+CREATE UNIQUE INDEX to_device_target ON to_device_messages (user_id, device_id, stream_pos);
 
 CREATE TABLE room_key_backup_versions (
     user_id TEXT NOT NULL,

@@ -53,7 +53,7 @@ async def _scenario(base_url: str) -> None:
         # A private room with an invite, and a public room joined by alias.
         dm = await alice.room_create(name="Secret plans", invite=[bob.user_id], is_direct=True)
         assert isinstance(dm, nio.RoomCreateResponse), dm
-        resp = await _sync_until(bob, lambda r: dm.room_id in r.rooms.invite)
+        await _sync_until(bob, lambda r: dm.room_id in r.rooms.invite)
         assert isinstance(await bob.join(dm.room_id), nio.JoinResponse)
         lobby = await alice.room_create(
             alias="lobby", name="Lobby", topic="Say hi", visibility=nio.RoomVisibility.public,
@@ -119,6 +119,7 @@ async def _scenario(base_url: str) -> None:
         assert {"RoomMessageText", "ReactionEvent", "RedactionEvent"} <= kinds
         reaction = next(e for e in seen if isinstance(e, nio.ReactionEvent))
         assert reaction.key == "👍" and reaction.reacts_to == plain.event_id
+        assert reaction.event_id == react.event_id
         assert edit.event_id in {e.event_id for e in seen}
 
         # History: paginate back from the latest and see the redacted emote empty.

@@ -56,13 +56,15 @@ await waitFor(
   (room, membership) => room.roomId === roomId && membership === "invite",
   "bob's invite",
 );
-await bob.joinRoom(roomId);
-await waitFor(
+// Listen before joining: alice's sync may deliver the join before joinRoom resolves.
+const joinSeen = waitFor(
   alice,
   sdk.RoomStateEvent.Members,
   (_ev, _state, member) => member.userId === bob.getUserId() && member.membership === "join",
   "bob's join seen by alice",
 );
+await bob.joinRoom(roomId);
+await joinSeen;
 
 const got = waitFor(
   bob,
