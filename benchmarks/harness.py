@@ -381,7 +381,12 @@ def servers(which: tuple[str, ...] = ("pocketserver", "synapse")) -> Iterator[li
                     raise ValueError(name)
                 started.append(s)
                 wait_ready(s)
-            yield started
+            try:
+                yield started
+            except BaseException:
+                for s in started:  # what the servers said, before their folder goes
+                    print(f"--- {s.name} log tail ---\n{s.log_tail(60)}", file=sys.stderr)
+                raise
         finally:
             for s in started:
                 s.stop()

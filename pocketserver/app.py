@@ -34,17 +34,28 @@ CORS_HEADERS = {
 }
 
 
-class _EncodedSlashMiddleware:
+_R0 = "/_matrix/client/r0/"
+_V3 = "/_matrix/client/v3/"
+
+
+class _PathMiddleware:
+    """Carries encoded slashes through routing, and serves r0 client paths as v3."""
+
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
+            path = scope["path"]
             raw = scope.get("raw_path")
             if raw and b"%2" in raw:
                 raw_path = raw.split(b"?", 1)[0].decode("latin-1")
                 raw_path = raw_path.replace("%2F", _SLASH).replace("%2f", _SLASH)
-                scope = dict(scope, path=unquote(raw_path, errors="replace"))
+                path = unquote(raw_path, errors="replace")
+            if path.startswith(_R0):
+                path = _V3 + path[len(_R0) :]
+            if path is not scope["path"]:
+                scope = dict(scope, path=path)
         await self.app(scope, receive, send)
 
 
@@ -95,5 +106,5 @@ def create_app(services: Services) -> QuartTrio:
     from pocketserver.api import register_blueprints
 
     register_blueprints(app)
-    app.asgi_app = _EncodedSlashMiddleware(app.asgi_app)  # type: ignore[method-assign,assignment]
+    app.asgi_app = _PathMiddleware(app.asgi_app)  # type: ignore[method-assign,assignment]
     return app

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         if args.command in (None, "serve"):
+            _reexec_without_docstrings(argv)
             return _serve(cfg)
         if args.command == "register-user":
             return _register_user(cfg, args)
@@ -86,6 +87,26 @@ def _init(args: argparse.Namespace) -> int:
     path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
     print(f"wrote {path}; start with: pocketserver --config {path}")
     return 0
+
+
+def _reexec_without_docstrings(argv: list[str]) -> None:
+    """Serve from an interpreter started with ``-OO``.
+
+    Docstrings of everything imported (ours and the libraries') are about 3 MB of an
+    idle server's 55 MB budget; ``-OO`` drops them (and asserts, which we use only to
+    narrow types). The process is replaced in place (same pid, same signals), once:
+    the new interpreter already has the flag. Skipped in a packaged executable, which
+    is built optimised, and when POCKETSERVER_KEEP_DOCSTRINGS is set (debugging).
+    """
+    import os
+
+    if sys.flags.optimize >= 2 or getattr(sys, "frozen", False):
+        return
+    if os.environ.get("POCKETSERVER_KEEP_DOCSTRINGS"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-OO", "-m", "pocketserver", *argv])
 
 
 def _serve(cfg: Config) -> int:

@@ -156,12 +156,24 @@ class EventPipeline:
         if not rv.room_id_is_create_event_hash:
             assert room_id is not None
             pdu["room_id"] = room_id
-        event = self._finish(pdu, rv)
-        try:
-            check_auth(event, {})
-        except AuthError as e:
-            raise Forbidden(str(e)) from None
-        pos, _ = await self.db.write(self._persist_create, event)
+        # In v12 the room ID is the create event's hash: one user creating two rooms
+        # with the same content in the same millisecond would get the same room ID.
+        # The later one moves its timestamp on by a millisecond until its ID is free.
+        for _attempt in range(1000):
+            event = self._finish(dict(pdu), rv)
+            try:
+                check_auth(event, {})
+            except AuthError as e:
+                raise Forbidden(str(e)) from None
+            persisted = await self.db.write(self._persist_create, event)
+            if persisted is not None:
+                break
+            if not rv.room_id_is_create_event_hash:
+                raise MatrixError(400, "M_ROOM_IN_USE", "Room ID already in use")
+            pdu["origin_server_ts"] += 1
+        else:
+            raise MatrixError(500, "M_UNKNOWN", "Could not choose a free room ID")
+        pos, _ = persisted
         record = EventRecord(event, pos, False, None, None, None, None)
         self.cache.put(event.event_id, record)
         self.notifier.notify(pos)
@@ -227,7 +239,10 @@ class EventPipeline:
 
     # -- persisting (write transactions) --------------------------------------------------
 
-    def _persist_create(self, conn: Conn, event: Event) -> tuple[int, None]:
+    def _persist_create(self, conn: Conn, event: Event) -> tuple[int, None] | None:
+        """Store a new room's create event; None (nothing written) if the room ID is taken."""
+        if ev_store.room_nid(conn, event.room_id) is not None:
+            return None
         creator = event.sender
         ev_store.insert_room(conn, event.room_id, event.room_version.identifier, creator, self.clock.time_ms())
         pos = next_stream_pos(conn)

@@ -111,7 +111,11 @@ class SyncService:
         filt: Filter,
         full_state: bool,
         set_presence: str | None = None,
+        state_after_key: str | None = None,
     ) -> JsonDict:
+        """One /sync answer. ``state_after_key`` set (``"state_after"``, or the MSC4222
+        name a client asked with) gives each room the state at the *end* of its timeline
+        under that key instead of ``state`` (the spec's ``use_state_after``, v1.16)."""
         token = SyncToken.parse(since) if since else None
         deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
         while True:
@@ -119,7 +123,8 @@ class SyncService:
             upto = await self.db.read(current_stream_pos)
             typing_serial = self.notifier.ephemeral_serial
             response = await self.db.read(
-                self._build, requester, token, upto, typing_serial, filt, full_state
+                self._build, requester, token, upto, typing_serial, filt, full_state,
+                state_after_key,
             )
             td_pos: int | None = upto
             for ext in self.extensions:
@@ -148,6 +153,7 @@ class SyncService:
         typing_serial: int,
         filt: Filter,
         full_state: bool,
+        state_after_key: str | None = None,
     ) -> JsonDict:
         user_id = requester.user_id
         now = self.clock.time_ms()
@@ -195,7 +201,8 @@ class SyncService:
                 if not has_news:
                     continue
                 room = self._joined_room(
-                    conn, requester, room_id, None if (newly or full_state) else since, upto, filt, now
+                    conn, requester, room_id, None if (newly or full_state) else since, upto, filt,
+                    now, state_after_key,
                 )
                 eph: list[JsonDict] = []
                 if typing_users is not None and (typing_users or token is not None):
@@ -216,9 +223,13 @@ class SyncService:
             elif membership == "knock" and newly:
                 rooms_knock[room_id] = {"knock_state": {"events": self._stripped(conn, room_id, user_id)}}
             elif membership in ("leave", "ban") and since is not None and newly:
-                rooms_leave[room_id] = self._left_room(conn, requester, room_id, since, mpos, filt, now)
+                rooms_leave[room_id] = self._left_room(
+                    conn, requester, room_id, since, mpos, filt, now, state_after_key
+                )
             elif membership in ("leave", "ban") and since is None and filt.room.include_leave:
-                rooms_leave[room_id] = self._left_room(conn, requester, room_id, None, mpos, filt, now)
+                rooms_leave[room_id] = self._left_room(
+                    conn, requester, room_id, None, mpos, filt, now, state_after_key
+                )
 
         presence_events = []
         for p in presence_store.get_presence_changes_since(conn, user_id, since or 0, upto):
@@ -317,10 +328,14 @@ class SyncService:
         upto: int,
         filt: Filter,
         now: int,
+        state_after_key: str | None = None,
     ) -> JsonDict:
         user_id = requester.user_id
         timeline, limited, first_pos = self._timeline(conn, requester, room_id, since, upto, filt)
-        state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited)
+        if state_after_key is None:
+            state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited)
+        else:
+            state_ids = self._state_after_timeline(conn, room_id, since, timeline)
         if filt.lazy_load_members:
             senders = {r.event.sender for r in timeline} | {user_id}
             state_ids = {
@@ -347,7 +362,7 @@ class SyncService:
                 "limited": limited,
                 "prev_batch": f"t{first_pos - 1}",
             },
-            "state": {"events": state_events},
+            state_after_key or "state": {"events": state_events},
             "unread_notifications": {"notification_count": notif, "highlight_count": highlight},
             "summary": self._summary(conn, room_id, user_id) if since is None or limited else {},
         }
@@ -376,6 +391,31 @@ class SyncService:
             state = {k: v for k, v in state.items() if v in fresh_ids or k in fresh}
         in_timeline = {r.event.event_id for r in timeline}
         return {k: v for k, v in state.items() if v not in in_timeline}
+
+    def _state_after_timeline(
+        self,
+        conn: Conn,
+        room_id: str,
+        since: int | None,
+        timeline: list[EventRecord],
+    ) -> dict[tuple[str, str], str]:
+        """State at the end of the timeline that the client does not have yet
+        (``use_state_after``): all of it on an initial sync, else the keys that changed
+        after the client's token. Timeline events are not left out: with ``state_after``
+        clients take state from this list only."""
+        state: dict[tuple[str, str], str] | None = None
+        if timeline:
+            state = state_store.state_after_event(conn, timeline[-1].event.event_id)
+        if state is None:
+            state = state_store.get_current_state_ids(conn, room_id)
+        if since is None:
+            return state
+        fresh = state_store.current_state_since(conn, room_id, since)
+        fresh_ids = set(fresh.values())
+        changed = {r.event.event_id for r in timeline if r.event.state_key is not None}
+        return {
+            k: v for k, v in state.items() if v in fresh_ids or k in fresh or v in changed
+        }
 
     def _summary(self, conn: Conn, room_id: str, user_id: str) -> JsonDict:
         joined = state_store.room_members(conn, room_id, "join")
@@ -407,6 +447,7 @@ class SyncService:
         leave_pos: int,
         filt: Filter,
         now: int,
+        state_after_key: str | None = None,
     ) -> JsonDict:
         timeline, limited, first_pos = self._timeline(conn, requester, room_id, since, leave_pos, filt)
         events = [
@@ -415,7 +456,7 @@ class SyncService:
         ]
         return {
             "timeline": {"events": events, "limited": limited, "prev_batch": f"t{first_pos - 1}"},
-            "state": {"events": []},
+            state_after_key or "state": {"events": []},
             "account_data": {"events": []},
         }
 

@@ -9,6 +9,7 @@ first byte).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,16 +22,26 @@ from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.storage.database import Conn
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
-_decompressor = zstandard.ZstdDecompressor()
 # Events are at most 64 KiB; anything claiming more is corrupt, never allocated.
 _MAX_EVENT_JSON = 1 << 20
+
+
+class _Codecs(threading.local):
+    """zstd contexts are not thread-safe, and storage functions run on several worker
+    threads at once (the writer and the readers): each thread gets its own pair."""
+
+    def __init__(self) -> None:
+        self.compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_codecs = _Codecs()
 
 
 def encode_pdu(pdu: dict[str, Any]) -> bytes:
     raw = encode_canonical_json(pdu)
     if len(raw) > 200:
-        packed = _compressor.compress(raw)
+        packed = _codecs.compressor.compress(raw)
         if len(packed) < len(raw):
             return packed
     return raw
@@ -38,7 +49,7 @@ def encode_pdu(pdu: dict[str, Any]) -> bytes:
 
 def decode_pdu(blob: bytes) -> dict[str, Any]:
     if blob[:4] == _ZSTD_MAGIC:
-        blob = _decompressor.decompress(blob, max_output_size=_MAX_EVENT_JSON)
+        blob = _codecs.decompressor.decompress(blob, max_output_size=_MAX_EVENT_JSON)
     value: dict[str, Any] = json.loads(blob)
     return value
 

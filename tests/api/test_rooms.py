@@ -246,3 +246,61 @@ async def test_alias_directory_and_public_rooms(http: httpx.AsyncClient, server:
     assert chunk[0]["num_joined_members"] == 2
     r = await http.post(f"{V3}/createRoom", json={"room_alias_name": "lobby"}, headers=auth_headers(btok))
     assert r.status_code == 400 and r.json()["errcode"] == "M_ROOM_IN_USE"
+
+
+async def test_use_state_after_gives_state_at_the_end_of_the_timeline(http: httpx.AsyncClient) -> None:
+    """use_state_after (v1.16): state_after holds the state at the end of the timeline,
+    timeline state events included, and `state` is left out; MSC4222's names work too."""
+    _, tok, _ = await register(http)
+    room = await create_room(http, tok, name="Before")
+    first = await sync(http, tok, use_state_after="true")
+    joined = first["rooms"]["join"][room]
+    assert "state" not in joined
+    names = [e for e in joined["state_after"]["events"] if e["type"] == "m.room.name"]
+    assert [e["content"]["name"] for e in names] == ["Before"]
+    assert {e["type"] for e in joined["state_after"]["events"]} >= {"m.room.create", "m.room.member", "m.room.power_levels"}
+
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.name", json={"name": "After"}, headers=auth_headers(tok))
+    assert r.status_code == 200, r.text
+    await send(http, tok, room, {"msgtype": "m.text", "body": "hi"})
+    nxt = await sync(http, tok, since=first["next_batch"], use_state_after="true")
+    joined = nxt["rooms"]["join"][room]
+    assert [e["content"]["name"] for e in joined["state_after"]["events"]] == ["After"]
+    assert "m.room.name" in {e["type"] for e in joined["timeline"]["events"]}
+
+    # Nothing changed in state: the field is still there, empty.
+    await send(http, tok, room, {"msgtype": "m.text", "body": "again"})
+    quiet = await sync(http, tok, since=nxt["next_batch"], use_state_after="true")
+    assert quiet["rooms"]["join"][room]["state_after"] == {"events": []}
+
+    # The MSC4222 spelling that matrix-js-sdk sends is answered under MSC4222's key.
+    legacy = await sync(http, tok, **{"org.matrix.msc4222.use_state_after": "true"})
+    assert "org.matrix.msc4222.state_after" in legacy["rooms"]["join"][room]
+    # Without the parameter nothing changes.
+    plain = await sync(http, tok)
+    assert "state" in plain["rooms"]["join"][room] and "state_after" not in plain["rooms"]["join"][room]
+
+
+async def test_v12_rooms_created_in_the_same_millisecond_get_different_ids(
+    http: httpx.AsyncClient, server: Any
+) -> None:
+    """A v12 room ID is its create event's hash; two identical createRoom calls in one
+    millisecond (a bot, a benchmark) must still make two rooms, not a server error."""
+    _, tok, _ = await register(http)
+    clock = server.services.rooms.pipeline.clock
+    frozen = clock.time_ms()
+    clock.time_ms = lambda: frozen
+    try:
+        rooms: list[str] = []
+
+        async def make() -> None:
+            rooms.append(await create_room(http, tok, room_version="12"))
+
+        async with trio.open_nursery() as n:
+            for _ in range(4):
+                n.start_soon(make)
+    finally:
+        del clock.time_ms
+    assert len(set(rooms)) == 4
+    r = await http.get(f"{V3}/joined_rooms", headers=auth_headers(tok))
+    assert set(r.json()["joined_rooms"]) == set(rooms)

@@ -22,7 +22,7 @@ from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam
 
 bp = Blueprint("client_account", __name__)
 
-PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+PREFIXES = ("/_matrix/client/v3",)
 
 
 def client_route(bp: Blueprint, path: str, methods: list[str], prefixes: tuple[str, ...] = PREFIXES) -> Callable[[Any], Any]:

@@ -15,7 +15,7 @@ from pocketserver.api.common import json_body, json_response, require_auth, serv
 
 bp = Blueprint("client_key_backup", __name__)
 
-PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/unstable")
+PREFIXES = ("/_matrix/client/v3", "/_matrix/client/unstable")
 MAX_BODY = 64 * 1024 * 1024
 
 

@@ -18,7 +18,7 @@ from pocketserver.services.uia import PASSWORD
 
 bp = Blueprint("client_keys", __name__)
 
-PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+PREFIXES = ("/_matrix/client/v3",)
 
 
 def client_route(path: str, methods: list[str]) -> Callable[[Any], Any]:

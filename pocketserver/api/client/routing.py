@@ -1,4 +1,9 @@
-"""Route registration for the client API under its prefixes (v3, and r0 for old clients)."""
+"""Route registration for the client API under its v3 prefix.
+
+Old clients' ``/_matrix/client/r0/...`` requests are served by the same routes: the
+app's ASGI wrapper rewrites the prefix to v3 before routing (one URL rule per endpoint
+instead of two keeps about a megabyte of werkzeug rule objects out of an idle server).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 
 from quart import Blueprint
 
-PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+PREFIXES = ("/_matrix/client/v3",)
 
 
 def client_route(

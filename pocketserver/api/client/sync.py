@@ -24,6 +24,13 @@ async def sync() -> Response:
         raise InvalidParam("set_presence must be online, offline or unavailable")
     raw_filter = request.args.get("filter")
     filt = await svc.accounts.load_filter(requester.user_id, raw_filter) if raw_filter else Filter()
+    # use_state_after (v1.16); clients that predate it ask with MSC4222's name and read
+    # the answer under MSC4222's field name.
+    state_after_key: str | None = None
+    if query_bool("use_state_after", False):
+        state_after_key = "state_after"
+    elif query_bool("org.matrix.msc4222.use_state_after", False):
+        state_after_key = "org.matrix.msc4222.state_after"
     await svc.presence.touch(requester.user_id, set_presence or "online")
     body = await svc.sync.sync(
         requester,
@@ -31,5 +38,6 @@ async def sync() -> Response:
         timeout_ms=timeout,
         filt=filt,
         full_state=full_state,
+        state_after_key=state_after_key,
     )
     return json_response(body)

@@ -28,7 +28,7 @@ async def send_to_device(event_type: str, txn_id: str) -> Response:
     return json_response({})
 
 
-for _i, _prefix in enumerate(("/_matrix/client/v3", "/_matrix/client/r0")):
+for _i, _prefix in enumerate(("/_matrix/client/v3",)):
     bp.add_url_rule(
         _prefix + "/sendToDevice/<event_type>/<txn_id>",
         endpoint=f"send_to_device_{_i}",
