@@ -308,7 +308,9 @@ _SYNAPSE_LOG_CONFIG = {
 }
 
 
-def start_synapse(workdir: Path, server_name: str = "synapse.test") -> ServerProcess:
+def start_synapse(
+    workdir: Path, server_name: str = "synapse.test", extra_config: dict[str, Any] | None = None
+) -> ServerProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     python = synapse_python()
     port = free_port()
@@ -318,7 +320,9 @@ def start_synapse(workdir: Path, server_name: str = "synapse.test") -> ServerPro
     # JSON is YAML: no YAML library needed on pocketserver's side.
     (workdir / "log.yaml").write_text(json.dumps(log_cfg), encoding="utf-8")
     config = workdir / "homeserver.yaml"
-    config.write_text(json.dumps(synapse_config(workdir, server_name, port), indent=1))
+    config.write_text(
+        json.dumps({**synapse_config(workdir, server_name, port), **(extra_config or {})}, indent=1)
+    )
     subprocess.run(
         [python, "-m", "synapse.app.homeserver", "-c", str(config), "--generate-keys"],
         cwd=workdir,
@@ -364,7 +368,10 @@ def _terminate_on_sigterm() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def servers(which: tuple[str, ...] = ("pocketserver", "synapse")) -> Iterator[list[ServerProcess]]:
+def servers(
+    which: tuple[str, ...] = ("pocketserver", "synapse"),
+    synapse_config_extra: dict[str, Any] | None = None,
+) -> Iterator[list[ServerProcess]]:
     """Start the named servers one after the other (each waited ready), stop them all on exit.
 
     Started one at a time so that each one's time to ready is measured on a quiet machine.
@@ -376,7 +383,7 @@ def servers(which: tuple[str, ...] = ("pocketserver", "synapse")) -> Iterator[li
                 if name == "pocketserver":
                     s = start_pocketserver(Path(tmp) / "pocketserver")
                 elif name == "synapse":
-                    s = start_synapse(Path(tmp) / "synapse")
+                    s = start_synapse(Path(tmp) / "synapse", extra_config=synapse_config_extra)
                 else:
                     raise ValueError(name)
                 started.append(s)
