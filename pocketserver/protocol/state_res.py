@@ -28,7 +28,10 @@ Performance: resolutions over rooms with tens of thousands of state events must 
 cheap, so events are interned to consecutive integers on first sight and every graph
 walk (auth chains, auth difference, subgraph, Kahn's sort) runs iteratively over lists
 of integers; each event's sender power level is computed once, and mainline depths
-are memoised along the power-levels chain.
+are memoised along the power-levels chain. The big state maps are touched only by
+C-level passes (finding the differing keys, the first level of the unconflicted auth
+chain walk) and never copied: the iterative auth checks write their changes over the
+unconflicted map, which step 5 then extends.
 
 Room version 12 events never cite the create event (the room ID is its hash), so it
 is added as an implicit auth event wherever the algorithm follows ``auth_events``
@@ -42,6 +45,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from itertools import chain, compress, filterfalse
+from operator import attrgetter, ne
 
 from pocketserver.protocol.auth_rules import (
     CREATE,
@@ -106,20 +111,24 @@ def separate(
     """The unconflicted state map and the conflicted state set (by key).
 
     A key missing from some set is conflicted (v2: "present in every S_i with the same
-    value"). The common part is a C-level intersection of the sets' item views.
+    value"). The sets share almost all of their entries, so the keys that differ from
+    the first set are found by C-level passes (no per-entry Python code and no hashing
+    of whole items); only those few keys are then handled one by one.
     """
-    common = set(state_sets[0].items())
+    first = state_sets[0]
+    differing: set[StateKey] = set()
     for s in state_sets[1:]:
-        common &= s.items()
-    unconflicted = dict(common)
+        # keys of `first` whose event differs in `s` (or that `s` lacks) ...
+        diff = list(compress(first, map(ne, first.values(), map(s.get, first))))
+        differing.update(diff)
+        # ... and keys only `s` has, if its size says there are any
+        if len(s) > len(first) - sum(1 for key in diff if key not in s):
+            differing.update(filterfalse(first.__contains__, s))
+    unconflicted = dict(first)
     conflicted: dict[StateKey, set[str]] = {}
-    for s in state_sets:
-        for key in s.keys() - unconflicted.keys():
-            c = conflicted.get(key)
-            if c is None:
-                conflicted[key] = {s[key]}
-            else:
-                c.add(s[key])
+    for key in differing:
+        unconflicted.pop(key, None)
+        conflicted[key] = {s[key] for s in state_sets if key in s}
     return unconflicted, conflicted
 
 
@@ -198,17 +207,21 @@ def auth_difference_in_memory(
     own events; that only ever adds conflicted events, which are in the full conflicted
     set anyway.)
     """
+    # U's walk goes level by level with C-level set operations: the next level is the
+    # auth events of this one that are not in U yet.
+    # (The first level is read in the map's order, not the set's hash order: that
+    # visits the events far more cache-friendly.)
     in_u = set(unconflicted.values())
-    stack = list(in_u)
-    pop, push, add = stack.pop, stack.append, in_u.add
-    while stack:
-        ev = get(pop())
-        if ev is None:
-            continue
-        for a in ev.auth_event_ids:
-            if a not in in_u:
-                add(a)
-                push(a)
+    level: Iterable[str] = unconflicted.values()
+    auth_ids = attrgetter("auth_event_ids")
+    while True:
+        new = set(chain.from_iterable(map(auth_ids, filter(None, map(get, level)))))
+        new -= in_u
+        if not new:
+            break
+        in_u |= new
+        level = new
+    stack: list[str] = []
     reach: list[set[str]] = []
     for s in state_sets:
         r: set[str] = set()
@@ -260,7 +273,12 @@ def _conflicted_subgraph(graph: _Graph, conflicted: list[int]) -> set[int]:
     return up  # every node of `up` lies below some conflicted event by construction
 
 
-def _sender_power(graph: _Graph, ev: Event, cache: dict[str, Event | None]) -> int:
+def _sender_power(
+    graph: _Graph,
+    ev: Event,
+    cache: dict[str, Event | None],
+    pl_cache: dict[tuple[str | None, str | None], PowerLevels],
+) -> int:
     """The sender's power level "when looking at their respective auth_events"."""
     rv = graph.rv
     pl_ev: Event | None = None
@@ -280,7 +298,15 @@ def _sender_power(graph: _Graph, ev: Event, cache: dict[str, Event | None]) -> i
                 create = a
     if ev.type == "m.room.create":
         create = ev
-    return PowerLevels.from_events(create, pl_ev, rv).user_level(ev.sender)
+    # Most events cite one of a few power-levels events: build each view once.
+    pl_key = (
+        create.event_id if create is not None else None,
+        pl_ev.event_id if pl_ev is not None else None,
+    )
+    pl = pl_cache.get(pl_key)
+    if pl is None:
+        pl = pl_cache[pl_key] = PowerLevels.from_events(create, pl_ev, rv)
+    return pl.user_level(ev.sender)
 
 
 def reverse_topological_power_sort(
@@ -315,11 +341,12 @@ def reverse_topological_power_sort(
 
     events = graph.events
     cache: dict[str, Event | None] = {}
+    pl_cache: dict[tuple[str | None, str | None], PowerLevels] = {}
     keys: dict[int, tuple[int, int, str, int]] = {}
     for i in out_deg:
         ev = events[i]
         assert ev is not None
-        keys[i] = (-_sender_power(graph, ev, cache), ev.origin_server_ts, ev.event_id, i)
+        keys[i] = (-_sender_power(graph, ev, cache, pl_cache), ev.origin_server_ts, ev.event_id, i)
 
     heap = [keys[i] for i, d in out_deg.items() if d == 0]
     heapq.heapify(heap)
@@ -340,28 +367,38 @@ def iterative_auth_checks(
     events: Iterable[Event],
     state: dict[StateKey, str],
     get: Callable[[str], Event | None],
+    base: Mapping[StateKey, str] | None = None,
 ) -> dict[StateKey, str]:
     """Apply each event to ``state`` (updated in place and returned) if the auth rules
     allow it against that state, falling back to the event's own (non-rejected) auth
-    events for keys the state lacks. Reuses :func:`~auth_rules.check_auth`."""
+    events for keys the state lacks. Reuses :func:`~auth_rules.check_auth`.
+
+    With ``base``, the state is ``base`` overlaid with ``state``: keys ``state`` lacks
+    are read from ``base``, and only ``state`` is written (so a big base map need not
+    be copied).
+
+    :func:`~auth_rules.check_auth` reads only the keys of
+    :func:`~auth_rules.auth_types_for_event` and the create event, so only those are
+    looked up; the event's own auth events are read only when the state lacks one.
+    """
     implicit_create = rv.room_id_is_create_event_hash
     for ev in events:
-        auth_map: dict[StateKey, Event] = {}
-        ids: Iterable[str] = ev.auth_event_ids
-        if implicit_create and ev.type != "m.room.create":
-            ids = (*ev.auth_event_ids, "$" + ev.room_id[1:])
-        for aid in ids:
-            a = get(aid)
-            if a is not None and a.rejected_reason is None and a.state_key is not None:
-                auth_map[(a.type, a.state_key)] = a
         keys = auth_types_for_event(ev, rv)
         keys.add(CREATE)
+        auth_map: dict[StateKey, Event] = {}
+        own: dict[StateKey, Event] | None = None
         for key in keys:
             sid = state.get(key)
-            if sid is not None:
-                s_ev = get(sid)
-                if s_ev is not None:
-                    auth_map[key] = s_ev
+            if sid is None and base is not None:
+                sid = base.get(key)
+            s_ev = get(sid) if sid is not None else None
+            if s_ev is None:
+                if own is None:
+                    own = _own_auth_events(ev, get, implicit_create)
+                s_ev = own.get(key)
+                if s_ev is None:
+                    continue
+            auth_map[key] = s_ev
         try:
             check_auth(ev, auth_map)
         except AuthError:
@@ -369,6 +406,21 @@ def iterative_auth_checks(
         assert ev.state_key is not None
         state[(ev.type, ev.state_key)] = ev.event_id
     return state
+
+
+def _own_auth_events(
+    ev: Event, get: Callable[[str], Event | None], implicit_create: bool
+) -> dict[StateKey, Event]:
+    """The event's own non-rejected auth events, by key."""
+    ids: Iterable[str] = ev.auth_event_ids
+    if implicit_create and ev.type != "m.room.create":
+        ids = (*ev.auth_event_ids, "$" + ev.room_id[1:])
+    out: dict[StateKey, Event] = {}
+    for aid in ids:
+        a = get(aid)
+        if a is not None and a.rejected_reason is None and a.state_key is not None:
+            out[(a.type, a.state_key)] = a
+    return out
 
 
 def mainline_sort(graph: _Graph, event_ids: list[int], power_levels_id: str | None) -> list[int]:
@@ -458,20 +510,26 @@ def _resolve_v2(
     sorted_power = reverse_topological_power_sort(graph, power, full)
 
     # Step 2: v2 starts from the unconflicted state map; v2.1 from an empty one.
-    state: dict[StateKey, str] = {} if v21 else dict(unconflicted)
-    iterative_auth_checks(rv, [_ev(events, i) for i in sorted_power], state, get)
+    # `changes` holds what the checks write, over the unconflicted map as a base (v2).
+    base = None if v21 else unconflicted
+    changes: dict[StateKey, str] = {}
+    iterative_auth_checks(rv, [_ev(events, i) for i in sorted_power], changes, get, base)
 
     # Step 3: mainline ordering of everything else.
     done = set(sorted_power)
     leftover = [i for i in full if i not in done]
-    ordered = mainline_sort(graph, leftover, state.get(POWER_LEVELS))
+    pl_id = changes.get(POWER_LEVELS)
+    if pl_id is None and base is not None:
+        pl_id = base.get(POWER_LEVELS)
+    ordered = mainline_sort(graph, leftover, pl_id)
 
     # Step 4.
-    iterative_auth_checks(rv, [_ev(events, i) for i in ordered], state, get)
+    iterative_auth_checks(rv, [_ev(events, i) for i in ordered], changes, get, base)
 
-    # Step 5.
-    state.update(unconflicted)
-    return state
+    # Step 5: the unconflicted state map wins over the changes (`unconflicted` is ours
+    # to extend).
+    unconflicted.update({k: v for k, v in changes.items() if k not in unconflicted})
+    return unconflicted
 
 
 # =====================================================================================
