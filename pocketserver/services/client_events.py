@@ -56,9 +56,18 @@ def serialize_events(
     bundle: bool = True,
     ignored: frozenset[str] = frozenset(),
 ) -> list[JsonDict]:
+    """Serialize a page of events; which of them have relations at all is looked up
+    once for the page, so events without children cost no aggregation queries."""
+    records = list(records)
+    present: Mapping[str, set[str]] | None = None
+    if bundle:
+        present = relations.child_rel_types(
+            conn, [r.event.event_id for r in records if r.event.state_key is None]
+        )
     return [
         serialize_event(
-            conn, rec, user_id=user_id, device_id=device_id, now_ms=now_ms, bundle=bundle, ignored=ignored
+            conn, rec, user_id=user_id, device_id=device_id, now_ms=now_ms, bundle=bundle,
+            ignored=ignored, present_relations=present,
         )
         for rec in records
     ]
@@ -73,8 +82,11 @@ def serialize_event(
     now_ms: int,
     bundle: bool = True,
     ignored: frozenset[str] = frozenset(),
+    present_relations: Mapping[str, set[str]] | None = None,
 ) -> JsonDict:
-    """``ignored``: users whose child events are left out of the aggregations."""
+    """``ignored``: users whose child events are left out of the aggregations.
+    ``present_relations`` (from :func:`serialize_events`): the relation types each
+    event has children of; events missing from it have none."""
     out = client_format(rec, now_ms)
     unsigned = out["unsigned"]
     if rec.txn_key is not None and user_id is not None and device_id is not None:
@@ -97,7 +109,10 @@ def serialize_event(
         redacted["unsigned"]["age"] = unsigned["age"]
         return redacted
     if bundle and rec.event.state_key is None:
-        relations = bundled_aggregations(conn, rec, user_id=user_id, now_ms=now_ms, ignored=ignored)
+        present = None if present_relations is None else present_relations.get(rec.event.event_id, set())
+        relations = bundled_aggregations(
+            conn, rec, user_id=user_id, now_ms=now_ms, ignored=ignored, present=present
+        )
         if relations:
             unsigned["m.relations"] = relations
     return out
@@ -144,20 +159,26 @@ def bundled_aggregations(
     user_id: str | None,
     now_ms: int,
     ignored: frozenset[str] = frozenset(),
+    present: set[str] | None = None,
 ) -> JsonDict:
     """``unsigned.m.relations``: m.replace, m.thread and m.reference (m.annotation is
-    not aggregated by the server). Children sent by ``ignored`` users do not count."""
+    not aggregated by the server). Children sent by ``ignored`` users do not count.
+    ``present``, when known, is the set of relation types the event has children of."""
     ev = rec.event
     out: JsonDict = {}
     # Events that are themselves edits get no aggregations.
-    if _rel_type(ev.content) == "m.replace":
+    if _rel_type(ev.content) == "m.replace" or present is not None and not present:
         return out
-    edit = latest_edit(conn, rec)
+    edit = latest_edit(conn, rec) if present is None or "m.replace" in present else None
     if edit is not None and edit.event.sender not in ignored:
         out["m.replace"] = serialize_event(
             conn, edit, user_id=user_id, device_id=None, now_ms=now_ms, bundle=False
         )
-    latest = relations.latest_child(conn, ev.event_id, "m.thread", ignored)
+    latest = (
+        relations.latest_child(conn, ev.event_id, "m.thread", ignored)
+        if present is None or "m.thread" in present
+        else None
+    )
     if latest is not None:
         participated = user_id is not None and (
             ev.sender == user_id or thread_participated(conn, ev.event_id, user_id)
@@ -170,7 +191,11 @@ def bundled_aggregations(
             "count": relations.count_children(conn, ev.event_id, "m.thread", ignored),
             "current_user_participated": participated,
         }
-    refs = relations.reference_ids(conn, ev.event_id, ignored, MAX_REFERENCES)
+    refs = (
+        relations.reference_ids(conn, ev.event_id, ignored, MAX_REFERENCES)
+        if present is None or "m.reference" in present
+        else None
+    )
     if refs:
         out["m.reference"] = {"chunk": [{"event_id": r} for r in refs]}
     return out

@@ -22,7 +22,7 @@ import trio
 
 from pocketserver.errors import InvalidParam
 from pocketserver.services.auth import Requester
-from pocketserver.services.client_events import serialize_event, stripped_state
+from pocketserver.services.client_events import serialize_event, serialize_events, stripped_state
 from pocketserver.services.clock import Clock
 from pocketserver.services.ephemeral import TypingTracker
 from pocketserver.services.filtering import Filter
@@ -350,10 +350,10 @@ class SyncService:
             if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
         ]
         events = [
-            filt.project(
-                serialize_event(conn, r, user_id=user_id, device_id=requester.device_id, now_ms=now)
+            filt.project(e)
+            for e in serialize_events(
+                conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
             )
-            for r in timeline
         ]
         notif, highlight = self.unread_counter(conn, user_id, room_id)
         room: JsonDict = {
@@ -450,10 +450,9 @@ class SyncService:
         state_after_key: str | None = None,
     ) -> JsonDict:
         timeline, limited, first_pos = self._timeline(conn, requester, room_id, since, leave_pos, filt)
-        events = [
-            serialize_event(conn, r, user_id=requester.user_id, device_id=requester.device_id, now_ms=now)
-            for r in timeline
-        ]
+        events = serialize_events(
+            conn, timeline, user_id=requester.user_id, device_id=requester.device_id, now_ms=now
+        )
         return {
             "timeline": {"events": events, "limited": limited, "prev_batch": f"t{first_pos - 1}"},
             state_after_key or "state": {"events": []},

@@ -165,25 +165,35 @@ def get_event(conn: Conn, event_id: str) -> EventRecord | None:
     return None if row is None else _record(row)
 
 
+# Parameters per IN (...) query (SQLite allows far more; this keeps statements cacheable).
+_BATCH = 256
+
+
 def get_events(conn: Conn, event_ids: Iterable[str]) -> dict[str, EventRecord]:
+    """The stored events among ``event_ids`` (unknown IDs are left out), a few queries
+    for any number of IDs."""
+    wanted = list(dict.fromkeys(event_ids))
     out: dict[str, EventRecord] = {}
-    for eid in event_ids:
-        if eid in out:
-            continue
-        rec = get_event(conn, eid)
-        if rec is not None:
-            out[eid] = rec
+    for i in range(0, len(wanted), _BATCH):
+        part = wanted[i : i + _BATCH]
+        marks = ",".join("?" * len(part))
+        for row in conn.execute(
+            f"SELECT {_RECORD_COLS}{_RECORD_FROM}WHERE e.event_id IN ({marks})", part
+        ):
+            out[row[0]] = _record(row)
     return out
 
 
 def get_events_by_nids(conn: Conn, nids: Iterable[int]) -> dict[int, EventRecord]:
+    wanted = list(dict.fromkeys(nids))
     out: dict[int, EventRecord] = {}
-    for nid in nids:
-        row = conn.execute(
-            f"SELECT {_RECORD_COLS}{_RECORD_FROM}WHERE e.event_nid = ?", (nid,)
-        ).fetchone()
-        if row is not None:
-            out[nid] = _record(row)
+    for i in range(0, len(wanted), _BATCH):
+        part = wanted[i : i + _BATCH]
+        marks = ",".join("?" * len(part))
+        for row in conn.execute(
+            f"SELECT e.event_nid, {_RECORD_COLS}{_RECORD_FROM}WHERE e.event_nid IN ({marks})", part
+        ):
+            out[int(row[0])] = _record(row[1:])
     return out
 
 

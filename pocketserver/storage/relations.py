@@ -184,3 +184,19 @@ def reference_ids(
             [parent_id, *extra_args, limit],
         )
     ]
+
+
+def child_rel_types(conn: Conn, parent_ids: list[str]) -> dict[str, set[str]]:
+    """Which relation types have children, for each of ``parent_ids`` that has any
+    (one indexed query per 500 parents: most events have no relations at all)."""
+    out: dict[str, set[str]] = {}
+    for i in range(0, len(parent_ids), 500):
+        part = parent_ids[i : i + 500]
+        marks = ",".join("?" * len(part))
+        for parent, rel_type in conn.execute(
+            f"SELECT DISTINCT relates_to_id, rel_type FROM event_relations"
+            f" WHERE relates_to_id IN ({marks})",
+            part,
+        ):
+            out.setdefault(parent, set()).add(rel_type)
+    return out
