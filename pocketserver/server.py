@@ -149,6 +149,7 @@ async def run_server(
             # Background services first, so listeners never serve a half-started server.
             for _name, fn in services.background:
                 await root.start(fn)
+            await root.start(_memory_housekeeping, db)
             shutdown = trio.Event()
             async with trio.open_nursery() as listeners:
                 # Plain listeners first: the client API answers while the first start
@@ -200,6 +201,33 @@ def release_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols include libc's
     except (OSError, AttributeError):
         pass
+
+
+QUIET_CHECK_S = 2.0
+
+
+async def _memory_housekeeping(
+    db: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Once the server goes quiet after work, give freed heap back to the OS.
+
+    A burst (hundreds of devices syncing at once, a big initial sync) raises the heap's
+    high-water mark; Python frees the objects afterwards, but glibc keeps the pages
+    until trimmed. "Quiet" is a whole check interval without a database call, so a
+    busy server is never interrupted and an idle one is trimmed once, not repeatedly.
+    """
+    task_status.started()
+    last = db.reads + db.writes
+    busy = False
+    while True:
+        await trio.sleep(QUIET_CHECK_S)
+        now = db.reads + db.writes
+        if now != last:
+            busy = True
+        elif busy:
+            release_free_memory()
+            busy = False
+        last = now
 
 
 async def _wait_for_signal(stop: trio.Event) -> None:
