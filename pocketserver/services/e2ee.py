@@ -735,6 +735,49 @@ class E2eeService:
             return [e for _, e in rows], rows[-1][0]
         return [e for _, e in rows], upto_pos
 
+    async def sync_sections(
+        self,
+        user_id: str,
+        device_id: str | None,
+        since_pos: int | None,
+        to_device_since: int,
+        upto_pos: int,
+        limit: int = 100,
+    ) -> tuple[JsonDict, int | None]:
+        """Every encryption section of one /sync answer, read in one transaction:
+        ``device_lists`` (incremental syncs), ``to_device``, the one-time-key counts and
+        the unused fallback key types. Returns (sections, the to-device position this
+        answer is complete up to; None without a device). Acknowledged to-device
+        messages are deleted as in :meth:`to_device_for_sync`."""
+
+        def read(conn: Conn) -> tuple[Any, ...]:
+            lists = None
+            if since_pos is not None and upto_pos > since_pos:
+                lists = device_lists.device_list_delta(conn, user_id, since_pos, upto_pos)
+            if device_id is None:
+                return lists, None, None, None
+            pending = _pending_messages(conn, user_id, device_id, to_device_since, upto_pos, limit)
+            counts = e2e_keys.count_one_time_keys(conn, user_id, device_id)
+            fallback = e2e_keys.unused_fallback_key_types(conn, user_id, device_id)
+            return lists, pending, counts, fallback
+
+        lists, pending, counts, fallback = await self.db.read(read)
+        out: JsonDict = {}
+        if since_pos is not None:
+            changed, left = lists if lists is not None else ([], [])
+            out["device_lists"] = {"changed": changed, "left": left}
+        if device_id is None:
+            return out, None
+        rows, acked = pending
+        if acked:
+            await self.db.write(to_device.delete_acknowledged, user_id, device_id, to_device_since)
+        reached = rows[-1][0] if len(rows) >= limit else upto_pos
+        out["to_device"] = {"events": [e for _, e in rows]}
+        counts.setdefault(SIGNED_CURVE25519, 0)
+        out["device_one_time_keys_count"] = counts
+        out["device_unused_fallback_key_types"] = fallback
+        return out, reached
+
     async def device_lists_for_sync(self, user_id: str, since_pos: int, upto_pos: int) -> JsonDict:
         """``device_lists`` for an incremental /sync from ``since_pos`` to ``upto_pos``.
 

@@ -47,11 +47,18 @@ def presence_event(p: store.Presence, now_ms: int) -> dict[str, Any]:
     return {"type": "m.presence", "sender": p.user_id, "content": presence_content(p, now_ms)}
 
 
+# How many users' last writes touch() remembers (a personal server has far fewer).
+TOUCH_MEMORY = 10_000
+
+
 class PresenceService:
     def __init__(self, db: Database, clock: Clock, notifier: Notifier) -> None:
         self.db = db
         self.clock = clock
         self.notifier = notifier
+        # user_id -> (state, ms) of the last write made here: every presence write goes
+        # through _write, so a /sync whose set_presence changes nothing needs no read.
+        self._written: dict[str, tuple[str, int]] = {}
 
     async def set_status(
         self, requester_user_id: str, user_id: str, body: dict[str, Any]
@@ -75,17 +82,26 @@ class PresenceService:
 
     async def _write(self, user_id: str, state: str, status_msg: str | None) -> None:
         now = self.clock.time_ms()
+        self._written.pop(user_id, None)
         pos = await self.db.write(
             store.set_presence, user_id, state, status_msg, now, state == "online"
         )
+        if len(self._written) >= TOUCH_MEMORY:
+            self._written.clear()
+        self._written[user_id] = (state, now)
         self.notifier.notify(pos)
 
     async def touch(self, user_id: str, state: str) -> None:
         """/sync's ``set_presence``: keep the status message, write only on a change."""
         if state not in STATES:
             raise MatrixError(400, "M_INVALID_PARAM", "set_presence must be online, unavailable or offline")
-        current = await self.db.read(store.get_presence, user_id)
         now = self.clock.time_ms()
+        known = self._written.get(user_id)
+        if known is not None and known[0] == state and (
+            state != "online" or now - known[1] < TOUCH_INTERVAL_MS
+        ):
+            return
+        current = await self.db.read(store.get_presence, user_id)
         if current is not None and current.state == state and (
             state != "online" or now - current.last_active_ts < TOUCH_INTERVAL_MS
         ):

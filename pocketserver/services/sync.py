@@ -513,23 +513,14 @@ def e2ee_extension(e2ee: Any) -> SyncExtension:
     async def extension(
         requester: Requester, token: SyncToken | None, upto: int, response: JsonDict
     ) -> int | None:
-        if token is not None:
-            response["device_lists"] = await e2ee.device_lists_for_sync(
-                requester.user_id, token.pos, upto
-            )
-        if requester.device_id is None:
-            return None
-        since = token.to_device if token is not None else 0
-        messages, reached = await e2ee.to_device_for_sync(
-            requester.user_id, requester.device_id, since, upto
+        sections, reached = await e2ee.sync_sections(
+            requester.user_id,
+            requester.device_id,
+            token.pos if token is not None else None,
+            token.to_device if token is not None else 0,
+            upto,
         )
-        response["to_device"] = {"events": messages}
-        response["device_one_time_keys_count"] = await e2ee.otk_counts(
-            requester.user_id, requester.device_id
-        )
-        response["device_unused_fallback_key_types"] = await e2ee.unused_fallback_key_types(
-            requester.user_id, requester.device_id
-        )
-        return int(reached)
+        response.update(sections)
+        return None if reached is None else int(reached)
 
     return extension
