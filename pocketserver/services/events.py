@@ -105,12 +105,6 @@ class EventPipeline:
     ) -> Persisted:
         """Build, authorise and persist one event in an existing room."""
         async with self.room_lock(room_id):
-            if txn_key is not None:
-                existing = await self.db.read(ev_store.get_txn_event_id, txn_key)
-                if existing is not None:
-                    rec = await self.get_event(existing)
-                    assert rec is not None
-                    return Persisted(rec, rec.stream_pos or 0)
             pdu_base: dict[str, Any] = {
                 "type": etype,
                 "sender": sender,
@@ -121,7 +115,12 @@ class EventPipeline:
                 pdu_base["state_key"] = state_key
             if redacts is not None and not rv.updated_redaction_rules:
                 pdu_base["redacts"] = redacts
-            event, auth_map = await self.db.read(self._prepare, pdu_base, rv)
+            prepared = await self.db.read(self._prepare, pdu_base, rv, txn_key)
+            if isinstance(prepared, str):  # the transaction was sent before: its event
+                rec = await self.get_event(prepared)
+                assert rec is not None
+                return Persisted(rec, rec.stream_pos or 0)
+            event, auth_map = prepared
             try:
                 check_auth(event, auth_map)
             except AuthError as e:
@@ -198,9 +197,14 @@ class EventPipeline:
             raise MatrixError(400, "M_BAD_JSON", str(e)) from None
 
     def _prepare(
-        self, conn: Conn, pdu: dict[str, Any], rv: RoomVersion
-    ) -> tuple[Event, dict[tuple[str, str], Event]]:
-        """Fill prev_events/auth_events/depth from the room (read transaction)."""
+        self, conn: Conn, pdu: dict[str, Any], rv: RoomVersion, txn_key: str | None = None
+    ) -> tuple[Event, dict[tuple[str, str], Event]] | str:
+        """Fill prev_events/auth_events/depth from the room (read transaction); or, when
+        ``txn_key`` was used before, the ID of the event it made."""
+        if txn_key is not None:
+            existing = ev_store.get_txn_event_id(conn, txn_key)
+            if existing is not None:
+                return existing
         room_id = pdu["room_id"]
         extremities = ev_store.forward_extremities(conn, room_id)
         if not extremities:

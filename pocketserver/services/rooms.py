@@ -125,15 +125,21 @@ class RoomService:
         state_key: str | None = None,
         txn_id: str | None = None,
     ) -> Persisted:
-        info = await self.get_room_for_sender(room_id)
         txn_key = None
         if txn_id is not None:
             txn_key = f"{requester.user_id}|{requester.device_id or ''}|{txn_id}"
-        if state_key is None and self.before_send:
-            # A retried transaction gets its event back, not a refusal.
-            if txn_key is None or await self.db.read(ev_store.get_txn_event_id, txn_key) is None:
-                for check in self.before_send:
-                    await check(requester.user_id, room_id, etype, content)
+
+        def read(conn: Any) -> tuple[RoomInfo | None, str | None]:
+            known = ev_store.get_txn_event_id(conn, txn_key) if txn_key is not None else None
+            return ev_store.get_room(conn, room_id), known
+
+        info, retried = await self.db.read(read)
+        if info is None:
+            raise Forbidden("You are not in this room")
+        # A retried transaction gets its event back, not a refusal.
+        if state_key is None and self.before_send and retried is None:
+            for check in self.before_send:
+                await check(requester.user_id, room_id, etype, content)
         redacts = None
         if etype == "m.room.redaction":
             r = content.get("redacts")
