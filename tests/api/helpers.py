@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import httpx
 
 _counter = itertools.count()
+_txn = itertools.count()
+V3 = "/_matrix/client/v3"
 
 
 def auth_headers(token: str) -> dict[str, str]:
@@ -50,5 +53,37 @@ async def login(
             **extra,
         },
     )
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def create_room(http: httpx.AsyncClient, token: str, **body: Any) -> str:
+    r = await http.post(f"{V3}/createRoom", json=body, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    return str(r.json()["room_id"])
+
+
+async def join(http: httpx.AsyncClient, token: str, room: str) -> None:
+    r = await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+
+
+async def send(
+    http: httpx.AsyncClient,
+    token: str,
+    room_id: str,
+    content: dict[str, Any],
+    etype: str = "m.room.message",
+) -> str:
+    """Send one event with a fresh transaction ID; return its event ID."""
+    r = await http.put(
+        f"{V3}/rooms/{room_id}/send/{etype}/t{next(_txn)}", json=content, headers=auth_headers(token)
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["event_id"])
+
+
+async def sync(http: httpx.AsyncClient, token: str, **params: Any) -> dict[str, Any]:
+    r = await http.get(f"{V3}/sync", params=params, headers=auth_headers(token))
     assert r.status_code == 200, r.text
     return dict(r.json())

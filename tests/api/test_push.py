@@ -3,7 +3,6 @@ HTTP pushers delivering to a real push gateway on loopback."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import AsyncIterator
 from functools import partial
@@ -15,33 +14,7 @@ import httpx
 import pytest
 import trio
 
-from tests.api.helpers import auth_headers, register
-
-V3 = "/_matrix/client/v3"
-_txn = itertools.count()
-
-
-async def create_room(http: httpx.AsyncClient, token: str, **body: Any) -> str:
-    r = await http.post(f"{V3}/createRoom", json=body, headers=auth_headers(token))
-    assert r.status_code == 200, r.text
-    return str(r.json()["room_id"])
-
-
-async def join(http: httpx.AsyncClient, token: str, room: str) -> None:
-    r = await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(token))
-    assert r.status_code == 200, r.text
-
-
-async def send(http: httpx.AsyncClient, token: str, room: str, content: dict[str, Any], etype: str = "m.room.message") -> str:
-    r = await http.put(f"{V3}/rooms/{room}/send/{etype}/p{next(_txn)}", json=content, headers=auth_headers(token))
-    assert r.status_code == 200, r.text
-    return str(r.json()["event_id"])
-
-
-async def sync(http: httpx.AsyncClient, token: str, **params: Any) -> dict[str, Any]:
-    r = await http.get(f"{V3}/sync", params=params, headers=auth_headers(token))
-    assert r.status_code == 200, r.text
-    return dict(r.json())
+from tests.api.helpers import V3, auth_headers, create_room, join, register, send, sync
 
 
 def unread(resp: dict[str, Any], room: str) -> dict[str, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 from urllib.parse import quote
 
@@ -10,30 +9,7 @@ import httpx
 import pytest
 import trio
 
-from tests.api.helpers import auth_headers, register
-
-V3 = "/_matrix/client/v3"
-_txn = itertools.count()
-
-
-async def create_room(http: httpx.AsyncClient, token: str, **body: Any) -> str:
-    r = await http.post(f"{V3}/createRoom", json=body, headers=auth_headers(token))
-    assert r.status_code == 200, r.text
-    return str(r.json()["room_id"])
-
-
-async def send(http: httpx.AsyncClient, token: str, room_id: str, content: dict[str, Any], etype: str = "m.room.message") -> str:
-    r = await http.put(
-        f"{V3}/rooms/{room_id}/send/{etype}/t{next(_txn)}", json=content, headers=auth_headers(token)
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["event_id"])
-
-
-async def sync(http: httpx.AsyncClient, token: str, **params: Any) -> dict[str, Any]:
-    r = await http.get(f"{V3}/sync", params=params, headers=auth_headers(token))
-    assert r.status_code == 200, r.text
-    return dict(r.json())
+from tests.api.helpers import V3, auth_headers, create_room, register, send, sync
 
 
 def timeline_bodies(resp: dict[str, Any], room_id: str) -> list[str]:
