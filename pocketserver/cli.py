@@ -96,11 +96,14 @@ def _reexec_without_docstrings(argv: list[str]) -> None:
     idle server's 55 MB budget; ``-OO`` drops them (and asserts, which we use only to
     narrow types). The process is replaced in place (same pid, same signals), once:
     the new interpreter already has the flag. Skipped in a packaged executable, which
-    is built optimised, and when POCKETSERVER_KEEP_DOCSTRINGS is set (debugging).
+    is built optimised; when POCKETSERVER_KEEP_DOCSTRINGS is set (debugging); and when
+    Python may not write bytecode (PYTHONDONTWRITEBYTECODE), because an ``-OO``
+    interpreter that cannot cache its ``.opt-2.pyc`` files would compile every module
+    at every start and double the start-up time.
     """
     import os
 
-    if sys.flags.optimize >= 2 or getattr(sys, "frozen", False):
+    if sys.flags.optimize >= 2 or getattr(sys, "frozen", False) or sys.dont_write_bytecode:
         return
     if os.environ.get("POCKETSERVER_KEEP_DOCSTRINGS"):
         return
