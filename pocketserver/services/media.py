@@ -4,13 +4,14 @@ Spec: client-server-api/modules/content_repo.md and the content-repo /
 authed-content-repo OpenAPI files.
 
 Memory is bounded whatever the file size: an upload is read from the request stream,
-cut into :data:`~pocketserver.storage.media.CHUNK_SIZE` chunks, each hashed and
-compressed in a worker thread and written in its own transaction while the next one is
-received (one chunk in flight); a download reads a couple of chunks per ``db.read``.
-An upload becomes visible only in the transaction that names its content by SHA-256
-(deduplicating it) and inserts the media row, so a client that disconnects, or a server
-that is killed, leaves no partial media: the provisional chunks are dropped at once, or
-swept at the next start-up.
+cut into :data:`~pocketserver.storage.media.CHUNK_SIZE` chunks, and written in batches
+of :data:`BATCH_CHUNKS` (joined, hashed and compressed in a worker thread, then one
+transaction per batch) while the next batch is received; the last chunks are written by
+the transaction that completes the upload, so a small upload is one write. A download
+reads a couple of chunks per ``db.read``. An upload becomes visible only in the
+transaction that names its content by SHA-256 (deduplicating it) and inserts the media
+row, so a client that disconnects, or a server that is killed, leaves no partial media:
+the provisional chunks are dropped at once, or swept at the next start-up.
 
 This service never knows about HTTP: the API layer hands it an async iterator of body
 pieces and turns the byte iterators it returns into responses.
@@ -23,7 +24,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -46,6 +47,9 @@ MAX_TIMEOUT_MS = 60_000
 DEFAULT_TIMEOUT_MS = 20_000
 # Chunks per read transaction when streaming a download.
 READ_BATCH = 2
+# Chunks per write transaction while an upload streams in: fewer transactions and thread
+# hops per byte, with at most about twice this many chunks of an upload in memory.
+BATCH_CHUNKS = 4
 
 # Content-Disposition: inline only for these (spec "Serving inline content").
 INLINE_TYPES = frozenset(
@@ -136,70 +140,79 @@ class MediaService:
         if length is not None and length > self.cfg.max_upload_size:
             raise TooLarge(f"File is larger than the {self.cfg.max_upload_size} byte limit")
 
-    async def _ingest(self, body: AsyncIterator[bytes]) -> tuple[int, bytes, int]:
-        """Store a body as provisional chunks; (content_id, sha256, size).
+    async def _ingest(self, body: AsyncIterator[bytes]) -> _Ingested:
+        """Read a body into chunks, storing all but the last few as provisional content.
 
-        The provisional content is dropped if anything goes wrong, including
-        cancellation (a client that went away).
+        Full batches of :data:`BATCH_CHUNKS` chunks go to a writer task (hashed and
+        encoded in a worker thread, then one transaction each) while the next batch is
+        received; what is left at the end is hashed and encoded here and written by the
+        completing transaction (:meth:`_complete`), so a small upload costs one write.
+        Provisional content is dropped if anything goes wrong, including cancellation
+        (a client that went away).
         """
         limit = self.cfg.max_upload_size
-        content_id = await self.db.write(store.begin_content, self.clock.time_ms())
         hasher = hashlib.sha256()
-        size = 0
+        up = _Ingested()
         error: MatrixError | None = None
         try:
-            send, recv = trio.open_memory_channel[tuple[int, bytes]](1)
+            send, recv = trio.open_memory_channel[list[list[bytes]]](0)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_chunks, content_id, hasher, recv)
+                nursery.start_soon(self._write_batches, up, hasher, recv)
                 async with send:
-                    # Pieces are collected and joined once per chunk (one copy).
-                    pending: list[bytes] = []
-                    pending_len = 0
-                    seq = 0
+                    chunker = _Chunker(store.CHUNK_SIZE)
+                    batch: list[list[bytes]] = []
                     try:
                         async for piece in body:
-                            size += len(piece)
-                            if size > limit:
+                            up.size += len(piece)
+                            if up.size > limit:
                                 raise TooLarge(f"File is larger than the {limit} byte limit")
-                            pending.append(piece)
-                            pending_len += len(piece)
-                            if pending_len >= store.CHUNK_SIZE:
-                                joined = b"".join(pending)
-                                cut = len(joined) - len(joined) % store.CHUNK_SIZE
-                                for off in range(0, cut, store.CHUNK_SIZE):
-                                    await send.send((seq, joined[off : off + store.CHUNK_SIZE]))
-                                    seq += 1
-                                pending = [joined[cut:]] if cut < len(joined) else []
-                                pending_len = len(joined) - cut
-                                del joined
-                        if pending_len:
-                            await send.send((seq, b"".join(pending)))
+                            for chunk in chunker.feed(piece):
+                                batch.append(chunk)
+                                if len(batch) >= BATCH_CHUNKS:
+                                    await send.send(batch)
+                                    batch = []
+                        last = chunker.finish()
+                        if last is not None:
+                            batch.append(last)
                     except MatrixError as e:
                         error = e
                         nursery.cancel_scope.cancel()
             if error is not None:
                 raise error
+            if batch:
+                up.tail = await trio.to_thread.run_sync(_hash_and_encode, hasher, batch)
+                del batch
+            up.sha256 = hasher.digest()
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.db.write(store.abandon_content, content_id)
+            await self._abandon(up)
             raise
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 with trio.CancelScope(shield=True):
                     await aclose()
-        return content_id, hasher.digest(), size
+        return up
 
-    async def _write_chunks(
+    async def _write_batches(
         self,
-        content_id: int,
+        up: _Ingested,
         hasher: Any,
-        recv: trio.MemoryReceiveChannel[tuple[int, bytes]],
+        recv: trio.MemoryReceiveChannel[list[list[bytes]]],
     ) -> None:
         async with recv:
-            async for seq, raw in recv:
-                compressed, data = await trio.to_thread.run_sync(_hash_and_encode, hasher, raw)
-                await self.db.write(store.insert_chunk, content_id, seq, compressed, len(raw), data)
+            async for batch in recv:
+                encoded = await trio.to_thread.run_sync(_hash_and_encode, hasher, batch)
+                del batch
+                up.content_id = await self.db.write(
+                    store.insert_chunks, up.content_id, self.clock.time_ms(), up.tail_seq, encoded
+                )
+                up.tail_seq += len(encoded)
+
+    async def _abandon(self, up: _Ingested) -> None:
+        """Drop the provisional chunks of an upload that failed."""
+        if up.content_id is not None:
+            with trio.CancelScope(shield=True):
+                await self.db.write(store.abandon_content, up.content_id)
 
     async def upload(
         self,
@@ -213,21 +226,25 @@ class MediaService:
         self.check_declared_length(content_length)
         await self._check_quota(user_id, content_length or 0)
         ctype = normalise_content_type(content_type)
-        content_id, sha, size = await self._ingest(body)
+        up = await self._ingest(body)
         media_id = new_media_id()
-        await self._complete(
-            content_id, self._complete_new, user_id, media_id, ctype, filename, content_id, sha, size
-        )
+        await self._complete(up, self._complete_new, user_id, media_id, ctype, filename, up)
         return f"mxc://{self.server_name}/{media_id}"
 
-    async def _complete(self, content_id: int, fn: Any, *args: Any) -> None:
+    async def _complete(self, up: _Ingested, fn: Any, *args: Any) -> None:
         """Run the completing transaction; if it refuses, drop the provisional chunks."""
         with trio.CancelScope(shield=True):
             try:
                 await self.db.write(fn, *args)
             except BaseException:
-                await self.db.write(store.abandon_content, content_id)
+                await self._abandon(up)
                 raise
+
+    def _store_content(self, conn: Any, up: _Ingested) -> int:
+        """In the completing transaction: the upload's content ID, its last chunks stored."""
+        return store.complete_content(
+            conn, up.content_id, self.clock.time_ms(), up.tail_seq, up.tail, up.sha256, up.size
+        )
 
     def _complete_new(
         self,
@@ -236,14 +253,12 @@ class MediaService:
         media_id: str,
         ctype: str,
         filename: str | None,
-        content_id: int,
-        sha: bytes,
-        size: int,
+        up: _Ingested,
     ) -> None:
-        self._quota_in_txn(conn, user_id, size)
-        cid = store.finish_content(conn, content_id, sha, size)
+        self._quota_in_txn(conn, user_id, up.size)
+        cid = self._store_content(conn, up)
         store.insert_media(
-            conn, self.server_name, media_id, user_id, ctype, filename, size, cid,
+            conn, self.server_name, media_id, user_id, ctype, filename, up.size, cid,
             self.clock.time_ms(),
         )
 
@@ -284,7 +299,7 @@ class MediaService:
         self.check_declared_length(content_length)
         await self._check_quota(user_id, content_length or 0)
         ctype = normalise_content_type(content_type)
-        content_id, sha, size = await self._ingest(body)
+        up = await self._ingest(body)
 
         def txn(conn: Any) -> None:
             # Checked again: another PUT may have won while this body streamed in.
@@ -293,12 +308,12 @@ class MediaService:
                 raise NotFound("Unknown media ID, or it has expired")
             if current.content_id is not None:
                 raise MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "Media already uploaded")
-            self._quota_in_txn(conn, user_id, size)
-            cid = store.finish_content(conn, content_id, sha, size)
-            store.fill_pending_media(conn, server_name, media_id, ctype, filename, size, cid)
+            self._quota_in_txn(conn, user_id, up.size)
+            cid = self._store_content(conn, up)
+            store.fill_pending_media(conn, server_name, media_id, ctype, filename, up.size, cid)
 
         del info
-        await self._complete(content_id, txn)
+        await self._complete(up, txn)
         event = self._uploaded.pop((server_name, media_id), None)
         if event is not None:
             event.set()
@@ -503,9 +518,76 @@ class MediaService:
         return f"mxc://{self.server_name}/{media_id}", len(data)
 
 
-def _hash_and_encode(hasher: Any, raw: bytes) -> tuple[bool, bytes]:
-    hasher.update(raw)
-    return store.encode_chunk(raw)
+@dataclass(slots=True)
+class _Ingested:
+    """An upload as it is stored: provisional content (``content_id``, None until the first
+    batch is written) holding chunks up to ``tail_seq``, and the encoded ``tail`` that the
+    completing transaction stores; the body's SHA-256 and size."""
+
+    content_id: int | None = None
+    tail_seq: int = 0
+    tail: list[tuple[bool, int, bytes]] = field(default_factory=list)
+    sha256: bytes = b""
+    size: int = 0
+
+
+class _Chunker:
+    """Groups body pieces into ``size``-byte chunks, each a list of parts to join.
+
+    The parts are joined (the one copy of each byte) by the worker thread that hashes
+    them, not on the event loop; a piece that straddles a chunk boundary is split, and
+    only then copied. A full chunk is only handed out once more data follows it, so the
+    last chunk of the body (full or not) is always what :meth:`finish` returns.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._parts: list[bytes] = []
+        self._len = 0
+
+    def feed(self, piece: bytes) -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+        if self._len + len(piece) <= self.size:
+            if piece:
+                self._parts.append(piece)
+                self._len += len(piece)
+            return out
+        view = memoryview(piece)
+        pos = 0
+        while self._len + len(piece) - pos > self.size:
+            need = self.size - self._len
+            if need:
+                self._parts.append(bytes(view[pos : pos + need]))
+            out.append(self._parts)
+            self._parts = []
+            self._len = 0
+            pos += need
+        if pos < len(piece):
+            self._parts.append(bytes(view[pos:]) if pos else piece)
+            self._len = len(piece) - pos
+        return out
+
+    def finish(self) -> list[bytes] | None:
+        if not self._len:
+            return None
+        last = self._parts
+        self._parts = []
+        self._len = 0
+        return last
+
+
+def _hash_and_encode(hasher: Any, chunks: list[list[bytes]]) -> list[tuple[bool, int, bytes]]:
+    """In a worker thread: join each chunk's parts, hash the chunks in order, and encode
+    each as ``(compressed, raw_size, data)``."""
+    out = []
+    for parts in chunks:
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        del parts[:]
+        hasher.update(raw)
+        compressed, data = store.encode_chunk(raw)
+        out.append((compressed, len(raw), data))
+        del raw
+    return out
 
 
 def delete_media_sync(

@@ -119,6 +119,28 @@ def insert_chunk(
     )
 
 
+def insert_chunks(
+    conn: Conn,
+    content_id: int | None,
+    now_ms: int,
+    first_seq: int,
+    chunks: Iterable[tuple[bool, int, Any]],
+) -> int:
+    """Store encoded chunks ``(compressed, raw_size, data)`` from ``first_seq`` on, under a
+    provisional content row (made first when ``content_id`` is None); the content ID."""
+    if content_id is None:
+        content_id = begin_content(conn, now_ms)
+    conn.executemany(
+        "INSERT INTO media_chunks (content_id, seq, compressed, raw_size, data)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (
+            (content_id, seq, int(compressed), raw_size, data)
+            for seq, (compressed, raw_size, data) in enumerate(chunks, first_seq)
+        ),
+    )
+    return content_id
+
+
 def _drop_content(conn: Conn, content_id: int) -> None:
     conn.execute("DELETE FROM media_chunks WHERE content_id = ?", (content_id,))
     conn.execute("DELETE FROM media_content WHERE content_id = ?", (content_id,))
@@ -147,6 +169,32 @@ def finish_content(conn: Conn, content_id: int, sha256: bytes, size: int) -> int
         (sha256, size, stored, content_id),
     )
     return content_id
+
+
+def complete_content(
+    conn: Conn,
+    content_id: int | None,
+    now_ms: int,
+    first_seq: int,
+    chunks: list[tuple[bool, int, Any]],
+    sha256: bytes,
+    size: int,
+) -> int:
+    """Store an upload's last encoded chunks and name its content (:func:`finish_content`);
+    the content ID. With no provisional content yet (the whole body is in ``chunks``),
+    bytes that are already stored are shared without writing them again."""
+    if content_id is None:
+        row = conn.execute(
+            "SELECT content_id FROM media_content WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+        if row is not None:
+            conn.execute(
+                "UPDATE media_content SET refcount = refcount + 1 WHERE content_id = ?",
+                (row[0],),
+            )
+            return int(row[0])
+    content_id = insert_chunks(conn, content_id, now_ms, first_seq, chunks)
+    return finish_content(conn, content_id, sha256, size)
 
 
 def abandon_content(conn: Conn, content_id: int) -> None:
