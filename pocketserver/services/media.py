@@ -49,7 +49,7 @@ DEFAULT_TIMEOUT_MS = 20_000
 READ_BATCH = 2
 # Chunks per write transaction while an upload streams in: fewer transactions and thread
 # hops per byte, with at most about twice this many chunks of an upload in memory.
-BATCH_CHUNKS = 4
+BATCH_CHUNKS = 2
 
 # Content-Disposition: inline only for these (spec "Serving inline content").
 INLINE_TYPES = frozenset(
