@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -60,6 +59,7 @@ from pocketserver.services.client_events import serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.lru import LruCache
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.outbound import open_stream
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
@@ -223,7 +223,6 @@ class PushService:
         self._queues: dict[tuple[str, str, str], deque[_Delivery]] = {}
         self._senders: set[tuple[str, str, str]] = set()
         self._nursery: trio.Nursery | None = None
-        self._ssl: ssl.SSLContext | None = None
         self.worker_pos = 0
         self._persisted_pos = 0
         self._persisted_at = 0.0
@@ -809,13 +808,7 @@ class PushService:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         with trio.fail_after(PUSH_TIMEOUT_S):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-            if tls:
-                if self._ssl is None:
-                    self._ssl = ssl.create_default_context()
-                ssl_stream = trio.SSLStream(stream, self._ssl, server_hostname=host, https_compatible=True)
-                await ssl_stream.do_handshake()
-                stream = ssl_stream
+            stream = await open_stream(host, port, tls=tls, server_hostname=host)
             async with stream:
                 conn = h11.Connection(h11.CLIENT)
                 req = h11.Request(

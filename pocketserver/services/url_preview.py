@@ -27,6 +27,7 @@ import trio
 from pocketserver.config import Config
 from pocketserver.errors import Forbidden, InvalidParam, MatrixError
 from pocketserver.services.clock import Clock
+from pocketserver.services.outbound import open_stream
 from pocketserver.storage import media as store
 from pocketserver.storage.database import Database
 
@@ -69,7 +70,6 @@ class UrlPreviewService:
         self.clock = clock
         self.media = media
         self._allow = [ipaddress.ip_network(c, strict=False) for c in self.cfg.url_preview_ip_allowlist]
-        self._ssl: ssl.SSLContext | None = None
 
     def ip_allowed(self, ip: str) -> bool:
         addr = _norm_ip(ip)
@@ -158,14 +158,7 @@ class UrlPreviewService:
             raise FetchError(f"{host} does not resolve")
         if not all(self.ip_allowed(ip) for ip in ips):
             raise BlockedAddress(f"{host} resolves to a non-public address")
-        stream: trio.abc.Stream = await trio.open_tcp_stream(ips[0], port)
-        if tls:
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            ssl_stream = trio.SSLStream(stream, self._ssl, server_hostname=host, https_compatible=True)
-            await ssl_stream.do_handshake()
-            stream = ssl_stream
-        return stream
+        return await open_stream(ips[0], port, tls=tls, server_hostname=host)
 
     async def _fetch_once(
         self, url: str, max_size: int, allow_truncate: bool
