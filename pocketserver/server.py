@@ -196,7 +196,7 @@ async def run_server(
         log.info("stopped")
 
 
-def release_free_memory() -> None:
+def release_free_memory(*, collect: bool = True) -> None:
     """Give the heap that start-up freed back to the OS.
 
     Importing and wiring everything leaves a megabyte or so of freed, fragmented heap
@@ -206,7 +206,8 @@ def release_free_memory() -> None:
     import ctypes
     import gc
 
-    gc.collect()
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols include libc's
     except (OSError, AttributeError):
@@ -235,7 +236,8 @@ async def _memory_housekeeping(
         if now != last:
             busy = True
         elif busy:
-            release_free_memory()
+            # No full collection here: it would stall the event loop for tens of ms.
+            release_free_memory(collect=False)
             busy = False
         last = now
 

@@ -120,10 +120,9 @@ class SyncService:
         deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
         while True:
             changed = self.notifier.change_event()
-            upto = await self.db.read(current_stream_pos)
             typing_serial = self.notifier.ephemeral_serial
-            response = await self.db.read(
-                self._build, requester, token, upto, typing_serial, filt, full_state,
+            upto, response = await self.db.read(
+                self._build_now, requester, token, typing_serial, filt, full_state,
                 state_after_key,
             )
             td_pos: int | None = upto
@@ -143,6 +142,22 @@ class SyncService:
             await self.notifier.wait_for_change(remaining, changed)
 
     # -- one pass, inside one read transaction ---------------------------------------------
+
+    def _build_now(
+        self,
+        conn: Conn,
+        requester: Requester,
+        token: SyncToken | None,
+        typing_serial: int,
+        filt: Filter,
+        full_state: bool,
+        state_after_key: str | None,
+    ) -> tuple[int, JsonDict]:
+        """The answer up to the stream position this transaction sees, and that position."""
+        upto = current_stream_pos(conn)
+        return upto, self._build(
+            conn, requester, token, upto, typing_serial, filt, full_state, state_after_key
+        )
 
     def _build(
         self,
