@@ -110,8 +110,9 @@ class TurnConfig:
 class CacheConfig:
     # Number of events kept decoded in memory.
     event_cache_size: int = 2000
-    # Number of state snapshots kept in memory.
-    state_cache_size: int = 200
+    # SQLite's page cache per database connection (the writer and two readers), in KiB;
+    # the operating system's file cache does the rest.
+    database_cache_kib: int = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"media.url_preview_ip_allowlist[{i}]: not a CIDR range") from None
     if cfg.accounts.refreshable_access_token_lifetime_ms < 1000:
         raise ConfigError("accounts.refreshable_access_token_lifetime_ms: must be at least 1000")
+    if cfg.caches.event_cache_size < 1:
+        raise ConfigError("caches.event_cache_size: must be at least 1")
+    if cfg.caches.database_cache_kib < 64:
+        raise ConfigError("caches.database_cache_kib: must be at least 64")
     if cfg.max_event_size < 1024:
         raise ConfigError("max_event_size: too small")
 
@@ -379,7 +384,7 @@ lifetime_seconds = 86400
 
 [caches]
 event_cache_size = 2000
-state_cache_size = 200
+database_cache_kib = 2048     # per connection; three connections
 """
 
 __all__ = [

@@ -128,7 +128,7 @@ def prepare(cfg: Config, *, make_certificate: bool = True) -> tuple[Any, Any, li
     db_path = cfg.path("database")
     if not db_path.exists():
         notes.append(f"created database {db_path}")
-    db = Database(db_path)
+    db = Database(db_path, cache_kib=cfg.caches.database_cache_kib)
     return db, key, notes
 
 

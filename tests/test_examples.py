@@ -31,3 +31,26 @@ def test_registration_defaults_follow_listeners() -> None:
         {"listeners": [{"address": "0.0.0.0", "port": 8008}], "registration": {"mode": "open"}}
     )
     assert forced.registration_mode == "open"
+
+
+def test_database_cache_size_reaches_every_connection(tmp_path: Path) -> None:
+    """caches.database_cache_kib bounds SQLite's page cache on each connection; a
+    nonsense value is refused with the key's name."""
+    from pocketserver.config import ConfigError
+    from pocketserver.server import prepare
+
+    pi = load_config(EXAMPLES[[p.name for p in EXAMPLES].index("raspberry-pi.toml")])
+    assert pi.caches.database_cache_kib == 1024
+    cfg = config_from_dict({"data_dir": str(tmp_path), "caches": {"database_cache_kib": 512}})
+    db, _key, _notes = prepare(cfg, make_certificate=False)
+    try:
+        conns = [db._writer] + [slot.conn for slot in db._readers]
+        assert len(conns) == 3
+        for conn in conns:
+            assert conn.execute("PRAGMA cache_size").fetchone()[0] == -512
+    finally:
+        db.close()
+    with pytest.raises(ConfigError, match="caches.database_cache_kib"):
+        config_from_dict({"caches": {"database_cache_kib": 1}})
+    with pytest.raises(ConfigError, match="state_cache_size"):
+        config_from_dict({"caches": {"state_cache_size": 100}})

@@ -44,12 +44,17 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 Conn: TypeAlias = Any
 
 
-def _configure(conn: apsw.Connection, *, readonly: bool, durable: bool) -> None:
+DEFAULT_CACHE_KIB = 2048
+
+
+def _configure(
+    conn: apsw.Connection, *, readonly: bool, durable: bool, cache_kib: int = DEFAULT_CACHE_KIB
+) -> None:
     conn.setbusytimeout(10_000)
     conn.execute("PRAGMA foreign_keys=OFF")
     # A small page cache per connection: the OS page cache does the rest, and memory
     # is the scarce resource on a Raspberry Pi.
-    conn.execute("PRAGMA cache_size=-2048")
+    conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     conn.execute("PRAGMA temp_store=MEMORY")
     if not readonly:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -58,13 +63,17 @@ def _configure(conn: apsw.Connection, *, readonly: bool, durable: bool) -> None:
 
 
 def open_connection(
-    path: str | Path, *, readonly: bool = False, durable: bool = False
+    path: str | Path,
+    *,
+    readonly: bool = False,
+    durable: bool = False,
+    cache_kib: int = DEFAULT_CACHE_KIB,
 ) -> apsw.Connection:
     flags = apsw.SQLITE_OPEN_READONLY if readonly else (
         apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     )
     conn = apsw.Connection(str(path), flags=flags)
-    _configure(conn, readonly=readonly, durable=durable)
+    _configure(conn, readonly=readonly, durable=durable, cache_kib=cache_kib)
     return conn
 
 
@@ -146,10 +155,19 @@ class _Checkpointer:
 class Database:
     """One writer connection and a small pool of readers over one file."""
 
-    def __init__(self, path: str | Path, *, readers: int = 2, durable: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readers: int = 2,
+        durable: bool = False,
+        cache_kib: int = DEFAULT_CACHE_KIB,
+    ) -> None:
+        """``cache_kib``: SQLite's page cache per connection. Resident memory grows by
+        up to that much per connection as the caches warm, then stays."""
         self.path = str(path)
         self._memory = self.path == ":memory:"
-        self._writer = open_connection(self.path, durable=durable)
+        self._writer = open_connection(self.path, durable=durable, cache_kib=cache_kib)
         migrate(self._writer)
         self._checkpointer: _Checkpointer | None = None
         if not self._memory:
@@ -159,7 +177,8 @@ class Database:
         self._readers: list[_Slot] = []
         if not self._memory:
             self._readers = [
-                _Slot(open_connection(self.path, readonly=True)) for _ in range(readers)
+                _Slot(open_connection(self.path, readonly=True, cache_kib=cache_kib))
+                for _ in range(readers)
             ]
         self._reader_sem = trio.Semaphore(max(1, len(self._readers)))
         self._closed = False
