@@ -156,6 +156,10 @@ async def run_server(
     running = RunningServer(services=services)
     try:
         async with trio.open_nursery() as root:
+            if handle_signals:
+                # From the very start: a SIGTERM while the first start still makes its
+                # certificate must stop the server gracefully, not kill it.
+                root.start_soon(_wait_for_signal, running.stop)
             # Background services first, so listeners never serve a half-started server.
             for _name, fn in services.background:
                 await root.start(fn)
@@ -182,8 +186,6 @@ async def run_server(
                     running.urls.append(binds[0])
                 if out is not None:
                     _print_banner(cfg, ordered, running.urls, notes, trio.current_time() - started, out)
-                if handle_signals:
-                    listeners.start_soon(_wait_for_signal, running.stop)
                 release_free_memory()
                 task_status.started(running)
                 await running.stop.wait()

@@ -175,3 +175,49 @@ def test_config_errors_name_the_key(tmp_path: Path, toml: str, key: str) -> None
 def test_missing_config_file(tmp_path: Path) -> None:
     r = _cli("--config", str(tmp_path / "nope.toml"))
     assert r.returncode == 2 and "nope.toml" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serves_from_an_optimised_interpreter_where_bytecode_can_be_cached(tmp_path: Path) -> None:
+    """Where Python may cache bytecode, `pocketserver` re-executes itself under -OO (no
+    docstrings in memory): same pid, and the server works as usual, asserts stripped."""
+    client, fed = (socket.socket() for _ in range(2))
+    for s in (client, fed):
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in (client, fed)]
+    for s in (client, fed):
+        s.close()
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'server_name = "test.local"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[[listeners]]\naddress = "127.0.0.1"\nport = {ports[0]}\nresources = ["client"]\n'
+        f'[[listeners]]\naddress = "127.0.0.1"\nport = {ports[1]}\ntls = true\nresources = ["federation"]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(tmp_path / "pycache")  # keep .opt-2.pyc out of the tree
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pocketserver", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path,
+        )
+    base = f"http://127.0.0.1:{ports[0]}"
+    try:
+        _wait_for(
+            lambda: httpx.get(f"{base}/_matrix/client/versions", timeout=2).status_code == 200,
+            "the client API", proc, log, deadline_s=120,
+        )
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-OO" in cmdline, cmdline
+        r = httpx.post(f"{base}/_matrix/client/v3/register", json={"username": "oo", "password": "pw-oo-1", "auth": {"type": "m.login.dummy"}})
+        assert r.status_code == 200, r.text
+        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        room = httpx.post(f"{base}/_matrix/client/v3/createRoom", json={"name": "OO"}, headers=h).json()["room_id"]
+        r = httpx.put(f"{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/1", json={"msgtype": "m.text", "body": "hi"}, headers=h)
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{base}/_matrix/client/v3/sync", headers=h, timeout=10).json()["rooms"]["join"][room]
+        r = httpx.post(f"{base}/_matrix/client/v3/createRoom", json={"name": 5}, headers=h)
+        assert r.status_code == 400 and r.json()["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM"), r.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
