@@ -11,13 +11,10 @@ against the device's Ed25519 key; cross-signing keys and uploaded signatures aga
 the key that must have made them), gives each one-time key out once, and queues to-device
 messages until the target device acknowledges them.
 
-What /sync calls (all async, all cheap when there is nothing to say):
-
-* :meth:`E2eeService.to_device_for_sync` — acknowledge (delete) and fetch pending
-  to-device messages of one device;
-* :meth:`E2eeService.device_lists_for_sync` — ``device_lists`` {changed, left};
-* :meth:`E2eeService.otk_counts` — ``device_one_time_keys_count``;
-* :meth:`E2eeService.unused_fallback_key_types` — ``device_unused_fallback_key_types``.
+What /sync calls: :meth:`E2eeService.sync_sections`, every encryption section of one
+answer (``device_lists``, ``to_device``, ``device_one_time_keys_count``,
+``device_unused_fallback_key_types``) in one read transaction; its to-device part is
+:meth:`E2eeService.to_device_for_sync` (acknowledge, then fetch one device's messages).
 
 Hooks for the accounts service: :meth:`on_device_deleted` and :meth:`on_device_updated`.
 
@@ -728,12 +725,24 @@ class E2eeService:
         position of the last message returned (pass it as the next ``since_pos`` to
         continue).
         """
-        rows, acked = await self.db.read(_pending_messages, user_id, device_id, since_pos, upto_pos, limit)
+        pending = await self.db.read(_pending_messages, user_id, device_id, since_pos, upto_pos, limit)
+        return await self._acknowledge(user_id, device_id, since_pos, upto_pos, limit, pending)
+
+    async def _acknowledge(
+        self,
+        user_id: str,
+        device_id: str,
+        since_pos: int,
+        upto_pos: int,
+        limit: int,
+        pending: tuple[list[tuple[int, JsonDict]], bool],
+    ) -> tuple[list[JsonDict], int]:
+        """Delete what the device acknowledged; (messages, position the batch reaches)."""
+        rows, acked = pending
         if acked:
             await self.db.write(to_device.delete_acknowledged, user_id, device_id, since_pos)
-        if len(rows) >= limit:
-            return [e for _, e in rows], rows[-1][0]
-        return [e for _, e in rows], upto_pos
+        reached = rows[-1][0] if len(rows) >= limit else upto_pos
+        return [e for _, e in rows], reached
 
     async def sync_sections(
         self,
@@ -768,36 +777,14 @@ class E2eeService:
             out["device_lists"] = {"changed": changed, "left": left}
         if device_id is None:
             return out, None
-        rows, acked = pending
-        if acked:
-            await self.db.write(to_device.delete_acknowledged, user_id, device_id, to_device_since)
-        reached = rows[-1][0] if len(rows) >= limit else upto_pos
-        out["to_device"] = {"events": [e for _, e in rows]}
+        events, reached = await self._acknowledge(
+            user_id, device_id, to_device_since, upto_pos, limit, pending
+        )
+        out["to_device"] = {"events": events}
         counts.setdefault(SIGNED_CURVE25519, 0)
         out["device_one_time_keys_count"] = counts
         out["device_unused_fallback_key_types"] = fallback
         return out, reached
-
-    async def device_lists_for_sync(self, user_id: str, since_pos: int, upto_pos: int) -> JsonDict:
-        """``device_lists`` for an incremental /sync from ``since_pos`` to ``upto_pos``.
-
-        changed: users sharing a room with ``user_id`` (and the user themself) whose
-        devices or cross-signing keys changed in the range, plus users who started
-        sharing a room in the range; left: users who shared a room before and share
-        none now.
-        """
-        if upto_pos <= since_pos:
-            return {"changed": [], "left": []}
-        changed, left = await self.db.read(
-            device_lists.device_list_delta, user_id, since_pos, upto_pos
-        )
-        return {"changed": changed, "left": left}
-
-    async def otk_counts(self, user_id: str, device_id: str) -> dict[str, int]:
-        """``device_one_time_keys_count`` (``signed_curve25519`` always present)."""
-        counts = await self.db.read(e2e_keys.count_one_time_keys, user_id, device_id)
-        counts.setdefault(SIGNED_CURVE25519, 0)
-        return counts
 
     async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
         """``device_unused_fallback_key_types``."""
