@@ -1,13 +1,15 @@
 """Media repository: throughput, memory during huge transfers, disk cost, vs Synapse.
 
-    python3 benchmarks/bench_media.py [--only pocketserver|synapse] [--big-mb 200]
+    python3 benchmarks/bench_media.py [--only pocketserver|synapse] [--big-mb 200] [--rounds 5]
 
 Both servers run side by side on loopback (benchmarks/harness.py), each with a 300 MB
 upload limit. Measured, for each server:
 
-* upload and download throughput (MB/s) for 1 MB files (30 of them) and 50 MB files
-  (3 of them), through POST /_matrix/media/v3/upload and the authenticated
-  GET /_matrix/client/v1/media/download; every download is checked byte for byte (hash);
+* upload and download throughput (MB/s) for 1 MB files (10 a round) and 50 MB files
+  (2 a round), through POST /_matrix/media/v3/upload and the authenticated
+  GET /_matrix/client/v1/media/download, and the server's CPU time per MB; every
+  download is checked byte for byte (hash). Both servers run at once and take turns,
+  round by round in alternating order; each figure is the median over ``--rounds``;
 * resident memory of the server's process tree, sampled every 20 ms, during one
   ``--big-mb`` upload and its download, against the idle RSS just before;
 * disk: 50 MB of text-like files (logs and JSON) and 50 MB of incompressible files
@@ -25,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -226,19 +229,55 @@ def download_hash(http: httpx.Client, token: str, mxc: str) -> tuple[bytes, int]
     return h.digest(), n
 
 
-def throughput(http: httpx.Client, token: str, size: int, count: int) -> tuple[float, float]:
-    """(upload MB/s, download MB/s) over ``count`` distinct files of ``size`` bytes."""
+def throughput(
+    server: ServerProcess, http: httpx.Client, token: str, size: int, count: int
+) -> dict[str, float]:
+    """Upload then download ``count`` distinct files of ``size`` bytes: MB/s each way, and
+    the server's CPU time per MB each way (ms)."""
     files = [os.urandom(size) for _ in range(count)]
-    t0 = time.perf_counter()
+    mb = size * count / MB
+    c0, t0 = server.cpu_s(), time.perf_counter()
     uris = [upload(http, token, f, "application/octet-stream", f"f{i}.bin") for i, f in enumerate(files)]
-    up = size * count / MB / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
+    up_s, up_cpu = time.perf_counter() - t0, server.cpu_s() - c0
+    c0, t0 = server.cpu_s(), time.perf_counter()
     for f, uri in zip(files, uris, strict=True):
         digest, n = download_hash(http, token, uri)
         if digest != hashlib.sha256(f).digest() or n != size:
             raise RuntimeError("download differs from upload")
-    down = size * count / MB / (time.perf_counter() - t0)
-    return up, down
+    down_s, down_cpu = time.perf_counter() - t0, server.cpu_s() - c0
+    return {
+        "up": mb / up_s,
+        "down": mb / down_s,
+        "up_cpu": up_cpu * 1000 / mb,
+        "down_cpu": down_cpu * 1000 / mb,
+    }
+
+
+def throughput_rounds(
+    servers: dict[str, ServerProcess], rounds: int
+) -> dict[str, dict[str, float]]:
+    """Median figures over ``rounds`` rounds; within a round every server runs the same
+    transfers one after the other, in alternating order, so that a slow spell of this
+    machine (a shared VM) falls on both servers alike instead of on whichever ran then."""
+    clients = {}
+    for name, server in servers.items():
+        http = httpx.Client(base_url=server.base_url, timeout=600)
+        token = register(http, "speed")
+        throughput(server, http, token, MB, 3)  # warm-up (lazy imports, caches)
+        clients[name] = (server, http, token)
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in servers}
+    try:
+        for i in range(rounds):
+            order = list(servers) if i % 2 == 0 else list(reversed(servers))
+            for name in order:
+                server, http, token = clients[name]
+                for size, count, tag in ((MB, 10, "1"), (50 * MB, 2, "50")):
+                    for k, v in throughput(server, http, token, size, count).items():
+                        samples[name].setdefault(f"{k}_{tag}", []).append(v)
+    finally:
+        for _, http, _ in clients.values():
+            http.close()
+    return {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
 
 
 class RssSampler:
@@ -348,11 +387,7 @@ def run(name: str, tmp: Path, big: int, text: list[Any], rand: list[Any]) -> dic
         res["disk_random"] = disk_cost(name, workdir, rand, state)
         server = state["server"]
         with httpx.Client(base_url=server.base_url, timeout=600) as http:
-            token = state["token"]
-            throughput(http, token, MB, 3)  # warm-up (lazy imports, caches)
-            res["up_1"], res["down_1"] = throughput(http, token, MB, 30)
-            res["up_50"], res["down_50"] = throughput(http, token, 50 * MB, 3)
-            b = big_transfer(server, http, token, big)
+            b = big_transfer(server, http, state["token"], big)
         res.update({f"big_{k}": v for k, v in b.items()})
         return res
     finally:
@@ -363,6 +398,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["pocketserver", "synapse"])
     ap.add_argument("--big-mb", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (median)")
     args = ap.parse_args()
     names = [args.only] if args.only else ["pocketserver", "synapse"]
     text = text_like_files(50 * MB)
@@ -371,9 +407,23 @@ def main() -> int:
     rand_size = sum(len(f[2]) for f in rand)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="pocketbench-media-") as tmp:
+        print(f"throughput, {args.rounds} rounds ...", file=sys.stderr, flush=True)
+        running: dict[str, ServerProcess] = {}
+        try:
+            for name in names:
+                workdir = Path(tmp) / f"speed-{name}"
+                running[name] = (
+                    start_pocketserver(workdir) if name == "pocketserver" else start_synapse(workdir)
+                )
+                wait_ready(running[name])
+            speed = throughput_rounds(running, args.rounds)
+        finally:
+            for server in running.values():
+                server.stop()
         for name in names:
-            print(f"running {name} ...", file=sys.stderr, flush=True)
+            print(f"disk and memory, {name} ...", file=sys.stderr, flush=True)
             results[name] = run(name, Path(tmp), args.big_mb * MB, text, rand)
+            results[name].update(speed[name])
 
     for r in results.values():
         r["big_over_idle"] = max(r["big_up_peak"], r["big_down_peak"]) - r["big_idle"]
@@ -396,6 +446,9 @@ def main() -> int:
         ("down_1", "download 1 MB files (MB/s)", "{:.0f}", ">= 1"),
         ("up_50", "upload 50 MB files (MB/s)", "{:.0f}", ">= 1"),
         ("down_50", "download 50 MB files (MB/s)", "{:.0f}", ">= 1"),
+        ("up_cpu_1", "server CPU per MB, 1 MB uploads (ms)", "{:.1f}", ""),
+        ("up_cpu_50", "server CPU per MB, 50 MB uploads (ms)", "{:.1f}", ""),
+        ("down_cpu_50", "server CPU per MB, 50 MB downloads (ms)", "{:.1f}", ""),
         ("big_idle", "RSS idle before big transfer (MB)", "{:.1f}", ""),
         ("big_up_peak", f"RSS peak, {args.big_mb} MB upload (MB)", "{:.1f}", ""),
         ("big_down_peak", f"RSS peak, {args.big_mb} MB download (MB)", "{:.1f}", ""),

@@ -526,17 +526,18 @@ class _Ingested:
 
     content_id: int | None = None
     tail_seq: int = 0
-    tail: list[tuple[bool, int, bytes]] = field(default_factory=list)
+    tail: list[tuple[bool, int, Any]] = field(default_factory=list)
     sha256: bytes = b""
     size: int = 0
 
 
 class _Chunker:
-    """Groups body pieces into ``size``-byte chunks, each a list of parts to join.
+    """Groups body pieces into ``size``-byte chunks, each a list of parts.
 
-    The parts are joined (the one copy of each byte) by the worker thread that hashes
-    them, not on the event loop; a piece that straddles a chunk boundary is split, and
-    only then copied. A full chunk is only handed out once more data follows it, so the
+    The parts are never joined on the event loop: a worker thread hashes them, and a
+    chunk that stays raw is written part by part into its blob (a compressible one is
+    joined there to be compressed). A piece that straddles a chunk boundary is split,
+    and only then copied. A full chunk is only handed out once more data follows it, so the
     last chunk of the body (full or not) is always what :meth:`finish` returns.
     """
 
@@ -576,17 +577,14 @@ class _Chunker:
         return last
 
 
-def _hash_and_encode(hasher: Any, chunks: list[list[bytes]]) -> list[tuple[bool, int, bytes]]:
-    """In a worker thread: join each chunk's parts, hash the chunks in order, and encode
-    each as ``(compressed, raw_size, data)``."""
+def _hash_and_encode(hasher: Any, chunks: list[list[bytes]]) -> list[tuple[bool, int, Any]]:
+    """In a worker thread: hash each chunk's parts in order and encode the chunk
+    (:func:`~pocketserver.storage.media.encode_parts`)."""
     out = []
     for parts in chunks:
-        raw = parts[0] if len(parts) == 1 else b"".join(parts)
-        del parts[:]
-        hasher.update(raw)
-        compressed, data = store.encode_chunk(raw)
-        out.append((compressed, len(raw), data))
-        del raw
+        for part in parts:
+            hasher.update(part)
+        out.append(store.encode_parts(parts))
     return out
 
 

@@ -14,7 +14,7 @@ Checkpoints (copying the WAL back into the database file, with its fsyncs) run o
 :class:`_Checkpointer` thread with its own connection, not inside the writer's commit as
 SQLite's auto-checkpoint would: a large write (media chunks) then costs one copy on the
 writer's path instead of two plus a sync. The writer still checkpoints itself, waiting
-for the thread, if the WAL ever grows past :data:`WAL_HARD_PAGES`.
+for the thread, if the WAL ever grows past :data:`WAL_HARD_BYTES`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,18 @@ from pocketserver.storage.schema import APPLICATION_ID, DatabaseTooNewError, mig
 
 T = TypeVar("T")
 
-# WAL size (pages) that wakes the checkpointer thread (SQLite's auto-checkpoint default),
-# and the size past which the writer checkpoints itself so the WAL stays bounded.
-WAL_CHECKPOINT_PAGES = 1000
-WAL_HARD_PAGES = 16_000
+# Page size of a new database file (an existing file keeps the size it was made with).
+# Larger than SQLite's 4 KiB default because media chunks are stored as blobs: every
+# page costs a WAL frame (two writes) and a checkpoint copy (a read and a write), so
+# 16 KiB pages write a megabyte with a quarter of the system calls, at no measurable
+# cost to small transactions (benchmarks/bench_client.py) and about 1 MB more for an
+# empty database (one page per table and index).
+PAGE_SIZE = 16 * 1024
+# WAL size (bytes) that wakes the checkpointer thread (SQLite's auto-checkpoint default
+# for 4 KiB pages), and the size past which the writer checkpoints itself so the WAL
+# stays bounded.
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
+WAL_HARD_BYTES = 64 * 1024 * 1024
 # After a checkpoint, a WAL file larger than this is truncated back to it.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -57,6 +65,8 @@ def _configure(
     conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     conn.execute("PRAGMA temp_store=MEMORY")
     if not readonly:
+        # Takes effect only while the file is still empty (before WAL mode is set).
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -97,14 +107,16 @@ class _Checkpointer:
     """Checkpoints the WAL on its own thread and connection when the writer asks.
 
     Installed as the writer's WAL hook (which replaces SQLite's auto-checkpoint): after
-    each commit that leaves at least :data:`WAL_CHECKPOINT_PAGES` in the WAL the thread
+    each commit that leaves at least :data:`WAL_CHECKPOINT_BYTES` in the WAL the thread
     is woken for a PASSIVE checkpoint, which never blocks the writer or the readers. Past
-    :data:`WAL_HARD_PAGES` the writer waits for the thread and checkpoints itself.
+    :data:`WAL_HARD_BYTES` the writer waits for the thread and checkpoints itself.
     """
 
-    def __init__(self, path: str, durable: bool) -> None:
+    def __init__(self, path: str, durable: bool, page_size: int) -> None:
         self.path = path
         self.durable = durable
+        self.soft_pages = max(1, WAL_CHECKPOINT_BYTES // page_size)
+        self.hard_pages = max(2, WAL_HARD_BYTES // page_size)
         self.checkpoints = 0
         self._wanted = threading.Event()
         self._running = threading.Lock()
@@ -112,13 +124,13 @@ class _Checkpointer:
         self._thread: threading.Thread | None = None
 
     def wal_hook(self, conn: Conn, name: str, pages: int) -> int:
-        if pages >= WAL_HARD_PAGES:
+        if pages >= self.hard_pages:
             with self._running:
                 try:
                     conn.wal_checkpoint(name)
                 except apsw.BusyError:
                     pass
-        elif pages >= WAL_CHECKPOINT_PAGES and not self._stop:
+        elif pages >= self.soft_pages and not self._stop:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="sqlite-checkpoint", daemon=True
@@ -171,7 +183,8 @@ class Database:
         migrate(self._writer)
         self._checkpointer: _Checkpointer | None = None
         if not self._memory:
-            self._checkpointer = _Checkpointer(self.path, durable)
+            page_size = self._writer.execute("PRAGMA page_size").get
+            self._checkpointer = _Checkpointer(self.path, durable, int(page_size))
             self._writer.set_wal_hook(self._checkpointer.wal_hook)
         self._write_lock = trio.Lock()
         self._readers: list[_Slot] = []

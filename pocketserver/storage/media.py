@@ -35,6 +35,24 @@ class CorruptChunk(Exception):
 
 _cctx: Any = None
 _dctx: Any = None
+_INSERT_CHUNK = (
+    "INSERT INTO media_chunks (content_id, seq, compressed, raw_size, data) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _compressor() -> Any:
+    global _cctx
+    if _cctx is None:
+        import zstandard
+
+        # The frame carries the content size, which decode_chunk checks before allocating.
+        _cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    return _cctx
+
+
+def _sample_incompressible(sample: bytes | memoryview) -> bool:
+    """Whether a sample of a chunk shows it is already compressed (JPEG, MP4, zip)."""
+    return len(_compressor().compress(sample)) > len(sample) - len(sample) // 32
 
 
 def encode_chunk(raw: bytes) -> tuple[bool, bytes]:
@@ -43,23 +61,40 @@ def encode_chunk(raw: bytes) -> tuple[bool, bytes]:
     Already-compressed media (JPEG, MP4, zip) is then stored as is and costs nothing
     to read back; text, JSON, logs and PCM audio shrink several times.
     """
-    global _cctx
-    import zstandard
-
-    if _cctx is None:
-        _cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
     if len(raw) >= 4 * _SAMPLE:
-        # Most media (JPEG, MP4, zip) does not compress at all: a sample from the middle
-        # says so for a fraction of the cost of compressing the whole chunk.
+        # Most media does not compress at all: a sample from the middle says so for a
+        # fraction of the cost of compressing the whole chunk.
         mid = len(raw) // 2
-        sample = raw[mid : mid + _SAMPLE]
-        if len(_cctx.compress(sample)) > _SAMPLE - _SAMPLE // 32:
+        if _sample_incompressible(memoryview(raw)[mid : mid + _SAMPLE]):
             return False, raw
-    # The frame carries the content size, which decode_chunk checks before allocating.
-    comp: bytes = _cctx.compress(raw)
+    comp: bytes = _compressor().compress(raw)
     if len(comp) < len(raw) - len(raw) // 64:
         return True, comp
     return False, raw
+
+
+def encode_parts(parts: list[bytes]) -> tuple[bool, int, bytes | list[bytes]]:
+    """:func:`encode_chunk` for a chunk given as consecutive parts (as a request body
+    arrives): ``(compressed, raw_size, data)``. A chunk that stays raw keeps its parts,
+    which :func:`insert_chunks` writes straight into the row's blob, so incompressible
+    media is never joined into one buffer."""
+    size = sum(map(len, parts))
+    if len(parts) == 1:
+        compressed, data = encode_chunk(parts[0])
+        return compressed, size, data
+    if size >= 4 * _SAMPLE:
+        mid, pos = size // 2, 0
+        for part in parts:
+            if pos <= mid and mid + _SAMPLE <= pos + len(part):
+                sample: bytes | memoryview = memoryview(part)[mid - pos : mid - pos + _SAMPLE]
+                break
+            pos += len(part)
+        else:
+            sample = b"".join(parts)[mid : mid + _SAMPLE]
+        if _sample_incompressible(sample):
+            return False, size, parts
+    compressed, data = encode_chunk(b"".join(parts))
+    return compressed, size, data
 
 
 def decode_chunk(compressed: bool, raw_size: int, data: bytes) -> bytes:
@@ -112,11 +147,7 @@ def begin_content(conn: Conn, now_ms: int, chunk_size: int = CHUNK_SIZE) -> int:
 def insert_chunk(
     conn: Conn, content_id: int, seq: int, compressed: bool, raw_size: int, data: bytes
 ) -> None:
-    conn.execute(
-        "INSERT INTO media_chunks (content_id, seq, compressed, raw_size, data)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (content_id, seq, int(compressed), raw_size, data),
-    )
+    conn.execute(_INSERT_CHUNK, (content_id, seq, int(compressed), raw_size, data))
 
 
 def insert_chunks(
@@ -127,17 +158,26 @@ def insert_chunks(
     chunks: Iterable[tuple[bool, int, Any]],
 ) -> int:
     """Store encoded chunks ``(compressed, raw_size, data)`` from ``first_seq`` on, under a
-    provisional content row (made first when ``content_id`` is None); the content ID."""
+    provisional content row (made first when ``content_id`` is None); the content ID.
+
+    ``data`` is the stored bytes, or a list of raw parts (:func:`encode_parts`): the row
+    is then made with a zero blob of the right size and the parts written into it in
+    place, which spares SQLite two copies of every byte (binding and record building).
+    """
     if content_id is None:
         content_id = begin_content(conn, now_ms)
-    conn.executemany(
-        "INSERT INTO media_chunks (content_id, seq, compressed, raw_size, data)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (
-            (content_id, seq, int(compressed), raw_size, data)
-            for seq, (compressed, raw_size, data) in enumerate(chunks, first_seq)
-        ),
-    )
+    for seq, (compressed, raw_size, data) in enumerate(chunks, first_seq):
+        if isinstance(data, list):
+            conn.execute(
+                "INSERT INTO media_chunks (content_id, seq, compressed, raw_size, data)"
+                " VALUES (?, ?, 0, ?, zeroblob(?))",
+                (content_id, seq, raw_size, raw_size),
+            )
+            with conn.blob_open("main", "media_chunks", "data", conn.last_insert_rowid(), True) as blob:
+                for part in data:
+                    blob.write(part)
+        else:
+            conn.execute(_INSERT_CHUNK, (content_id, seq, int(compressed), raw_size, data))
     return content_id
 
 

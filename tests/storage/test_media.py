@@ -42,6 +42,27 @@ def test_text_is_compressed_and_random_bytes_are_stored_raw() -> None:
     assert not compressed and blob == noise
 
 
+def test_chunks_given_as_parts_keep_them_when_raw_and_round_trip() -> None:
+    # As an upload arrives: parts of uneven sizes, the sample's middle inside one part
+    # or across two.
+    noise = os.urandom(store.CHUNK_SIZE)
+    text = (b"2026-01-01 INFO request handled path=/sync status=200\n" * 20_000)[
+        : store.CHUNK_SIZE
+    ]
+    cuts = [0, 100_000, 524_000, 530_000, store.CHUNK_SIZE]
+    as_parts = lambda b: [b[a:z] for a, z in zip(cuts, cuts[1:], strict=False)]  # noqa: E731
+    compressed, size, data = store.encode_parts(as_parts(noise))
+    assert (compressed, size) == (False, store.CHUNK_SIZE) and isinstance(data, list)
+    compressed, size, tdata = store.encode_parts(as_parts(text))
+    assert compressed and size == len(text) and isinstance(tdata, bytes)
+
+    conn = open_memory()
+    cid = store.insert_chunks(conn, None, 1, 0, [(False, size, data), (True, size, tdata)])
+    store.finish_content(conn, cid, hashlib.sha256(noise + text).digest(), 2 * size)
+    assert _read_all(conn, cid) == noise + text
+    assert store.storage_stats(conn)["stored_bytes"] < store.CHUNK_SIZE * 1.1
+
+
 def test_round_trip_across_chunks() -> None:
     conn = open_memory()
     data = os.urandom(store.CHUNK_SIZE) + b"x" * (store.CHUNK_SIZE + 123)
