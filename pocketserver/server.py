@@ -65,12 +65,50 @@ class _ResourceFilter:
 READ_SIZE = 256 * 1024
 
 
+def _take_body_bytes(self: Any, count: int) -> Any:
+    """h11's ``ReceiveBuffer.maybe_extract_at_most``, without its two copies of a body
+    piece that is the whole buffer.
+
+    h11 (0.14 to 0.16) slices the buffer once to test for emptiness and once more to
+    return the piece, then deletes it from the buffer. For an upload, each read is
+    usually all body, so the buffer itself is handed out and replaced by an empty one;
+    otherwise h11's own method runs. Same results, same state afterwards.
+    """
+    data = self._data
+    if data and count >= len(data):
+        self._data = bytearray()
+        self._next_line_search = 0
+        self._multiple_lines_search = 0
+        return data
+    return _h11_extract_at_most(self, count)
+
+
+_h11_extract_at_most: Any = None
+
+
+def patch_h11_body_reads() -> bool:
+    """Install :func:`_take_body_bytes` if h11's buffer is the one it was written for."""
+    from h11 import _receivebuffer
+
+    cls = _receivebuffer.ReceiveBuffer
+    probe = cls()
+    if getattr(cls.maybe_extract_at_most, "__name__", "") == _take_body_bytes.__name__:
+        return True
+    if not all(hasattr(probe, a) for a in ("_data", "_next_line_search", "_multiple_lines_search")):
+        return False
+    global _h11_extract_at_most
+    _h11_extract_at_most = cls.maybe_extract_at_most
+    cls.maybe_extract_at_most = _take_body_bytes  # type: ignore[method-assign]
+    return True
+
+
 def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
     import hypercorn.trio.tcp_server
     from hypercorn.config import Config as HConfig
 
     # A module constant in hypercorn, read at each receive (there is no setting for it).
     hypercorn.trio.tcp_server.MAX_RECV = READ_SIZE
+    patch_h11_body_reads()
 
     hc = HConfig()
     host = lst.address
