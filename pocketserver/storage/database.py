@@ -13,13 +13,18 @@ open switches to ``FULL`` for power-loss safety at some write cost.
 Checkpoints (copying the WAL back into the database file, with its fsyncs) run on a
 :class:`_Checkpointer` thread with its own connection, not inside the writer's commit as
 SQLite's auto-checkpoint would: a large write (media chunks) then costs one copy on the
-writer's path instead of two plus a sync. The writer still checkpoints itself, waiting
-for the thread, if the WAL ever grows past :data:`WAL_HARD_BYTES`.
+writer's path instead of two plus a sync. The thread waits for a pause in the writes
+(:data:`QUIET_S`) unless the WAL is past :data:`WAL_URGENT_BYTES`, so a burst (an
+upload) is not slowed by copying itself back while it streams in; the writer still
+checkpoints itself, waiting for the thread, if the WAL ever grows past
+:data:`WAL_HARD_BYTES`. (With ``synchronous=NORMAL`` the WAL is synced at checkpoints,
+so a power cut during a burst can lose that burst, never corrupt the file.)
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -39,10 +44,13 @@ T = TypeVar("T")
 # empty database (one page per table and index).
 PAGE_SIZE = 16 * 1024
 # WAL size (bytes) that wakes the checkpointer thread (SQLite's auto-checkpoint default
-# for 4 KiB pages), and the size past which the writer checkpoints itself so the WAL
-# stays bounded.
+# for 4 KiB pages); the thread then waits until the writer has been idle QUIET_S, or
+# the WAL is past WAL_URGENT_BYTES. Past WAL_HARD_BYTES the writer checkpoints itself
+# so the WAL stays bounded.
 WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
-WAL_HARD_BYTES = 64 * 1024 * 1024
+WAL_URGENT_BYTES = 64 * 1024 * 1024
+WAL_HARD_BYTES = 128 * 1024 * 1024
+QUIET_S = 0.05
 # After a checkpoint, a WAL file larger than this is truncated back to it.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -108,26 +116,35 @@ class _Checkpointer:
 
     Installed as the writer's WAL hook (which replaces SQLite's auto-checkpoint): after
     each commit that leaves at least :data:`WAL_CHECKPOINT_BYTES` in the WAL the thread
-    is woken for a PASSIVE checkpoint, which never blocks the writer or the readers. Past
-    :data:`WAL_HARD_BYTES` the writer waits for the thread and checkpoints itself.
+    is woken for a PASSIVE checkpoint, which never blocks the writer or the readers. It
+    runs once no commit has come for :data:`QUIET_S`, or at once past
+    :data:`WAL_URGENT_BYTES`. Past :data:`WAL_HARD_BYTES` the writer waits for the
+    thread and checkpoints itself.
     """
 
     def __init__(self, path: str, durable: bool, page_size: int) -> None:
         self.path = path
         self.durable = durable
         self.soft_pages = max(1, WAL_CHECKPOINT_BYTES // page_size)
-        self.hard_pages = max(2, WAL_HARD_BYTES // page_size)
+        self.urgent_pages = max(2, WAL_URGENT_BYTES // page_size)
+        self.hard_pages = max(3, WAL_HARD_BYTES // page_size)
         self.checkpoints = 0
+        # Set by the writer's hook: when it last committed, and the WAL's size then.
+        self._last_commit = 0.0
+        self._pages = 0
         self._wanted = threading.Event()
         self._running = threading.Lock()
         self._stop = False
         self._thread: threading.Thread | None = None
 
     def wal_hook(self, conn: Conn, name: str, pages: int) -> int:
+        self._last_commit = time.monotonic()
+        self._pages = pages
         if pages >= self.hard_pages:
             with self._running:
                 try:
                     conn.wal_checkpoint(name)
+                    self.checkpoints += 1
                 except apsw.BusyError:
                     pass
         elif pages >= self.soft_pages and not self._stop:
@@ -147,6 +164,9 @@ class _Checkpointer:
                 self._wanted.clear()
                 if self._stop:
                     return
+                self._wait_for_quiet()
+                if self._stop:
+                    return
                 with self._running:
                     try:
                         conn.wal_checkpoint()
@@ -155,6 +175,16 @@ class _Checkpointer:
                         pass
         finally:
             conn.close()
+
+    def _wait_for_quiet(self) -> None:
+        """Until the writer has been idle :data:`QUIET_S` or the WAL is urgent to copy."""
+        for _ in range(100_000):  # bounded; each round waits out the rest of a pause
+            idle = time.monotonic() - self._last_commit
+            if idle >= QUIET_S or self._pages >= self.urgent_pages or self._stop:
+                return
+            # Woken early by the next commit (the hook sets it), to look at the WAL again.
+            self._wanted.wait(QUIET_S - idle)
+            self._wanted.clear()
 
     def stop(self) -> None:
         self._stop = True

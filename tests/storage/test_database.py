@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import apsw
+import pytest
 
 from pocketserver.storage import database as dbm
 from pocketserver.storage.database import Database
@@ -40,15 +42,54 @@ def test_existing_database_keeps_its_page_size(tmp_path: Path) -> None:
         db.close()
 
 
-def test_big_writes_are_checkpointed_and_the_wal_is_bounded(tmp_path: Path) -> None:
-    path = tmp_path / "big.db"
+def _poll(pred, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def _wal_size(path: Path) -> int:
+    wal = Path(str(path) + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_a_burst_is_checkpointed_once_the_writes_pause(tmp_path: Path) -> None:
+    path = tmp_path / "burst.db"
     db = Database(path)
     blob = os.urandom(1 << 20)
     try:
         db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
-        for _ in range(80):  # 80 MB, past the hard limit
+        for _ in range(8):  # 8 MB: past the size that wakes the checkpointer
             db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
-        assert os.path.getsize(str(path) + "-wal") <= dbm.WAL_HARD_BYTES + 4 * (1 << 20)
+        assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
+        # The next write starts the WAL over from its beginning: it stops growing.
+        size = _wal_size(path)
+        db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (b"small",)))
+        assert _wal_size(path) <= size
     finally:
         db.close()
-    assert not os.path.exists(str(path) + "-wal") or os.path.getsize(str(path) + "-wal") == 0
+
+
+def test_an_urgent_wal_is_checkpointed_without_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writes never pause for an hour, yet the WAL past the urgent size is copied back;
+    # past the hard size the writer does it itself, so the WAL stays bounded.
+    monkeypatch.setattr(dbm, "QUIET_S", 3600.0)
+    monkeypatch.setattr(dbm, "WAL_URGENT_BYTES", 6 << 20)
+    monkeypatch.setattr(dbm, "WAL_HARD_BYTES", 12 << 20)
+    path = tmp_path / "urgent.db"
+    db = Database(path)
+    blob = os.urandom(1 << 20)
+    try:
+        db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
+        for _ in range(40):
+            db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
+            assert _wal_size(path) <= (12 << 20) + (2 << 20)
+        assert db.statistics()["checkpoints"] >= 1
+    finally:
+        db.close()
+    assert _wal_size(path) == 0
