@@ -253,12 +253,25 @@ def throughput(
     }
 
 
+def settle(server: ServerProcess, limit_s: float = 10.0) -> None:
+    """Wait (bounded) until the server's process tree stops using CPU."""
+    deadline = time.monotonic() + limit_s
+    last = server.cpu_s()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = server.cpu_s()
+        if now - last < 0.015:  # at most one clock tick in 0.2 s
+            return
+        last = now
+
+
 def throughput_rounds(
     servers: dict[str, ServerProcess], rounds: int
 ) -> dict[str, dict[str, float]]:
     """Median figures over ``rounds`` rounds; within a round every server runs the same
     transfers one after the other, in alternating order, so that a slow spell of this
-    machine (a shared VM) falls on both servers alike instead of on whichever ran then."""
+    machine (a shared VM) falls on both servers alike instead of on whichever ran then.
+    Between turns each server is left to finish what it deferred (:func:`settle`)."""
     clients = {}
     for name, server in servers.items():
         http = httpx.Client(base_url=server.base_url, timeout=600)
@@ -274,6 +287,9 @@ def throughput_rounds(
                 for size, count, tag in ((MB, 10, "1"), (50 * MB, 2, "50")):
                     for k, v in throughput(server, http, token, size, count).items():
                         samples[name].setdefault(f"{k}_{tag}", []).append(v)
+                # Work a server left for later (checkpoints, writeback) must not fall
+                # on the other server's turn.
+                settle(server)
     finally:
         for _, http, _ in clients.values():
             http.close()

@@ -65,41 +65,76 @@ class _ResourceFilter:
 READ_SIZE = 256 * 1024
 
 
-def _take_body_bytes(self: Any, count: int) -> Any:
-    """h11's ``ReceiveBuffer.maybe_extract_at_most``, without its two copies of a body
-    piece that is the whole buffer.
+# -- h11 receive buffer: fewer copies of a request body ------------------------------
+#
+# h11 (0.14 to 0.16) copies every byte of a body four times before hypercorn hands it
+# to the application: into its bytearray buffer, twice more slicing it out (once only
+# to test for emptiness), and hypercorn's ``bytes()`` of the result. During an upload a
+# socket read is usually all body, so these three methods keep the ``bytes`` a read
+# returned as the buffer until something must cut it, and hand the whole buffer out as
+# the body piece. Every result and every state afterwards is h11's own (tests compare
+# them operation by operation); anything that cuts a partial buffer runs h11's code.
 
-    h11 (0.14 to 0.16) slices the buffer once to test for emptiness and once more to
-    return the piece, then deletes it from the buffer. For an upload, each read is
-    usually all body, so the buffer itself is handed out and replaced by an empty one;
-    otherwise h11's own method runs. Same results, same state afterwards.
-    """
+_H11_ORIGINALS: dict[str, Any] = {}
+
+
+def _buffer_iadd(self: Any, byteslike: Any) -> Any:
+    if not self._data and type(byteslike) is bytes:
+        self._data = byteslike  # held as is until something must cut it
+        return self
+    if type(self._data) is not bytearray:
+        self._data = bytearray(self._data)
+    self._data += byteslike
+    return self
+
+
+def _buffer_extract(self: Any, count: int) -> Any:
+    if type(self._data) is not bytearray:
+        self._data = bytearray(self._data)
+    return _H11_ORIGINALS["_extract"](self, count)
+
+
+def _buffer_extract_at_most(self: Any, count: int) -> Any:
     data = self._data
     if data and count >= len(data):
         self._data = bytearray()
         self._next_line_search = 0
         self._multiple_lines_search = 0
         return data
-    return _h11_extract_at_most(self, count)
+    return _H11_ORIGINALS["maybe_extract_at_most"](self, count)
 
 
-_h11_extract_at_most: Any = None
+_H11_PATCHES = {
+    "__iadd__": _buffer_iadd,
+    "_extract": _buffer_extract,
+    "maybe_extract_at_most": _buffer_extract_at_most,
+}
 
 
 def patch_h11_body_reads() -> bool:
-    """Install :func:`_take_body_bytes` if h11's buffer is the one it was written for."""
+    """Install the three methods above, if h11's buffer is the one they were written for."""
     from h11 import _receivebuffer
 
     cls = _receivebuffer.ReceiveBuffer
-    probe = cls()
-    if getattr(cls.maybe_extract_at_most, "__name__", "") == _take_body_bytes.__name__:
+    if _H11_ORIGINALS:
         return True
-    if not all(hasattr(probe, a) for a in ("_data", "_next_line_search", "_multiple_lines_search")):
+    probe = cls()
+    fields = ("_data", "_next_line_search", "_multiple_lines_search")
+    if not all(hasattr(probe, f) for f in fields) or not all(hasattr(cls, m) for m in _H11_PATCHES):
         return False
-    global _h11_extract_at_most
-    _h11_extract_at_most = cls.maybe_extract_at_most
-    cls.maybe_extract_at_most = _take_body_bytes  # type: ignore[method-assign]
+    for name, fn in _H11_PATCHES.items():
+        _H11_ORIGINALS[name] = getattr(cls, name)
+        setattr(cls, name, fn)
     return True
+
+
+def unpatch_h11_body_reads() -> None:
+    """For tests: h11's own methods back."""
+    from h11 import _receivebuffer
+
+    for name, fn in _H11_ORIGINALS.items():
+        setattr(_receivebuffer.ReceiveBuffer, name, fn)
+    _H11_ORIGINALS.clear()
 
 
 def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
