@@ -145,8 +145,9 @@ class MediaService:
 
         Full batches of :data:`BATCH_CHUNKS` chunks go to a writer task (hashed and
         encoded in a worker thread, then one transaction each) while the next batch is
-        received; what is left at the end is hashed and encoded here and written by the
-        completing transaction (:meth:`_complete`), so a small upload costs one write.
+        received; what is left at the end is hashed, encoded and written by the
+        completing transaction (:meth:`_complete`), so a small upload costs one write
+        and one thread hop.
         Provisional content is dropped if anything goes wrong, including cancellation
         (a client that went away).
         """
@@ -179,10 +180,9 @@ class MediaService:
                         nursery.cancel_scope.cancel()
             if error is not None:
                 raise error
-            if batch:
-                up.tail = await trio.to_thread.run_sync(_hash_and_encode, hasher, batch)
-                del batch
-            up.sha256 = hasher.digest()
+            up.tail_raw = batch
+            up.hasher = hasher
+            del batch
         except BaseException:
             await self._abandon(up)
             raise
@@ -241,9 +241,13 @@ class MediaService:
                 raise
 
     def _store_content(self, conn: Any, up: _Ingested) -> int:
-        """In the completing transaction: the upload's content ID, its last chunks stored."""
+        """In the completing transaction: the upload's last chunks hashed, encoded and
+        stored; its content ID."""
+        tail = _hash_and_encode(up.hasher, up.tail_raw)
+        up.tail_raw = []
         return store.complete_content(
-            conn, up.content_id, self.clock.time_ms(), up.tail_seq, up.tail, up.sha256, up.size
+            conn, up.content_id, self.clock.time_ms(), up.tail_seq, tail, up.hasher.digest(),
+            up.size,
         )
 
     def _complete_new(
@@ -521,13 +525,13 @@ class MediaService:
 @dataclass(slots=True)
 class _Ingested:
     """An upload as it is stored: provisional content (``content_id``, None until the first
-    batch is written) holding chunks up to ``tail_seq``, and the encoded ``tail`` that the
-    completing transaction stores; the body's SHA-256 and size."""
+    batch is written) holding chunks up to ``tail_seq``; the last chunks, ``tail_raw``,
+    which the completing transaction hashes into ``hasher`` and stores; the size."""
 
     content_id: int | None = None
     tail_seq: int = 0
-    tail: list[tuple[bool, int, Any]] = field(default_factory=list)
-    sha256: bytes = b""
+    tail_raw: list[list[bytes]] = field(default_factory=list)
+    hasher: Any = None
     size: int = 0
 
 
