@@ -137,6 +137,63 @@ def unpatch_h11_body_reads() -> None:
     _H11_ORIGINALS.clear()
 
 
+# -- hypercorn: a response's head and its body in one write ----------------------------
+#
+# hypercorn writes an HTTP/1.1 response head as soon as the application starts the
+# response, and its body in a second write. On a small answer (almost every Matrix
+# call) that is one system call, and one loopback segment with its wake-up of the
+# client, too many: the head is held until the first piece of the body (or the end of
+# the response) and goes out with it. A large body piece is written after the head, not
+# copied onto it.
+
+_COALESCE_MAX = 64 * 1024
+_hypercorn_send_event: Any = None
+
+
+async def _send_h11_event_coalesced(self: Any, event: Any) -> None:
+    import h11
+    from hypercorn.events import RawData
+
+    head = self.__dict__.pop("_pocket_head", None)
+    if type(event) is h11.Response and head is None:
+        try:
+            self._pocket_head = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+        return
+    if head is None:
+        await _hypercorn_send_event(self, event)
+        return
+    try:
+        data = self.connection.send(event)
+    except h11.LocalProtocolError:
+        if self.connection.their_state != h11.ERROR:
+            raise
+        data = b""
+    if len(data) > _COALESCE_MAX:
+        await self.send(RawData(data=head))
+        await self.send(RawData(data=data))
+    else:
+        await self.send(RawData(data=head + data))
+
+
+def patch_hypercorn_response_writes() -> bool:
+    """Install :func:`_send_h11_event_coalesced` if hypercorn's H11Protocol has the method
+    it replaces."""
+    global _hypercorn_send_event
+    from hypercorn.protocol.h11 import H11Protocol
+
+    if _hypercorn_send_event is not None:
+        return True
+    original = getattr(H11Protocol, "_send_h11_event", None)
+    if original is None or not hasattr(H11Protocol, "stream_send"):
+        return False
+    _hypercorn_send_event = original
+    H11Protocol._send_h11_event = _send_h11_event_coalesced  # type: ignore[method-assign]
+    return True
+
+
 def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
     import hypercorn.trio.tcp_server
     from hypercorn.config import Config as HConfig
@@ -144,6 +201,7 @@ def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
     # A module constant in hypercorn, read at each receive (there is no setting for it).
     hypercorn.trio.tcp_server.MAX_RECV = READ_SIZE
     patch_h11_body_reads()
+    patch_hypercorn_response_writes()
 
     hc = HConfig()
     host = lst.address

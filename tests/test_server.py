@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import h11
+import httpx
 import pytest
 from h11 import _receivebuffer
 
 from pocketserver import server
+from tests.interop.conftest import start_pocketserver
 
 Buffer = _receivebuffer.ReceiveBuffer
 
@@ -103,3 +110,69 @@ def test_a_read_that_is_all_body_is_handed_on_without_a_copy(unpatched: None) ->
     buf += piece
     assert buf.maybe_extract_at_most(1 << 20) is piece
     assert bytes(buf) == b"" and buf.maybe_extract_at_most(10) is None
+
+
+# -- a real server: response heads coalesced with their bodies -------------------------
+
+
+def _exchange(sock: Any, conn: h11.Connection, request: h11.Request, body: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+    sock.sendall(conn.send(request))
+    if body:
+        sock.sendall(conn.send(h11.Data(data=body)))
+    sock.sendall(conn.send(h11.EndOfMessage()))
+    status, headers, data = 0, {}, b""
+    for _ in range(100_000):
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            conn.receive_data(sock.recv(65536))
+            continue
+        if isinstance(ev, h11.Response):
+            status, headers = ev.status_code, dict(ev.headers)
+        elif isinstance(ev, h11.Data):
+            data += bytes(ev.data)
+        elif isinstance(ev, h11.EndOfMessage):
+            conn.start_next_cycle()
+            return status, headers, data
+    raise AssertionError("no complete response")
+
+
+def test_keep_alive_responses_of_every_shape_arrive_whole(tmp_path: Path) -> None:
+    """JSON answers, errors, an empty body, HEAD, a large streamed download and an
+    upload, one after the other on one connection."""
+    with start_pocketserver(tmp_path, server_name="test.local") as sp:
+        host, port = sp.base_url.split("//")[1].split(":")
+        r = httpx.post(
+            f"{sp.base_url}/_matrix/client/v3/register",
+            json={"username": "alice", "password": "pw-alice-1", "auth": {"type": "m.login.dummy"}},
+        )
+        token = r.json()["access_token"]
+        auth = [("Host", "x"), ("Authorization", f"Bearer {token}")]
+        blob = os.urandom(3 * 1024 * 1024 + 5)
+        with socket.create_connection((host, int(port))) as sock:
+            conn = h11.Connection(h11.CLIENT)
+            get = lambda path, method="GET": h11.Request(method=method, target=path, headers=auth)  # noqa: E731
+            status, _, data = _exchange(sock, conn, get("/_matrix/client/versions"))
+            assert status == 200 and b"v1." in data
+            status, _, data = _exchange(sock, conn, get("/_matrix/client/v3/nowhere"))
+            assert status == 404 and b"M_UNRECOGNIZED" in data
+            up = h11.Request(
+                method="POST",
+                target="/_matrix/media/v3/upload?filename=b.bin",
+                headers=[*auth, ("Content-Type", "application/octet-stream"), ("Content-Length", str(len(blob)))],
+            )
+            status, _, data = _exchange(sock, conn, up, blob)
+            assert status == 200
+            mxc = json.loads(data)["content_uri"]
+            path = "/_matrix/client/v1/media/download/" + mxc[len("mxc://") :]
+            status, headers, data = _exchange(sock, conn, get(path))
+            assert status == 200 and data == blob
+            assert int(headers[b"content-length"]) == len(blob)
+            status, headers, data = _exchange(sock, conn, get(path, "HEAD"))
+            assert status == 200 and data == b""
+            room = h11.Request(
+                method="PUT",
+                target="/_matrix/client/v3/user/%40alice%3Atest.local/account_data/x.empty",
+                headers=[*auth, ("Content-Type", "application/json"), ("Content-Length", "2")],
+            )
+            status, _, data = _exchange(sock, conn, room, b"{}")
+            assert status == 200 and json.loads(data) == {}

@@ -226,9 +226,10 @@ class MediaService:
         self.check_declared_length(content_length)
         await self._check_quota(user_id, content_length or 0)
         ctype = normalise_content_type(content_type)
-        up = await self._ingest(body)
         media_id = new_media_id()
-        await self._complete(up, self._complete_new, user_id, media_id, ctype, filename, up)
+        with self.db.bulk():
+            up = await self._ingest(body)
+            await self._complete(up, self._complete_new, user_id, media_id, ctype, filename, up)
         return f"mxc://{self.server_name}/{media_id}"
 
     async def _complete(self, up: _Ingested, fn: Any, *args: Any) -> None:
@@ -303,9 +304,8 @@ class MediaService:
         self.check_declared_length(content_length)
         await self._check_quota(user_id, content_length or 0)
         ctype = normalise_content_type(content_type)
-        up = await self._ingest(body)
 
-        def txn(conn: Any) -> None:
+        def txn(conn: Any, up: _Ingested) -> None:
             # Checked again: another PUT may have won while this body streamed in.
             current = store.get_media(conn, server_name, media_id)
             if current is None or (current.unused_expires_ts or 0) <= self.clock.time_ms():
@@ -317,7 +317,9 @@ class MediaService:
             store.fill_pending_media(conn, server_name, media_id, ctype, filename, up.size, cid)
 
         del info
-        await self._complete(up, txn)
+        with self.db.bulk():
+            up = await self._ingest(body)
+            await self._complete(up, txn, up)
         event = self._uploaded.pop((server_name, media_id), None)
         if event is not None:
             event.set()

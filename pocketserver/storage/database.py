@@ -13,19 +13,20 @@ open switches to ``FULL`` for power-loss safety at some write cost.
 Checkpoints (copying the WAL back into the database file, with its fsyncs) run on a
 :class:`_Checkpointer` thread with its own connection, not inside the writer's commit as
 SQLite's auto-checkpoint would: a large write (media chunks) then costs one copy on the
-writer's path instead of two plus a sync. The thread waits for a pause in the writes
-(:data:`QUIET_S`) unless the WAL is past :data:`WAL_URGENT_BYTES`, so a burst (an
-upload) is not slowed by copying itself back while it streams in; the writer still
-checkpoints itself, waiting for the thread, if the WAL ever grows past
-:data:`WAL_HARD_BYTES`. (With ``synchronous=NORMAL`` the WAL is synced at checkpoints,
-so a power cut during a burst can lose that burst, never corrupt the file.)
+writer's path instead of two plus a sync. While a bulk write streams in
+(:meth:`Database.bulk`: an upload) the thread waits, unless the WAL is past
+:data:`WAL_URGENT_BYTES`, so the upload is not slowed by copying itself back as it
+arrives; it catches up as soon as the upload ends. The writer still checkpoints itself,
+waiting for the thread, if the WAL ever grows past :data:`WAL_HARD_BYTES`. (With
+``synchronous=NORMAL`` the WAL is synced at checkpoints, so a power cut during an
+upload can lose what was committed since the last one, never corrupt the file.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
@@ -44,13 +45,12 @@ T = TypeVar("T")
 # empty database (one page per table and index).
 PAGE_SIZE = 16 * 1024
 # WAL size (bytes) that wakes the checkpointer thread (SQLite's auto-checkpoint default
-# for 4 KiB pages); the thread then waits until the writer has been idle QUIET_S, or
-# the WAL is past WAL_URGENT_BYTES. Past WAL_HARD_BYTES the writer checkpoints itself
-# so the WAL stays bounded.
+# for 4 KiB pages); during a bulk write the thread waits until it ends or the WAL is
+# past WAL_URGENT_BYTES. Past WAL_HARD_BYTES the writer checkpoints itself so the WAL
+# stays bounded.
 WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
 WAL_URGENT_BYTES = 64 * 1024 * 1024
 WAL_HARD_BYTES = 128 * 1024 * 1024
-QUIET_S = 0.05
 # After a checkpoint, a WAL file larger than this is truncated back to it.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -117,7 +117,7 @@ class _Checkpointer:
     Installed as the writer's WAL hook (which replaces SQLite's auto-checkpoint): after
     each commit that leaves at least :data:`WAL_CHECKPOINT_BYTES` in the WAL the thread
     is woken for a PASSIVE checkpoint, which never blocks the writer or the readers. It
-    runs once no commit has come for :data:`QUIET_S`, or at once past
+    waits while a bulk write is in progress (``bulk`` > 0) unless the WAL is past
     :data:`WAL_URGENT_BYTES`. Past :data:`WAL_HARD_BYTES` the writer waits for the
     thread and checkpoints itself.
     """
@@ -129,8 +129,8 @@ class _Checkpointer:
         self.urgent_pages = max(2, WAL_URGENT_BYTES // page_size)
         self.hard_pages = max(3, WAL_HARD_BYTES // page_size)
         self.checkpoints = 0
-        # Set by the writer's hook: when it last committed, and the WAL's size then.
-        self._last_commit = 0.0
+        # Bulk writes in progress (Database.bulk), and the WAL's size at the last commit.
+        self.bulk = 0
         self._pages = 0
         self._wanted = threading.Event()
         self._running = threading.Lock()
@@ -138,7 +138,6 @@ class _Checkpointer:
         self._thread: threading.Thread | None = None
 
     def wal_hook(self, conn: Conn, name: str, pages: int) -> int:
-        self._last_commit = time.monotonic()
         self._pages = pages
         if pages >= self.hard_pages:
             with self._running:
@@ -177,14 +176,17 @@ class _Checkpointer:
             conn.close()
 
     def _wait_for_quiet(self) -> None:
-        """Until the writer has been idle :data:`QUIET_S` or the WAL is urgent to copy."""
-        for _ in range(100_000):  # bounded; each round waits out the rest of a pause
-            idle = time.monotonic() - self._last_commit
-            if idle >= QUIET_S or self._pages >= self.urgent_pages or self._stop:
+        """Until no bulk write is in progress or the WAL is urgent to copy."""
+        for _ in range(100_000):  # bounded: a commit or a bulk's end wakes each round
+            if self.bulk <= 0 or self._pages >= self.urgent_pages or self._stop:
                 return
-            # Woken early by the next commit (the hook sets it), to look at the WAL again.
-            self._wanted.wait(QUIET_S - idle)
+            self._wanted.wait(1.0)
             self._wanted.clear()
+
+    def end_bulk(self) -> None:
+        self.bulk -= 1
+        if self._pages >= self.soft_pages:
+            self._wanted.set()
 
     def stop(self) -> None:
         self._stop = True
@@ -229,6 +231,21 @@ class Database:
         self.reads = 0
 
     # -- the seam --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Around a large write made of many transactions (an upload streaming in):
+        checkpoints wait until it ends, unless the WAL grows past
+        :data:`WAL_URGENT_BYTES`."""
+        ckpt = self._checkpointer
+        if ckpt is None:
+            yield
+            return
+        ckpt.bulk += 1
+        try:
+            yield
+        finally:
+            ckpt.end_bulk()
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one write transaction off the event loop.

@@ -56,7 +56,7 @@ def _wal_size(path: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
-def test_a_burst_is_checkpointed_once_the_writes_pause(tmp_path: Path) -> None:
+def test_writes_past_the_soft_size_are_checkpointed(tmp_path: Path) -> None:
     path = tmp_path / "burst.db"
     db = Database(path)
     blob = os.urandom(1 << 20)
@@ -64,6 +64,22 @@ def test_a_burst_is_checkpointed_once_the_writes_pause(tmp_path: Path) -> None:
         db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
         for _ in range(8):  # 8 MB: past the size that wakes the checkpointer
             db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
+        assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
+    finally:
+        db.close()
+
+
+def test_a_bulk_write_defers_checkpoints_until_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "bulk.db"
+    db = Database(path)
+    blob = os.urandom(1 << 20)
+    try:
+        db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
+        with db.bulk():
+            for _ in range(12):
+                db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
+            time.sleep(0.3)
+            assert db.statistics()["checkpoints"] == 0
         assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
         # The next write starts the WAL over from its beginning: it stops growing.
         size = _wal_size(path)
@@ -73,12 +89,11 @@ def test_a_burst_is_checkpointed_once_the_writes_pause(tmp_path: Path) -> None:
         db.close()
 
 
-def test_an_urgent_wal_is_checkpointed_without_a_pause(
+def test_an_urgent_wal_is_checkpointed_during_a_bulk_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Writes never pause for an hour, yet the WAL past the urgent size is copied back;
-    # past the hard size the writer does it itself, so the WAL stays bounded.
-    monkeypatch.setattr(dbm, "QUIET_S", 3600.0)
+    # The bulk write never ends, yet the WAL past the urgent size is copied back; past
+    # the hard size the writer does it itself, so the WAL stays bounded.
     monkeypatch.setattr(dbm, "WAL_URGENT_BYTES", 6 << 20)
     monkeypatch.setattr(dbm, "WAL_HARD_BYTES", 12 << 20)
     path = tmp_path / "urgent.db"
@@ -86,10 +101,11 @@ def test_an_urgent_wal_is_checkpointed_without_a_pause(
     blob = os.urandom(1 << 20)
     try:
         db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
-        for _ in range(40):
-            db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
-            assert _wal_size(path) <= (12 << 20) + (2 << 20)
-        assert db.statistics()["checkpoints"] >= 1
+        with db.bulk():
+            for _ in range(40):
+                db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
+                assert _wal_size(path) <= (12 << 20) + (2 << 20)
+            assert db.statistics()["checkpoints"] >= 1
     finally:
         db.close()
     assert _wal_size(path) == 0
