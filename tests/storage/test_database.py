@@ -62,7 +62,7 @@ def test_writes_past_the_soft_size_are_checkpointed(tmp_path: Path) -> None:
     blob = os.urandom(1 << 20)
     try:
         db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
-        for _ in range(8):  # 8 MB: past the size that wakes the checkpointer
+        for _ in range(dbm.WAL_CHECKPOINT_BYTES // (1 << 20) + 4):  # past the size that wakes it
             db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
         assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
     finally:
@@ -76,7 +76,7 @@ def test_a_bulk_write_defers_checkpoints_until_it_ends(tmp_path: Path) -> None:
     try:
         db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
         with db.bulk():
-            for _ in range(12):
+            for _ in range(dbm.WAL_CHECKPOINT_BYTES // (1 << 20) + 4):
                 db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
             time.sleep(0.3)
             assert db.statistics()["checkpoints"] == 0
@@ -94,6 +94,7 @@ def test_an_urgent_wal_is_checkpointed_during_a_bulk_write(
 ) -> None:
     # The bulk write never ends, yet the WAL past the urgent size is copied back; past
     # the hard size the writer does it itself, so the WAL stays bounded.
+    monkeypatch.setattr(dbm, "WAL_CHECKPOINT_BYTES", 2 << 20)
     monkeypatch.setattr(dbm, "WAL_URGENT_BYTES", 6 << 20)
     monkeypatch.setattr(dbm, "WAL_HARD_BYTES", 12 << 20)
     path = tmp_path / "urgent.db"
