@@ -5,8 +5,8 @@ authed-content-repo OpenAPI files.
 
 Memory is bounded whatever the file size: an upload is read from the request stream,
 cut into :data:`~pocketserver.storage.media.CHUNK_SIZE` chunks, and written in batches
-of :data:`BATCH_CHUNKS` (joined, hashed and compressed in a worker thread, then one
-transaction per batch) while the next batch is received; the last chunks are written by
+of :data:`BATCH_CHUNKS` (encoded in a worker thread, then one transaction per batch)
+while the next batch is received, each piece hashed as it arrives; the last chunks are written by
 the transaction that completes the upload, so a small upload is one write. A download
 reads a couple of chunks per ``db.read``. An upload becomes visible only in the
 transaction that names its content by SHA-256 (deduplicating it) and inserts the media
@@ -143,11 +143,12 @@ class MediaService:
     async def _ingest(self, body: AsyncIterator[bytes]) -> _Ingested:
         """Read a body into chunks, storing all but the last few as provisional content.
 
-        Full batches of :data:`BATCH_CHUNKS` chunks go to a writer task (hashed and
-        encoded in a worker thread, then one transaction each) while the next batch is
-        received; what is left at the end is hashed, encoded and written by the
-        completing transaction (:meth:`_complete`), so a small upload costs one write
-        and one thread hop.
+        Each piece is hashed as it arrives (SHA-256 lets other threads run meanwhile),
+        so no hashing is left once the body ends. Full batches of :data:`BATCH_CHUNKS`
+        chunks go to a writer task (encoded in a worker thread, then one transaction
+        each) while the next batch is received; what is left at the end is encoded and
+        written by the completing transaction (:meth:`_complete`), so a small upload
+        costs one write and one thread hop.
         Provisional content is dropped if anything goes wrong, including cancellation
         (a client that went away).
         """
@@ -158,7 +159,7 @@ class MediaService:
         try:
             send, recv = trio.open_memory_channel[list[list[bytes]]](0)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_batches, up, hasher, recv)
+                nursery.start_soon(self._write_batches, up, recv)
                 async with send:
                     chunker = _Chunker(store.CHUNK_SIZE)
                     batch: list[list[bytes]] = []
@@ -167,6 +168,7 @@ class MediaService:
                             up.size += len(piece)
                             if up.size > limit:
                                 raise TooLarge(f"File is larger than the {limit} byte limit")
+                            hasher.update(piece)
                             for chunk in chunker.feed(piece):
                                 batch.append(chunk)
                                 if len(batch) >= BATCH_CHUNKS:
@@ -196,12 +198,11 @@ class MediaService:
     async def _write_batches(
         self,
         up: _Ingested,
-        hasher: Any,
         recv: trio.MemoryReceiveChannel[list[list[bytes]]],
     ) -> None:
         async with recv:
             async for batch in recv:
-                encoded = await trio.to_thread.run_sync(_hash_and_encode, hasher, batch)
+                encoded = await trio.to_thread.run_sync(_encode, batch)
                 del batch
                 up.content_id = await self.db.write(
                     store.insert_chunks, up.content_id, self.clock.time_ms(), up.tail_seq, encoded
@@ -242,9 +243,9 @@ class MediaService:
                 raise
 
     def _store_content(self, conn: Any, up: _Ingested) -> int:
-        """In the completing transaction: the upload's last chunks hashed, encoded and
-        stored; its content ID."""
-        tail = _hash_and_encode(up.hasher, up.tail_raw)
+        """In the completing transaction: the upload's last chunks encoded and stored,
+        its content named by its hash; its content ID."""
+        tail = _encode(up.tail_raw)
         up.tail_raw = []
         return store.complete_content(
             conn, up.content_id, self.clock.time_ms(), up.tail_seq, tail, up.hasher.digest(),
@@ -528,7 +529,7 @@ class MediaService:
 class _Ingested:
     """An upload as it is stored: provisional content (``content_id``, None until the first
     batch is written) holding chunks up to ``tail_seq``; the last chunks, ``tail_raw``,
-    which the completing transaction hashes into ``hasher`` and stores; the size."""
+    which the completing transaction stores; the body's ``hasher`` and size."""
 
     content_id: int | None = None
     tail_seq: int = 0
@@ -583,15 +584,9 @@ class _Chunker:
         return last
 
 
-def _hash_and_encode(hasher: Any, chunks: list[list[bytes]]) -> list[tuple[bool, int, Any]]:
-    """In a worker thread: hash each chunk's parts in order and encode the chunk
-    (:func:`~pocketserver.storage.media.encode_parts`)."""
-    out = []
-    for parts in chunks:
-        for part in parts:
-            hasher.update(part)
-        out.append(store.encode_parts(parts))
-    return out
+def _encode(chunks: list[list[bytes]]) -> list[tuple[bool, int, Any]]:
+    """Each chunk (its parts) encoded for storage (:func:`~pocketserver.storage.media.encode_parts`)."""
+    return [store.encode_parts(parts) for parts in chunks]
 
 
 def delete_media_sync(

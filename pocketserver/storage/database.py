@@ -13,10 +13,12 @@ open switches to ``FULL`` for power-loss safety at some write cost.
 Checkpoints (copying the WAL back into the database file, with its fsyncs) run on a
 :class:`_Checkpointer` thread with its own connection, not inside the writer's commit as
 SQLite's auto-checkpoint would: a large write (media chunks) then costs one copy on the
-writer's path instead of two plus a sync. While a bulk write streams in
-(:meth:`Database.bulk`: an upload) the thread waits, unless the WAL is past
-:data:`WAL_URGENT_BYTES`, so the upload is not slowed by copying itself back as it
-arrives; it catches up as soon as the upload ends. The writer still checkpoints itself,
+writer's path instead of two plus a sync. The thread waits while a bulk write streams
+in (:meth:`Database.bulk`: an upload) and then until the database has been idle for
+:data:`QUIET_S` (no transaction began or ended), unless the WAL is past
+:data:`WAL_URGENT_BYTES` (more than a maximum-size upload): neither an upload nor the
+requests right after it compete with the copy, which a personal server's idle moments
+absorb. The writer still checkpoints itself,
 waiting for the thread, if the WAL ever grows past :data:`WAL_HARD_BYTES`. (With
 ``synchronous=NORMAL`` the WAL is synced at checkpoints, so a power cut during an
 upload can lose what was committed since the last one, never corrupt the file.)
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -45,12 +48,14 @@ T = TypeVar("T")
 # empty database (one page per table and index).
 PAGE_SIZE = 16 * 1024
 # WAL size (bytes) that wakes the checkpointer thread (SQLite's auto-checkpoint default,
-# 1000 pages, at 16 KiB pages: fewer checkpoints, each with its two fsyncs); during a bulk write the thread waits until it ends or the WAL is
+# 1000 pages, at 16 KiB pages: fewer checkpoints, each with its two fsyncs); the thread
+# then waits for the end of any bulk write and QUIET_S of idleness, unless the WAL is
 # past WAL_URGENT_BYTES. Past WAL_HARD_BYTES the writer checkpoints itself so the WAL
 # stays bounded.
 WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
-WAL_URGENT_BYTES = 64 * 1024 * 1024
-WAL_HARD_BYTES = 128 * 1024 * 1024
+WAL_URGENT_BYTES = 128 * 1024 * 1024
+WAL_HARD_BYTES = 256 * 1024 * 1024
+QUIET_S = 0.05
 # After a checkpoint, a WAL file larger than this is truncated back to it.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -117,7 +122,8 @@ class _Checkpointer:
     Installed as the writer's WAL hook (which replaces SQLite's auto-checkpoint): after
     each commit that leaves at least :data:`WAL_CHECKPOINT_BYTES` in the WAL the thread
     is woken for a PASSIVE checkpoint, which never blocks the writer or the readers. It
-    waits while a bulk write is in progress (``bulk`` > 0) unless the WAL is past
+    waits while a bulk write is in progress (``bulk`` > 0) and then for :data:`QUIET_S`
+    without any transaction (``last_activity``), unless the WAL is past
     :data:`WAL_URGENT_BYTES`. Past :data:`WAL_HARD_BYTES` the writer waits for the
     thread and checkpoints itself.
     """
@@ -129,8 +135,10 @@ class _Checkpointer:
         self.urgent_pages = max(2, WAL_URGENT_BYTES // page_size)
         self.hard_pages = max(3, WAL_HARD_BYTES // page_size)
         self.checkpoints = 0
-        # Bulk writes in progress (Database.bulk), and the WAL's size at the last commit.
+        # Bulk writes in progress (Database.bulk), when a transaction last began or
+        # ended, and the WAL's size at the last commit.
         self.bulk = 0
+        self.last_activity = 0.0
         self._pages = 0
         self._wanted = threading.Event()
         self._running = threading.Lock()
@@ -176,11 +184,15 @@ class _Checkpointer:
             conn.close()
 
     def _wait_for_quiet(self) -> None:
-        """Until no bulk write is in progress or the WAL is urgent to copy."""
+        """Until no bulk write is in progress and the database is idle, or the WAL is
+        urgent to copy."""
         for _ in range(100_000):  # bounded: a commit or a bulk's end wakes each round
-            if self.bulk <= 0 or self._pages >= self.urgent_pages or self._stop:
+            if self._pages >= self.urgent_pages or self._stop:
                 return
-            self._wanted.wait(1.0)
+            idle = time.monotonic() - self.last_activity
+            if self.bulk <= 0 and idle >= QUIET_S:
+                return
+            self._wanted.wait(1.0 if self.bulk > 0 else QUIET_S - idle)
             self._wanted.clear()
 
     def end_bulk(self) -> None:
@@ -259,9 +271,15 @@ class Database:
 
     def _run_write(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn: Conn = self._writer
-        with conn:
-            result = fn(conn, *args)
-        return result
+        ckpt = self._checkpointer
+        if ckpt is not None:
+            ckpt.last_activity = time.monotonic()
+        try:
+            with conn:
+                return fn(conn, *args)
+        finally:
+            if ckpt is not None:
+                ckpt.last_activity = time.monotonic()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one read transaction on a reader connection."""
@@ -280,11 +298,16 @@ class Database:
                         slot.lock.release()
             raise RuntimeError("no free reader connection")  # unreachable: semaphore
 
-    @staticmethod
-    def _run_read(conn: Conn, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        with conn:
-            result = fn(conn, *args)
-        return result
+    def _run_read(self, conn: Conn, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        ckpt = self._checkpointer
+        if ckpt is not None:
+            ckpt.last_activity = time.monotonic()
+        try:
+            with conn:
+                return fn(conn, *args)
+        finally:
+            if ckpt is not None:
+                ckpt.last_activity = time.monotonic()
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """For start-up and the CLI, before the event loop runs."""
