@@ -115,8 +115,9 @@ def _reexec_without_docstrings(argv: list[str]) -> None:
 def _serve(cfg: Config) -> int:
     import trio
 
-    from pocketserver.server import run_server
+    from pocketserver.server import run_server, tune_interpreter
 
+    tune_interpreter()
     try:
         trio.run(run_server, cfg)
     except OSError as e:

@@ -176,3 +176,14 @@ def test_keep_alive_responses_of_every_shape_arrive_whole(tmp_path: Path) -> Non
             )
             status, _, data = _exchange(sock, conn, room, b"{}")
             assert status == 200 and json.loads(data) == {}
+
+
+def test_tune_interpreter_shortens_the_gil_switch_interval() -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    try:
+        server.tune_interpreter()
+        assert sys.getswitchinterval() == pytest.approx(server.GIL_SWITCH_INTERVAL_S)
+    finally:
+        sys.setswitchinterval(before)
