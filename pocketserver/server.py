@@ -147,41 +147,45 @@ def unpatch_h11_body_reads() -> None:
 # copied onto it.
 
 _COALESCE_MAX = 64 * 1024
+# Set by patch_hypercorn_response_writes: hypercorn's method, h11, hypercorn's RawData.
 _hypercorn_send_event: Any = None
+_h11: Any = None
+_RawData: Any = None
+
+
+def _h11_bytes(self: Any, event: Any) -> bytes | None:
+    """hypercorn's handling of an event h11 refuses once the peer has erred."""
+    try:
+        data: bytes = self.connection.send(event)
+        return data
+    except _h11.LocalProtocolError:
+        if self.connection.their_state != _h11.ERROR:
+            raise
+        return None
 
 
 async def _send_h11_event_coalesced(self: Any, event: Any) -> None:
-    import h11
-    from hypercorn.events import RawData
-
     head = self.__dict__.pop("_pocket_head", None)
-    if type(event) is h11.Response and head is None:
-        try:
-            self._pocket_head = self.connection.send(event)
-        except h11.LocalProtocolError:
-            if self.connection.their_state != h11.ERROR:
-                raise
-        return
     if head is None:
-        await _hypercorn_send_event(self, event)
+        if type(event) is _h11.Response:
+            self._pocket_head = _h11_bytes(self, event)
+        else:
+            await _hypercorn_send_event(self, event)
         return
-    try:
-        data = self.connection.send(event)
-    except h11.LocalProtocolError:
-        if self.connection.their_state != h11.ERROR:
-            raise
-        data = b""
+    data = _h11_bytes(self, event) or b""
     if len(data) > _COALESCE_MAX:
-        await self.send(RawData(data=head))
-        await self.send(RawData(data=data))
+        await self.send(_RawData(data=head))
+        await self.send(_RawData(data=data))
     else:
-        await self.send(RawData(data=head + data))
+        await self.send(_RawData(data=head + data))
 
 
 def patch_hypercorn_response_writes() -> bool:
     """Install :func:`_send_h11_event_coalesced` if hypercorn's H11Protocol has the method
     it replaces."""
-    global _hypercorn_send_event
+    global _hypercorn_send_event, _h11, _RawData
+    import h11
+    from hypercorn.events import RawData
     from hypercorn.protocol.h11 import H11Protocol
 
     if _hypercorn_send_event is not None:
@@ -189,7 +193,7 @@ def patch_hypercorn_response_writes() -> bool:
     original = getattr(H11Protocol, "_send_h11_event", None)
     if original is None or not hasattr(H11Protocol, "stream_send"):
         return False
-    _hypercorn_send_event = original
+    _hypercorn_send_event, _h11, _RawData = original, h11, RawData
     H11Protocol._send_h11_event = _send_h11_event_coalesced  # type: ignore[method-assign]
     return True
 

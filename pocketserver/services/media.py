@@ -153,7 +153,6 @@ class MediaService:
         (a client that went away).
         """
         limit = self.cfg.max_upload_size
-        hasher = hashlib.sha256()
         up = _Ingested()
         error: MatrixError | None = None
         try:
@@ -168,7 +167,7 @@ class MediaService:
                             up.size += len(piece)
                             if up.size > limit:
                                 raise TooLarge(f"File is larger than the {limit} byte limit")
-                            hasher.update(piece)
+                            up.hasher.update(piece)
                             for chunk in chunker.feed(piece):
                                 batch.append(chunk)
                                 if len(batch) >= BATCH_CHUNKS:
@@ -183,7 +182,6 @@ class MediaService:
             if error is not None:
                 raise error
             up.tail_raw = batch
-            up.hasher = hasher
             del batch
         except BaseException:
             await self._abandon(up)
@@ -534,16 +532,16 @@ class _Ingested:
     content_id: int | None = None
     tail_seq: int = 0
     tail_raw: list[list[bytes]] = field(default_factory=list)
-    hasher: Any = None
+    hasher: Any = field(default_factory=hashlib.sha256)
     size: int = 0
 
 
 class _Chunker:
     """Groups body pieces into ``size``-byte chunks, each a list of parts.
 
-    The parts are never joined on the event loop: a worker thread hashes them, and a
-    chunk that stays raw is written part by part into its blob (a compressible one is
-    joined there to be compressed). A piece that straddles a chunk boundary is split,
+    The parts are never joined on the event loop: a chunk that stays raw is written
+    part by part into its blob (a compressible one is joined in a worker thread to be
+    compressed). A piece that straddles a chunk boundary is split,
     and only then copied. A full chunk is only handed out once more data follows it, so the
     last chunk of the body (full or not) is always what :meth:`finish` returns.
     """

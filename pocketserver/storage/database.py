@@ -195,6 +195,9 @@ class _Checkpointer:
             self._wanted.wait(1.0 if self.bulk > 0 else QUIET_S - idle)
             self._wanted.clear()
 
+    def begin_bulk(self) -> None:
+        self.bulk += 1
+
     def end_bulk(self) -> None:
         self.bulk -= 1
         if self._pages >= self.soft_pages:
@@ -253,7 +256,7 @@ class Database:
         if ckpt is None:
             yield
             return
-        ckpt.bulk += 1
+        ckpt.begin_bulk()
         try:
             yield
         finally:
@@ -270,16 +273,7 @@ class Database:
             return await trio.to_thread.run_sync(self._run_write, fn, args, abandon_on_cancel=False)
 
     def _run_write(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        conn: Conn = self._writer
-        ckpt = self._checkpointer
-        if ckpt is not None:
-            ckpt.last_activity = time.monotonic()
-        try:
-            with conn:
-                return fn(conn, *args)
-        finally:
-            if ckpt is not None:
-                ckpt.last_activity = time.monotonic()
+        return self._run(self._writer, fn, args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one read transaction on a reader connection."""
@@ -292,13 +286,14 @@ class Database:
                 if slot.lock.acquire(blocking=False):
                     try:
                         return await trio.to_thread.run_sync(
-                            self._run_read, slot.conn, fn, args, abandon_on_cancel=False
+                            self._run, slot.conn, fn, args, abandon_on_cancel=False
                         )
                     finally:
                         slot.lock.release()
             raise RuntimeError("no free reader connection")  # unreachable: semaphore
 
-    def _run_read(self, conn: Conn, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _run(self, conn: Conn, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """``fn`` in one transaction on ``conn``, noting the activity for checkpoints."""
         ckpt = self._checkpointer
         if ckpt is not None:
             ckpt.last_activity = time.monotonic()

@@ -83,6 +83,21 @@ def encode_chunk(raw: bytes) -> tuple[bool, bytes]:
     return False, raw
 
 
+def _window(parts: list[bytes], start: int, length: int) -> bytes | memoryview:
+    """``length`` bytes of the parts laid end to end, from ``start``; copied only where
+    the window spans more than one part."""
+    pieces: list[memoryview] = []
+    pos = 0
+    for part in parts:
+        end = pos + len(part)
+        if end > start and length > 0:
+            piece = memoryview(part)[max(start - pos, 0) :][:length]
+            pieces.append(piece)
+            length -= len(piece)
+        pos = end
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 def encode_parts(parts: list[bytes]) -> tuple[bool, int, bytes | list[bytes]]:
     """:func:`encode_chunk` for a chunk given as consecutive parts (as a request body
     arrives): ``(compressed, raw_size, data)``. A chunk that stays raw keeps its parts,
@@ -92,17 +107,8 @@ def encode_parts(parts: list[bytes]) -> tuple[bool, int, bytes | list[bytes]]:
     if len(parts) == 1:
         compressed, data = encode_chunk(parts[0])
         return compressed, size, data
-    if size >= 4 * _SAMPLE:
-        mid, pos = size // 2, 0
-        for part in parts:
-            if pos <= mid and mid + _SAMPLE <= pos + len(part):
-                sample: bytes | memoryview = memoryview(part)[mid - pos : mid - pos + _SAMPLE]
-                break
-            pos += len(part)
-        else:
-            sample = b"".join(parts)[mid : mid + _SAMPLE]
-        if _sample_incompressible(sample):
-            return False, size, parts
+    if size >= 4 * _SAMPLE and _sample_incompressible(_window(parts, size // 2, _SAMPLE)):
+        return False, size, parts
     compressed, data = encode_chunk(b"".join(parts))
     return compressed, size, data
 

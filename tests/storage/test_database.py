@@ -42,6 +42,17 @@ def test_existing_database_keeps_its_page_size(tmp_path: Path) -> None:
         db.close()
 
 
+MB = 1 << 20
+
+
+def _write_megabytes(db: Database, n: int) -> None:
+    """``n`` transactions of 1 MB each (the table is made on first use)."""
+    blob = os.urandom(MB)
+    db.write_sync(lambda c: c.execute("CREATE TABLE IF NOT EXISTS b (x BLOB)"))
+    for _ in range(n):
+        db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
+
+
 def _poll(pred, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -59,11 +70,8 @@ def _wal_size(path: Path) -> int:
 def test_writes_past_the_soft_size_are_checkpointed(tmp_path: Path) -> None:
     path = tmp_path / "burst.db"
     db = Database(path)
-    blob = os.urandom(1 << 20)
     try:
-        db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
-        for _ in range(dbm.WAL_CHECKPOINT_BYTES // (1 << 20) + 4):  # past the size that wakes it
-            db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
+        _write_megabytes(db, dbm.WAL_CHECKPOINT_BYTES // MB + 4)  # past the size that wakes it
         assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
     finally:
         db.close()
@@ -72,12 +80,9 @@ def test_writes_past_the_soft_size_are_checkpointed(tmp_path: Path) -> None:
 def test_a_bulk_write_defers_checkpoints_until_it_ends(tmp_path: Path) -> None:
     path = tmp_path / "bulk.db"
     db = Database(path)
-    blob = os.urandom(1 << 20)
     try:
-        db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
         with db.bulk():
-            for _ in range(dbm.WAL_CHECKPOINT_BYTES // (1 << 20) + 4):
-                db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
+            _write_megabytes(db, dbm.WAL_CHECKPOINT_BYTES // MB + 4)
             time.sleep(0.3)
             assert db.statistics()["checkpoints"] == 0
         assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
@@ -99,12 +104,10 @@ def test_an_urgent_wal_is_checkpointed_during_a_bulk_write(
     monkeypatch.setattr(dbm, "WAL_HARD_BYTES", 12 << 20)
     path = tmp_path / "urgent.db"
     db = Database(path)
-    blob = os.urandom(1 << 20)
     try:
-        db.write_sync(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
         with db.bulk():
             for _ in range(40):
-                db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (blob,)))
+                _write_megabytes(db, 1)
                 assert _wal_size(path) <= (12 << 20) + (2 << 20)
             assert db.statistics()["checkpoints"] >= 1
     finally:

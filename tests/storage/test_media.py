@@ -154,3 +154,14 @@ def test_thumbnails_share_the_content_store_and_go_with_their_media() -> None:
         "media_content": 0,
         "media_thumbnails": 0,
     }
+
+
+def test_a_window_over_parts_is_the_joined_slice() -> None:
+    import random
+
+    rng = random.Random(3)
+    for _ in range(200):
+        parts = [rng.randbytes(rng.randint(0, 50)) for _ in range(rng.randint(1, 6))]
+        joined = b"".join(parts)
+        start, length = rng.randint(0, len(joined)), rng.randint(1, 60)
+        assert bytes(store._window(parts, start, length)) == joined[start : start + length]
