@@ -28,7 +28,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +38,7 @@ from typing import Any
 
 import harness
 import httpx
-from harness import REPO, ServerProcess, free_port, print_table, start_synapse, wait_ready
+from harness import ServerProcess, print_table, start_synapse, wait_ready
 
 MB = 1024 * 1024
 
@@ -58,61 +57,8 @@ harness.synapse_config = _synapse_config  # start_synapse reads it at call time
 
 
 def start_pocketserver(workdir: Path) -> ServerProcess:
-    """Like harness.start_pocketserver, with a 300 MB upload limit; restartable in place."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "pocketserver.toml"
-    if not config.exists():
-        config.write_text(
-            f"""\
-server_name = "pocket.test"
-data_dir = "{workdir / "data"}"
-log_level = "warning"
-
-[[listeners]]
-address = "127.0.0.1"
-port = {free_port()}
-tls = false
-resources = ["client"]
-
-[registration]
-mode = "open"
-
-[rate_limits]
-enabled = false
-
-[federation]
-enabled = false
-
-[media]
-url_preview_enabled = false
-max_upload_size = {300 * MB}
-""",
-            encoding="utf-8",
-        )
-    port = int(config.read_text().split("port = ", 1)[1].split("\n", 1)[0])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    log_path = workdir / "pocketserver.log"
-    with log_path.open("ab") as log:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pocketserver", "--config", str(config)],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return ServerProcess(
-        name="pocketserver",
-        server_name="pocket.test",
-        base_url=f"http://127.0.0.1:{port}",
-        proc=proc,
-        workdir=workdir,
-        spawned_at=t0,
-        log_path=log_path,
-    )
+    """harness.start_pocketserver with a 300 MB upload limit; restartable in place."""
+    return harness.start_pocketserver(workdir, media_toml=f"max_upload_size = {300 * MB}\n")
 
 
 def register(http: httpx.Client, localpart: str) -> str:

@@ -186,7 +186,11 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def start_pocketserver(workdir: Path, server_name: str = "pocket.test") -> ServerProcess:
+def start_pocketserver(
+    workdir: Path, server_name: str = "pocket.test", media_toml: str = ""
+) -> ServerProcess:
+    """Start (or restart, on the same data) pocketserver in ``workdir``; ``media_toml``
+    adds lines to its ``[media]`` table."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "pocketserver.toml"
@@ -213,7 +217,7 @@ enabled = false
 
 [media]
 url_preview_enabled = false
-""",
+{media_toml}""",
         encoding="utf-8",
     )
     log_path = workdir / "pocketserver.log"
