@@ -19,7 +19,11 @@ in (:meth:`Database.bulk`: an upload) and then until the database has been idle 
 :data:`WAL_URGENT_BYTES` (more than a maximum-size upload): neither an upload nor the
 requests right after it compete with the copy, which a personal server's idle moments
 absorb. The writer still checkpoints itself,
-waiting for the thread, if the WAL ever grows past :data:`WAL_HARD_BYTES`. (With
+waiting for the thread, if the WAL ever grows past :data:`WAL_HARD_BYTES`. A WAL file
+left larger than :data:`WAL_SIZE_LIMIT` is truncated by the same thread once the
+database has been idle for :data:`TRUNCATE_QUIET_S`, never by a commit (SQLite's
+``journal_size_limit`` truncates inside the first commit after a checkpoint: freeing
+100 MB of file costs that commit about 50 ms). (With
 ``synchronous=NORMAL`` the WAL is synced at checkpoints, so a power cut during an
 upload can lose what was committed since the last one, never corrupt the file.)
 """
@@ -27,6 +31,7 @@ upload can lose what was committed since the last one, never corrupt the file.)
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,8 +61,10 @@ WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
 WAL_URGENT_BYTES = 128 * 1024 * 1024
 WAL_HARD_BYTES = 256 * 1024 * 1024
 QUIET_S = 0.05
-# After a checkpoint, a WAL file larger than this is truncated back to it.
+# A WAL file larger than this after a checkpoint is truncated (to empty) by the
+# checkpointer thread once the database has been idle for TRUNCATE_QUIET_S.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+TRUNCATE_QUIET_S = 1.0
 
 # Storage functions take the connection first. apsw types every column value as the
 # union of all SQLite values, so each storage function converts what it reads itself;
@@ -82,7 +89,8 @@ def _configure(
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        # Never truncate the WAL inside a commit: the checkpointer thread does it.
+        conn.execute("PRAGMA journal_size_limit=-1")
 
 
 def open_connection(
@@ -126,6 +134,11 @@ class _Checkpointer:
     without any transaction (``last_activity``), unless the WAL is past
     :data:`WAL_URGENT_BYTES`. Past :data:`WAL_HARD_BYTES` the writer waits for the
     thread and checkpoints itself.
+
+    A WAL file left over :data:`WAL_SIZE_LIMIT` is truncated once no bulk write runs and
+    nothing has touched the database for :data:`TRUNCATE_QUIET_S`. That takes SQLite's
+    write lock (a TRUNCATE checkpoint), so it is tried without waiting: if a writer or
+    a reader is busy, it is tried again at the next quiet second.
     """
 
     def __init__(self, path: str, durable: bool, page_size: int) -> None:
@@ -135,6 +148,7 @@ class _Checkpointer:
         self.urgent_pages = max(2, WAL_URGENT_BYTES // page_size)
         self.hard_pages = max(3, WAL_HARD_BYTES // page_size)
         self.checkpoints = 0
+        self.truncations = 0
         # Bulk writes in progress (Database.bulk), when a transaction last began or
         # ended, and the WAL's size at the last commit.
         self.bulk = 0
@@ -165,23 +179,48 @@ class _Checkpointer:
 
     def _run(self) -> None:
         conn = open_connection(self.path, durable=self.durable)
+        conn.setbusytimeout(0)  # a TRUNCATE checkpoint must never wait holding the lock
+        truncate_pending = False
         try:
             while True:
-                self._wanted.wait()
-                self._wanted.clear()
+                woken = self._wanted.wait(TRUNCATE_QUIET_S if truncate_pending else None)
                 if self._stop:
                     return
-                self._wait_for_quiet()
-                if self._stop:
-                    return
-                with self._running:
-                    try:
-                        conn.wal_checkpoint()
-                        self.checkpoints += 1
-                    except apsw.BusyError:
-                        pass
+                if woken:
+                    self._wanted.clear()
+                    self._wait_for_quiet()
+                    if self._stop:
+                        return
+                    with self._running:
+                        try:
+                            conn.wal_checkpoint()
+                            self.checkpoints += 1
+                        except apsw.BusyError:
+                            pass
+                    truncate_pending = self._wal_file_size() > WAL_SIZE_LIMIT
+                elif truncate_pending and self._quiet_for(TRUNCATE_QUIET_S):
+                    truncate_pending = not self._truncate(conn)
         finally:
             conn.close()
+
+    def _wal_file_size(self) -> int:
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+    def _quiet_for(self, seconds: float) -> bool:
+        return self.bulk <= 0 and time.monotonic() - self.last_activity >= seconds
+
+    def _truncate(self, conn: Conn) -> bool:
+        """Copy what is left and empty the WAL file; False if the database was busy."""
+        with self._running:
+            try:
+                conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            except apsw.BusyError:
+                return False
+            self.truncations += 1
+            return True
 
     def _wait_for_quiet(self) -> None:
         """Until no bulk write is in progress and the database is idle, or the WAL is

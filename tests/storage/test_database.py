@@ -113,3 +113,61 @@ def test_an_urgent_wal_is_checkpointed_during_a_bulk_write(
     finally:
         db.close()
     assert _wal_size(path) == 0
+
+
+def test_commits_never_truncate_the_wal(tmp_path: Path) -> None:
+    db = Database(tmp_path / "limit.db")
+    try:
+        assert db.write_sync(lambda c: c.execute("PRAGMA journal_size_limit").get) == -1
+    finally:
+        db.close()
+
+
+def test_a_large_wal_is_truncated_once_the_database_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dbm, "WAL_CHECKPOINT_BYTES", 2 << 20)
+    monkeypatch.setattr(dbm, "WAL_SIZE_LIMIT", 4 << 20)
+    monkeypatch.setattr(dbm, "TRUNCATE_QUIET_S", 0.3)
+    path = tmp_path / "shrink.db"
+    db = Database(path)
+    try:
+        ckpt = db._checkpointer
+        assert ckpt is not None
+        with db.bulk():
+            _write_megabytes(db, 8)
+        assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
+        # The first commit after the checkpoint starts the WAL over but leaves the
+        # file as large as it was (no truncation on the writer's path) ...
+        before = _wal_size(path)
+        db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (b"small",)))
+        assert _wal_size(path) == before > 4 << 20
+        assert ckpt.truncations == 0
+        # ... and the thread empties it once nothing has happened for a while.
+        assert _poll(lambda: ckpt.truncations == 1)
+        assert _wal_size(path) == 0
+        assert db.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM b").get) == 9
+    finally:
+        db.close()
+
+
+def test_truncation_waits_for_a_bulk_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dbm, "WAL_CHECKPOINT_BYTES", 2 << 20)
+    monkeypatch.setattr(dbm, "WAL_URGENT_BYTES", 6 << 20)
+    monkeypatch.setattr(dbm, "WAL_SIZE_LIMIT", 4 << 20)
+    monkeypatch.setattr(dbm, "TRUNCATE_QUIET_S", 0.2)
+    path = tmp_path / "busy.db"
+    db = Database(path)
+    try:
+        ckpt = db._checkpointer
+        assert ckpt is not None
+        with db.bulk():
+            _write_megabytes(db, 8)  # urgent: checkpointed during the bulk write
+            assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
+            time.sleep(0.6)
+            assert ckpt.truncations == 0 and _wal_size(path) > 4 << 20
+        assert _poll(lambda: ckpt.truncations == 1)
+    finally:
+        db.close()
