@@ -8,8 +8,12 @@ from dataclasses import dataclass
 
 from pocketserver.errors import MatrixError, MissingToken, UnknownToken
 from pocketserver.services.clock import Clock
+from pocketserver.services.lru import LruCache
 from pocketserver.storage import accounts
 from pocketserver.storage.database import Database
+
+# Access tokens whose lookup is kept in memory (a few hundred bytes each).
+TOKEN_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +40,33 @@ def new_device_id() -> str:
 
 
 class AuthService:
+    """Turns access tokens into requesters.
+
+    Every request needs its token's row, so known tokens are kept in an LRU cache. It
+    is dropped whole whenever a committed write changes a token or a user's flags
+    (the database's "auth" generation), and a lookup that raced such a write is not
+    kept: a logout, a device deletion or a deactivation takes effect before its
+    request answers. Expiry is checked against the clock at every use.
+    """
+
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
+        self._tokens: LruCache[bytes, accounts.TokenInfo] = LruCache(TOKEN_CACHE_SIZE)
+        self._tokens_generation = db.generation("auth")
+
+    async def _token_info(self, token_hash: bytes) -> accounts.TokenInfo | None:
+        generation = self.db.generation("auth")
+        if generation != self._tokens_generation:
+            self._tokens.clear()
+            self._tokens_generation = generation
+        info = self._tokens.get(token_hash)
+        if info is not None:
+            return info
+        info = await self.db.read(accounts.get_token_info, token_hash)
+        if info is not None and self.db.generation("auth") == self._tokens_generation == generation:
+            self._tokens.put(token_hash, info)
+        return info
 
     async def authenticate(
         self,
@@ -51,7 +79,7 @@ class AuthService:
         if token is None:
             raise MissingToken()
         th = hash_token(token)
-        info = await self.db.read(accounts.get_token_info, th)
+        info = await self._token_info(th)
         if info is None or info.deactivated:
             raise UnknownToken()
         if info.valid_until_ms is not None and info.valid_until_ms <= self.clock.time_ms():

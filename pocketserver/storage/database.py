@@ -66,6 +66,21 @@ QUIET_S = 0.05
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 TRUNCATE_QUIET_S = 1.0
 
+# In-memory caches kept above the seam (the access-token cache of services/auth.py) are
+# told of committed changes to what they cache: a change tag, and the temporary
+# triggers on the writer connection that note it (temporary, so the file itself needs
+# no function of ours and stays editable with any SQLite tool). Each commit that fired
+# one bumps that tag's generation (Database.generation) after the commit.
+WATCHED_CHANGES: dict[str, tuple[str, ...]] = {
+    "auth": (
+        "AFTER UPDATE ON main.access_tokens",
+        "AFTER DELETE ON main.access_tokens",
+        "AFTER UPDATE OF user_id, is_guest, deactivated, locked, suspended, is_admin"
+        " ON main.users",
+        "AFTER DELETE ON main.users",
+    ),
+}
+
 # Storage functions take the connection first. apsw types every column value as the
 # union of all SQLite values, so each storage function converts what it reads itself;
 # the alias keeps their signatures readable.
@@ -272,6 +287,9 @@ class Database:
             page_size = self._writer.execute("PRAGMA page_size").get
             self._checkpointer = _Checkpointer(self.path, durable, int(page_size))
             self._writer.set_wal_hook(self._checkpointer.wal_hook)
+        self._generations = dict.fromkeys(WATCHED_CHANGES, 0)
+        self._changed: set[str] = set()
+        self._watch_changes(self._writer)
         self._write_lock = trio.Lock()
         self._readers: list[_Slot] = []
         if not self._memory:
@@ -283,6 +301,24 @@ class Database:
         self._closed = False
         self.writes = 0
         self.reads = 0
+
+    def _watch_changes(self, conn: Conn) -> None:
+        conn.create_scalar_function("pocketserver_changed", self._note_change, 1)
+        for tag, events in WATCHED_CHANGES.items():
+            for i, event in enumerate(events):
+                conn.execute(
+                    f"CREATE TEMP TRIGGER IF NOT EXISTS watch_{tag}_{i} {event}"
+                    f" BEGIN SELECT pocketserver_changed('{tag}'); END"
+                )
+
+    def _note_change(self, tag: str) -> None:
+        self._changed.add(tag)
+
+    def generation(self, tag: str) -> int:
+        """How many committed write transactions changed what ``tag`` watches
+        (:data:`WATCHED_CHANGES`): a cache filled while this stayed the same is current.
+        The bump comes after the commit and before ``write`` returns."""
+        return self._generations[tag]
 
     # -- the seam --------------------------------------------------------------
 
@@ -342,6 +378,10 @@ class Database:
         finally:
             if ckpt is not None:
                 ckpt.last_activity = time.monotonic()
+            if self._changed:  # (a rolled-back change bumps too: a needless refill only)
+                for tag in self._changed:
+                    self._generations[tag] += 1
+                self._changed.clear()
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """For start-up and the CLI, before the event loop runs."""
