@@ -20,10 +20,12 @@ in (:meth:`Database.bulk`: an upload) and then until the database has been idle 
 requests right after it compete with the copy, which a personal server's idle moments
 absorb. The writer still checkpoints itself,
 waiting for the thread, if the WAL ever grows past :data:`WAL_HARD_BYTES`. A WAL file
-left larger than :data:`WAL_SIZE_LIMIT` is truncated by the same thread once the
-database has been idle for :data:`TRUNCATE_QUIET_S`, never by a commit (SQLite's
-``journal_size_limit`` truncates inside the first commit after a checkpoint: freeing
-100 MB of file costs that commit about 50 ms). (With
+left larger than :data:`WAL_SIZE_LIMIT` is cut back to that size by the same thread
+once the database has been idle for :data:`TRUNCATE_QUIET_S`, never by a request's
+commit (SQLite's ``journal_size_limit`` truncates inside the first commit after a
+checkpoint: freeing 100 MB of file cost that commit about 50 ms). It is cut back, not
+emptied, because overwriting a file's cached pages costs half of what growing it
+does. (With
 ``synchronous=NORMAL`` the WAL is synced at checkpoints, so a power cut during an
 upload can lose what was committed since the last one, never corrupt the file.)
 """
@@ -61,8 +63,8 @@ WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
 WAL_URGENT_BYTES = 128 * 1024 * 1024
 WAL_HARD_BYTES = 256 * 1024 * 1024
 QUIET_S = 0.05
-# A WAL file larger than this after a checkpoint is truncated (to empty) by the
-# checkpointer thread once the database has been idle for TRUNCATE_QUIET_S.
+# A WAL file larger than this after a checkpoint is cut back to it by the checkpointer
+# thread once the database has been idle for TRUNCATE_QUIET_S.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 TRUNCATE_QUIET_S = 1.0
 
@@ -150,10 +152,13 @@ class _Checkpointer:
     :data:`WAL_URGENT_BYTES`. Past :data:`WAL_HARD_BYTES` the writer waits for the
     thread and checkpoints itself.
 
-    A WAL file left over :data:`WAL_SIZE_LIMIT` is truncated once no bulk write runs and
-    nothing has touched the database for :data:`TRUNCATE_QUIET_S`. That takes SQLite's
-    write lock (a TRUNCATE checkpoint), so it is tried without waiting: if a writer or
-    a reader is busy, it is tried again at the next quiet second.
+    A WAL file left over :data:`WAL_SIZE_LIMIT` is cut back to it once no bulk write
+    runs and nothing has touched the database for :data:`TRUNCATE_QUIET_S`: this
+    connection, whose ``journal_size_limit`` is that size, checkpoints what is left and
+    commits a one-page write (the application ID, rewritten unchanged), which starts
+    the WAL over and truncates it. That takes SQLite's write lock, so it is tried
+    without waiting: if a writer or a reader is busy, it is tried again at the next
+    quiet second.
     """
 
     def __init__(self, path: str, durable: bool, page_size: int) -> None:
@@ -194,7 +199,8 @@ class _Checkpointer:
 
     def _run(self) -> None:
         conn = open_connection(self.path, durable=self.durable)
-        conn.setbusytimeout(0)  # a TRUNCATE checkpoint must never wait holding the lock
+        conn.setbusytimeout(0)  # the truncating write must never wait holding the lock
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         truncate_pending = False
         try:
             while True:
@@ -228,14 +234,25 @@ class _Checkpointer:
         return self.bulk <= 0 and time.monotonic() - self.last_activity >= seconds
 
     def _truncate(self, conn: Conn) -> bool:
-        """Copy what is left and empty the WAL file; False if the database was busy."""
+        """Cut the WAL file back to :data:`WAL_SIZE_LIMIT`; False if the database was
+        busy (or a reader still held the old WAL, so it could not start over)."""
         with self._running:
             try:
-                conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+                conn.wal_checkpoint()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    app_id = int(conn.execute("PRAGMA application_id").get)
+                    conn.execute(f"PRAGMA application_id={app_id}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
             except apsw.BusyError:
                 return False
-            self.truncations += 1
-            return True
+        if self._wal_file_size() > WAL_SIZE_LIMIT:
+            return False
+        self.truncations += 1
+        return True
 
     def _wait_for_quiet(self) -> None:
         """Until no bulk write is in progress and the database is idle, or the WAL is

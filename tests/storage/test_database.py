@@ -143,9 +143,9 @@ def test_a_large_wal_is_truncated_once_the_database_is_idle(
         db.write_sync(lambda c: c.execute("INSERT INTO b VALUES (?)", (b"small",)))
         assert _wal_size(path) == before > 4 << 20
         assert ckpt.truncations == 0
-        # ... and the thread empties it once nothing has happened for a while.
+        # ... and the thread cuts it back once nothing has happened for a while.
         assert _poll(lambda: ckpt.truncations == 1)
-        assert _wal_size(path) == 0
+        assert _wal_size(path) <= 4 << 20
         assert db.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM b").get) == 9
     finally:
         db.close()
