@@ -171,3 +171,40 @@ def test_truncation_waits_for_a_bulk_write(
         assert _poll(lambda: ckpt.truncations == 1)
     finally:
         db.close()
+
+
+def test_watched_changes_bump_their_generation_after_commit(tmp_path: Path) -> None:
+    path = tmp_path / "watch.db"
+    db = Database(path)
+    try:
+        db.write_sync(
+            lambda c: c.execute(
+                "INSERT INTO users (user_id, created_ts) VALUES ('@a:t', 0), ('@b:t', 0)"
+            )
+        )
+        db.write_sync(
+            lambda c: c.execute(
+                "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts)"
+                " VALUES (x'01', '@a:t', 'D', 0)"
+            )
+        )
+        gen = db.generation("auth")  # inserts are not watched: nothing cached can be stale
+        db.write_sync(lambda c: c.execute("UPDATE users SET displayname = 'A'"))
+        assert db.generation("auth") == gen
+        seen: list[int] = []
+
+        def delete_token(c: dbm.Conn) -> None:
+            c.execute("DELETE FROM access_tokens WHERE token_hash = x'01'")
+            seen.append(db.generation("auth"))
+
+        db.write_sync(delete_token)
+        assert seen == [gen] and db.generation("auth") == gen + 1  # after the commit
+        db.write_sync(lambda c: c.execute("UPDATE users SET locked = 1 WHERE user_id = '@b:t'"))
+        assert db.generation("auth") == gen + 2
+    finally:
+        db.close()
+    # The triggers live on the server's connection only: any other tool edits the file.
+    other = apsw.Connection(str(path))
+    other.execute("UPDATE users SET locked = 0")
+    other.execute("DELETE FROM access_tokens")
+    other.close()
