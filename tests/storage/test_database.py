@@ -123,17 +123,30 @@ def test_commits_never_truncate_the_wal(tmp_path: Path) -> None:
         db.close()
 
 
+def _small_wal(monkeypatch: pytest.MonkeyPatch, *, quiet_s: float, urgent: int) -> None:
+    """Checkpoints from 2 MB of WAL, urgent from ``urgent`` bytes, the file cut back
+    to 4 MB after ``quiet_s`` of idleness."""
+    monkeypatch.setattr(dbm, "WAL_CHECKPOINT_BYTES", 2 << 20)
+    monkeypatch.setattr(dbm, "WAL_URGENT_BYTES", urgent)
+    monkeypatch.setattr(dbm, "WAL_SIZE_LIMIT", 4 << 20)
+    monkeypatch.setattr(dbm, "TRUNCATE_QUIET_S", quiet_s)
+
+
+def _checkpointer(db: Database) -> dbm._Checkpointer:
+    ckpt = db._checkpointer
+    assert ckpt is not None
+    return ckpt
+
+
 def test_a_large_wal_is_truncated_once_the_database_is_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dbm, "WAL_CHECKPOINT_BYTES", 2 << 20)
-    monkeypatch.setattr(dbm, "WAL_SIZE_LIMIT", 4 << 20)
-    monkeypatch.setattr(dbm, "TRUNCATE_QUIET_S", 0.3)
+    # A long quiet time, so that the cut cannot come before the checks made before it.
+    _small_wal(monkeypatch, quiet_s=1.0, urgent=dbm.WAL_URGENT_BYTES)
     path = tmp_path / "shrink.db"
     db = Database(path)
     try:
-        ckpt = db._checkpointer
-        assert ckpt is not None
+        ckpt = _checkpointer(db)
         with db.bulk():
             _write_megabytes(db, 8)
         assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
@@ -154,15 +167,11 @@ def test_a_large_wal_is_truncated_once_the_database_is_idle(
 def test_truncation_waits_for_a_bulk_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dbm, "WAL_CHECKPOINT_BYTES", 2 << 20)
-    monkeypatch.setattr(dbm, "WAL_URGENT_BYTES", 6 << 20)
-    monkeypatch.setattr(dbm, "WAL_SIZE_LIMIT", 4 << 20)
-    monkeypatch.setattr(dbm, "TRUNCATE_QUIET_S", 0.2)
+    _small_wal(monkeypatch, quiet_s=0.2, urgent=6 << 20)
     path = tmp_path / "busy.db"
     db = Database(path)
     try:
-        ckpt = db._checkpointer
-        assert ckpt is not None
+        ckpt = _checkpointer(db)
         with db.bulk():
             _write_megabytes(db, 8)  # urgent: checkpointed during the bulk write
             assert _poll(lambda: db.statistics()["checkpoints"] >= 1)
