@@ -103,12 +103,15 @@ class EventFilter:
         object.__setattr__(self, "_types_re", _type_matcher(self.types or ()))
         object.__setattr__(self, "_not_types_re", _type_matcher(self.not_types or ()))
 
-    def _matches_type_sender(self, event_type: str, sender: str | None) -> bool:
+    def matches_type(self, event_type: str) -> bool:
         if self.not_types and self._not_types_re.fullmatch(event_type):  # type: ignore[attr-defined]
             return False
-        if self.types is not None and (
-            not self.types or not self._types_re.fullmatch(event_type)  # type: ignore[attr-defined]
-        ):
+        return self.types is None or bool(
+            self.types and self._types_re.fullmatch(event_type)  # type: ignore[attr-defined]
+        )
+
+    def _matches_type_sender(self, event_type: str, sender: str | None) -> bool:
+        if not self.matches_type(event_type):
             return False
         if sender is not None:
             if self.not_senders and sender in self.not_senders:

@@ -2,7 +2,8 @@
 
 Searches the rooms the user is or was in (not end-to-end encrypted rooms), returning
 only events the user may see (history visibility: nothing after they left) and none
-from ignored users. Ordering ``rank`` (best first, paged by offset) or ``recent``
+from ignored users. ``count`` counts the same set (visibility applied in the query as
+stream-position ranges, see services/visibility.py), so it reveals nothing hidden. Ordering ``rank`` (best first, paged by offset) or ``recent``
 (newest first, paged by stream position). ``next_batch`` is opaque base64 JSON that
 also records a group (room or sender) when it came from a group.
 """
@@ -10,6 +11,7 @@ also records a group (room or sender) when it came from a group.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +43,8 @@ MAX_CONTEXT = 20
 MAX_SEARCH_TERM = 1000
 # Raw index rows read per round while filling a page past invisible events.
 MAX_ROUNDS = 10
+# Events read to count the matches of a contains_url filter exactly.
+COUNT_SCAN = 2000
 
 
 class _Criteria:
@@ -167,7 +171,8 @@ class SearchService:
         if criteria.query.match is None:
             return empty
         room_ids = self._searchable_rooms(conn, user_id, criteria)
-        senders: list[str] | None = list(criteria.filter.senders) if criteria.filter.senders is not None else None
+        flt = criteria.filter
+        senders: list[str] | None = list(flt.senders) if flt.senders is not None else None
         group = token.get("g") if token else None
         if group is not None:
             if group[0] == "room_id":
@@ -176,7 +181,22 @@ class SearchService:
                 senders = [s for s in (senders if senders is not None else [group[1]]) if s == group[1]]
         match = criteria.query.match
         ignored = ignored_users(conn, user_id)
+        # The filter's type and sender conditions and the ignored users go into the query,
+        # and so does history visibility, as stream-position ranges per room: the count
+        # is then the number of results the user may page through, never more.
+        scope = search_store.Scope(
+            rooms={rid: ((None, None),) for rid in room_ids},
+            types=[t for t in criteria.types if flt.matches_type(t)],
+            senders=senders,
+            not_senders=list(flt.not_senders or ()),
+            hidden_senders=sorted(ignored),
+        )
         checkers: dict[str, VisibilityChecker] = {}
+        ranges: dict[str, search_store.Ranges] = {}
+        for rid in sorted(search_store.matching_rooms(conn, match, scope)):
+            checkers[rid] = VisibilityChecker(conn, rid, user_id)
+            ranges[rid] = checkers[rid].visible_ranges()
+        scope = dataclasses.replace(scope, rooms=ranges)
 
         def visible(rec: EventRecord) -> bool:
             rid = rec.event.room_id
@@ -185,7 +205,7 @@ class SearchService:
                 checker = checkers[rid] = VisibilityChecker(conn, rid, user_id)
             if not checker.can_see(rec) or is_hidden(rec, ignored):
                 return False
-            return criteria.filter.matches(
+            return flt.matches(
                 {"type": rec.event.type, "sender": rec.event.sender, "room_id": rid, "content": rec.event.content}
             )
 
@@ -197,7 +217,7 @@ class SearchService:
             if criteria.limit == 0:
                 break
             rows = search_store.search_events(
-                conn, match, room_ids, criteria.types, senders=senders, by_rank=criteria.by_rank,
+                conn, match, scope, by_rank=criteria.by_rank,
                 before_pos=cursor if not criteria.by_rank else None,
                 offset=cursor if criteria.by_rank and cursor is not None else 0, limit=batch,
             )
@@ -224,7 +244,7 @@ class SearchService:
 
         out: JsonDict = {
             "results": results,
-            "count": search_store.count_events(conn, match, room_ids, criteria.types, senders=senders),
+            "count": self._count(conn, match, scope, flt),
             "highlights": list(criteria.query.highlights),
         }
         next_token = None
@@ -252,6 +272,17 @@ class SearchService:
                 for rid in dict.fromkeys(rec.event.room_id for rec, _ in picked)
             }
         return out
+
+    def _count(self, conn: Conn, match: str, scope: search_store.Scope, flt: RoomEventFilter) -> int:
+        """The number of results the user may see. ``contains_url`` needs the events'
+        content: the first COUNT_SCAN events are read, the rest counted as matching (the
+        spec's count is approximate; it never counts an event the user may not see)."""
+        total = search_store.count_events(conn, match, scope)
+        if flt.contains_url is None or total == 0:
+            return total
+        rows = search_store.search_events(conn, match, scope, by_rank=False, limit=COUNT_SCAN)
+        kept = sum(1 for rec, _ in rows if ("url" in rec.event.content) == flt.contains_url)
+        return kept + max(0, total - len(rows))
 
     def _context(
         self,

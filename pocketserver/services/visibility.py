@@ -10,6 +10,10 @@ rest), so one check over a page of events costs two small queries.
 * ``invited``: members or invitees at the event;
 * ``joined``: members at the event.
 A user's own membership event is visible to them (it is "at" that membership).
+
+Because both inputs change only at known stream positions, what a user may see of a room
+is also a short list of stream-position ranges (:meth:`VisibilityChecker.visible_ranges`),
+which lets a query count visible events without reading them (``/search``'s ``count``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ class VisibilityChecker:
         pos = rec.stream_pos
         if pos is None or rec.rejected_reason is not None:
             return False
+        return self._visible_at(pos)
+
+    def _visible_at(self, pos: int) -> bool:
         vis = self.visibility_at(pos)
         if vis == "world_readable":
             return True
@@ -67,6 +74,30 @@ class VisibilityChecker:
         if vis == "invited" and membership == "invite":
             return True
         return False
+
+    def visible_ranges(self) -> list[tuple[int | None, int | None]]:
+        """The half-open ranges ``[lo, hi)`` of stream positions whose (accepted) events
+        this user may see, oldest first; ``None`` is unbounded. Equivalent to
+        :meth:`can_see` for every event with a stream position."""
+        # The visibility changes just after a history_visibility event (it applies to the
+        # events after it), a membership exactly at its event.
+        starts = sorted({p + 1 for p in self._hv_pos} | set(self._mem_pos))
+        segments: list[tuple[int | None, int | None]] = []
+        lo: int | None = None
+        for start in starts:
+            segments.append((lo, start))
+            lo = start
+        segments.append((lo, None))
+        out: list[tuple[int | None, int | None]] = []
+        for seg_lo, seg_hi in segments:
+            probe = seg_lo if seg_lo is not None else (seg_hi - 1 if seg_hi is not None else 0)
+            if not self._visible_at(probe):
+                continue
+            if out and out[-1][1] == seg_lo:
+                out[-1] = (out[-1][0], seg_hi)
+            else:
+                out.append((seg_lo, seg_hi))
+        return out
 
     def filter(self, records: Sequence[EventRecord]) -> list[EventRecord]:
         return [r for r in records if self.can_see(r)]

@@ -67,44 +67,87 @@ def fts_query(search_term: str) -> ParsedQuery:
     return ParsedQuery(match, tuple(highlights))
 
 
-def _conditions(
-    room_ids: Sequence[str], types: Sequence[str], senders: Sequence[str] | None
-) -> tuple[str, list[Any]]:
+Ranges = Sequence[tuple[int | None, int | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a search may find: per room, the stream-position ranges ``[lo, hi)``
+    (``None``: unbounded) whose events the searcher may see; the event types; the
+    senders to keep (``None``: all), the senders to leave out, and the senders whose
+    non-state events to leave out (ignored users)."""
+
+    rooms: dict[str, Ranges]
+    types: Sequence[str]
+    senders: Sequence[str] | None = None
+    not_senders: Sequence[str] = ()
+    hidden_senders: Sequence[str] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.rooms.values()) or not self.types or self.senders == []
+
+
+def _in(column: str, values: Sequence[Any]) -> str:
+    return f"{column} IN ({','.join('?' * len(values))})"
+
+
+def _conditions(scope: Scope) -> tuple[str, list[Any]]:
+    args: list[Any] = []
+    per_room: list[str] = []
+    for room_id, ranges in scope.rooms.items():
+        if not ranges:
+            continue
+        args.append(room_id)
+        spans: list[str] = []
+        for lo, hi in ranges:
+            bounds = []
+            if lo is not None:
+                bounds.append("e.stream_pos >= ?")
+                args.append(lo)
+            if hi is not None:
+                bounds.append("e.stream_pos < ?")
+                args.append(hi)
+            spans.append(" AND ".join(bounds) or "1")
+        per_room.append(f"(r.room_id = ? AND ({' OR '.join(f'({x})' for x in spans)}))")
     clauses = [
-        "event_search MATCH ?",
-        f"r.room_id IN ({','.join('?' * len(room_ids))})",
-        f"e.type IN ({','.join('?' * len(types))})",
+        f"({' OR '.join(per_room)})",
+        _in("e.type", scope.types),
         "e.redacted_by IS NULL",
         "e.rejected_reason IS NULL",
         "e.stream_pos IS NOT NULL",
     ]
-    args: list[Any] = [*room_ids, *types]
-    if senders is not None:
-        clauses.append(f"e.sender IN ({','.join('?' * len(senders))})")
-        args += senders
+    args += scope.types
+    if scope.senders is not None:
+        clauses.append(_in("e.sender", scope.senders))
+        args += scope.senders
+    if scope.not_senders:
+        clauses.append("NOT " + _in("e.sender", scope.not_senders))
+        args += scope.not_senders
+    if scope.hidden_senders:
+        clauses.append("NOT (e.sk_nid IS NULL AND " + _in("e.sender", scope.hidden_senders) + ")")
+        args += scope.hidden_senders
     return " AND ".join(clauses), args
 
 
 def search_events(
     conn: Conn,
     match: str,
-    room_ids: Sequence[str],
-    types: Sequence[str],
+    scope: Scope,
     *,
-    senders: Sequence[str] | None = None,
     by_rank: bool,
     before_pos: int | None = None,
     offset: int = 0,
     limit: int,
 ) -> list[tuple[EventRecord, float]]:
-    """(event, rank) of matching events; rank is higher for better matches.
+    """(event, rank) of matching events in ``scope``; rank is higher for better matches.
 
     ``by_rank``: best first, paged by ``offset``; otherwise newest first, paged by
     ``before_pos``.
     """
-    if not room_ids or not types or senders == []:
+    if scope.empty:
         return []
-    where, args = _conditions(room_ids, types, senders)
+    where, args = _conditions(scope)
     if not by_rank and before_pos is not None:
         where += " AND e.stream_pos < ?"
         args.append(before_pos)
@@ -112,28 +155,36 @@ def search_events(
     rows = conn.execute(
         f"SELECT {_RECORD_COLS}, bm25(event_search){_RECORD_FROM}"
         " JOIN event_search ON event_search.rowid = e.event_nid"
-        f" WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+        f" WHERE event_search MATCH ? AND {where} ORDER BY {order} LIMIT ? OFFSET ?",
         [match, *args, limit, offset if by_rank else 0],
     ).fetchall()
     return [(_record(r[:9]), -float(r[9])) for r in rows]
 
 
-def count_events(
-    conn: Conn,
-    match: str,
-    room_ids: Sequence[str],
-    types: Sequence[str],
-    *,
-    senders: Sequence[str] | None = None,
-) -> int:
-    """How many events match (before history visibility: an estimate, as allowed)."""
-    if not room_ids or not types or senders == []:
+def matching_rooms(conn: Conn, match: str, scope: Scope) -> set[str]:
+    """The rooms of ``scope`` that hold at least one matching event."""
+    if scope.empty:
+        return set()
+    where, args = _conditions(scope)
+    rows = conn.execute(
+        "SELECT DISTINCT r.room_id FROM events e JOIN rooms r ON r.room_nid = e.room_nid"
+        " JOIN event_search ON event_search.rowid = e.event_nid"
+        f" WHERE event_search MATCH ? AND {where}",
+        [match, *args],
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def count_events(conn: Conn, match: str, scope: Scope) -> int:
+    """How many events in ``scope`` match: counted by the index and the events' columns,
+    without reading the events themselves."""
+    if scope.empty:
         return 0
-    where, args = _conditions(room_ids, types, senders)
+    where, args = _conditions(scope)
     (n,) = conn.execute(
         "SELECT COUNT(*) FROM events e JOIN rooms r ON r.room_nid = e.room_nid"
         " JOIN event_search ON event_search.rowid = e.event_nid"
-        f" WHERE {where}",
+        f" WHERE event_search MATCH ? AND {where}",
         [match, *args],
     ).fetchone()
     return int(n)

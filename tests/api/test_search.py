@@ -166,3 +166,84 @@ async def test_search_bad_requests(http: httpx.AsyncClient) -> None:
         assert r.status_code == 400 and r.json()["errcode"] == errcode, (body, r.text)
     r = await http.post(f"{V3}/search", json={"search_categories": {}}, headers=auth_headers(tok))
     assert r.status_code == 200 and r.json() == {"search_categories": {}}
+
+
+async def _room_with_visibility(http: httpx.AsyncClient, atok: str, btok: str, visibility: str) -> str:
+    """Alice's public room with ``visibility``: three "fig" messages, then Bob joins and
+    one more; Bob is invited before the first message (for ``invited``)."""
+    bob = (await http.get(f"{V3}/account/whoami", headers=auth_headers(btok))).json()["user_id"]
+    room = await create_room(http, atok, preset="public_chat")
+    r = await http.put(
+        f"{V3}/rooms/{room}/state/m.room.history_visibility", json={"history_visibility": visibility},
+        headers=auth_headers(atok),
+    )
+    assert r.status_code == 200
+    r = await http.post(f"{V3}/rooms/{room}/invite", json={"user_id": bob}, headers=auth_headers(atok))
+    assert r.status_code == 200
+    for i in range(3):
+        await send(http, atok, room, msg(f"fig number {i}"))
+    r = await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200
+    await send(http, atok, room, msg("fig after bob joined"))
+    return room
+
+
+async def test_search_count_counts_only_what_the_user_may_see(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    # joined: Bob sees only the message after his join, and the count says so.
+    room = await _room_with_visibility(http, atok, btok, "joined")
+    for order in ("rank", "recent"):
+        res = await search(http, btok, {"search_term": "fig", "order_by": order})
+        assert bodies(res) == ["fig after bob joined"], order
+        assert res["count"] == 1, order
+    # A page smaller than the results: the count is still all Bob may see.
+    res = await search(http, btok, {"search_term": "fig", "filter": {"limit": 0}})
+    assert res["results"] == [] and res["count"] == 1
+    assert (await search(http, atok, {"search_term": "fig"}))["count"] == 4
+    # Once Bob leaves, what he could see stays counted, what follows does not.
+    await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+    await send(http, atok, room, msg("fig after bob left"))
+    res = await search(http, btok, {"search_term": "fig"})
+    assert bodies(res) == ["fig after bob joined"] and res["count"] == 1
+
+    # invited and shared, for contrast: the invitation (invited) or the join (shared)
+    # opens the history before it, and the count follows.
+    _, ctok, _ = await register(http)
+    await _room_with_visibility(http, atok, ctok, "invited")
+    res = await search(http, ctok, {"search_term": "fig"})
+    assert len(res["results"]) == 4 and res["count"] == 4
+    _, dtok, _ = await register(http)
+    await _room_with_visibility(http, atok, dtok, "shared")
+    res = await search(http, dtok, {"search_term": "fig", "filter": {"limit": 2}})
+    assert len(res["results"]) == 2 and res["count"] == 4
+    assert "next_batch" in res
+
+
+async def test_search_count_follows_filters_and_ignores(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    _, ctok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    for tok in (btok, ctok):
+        await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(tok))
+    await send(http, atok, room, msg("grape from alice"))
+    await send(http, btok, room, msg("grape from bob"))
+    await send(http, btok, room, {"msgtype": "m.image", "body": "grape.png", "url": "mxc://test.local/grape"})
+    res = await search(http, ctok, {"search_term": "grape", "filter": {"not_senders": [bob]}})
+    assert bodies(res) == ["grape from alice"] and res["count"] == 1
+    res = await search(http, ctok, {"search_term": "grape", "filter": {"contains_url": True}})
+    assert bodies(res) == ["grape.png"] and res["count"] == 1
+    res = await search(http, ctok, {"search_term": "grape", "filter": {"contains_url": False}})
+    assert res["count"] == 2
+    res = await search(http, ctok, {"search_term": "grape", "filter": {"not_types": ["m.room.message"]}})
+    assert res["results"] == [] and res["count"] == 0
+    r = await http.put(
+        f"{V3}/user/{(await http.get(f'{V3}/account/whoami', headers=auth_headers(ctok))).json()['user_id']}"
+        "/account_data/m.ignored_user_list",
+        json={"ignored_users": {bob: {}}}, headers=auth_headers(ctok),
+    )
+    assert r.status_code == 200
+    res = await search(http, ctok, {"search_term": "grape"})
+    assert bodies(res) == ["grape from alice"] and res["count"] == 1
+    assert alice
