@@ -11,12 +11,11 @@ from typing import Any
 
 from quart import Response, current_app, request
 
+from pocketserver import limits
 from pocketserver.errors import BadJson, InvalidParam, MissingParam, NotJson, TooLarge
 from pocketserver.protocol.canonical_json import CanonicalJsonError, JsonParseError, parse_json
 from pocketserver.services import Services
 from pocketserver.services.auth import Requester
-
-MAX_JSON_BODY = 8 * 1024 * 1024
 
 
 def services() -> Services:
@@ -32,8 +31,11 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
     return resp
 
 
-async def read_body(limit: int = MAX_JSON_BODY) -> bytes:
-    """The request body, refusing with M_TOO_LARGE once it passes ``limit`` bytes."""
+async def read_body(limit: int | None = None) -> bytes:
+    """The request body, refusing with M_TOO_LARGE once it passes ``limit`` bytes
+    (default: ``limits.MAX_JSON_BODY``)."""
+    if limit is None:
+        limit = limits.MAX_JSON_BODY
     length = request.content_length
     if length is not None and length > limit:
         raise TooLarge()
@@ -47,7 +49,7 @@ async def read_body(limit: int = MAX_JSON_BODY) -> bytes:
     return b"".join(chunks)
 
 
-async def json_body(*, allow_empty: bool = False, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+async def json_body(*, allow_empty: bool = False, limit: int | None = None) -> dict[str, Any]:
     """The request body as a JSON object, or M_NOT_JSON / M_BAD_JSON."""
     raw = await read_body(limit)
     if not raw.strip():

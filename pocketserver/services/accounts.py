@@ -24,8 +24,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pocketserver import limits
 from pocketserver.config import Config
-from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam, NotFound
+from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam, NotFound, TooLarge
 from pocketserver.protocol.identifiers import MAX_IDENTIFIER_BYTES, is_valid_localpart
 from pocketserver.services import filtering
 from pocketserver.services.auth import Requester, hash_token, new_device_id, new_token
@@ -51,15 +52,16 @@ log = logging.getLogger("pocketserver.accounts")
 UserHook = Callable[[str], Awaitable[None]]
 DeviceHook = Callable[[str, str], Awaitable[None]]
 
-MAX_DISPLAYNAME = 256
-MAX_AVATAR_URL = 1000
-MAX_DEVICE_NAME = 256
 MAX_DEVICE_ID = 255
-MAX_PROFILE_BYTES = 64 * 1024
 PROFILE_KEY = re.compile(r"avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
 # Account data types a client may not write directly (account-data.yaml).
 SERVER_MANAGED_ACCOUNT_DATA = ("m.fully_read", "m.push_rules")
+
+
+def _check_device_name(name: str | None) -> None:
+    if name is not None and len(name) > limits.MAX_DEVICE_NAME_CHARS:
+        raise TooLarge(f"A device display name is at most {limits.MAX_DEVICE_NAME_CHARS} characters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +296,7 @@ class AccountsService:
         display = body.get("initial_device_display_name")
         if display is not None and not isinstance(display, str):
             raise BadJson("'initial_device_display_name' must be a string")
-        if display is not None and len(display) > MAX_DEVICE_NAME:
-            raise MatrixError(400, "M_INVALID_PARAM", "Device display name too long")
+        _check_device_name(display)
         if kind == "guest":
             return await self._register_guest(display, ip, user_agent)
 
@@ -412,6 +413,7 @@ class AccountsService:
             raise MatrixError(400, "M_INVALID_PARAM", "device_id too long")
         if display is not None and not isinstance(display, str):
             raise BadJson("'initial_device_display_name' must be a string")
+        _check_device_name(display)
         if not isinstance(want_refresh, bool):
             raise BadJson("'refresh_token' must be a boolean")
         # A second, per-account bucket stops password guessing spread over addresses.
@@ -529,8 +531,7 @@ class AccountsService:
         name = body.get("display_name")
         if name is not None and not isinstance(name, str):
             raise BadJson("'display_name' must be a string")
-        if name is not None and len(name) > MAX_DEVICE_NAME:
-            raise MatrixError(400, "M_INVALID_PARAM", "Device display name too long")
+        _check_device_name(name)
         if "display_name" not in body:
             if await self.db.read(accounts.get_device, user_id, device_id) is None:
                 raise NotFound("No device with that ID")
@@ -592,19 +593,23 @@ class AccountsService:
         if key == "displayname":
             if value is not None and not isinstance(value, str):
                 raise BadJson("'displayname' must be a string")
-            if value is not None and len(value) > MAX_DISPLAYNAME:
-                raise MatrixError(400, "M_INVALID_PARAM", "Display name too long")
+            if value is not None and len(value) > limits.MAX_DISPLAYNAME_CHARS:
+                raise TooLarge(f"A display name is at most {limits.MAX_DISPLAYNAME_CHARS} characters")
         elif key == "avatar_url":
             if value is not None and not isinstance(value, str):
                 raise BadJson("'avatar_url' must be a string")
-            if value and (len(value) > MAX_AVATAR_URL or not value.startswith("mxc://")):
+            if value and len(value) > limits.MAX_AVATAR_URL_CHARS:
+                raise TooLarge(f"avatar_url is at most {limits.MAX_AVATAR_URL_CHARS} characters")
+            if value and not value.startswith("mxc://"):
                 raise MatrixError(400, "M_INVALID_PARAM", "avatar_url must be an mxc:// URI")
         elif key == "m.tz" and not isinstance(value, str):
             raise BadJson("'m.tz' must be a string")
         current = await self.get_profile(user_id)
         current[key] = value
-        if len(json.dumps(current, ensure_ascii=False, separators=(",", ":"))) > MAX_PROFILE_BYTES:
-            raise MatrixError(400, "M_PROFILE_TOO_LARGE", "The profile would exceed 64 KiB")
+        if limits.json_size(current) > limits.MAX_PROFILE_BYTES:
+            raise MatrixError(
+                400, "M_PROFILE_TOO_LARGE", f"The profile would exceed {limits.MAX_PROFILE_BYTES} bytes"
+            )
         await self.db.write(_set_profile_txn, user_id, key, value, False)
         if key in ("displayname", "avatar_url"):
             await self._run_hooks(self.on_profile_changed, user_id)
@@ -632,12 +637,29 @@ class AccountsService:
             raise MatrixError(
                 405, "M_BAD_JSON", f"Cannot set {data_type} through this API"
             )
-        await self._put_account_data(user_id, room_id, data_type, content)
+        if len(data_type.encode("utf-8")) > limits.MAX_ACCOUNT_DATA_TYPE_BYTES:
+            raise TooLarge(f"An account data type is at most {limits.MAX_ACCOUNT_DATA_TYPE_BYTES} bytes")
+        await self._put_account_data(user_id, room_id, data_type, content, capped=True)
 
     async def _put_account_data(
-        self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]
+        self, user_id: str, room_id: str, data_type: str, content: dict[str, Any], *, capped: bool = False
     ) -> None:
-        pos = await self.db.write(ad_store.put_account_data, user_id, room_id, data_type, content)
+        """Store one entry; ``capped``: a client's own write, held to the size caps (the
+        server's writes, read markers, are bounded by the rooms a user is in)."""
+        size = ad_store.entry_bytes(room_id, data_type, content)
+        if capped and size - len(room_id.encode()) - len(data_type.encode()) > limits.MAX_ACCOUNT_DATA_BYTES:
+            raise TooLarge(f"Account data content is at most {limits.MAX_ACCOUNT_DATA_BYTES} bytes")
+
+        def txn(conn: Conn) -> int:
+            if capped:
+                old = ad_store.entry_size(conn, user_id, room_id, data_type)
+                if size > old and ad_store.total_size(conn, user_id) - old + size > limits.MAX_ACCOUNT_DATA_TOTAL:
+                    raise TooLarge(
+                        f"A user's account data is at most {limits.MAX_ACCOUNT_DATA_TOTAL} bytes in all"
+                    )
+            return ad_store.put_account_data(conn, user_id, room_id, data_type, content)
+
+        pos = await self.db.write(txn)
         self.notifier.notify(pos)
 
     async def get_account_data(
@@ -667,11 +689,13 @@ class AccountsService:
         order = body.get("order")
         if order is not None and (isinstance(order, bool) or not isinstance(order, int | float)):
             raise BadJson("'order' must be a number")
-        if len(tag.encode("utf-8")) > 255:
-            raise MatrixError(400, "M_INVALID_PARAM", "Tag too long")
+        if len(tag.encode("utf-8")) > limits.MAX_ACCOUNT_DATA_TYPE_BYTES:
+            raise TooLarge(f"A tag is at most {limits.MAX_ACCOUNT_DATA_TYPE_BYTES} bytes")
         tags = await self.get_tags(requester, user_id, room_id)
+        if tag not in tags and len(tags) >= limits.MAX_TAGS_PER_ROOM:
+            raise TooLarge(f"A room has at most {limits.MAX_TAGS_PER_ROOM} tags")
         tags[tag] = dict(body)
-        await self._put_account_data(user_id, room_id, "m.tag", {"tags": tags})
+        await self._put_account_data(user_id, room_id, "m.tag", {"tags": tags}, capped=True)
 
     async def delete_tag(self, requester: Requester, user_id: str, room_id: str, tag: str) -> None:
         if requester.user_id != user_id:
@@ -690,9 +714,18 @@ class AccountsService:
         except filtering.InvalidFilter as e:
             raise BadJson(f"Invalid filter: {e}") from None
         text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-        if len(text) > 64 * 1024:
-            raise MatrixError(413, "M_TOO_LARGE", "Filter too large")
-        return str(await self.db.write(accounts.insert_filter, user_id, text))
+        if len(text.encode("utf-8")) > limits.MAX_FILTER_BYTES:
+            raise TooLarge(f"A filter is at most {limits.MAX_FILTER_BYTES} bytes")
+
+        def txn(conn: Conn) -> int:
+            known = accounts.find_filter(conn, user_id, text)
+            if known is not None:
+                return known
+            if accounts.count_filters(conn, user_id) >= limits.MAX_FILTERS:
+                raise TooLarge(f"A user has at most {limits.MAX_FILTERS} filters")
+            return accounts.insert_filter(conn, user_id, text)
+
+        return str(await self.db.write(txn))
 
     async def get_filter(self, requester: Requester, user_id: str, filter_id: str) -> dict[str, Any]:
         if requester.user_id != user_id:

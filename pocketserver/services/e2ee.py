@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pocketserver import limits
 from pocketserver.errors import (
     BadJson,
     Forbidden,
@@ -65,7 +66,6 @@ MAX_KEYS_PER_UPLOAD = 1000  # one-time keys in one /keys/upload
 MAX_ONE_TIME_KEYS = 10_000  # stored per device and algorithm
 MAX_QUERY_USERS = 10_000  # users in one /keys/query or /keys/claim
 MAX_TO_DEVICE_MESSAGES = 10_000  # target devices of one /sendToDevice, after "*"
-MAX_TO_DEVICE_CONTENT = 64 * 1024  # bytes of one message's content
 
 
 def invalid_signature(message: str = "Invalid signature") -> MatrixError:
@@ -655,10 +655,9 @@ class E2eeService:
                 # Stored as compact JSON (not canonical: nothing signs it, and the C
                 # encoder keeps a fan-out to hundreds of devices cheap).
                 encoded = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-                if len(encoded) > MAX_TO_DEVICE_CONTENT // 4 and (
-                    len(encoded.encode("utf-8")) > MAX_TO_DEVICE_CONTENT
-                ):
-                    raise TooLarge("A to-device message may be at most 64 KiB")
+                cap = limits.MAX_TO_DEVICE_CONTENT
+                if len(encoded) > cap // 4 and len(encoded.encode("utf-8")) > cap:
+                    raise TooLarge(f"A to-device message is at most {cap} bytes")
                 count += 1
                 if domain != self.server_name:
                     remote.setdefault(domain, {}).setdefault(target, {})[target_device] = content

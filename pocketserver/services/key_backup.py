@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pocketserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound
+from pocketserver import limits
+from pocketserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound, TooLarge
 from pocketserver.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from pocketserver.storage import key_backup as store
 from pocketserver.storage.database import Conn, Database
@@ -50,6 +51,8 @@ def _check_algorithm_and_auth(body: Mapping[str, Any]) -> tuple[str, JsonDict]:
         encode_canonical_json(auth_data)
     except CanonicalJsonError as e:
         raise BadJson(f"auth_data: {e}") from None
+    if limits.json_size(auth_data) > limits.MAX_BACKUP_AUTH_DATA_BYTES:
+        raise TooLarge(f"auth_data is at most {limits.MAX_BACKUP_AUTH_DATA_BYTES} bytes")
     return algorithm, auth_data
 
 
@@ -71,6 +74,8 @@ def _parse_key(room_id: str, session_id: str, data: Any) -> BackedUpKey:
         encode_canonical_json(session_data)
     except CanonicalJsonError as e:
         raise BadJson(f"session_data: {e}") from None
+    if limits.json_size(data) > limits.MAX_BACKUP_SESSION_BYTES:
+        raise TooLarge(f"A backed-up session is at most {limits.MAX_BACKUP_SESSION_BYTES} bytes")
     assert isinstance(fmi, int) and isinstance(fc, int)
     return BackedUpKey(room_id, session_id, fmi, fc, verified, session_data)
 
@@ -115,11 +120,11 @@ def _existing_version(conn: Conn, user_id: str, version: str) -> int:
     return v
 
 
-def _update_response(conn: Conn, user_id: str, version: int) -> JsonDict:
+def _update_response(conn: Conn, user_id: str, version: int, count: int | None = None) -> JsonDict:
     v = store.get_version(conn, user_id, version)
     return {
         "etag": str(v.etag if v else 0),
-        "count": store.count_keys(conn, user_id, version),
+        "count": store.count_keys(conn, user_id, version) if count is None else count,
     }
 
 
@@ -131,8 +136,15 @@ class KeyBackupService:
 
     async def create_version(self, user_id: str, body: JsonDict) -> str:
         algorithm, auth_data = _check_algorithm_and_auth(body)
-        version = await self.db.write(store.create_version, user_id, algorithm, auth_data)
-        return str(version)
+
+        def txn(conn: Conn) -> int:
+            if store.count_live_versions(conn, user_id) >= limits.MAX_BACKUP_VERSIONS:
+                raise TooLarge(
+                    f"A user keeps at most {limits.MAX_BACKUP_VERSIONS} backup versions; delete old ones"
+                )
+            return store.create_version(conn, user_id, algorithm, auth_data)
+
+        return str(await self.db.write(txn))
 
     async def get_version(self, user_id: str, version: str | None) -> JsonDict:
         """The given version, or the current one for None; 404 if there is none."""
@@ -195,15 +207,20 @@ class KeyBackupService:
 
         def txn(conn: Conn) -> JsonDict:
             v = _writable_version(conn, user_id, version)
-            changed = False
+            changed = added = False
             for key in keys:
                 old = store.get_key(conn, user_id, v, key.room_id, key.session_id)
                 if old is None or should_replace(old, key):
                     store.put_key(conn, user_id, v, key)
                     changed = True
+                    added = added or old is None
+            count = store.count_keys(conn, user_id, v)
+            if added and count > limits.MAX_BACKUP_SESSIONS:
+                # Raising rolls the whole request back: nothing of it is stored.
+                raise TooLarge(f"A backup version holds at most {limits.MAX_BACKUP_SESSIONS} sessions")
             if changed:
                 store.bump_etag(conn, user_id, v)
-            return _update_response(conn, user_id, v)
+            return _update_response(conn, user_id, v, count)
 
         return await self.db.write(txn)
 

@@ -39,7 +39,8 @@ from urllib.parse import urlsplit
 
 import trio
 
-from pocketserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound
+from pocketserver import limits
+from pocketserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound, TooLarge
 from pocketserver.protocol.power_levels import PowerLevels
 from pocketserver.protocol.push_rules import (
     KINDS,
@@ -290,6 +291,8 @@ class PushService:
             data["conditions"] = [dict(c) for c in rule.conditions]
         if rule.pattern is not None:
             data["pattern"] = rule.pattern
+        if limits.json_size(data) > limits.MAX_PUSH_RULE_BYTES:
+            raise TooLarge(f"A push rule is at most {limits.MAX_PUSH_RULE_BYTES} bytes")
         await self._change(user_id, self._put_rule_txn, user_id, kind, rule_id, data, before, after)
 
     @staticmethod
@@ -300,6 +303,8 @@ class PushService:
         existed = rule_id in ids
         if existed:
             ids.remove(rule_id)
+        elif store.count_user_rules(conn, user_id) >= limits.MAX_PUSH_RULES:
+            raise TooLarge(f"A user has at most {limits.MAX_PUSH_RULES} push rules")
         if before is not None:
             if before not in ids:
                 raise MatrixError(400, "M_UNKNOWN", f"before/after rule not found: {before}")
@@ -339,6 +344,8 @@ class PushService:
             checked = list(validate_actions(actions))
         except PushRuleError as e:
             raise MatrixError(400, e.errcode, str(e)) from None
+        if limits.json_size(checked) > limits.MAX_PUSH_RULE_BYTES:
+            raise TooLarge(f"A push rule is at most {limits.MAX_PUSH_RULE_BYTES} bytes")
         if is_default_rule_id(rule_id):
             await self.get_rule(user_id, kind, rule_id)
             await self._change(user_id, store.set_default_actions, user_id, rule_id, checked)
@@ -580,8 +587,15 @@ class PushService:
         }
         if profile_tag is not None:
             info["profile_tag"] = profile_tag
+        if limits.json_size(info) > limits.MAX_PUSHER_BYTES:
+            raise TooLarge(f"A pusher is at most {limits.MAX_PUSHER_BYTES} bytes")
 
         def txn(conn: Conn) -> None:
+            if (
+                not store.has_pusher(conn, user_id, app_id, pushkey)
+                and store.count_user_pushers(conn, user_id) >= limits.MAX_PUSHERS
+            ):
+                raise TooLarge(f"A user has at most {limits.MAX_PUSHERS} pushers")
             pos = current_stream_pos(conn)
             store.upsert_pusher(
                 conn, user_id, app_id, pushkey, kind, info, requester.device_id, self.clock.time_ms(), pos

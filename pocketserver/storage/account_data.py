@@ -48,6 +48,35 @@ def get_account_data(
     return value
 
 
+def entry_size(conn: Conn, user_id: str, room_id: str, data_type: str) -> int:
+    """Bytes one entry takes (content + type + room ID, as counted against a user's
+    total); 0 if there is none."""
+    row = conn.execute(
+        "SELECT length(CAST(content AS BLOB)) + length(CAST(type AS BLOB))"
+        " + length(CAST(room_id AS BLOB)) FROM account_data"
+        " WHERE user_id = ? AND room_id = ? AND type = ?",
+        (user_id, room_id, data_type),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def total_size(conn: Conn, user_id: str) -> int:
+    """Bytes all of one user's entries take (content + type + room ID of each)."""
+    (n,) = conn.execute(
+        "SELECT COALESCE(SUM(length(CAST(content AS BLOB)) + length(CAST(type AS BLOB))"
+        " + length(CAST(room_id AS BLOB))), 0) FROM account_data WHERE user_id = ?",
+        (user_id,),
+    ).fetchone()
+    return int(n)
+
+
+def entry_bytes(room_id: str, data_type: str, content: dict[str, Any]) -> int:
+    """What :func:`entry_size` will say once ``content`` is stored."""
+    return len(_dumps(content).encode("utf-8")) + len(data_type.encode("utf-8")) + len(
+        room_id.encode("utf-8")
+    )
+
+
 @dataclass
 class AccountDataChanges:
     """What changed in a stream range: ``global_`` by type, ``rooms`` by room then type."""

@@ -434,6 +434,20 @@ def insert_filter(conn: Conn, user_id: str, filter_json: str) -> int:
     return int(next_id)
 
 
+def find_filter(conn: Conn, user_id: str, filter_json: str) -> int | None:
+    """The ID of this user's filter with exactly this JSON, if any."""
+    row = conn.execute(
+        "SELECT filter_id FROM filters WHERE user_id = ? AND filter_json = ?",
+        (user_id, filter_json),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def count_filters(conn: Conn, user_id: str) -> int:
+    (n,) = conn.execute("SELECT COUNT(*) FROM filters WHERE user_id = ?", (user_id,)).fetchone()
+    return int(n)
+
+
 def get_filter(conn: Conn, user_id: str, filter_id: int) -> str | None:
     row = conn.execute(
         "SELECT filter_json FROM filters WHERE user_id = ? AND filter_id = ?", (user_id, filter_id)

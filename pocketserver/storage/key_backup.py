@@ -59,6 +59,14 @@ def create_version(conn: Conn, user_id: str, algorithm: str, auth_data: JsonDict
     return version
 
 
+def count_live_versions(conn: Conn, user_id: str) -> int:
+    (n,) = conn.execute(
+        "SELECT COUNT(*) FROM room_key_backup_versions WHERE user_id = ? AND deleted = 0",
+        (user_id,),
+    ).fetchone()
+    return int(n)
+
+
 def get_version(conn: Conn, user_id: str, version: int | None) -> BackupVersion | None:
     """The given live version, or the current (newest live) one for None."""
     if version is None:

@@ -51,6 +51,12 @@ def get_user_rules(conn: Conn, user_id: str) -> list[StoredRule]:
     ]
 
 
+def count_user_rules(conn: Conn, user_id: str) -> int:
+    """How many push rules this user has defined (all kinds)."""
+    (n,) = conn.execute("SELECT COUNT(*) FROM push_rules WHERE user_id = ?", (user_id,)).fetchone()
+    return int(n)
+
+
 def get_rule_ids(conn: Conn, user_id: str, kind: str) -> list[str]:
     """The user's rule IDs of one kind, most important first."""
     return [
@@ -196,6 +202,19 @@ def upsert_pusher(
         " pushkey_ts = excluded.pushkey_ts, failing_since = NULL",
         (user_id, app_id, pushkey, kind, _dumps(info), device_id, now_ms, stream_pos),
     )
+
+
+def has_pusher(conn: Conn, user_id: str, app_id: str, pushkey: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pushers WHERE app_id = ? AND pushkey = ? AND user_id = ?",
+        (app_id, pushkey, user_id),
+    ).fetchone()
+    return row is not None
+
+
+def count_user_pushers(conn: Conn, user_id: str) -> int:
+    (n,) = conn.execute("SELECT COUNT(*) FROM pushers WHERE user_id = ?", (user_id,)).fetchone()
+    return int(n)
 
 
 def delete_pusher(conn: Conn, user_id: str, app_id: str, pushkey: str) -> bool:

@@ -11,12 +11,12 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
+from pocketserver import limits
 from pocketserver.api.common import json_body, json_response, require_auth, services
 
 bp = Blueprint("client_key_backup", __name__)
 
 PREFIXES = ("/_matrix/client/v3", "/_matrix/client/unstable")
-MAX_BODY = 64 * 1024 * 1024
 
 
 def client_route(path: str, methods: list[str]) -> Callable[[Any], Any]:
@@ -74,7 +74,7 @@ async def delete_version(version: str) -> Response:
 async def put_all_keys() -> Response:
     """PUT /_matrix/client/v3/room_keys/keys?version="""
     req = await require_auth()
-    body = await json_body(limit=MAX_BODY)
+    body = await json_body(limit=limits.MAX_KEY_BACKUP_BODY)
     out = await services().key_backup.put_keys(
         req.user_id, request.args.get("version"), body.get("rooms")
     )
@@ -85,7 +85,7 @@ async def put_all_keys() -> Response:
 async def put_room_keys(room_id: str) -> Response:
     """PUT /_matrix/client/v3/room_keys/keys/{roomId}?version="""
     req = await require_auth()
-    body = await json_body(limit=MAX_BODY)
+    body = await json_body(limit=limits.MAX_KEY_BACKUP_BODY)
     out = await services().key_backup.put_keys(
         req.user_id, request.args.get("version"), {room_id: body}
     )

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
+from pocketserver import limits
 from pocketserver.api.common import json_body, json_response, require_auth, services
 from pocketserver.errors import MissingParam
 
 bp = Blueprint("client_to_device", __name__)
 
-# Room keys for a few hundred devices fit comfortably; one message is at most 64 KiB.
-MAX_BODY = 16 * 1024 * 1024
-
 
 async def send_to_device(event_type: str, txn_id: str) -> Response:
     """PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}"""
     req = await require_auth(allow_guest=True)
-    body = await json_body(limit=MAX_BODY)
+    body = await json_body(limit=limits.MAX_TO_DEVICE_BODY)
     if "messages" not in body:
         raise MissingParam("Missing 'messages'")
     await services().e2ee.send_to_device(
