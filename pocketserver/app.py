@@ -15,7 +15,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from pocketserver.api.common import json_response
+from pocketserver.api.common import CORS_HEADERS, BodyLimit, json_response
 from pocketserver.errors import MatrixError
 from pocketserver.services import Services
 
@@ -25,13 +25,6 @@ log = logging.getLogger("pocketserver.app")
 # split the segment: the ASGI wrapper below carries it through routing as this
 # private-use character, and the url_value_preprocessor turns it back into "/".
 _SLASH = "\ue000"
-
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
-    "Access-Control-Expose-Headers": "Content-Disposition",
-}
 
 
 _R0 = "/_matrix/client/r0/"
@@ -106,5 +99,5 @@ def create_app(services: Services) -> QuartTrio:
     from pocketserver.api import register_blueprints
 
     register_blueprints(app)
-    app.asgi_app = _PathMiddleware(app.asgi_app)  # type: ignore[method-assign,assignment]
+    app.asgi_app = BodyLimit(_PathMiddleware(app.asgi_app))  # type: ignore[method-assign,assignment]
     return app

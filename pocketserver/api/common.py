@@ -17,6 +17,13 @@ from pocketserver.protocol.canonical_json import CanonicalJsonError, JsonParseEr
 from pocketserver.services import Services
 from pocketserver.services.auth import Requester
 
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
+    "Access-Control-Expose-Headers": "Content-Disposition",
+}
+
 
 def services() -> Services:
     return current_app.extensions["pocketserver"]  # type: ignore[no-any-return]
@@ -31,11 +38,75 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
     return resp
 
 
+def body_limit(path: str) -> int | None:
+    """The most bytes a request body on ``path`` may have; None for media uploads,
+    which stream their bodies under their own limit (``media.max_upload_size``)."""
+    if path.startswith("/_matrix/media/"):
+        return None
+    if "/room_keys/keys" in path:
+        return limits.MAX_KEY_BACKUP_BODY
+    if "/sendToDevice/" in path:
+        return limits.MAX_TO_DEVICE_BODY
+    return limits.MAX_JSON_BODY
+
+
+class BodyLimit:
+    """ASGI wrapper: a request body past its path's :func:`body_limit` is refused with
+    413 ``M_TOO_LARGE`` before it is read whole into memory.
+
+    Quart buffers a body as it arrives, whether or not the route reads it yet, so the
+    limit is applied here, in front of Quart: a declared ``Content-Length`` over the
+    limit is answered at once without reading the body; a chunked body is handed on
+    only up to the first piece that passes the limit (``read_body`` then refuses it),
+    and the rest is read and dropped, never kept.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        limit = body_limit(scope.get("path", "")) if scope.get("type") == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for k, v in scope.get("headers", ()):
+            if k.lower() == b"content-length" and v.strip().isdigit():
+                declared = int(v)
+        if declared is not None and declared > limit:
+            body = json.dumps({"errcode": "M_TOO_LARGE", "error": f"Request body is over {limit} bytes"}).encode()
+            await send({
+                "type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *((k.lower().encode(), v.encode()) for k, v in CORS_HEADERS.items())],
+            })  # fmt: skip
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        seen = 0
+        over = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen, over
+            while over:
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    return dict(msg)
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit and msg.get("more_body", False):
+                    over = True
+                    return dict(msg, more_body=False)
+            return dict(msg)
+
+        await self.app(scope, limited_receive, send)
+
+
 async def read_body(limit: int | None = None) -> bytes:
     """The request body, refusing with M_TOO_LARGE once it passes ``limit`` bytes
-    (default: ``limits.MAX_JSON_BODY``)."""
+    (default: the path's :func:`body_limit`)."""
     if limit is None:
-        limit = limits.MAX_JSON_BODY
+        limit = body_limit(request.path) or limits.MAX_JSON_BODY
     length = request.content_length
     if length is not None and length > limit:
         raise TooLarge()

@@ -11,7 +11,6 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from pocketserver import limits
 from pocketserver.api.common import json_body, json_response, require_auth, services
 
 bp = Blueprint("client_key_backup", __name__)
@@ -74,7 +73,7 @@ async def delete_version(version: str) -> Response:
 async def put_all_keys() -> Response:
     """PUT /_matrix/client/v3/room_keys/keys?version="""
     req = await require_auth()
-    body = await json_body(limit=limits.MAX_KEY_BACKUP_BODY)
+    body = await json_body()
     out = await services().key_backup.put_keys(
         req.user_id, request.args.get("version"), body.get("rooms")
     )
@@ -85,7 +84,7 @@ async def put_all_keys() -> Response:
 async def put_room_keys(room_id: str) -> Response:
     """PUT /_matrix/client/v3/room_keys/keys/{roomId}?version="""
     req = await require_auth()
-    body = await json_body(limit=limits.MAX_KEY_BACKUP_BODY)
+    body = await json_body()
     out = await services().key_backup.put_keys(
         req.user_id, request.args.get("version"), {room_id: body}
     )

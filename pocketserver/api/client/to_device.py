@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from pocketserver import limits
 from pocketserver.api.common import json_body, json_response, require_auth, services
 from pocketserver.errors import MissingParam
 
@@ -17,7 +16,7 @@ bp = Blueprint("client_to_device", __name__)
 async def send_to_device(event_type: str, txn_id: str) -> Response:
     """PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}"""
     req = await require_auth(allow_guest=True)
-    body = await json_body(limit=limits.MAX_TO_DEVICE_BODY)
+    body = await json_body()
     if "messages" not in body:
         raise MissingParam("Missing 'messages'")
     await services().e2ee.send_to_device(
