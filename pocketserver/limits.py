@@ -74,6 +74,12 @@ MAX_PUSHER_BYTES = 8 * KIB
 
 # One to-device message's content.
 MAX_TO_DEVICE_CONTENT = 64 * KIB
+# A device's keys (device_keys of /keys/upload), a cross-signing key.
+MAX_DEVICE_KEYS_BYTES = 64 * KIB
+# One one-time or fallback key (its "<algorithm>:<key_id>" name and its value).
+MAX_ONE_TIME_KEY_BYTES = 4 * KIB
+# One-time keys stored per device, all algorithms together.
+MAX_ONE_TIME_KEYS = 10_000
 # Live key backup versions per user (delete old ones to make a new one).
 MAX_BACKUP_VERSIONS = 100
 # A backup version's auth_data.

@@ -63,7 +63,6 @@ SIGNED_CURVE25519 = "signed_curve25519"
 CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
 
 MAX_KEYS_PER_UPLOAD = 1000  # one-time keys in one /keys/upload
-MAX_ONE_TIME_KEYS = 10_000  # stored per device and algorithm
 MAX_QUERY_USERS = 10_000  # users in one /keys/query or /keys/claim
 MAX_TO_DEVICE_MESSAGES = 10_000  # target devices of one /sendToDevice, after "*"
 
@@ -162,6 +161,8 @@ def _parse_key_map(obj: Any, where: str) -> list[_OneTimeKey]:
         else:
             raise BadJson(f"{where}: {name} must be a string or an object")
         _check_canonical(key, f"{where}.{name}")
+        if len(name.encode("utf-8")) + limits.json_size(key) > limits.MAX_ONE_TIME_KEY_BYTES:
+            raise TooLarge(f"{where}: a key is at most {limits.MAX_ONE_TIME_KEY_BYTES} bytes")
         out.append(_OneTimeKey(algorithm, key_id, key))
     return out
 
@@ -184,6 +185,8 @@ def _check_device_keys(dk: Any, user_id: str, device_id: str) -> JsonDict:
     if not isinstance(dk.get("signatures"), dict):
         raise BadJson("device_keys.signatures must be an object")
     _check_canonical(dk, "device_keys")
+    if limits.json_size(dk) > limits.MAX_DEVICE_KEYS_BYTES:
+        raise TooLarge(f"device_keys are at most {limits.MAX_DEVICE_KEYS_BYTES} bytes")
     ed_id = f"ed25519:{device_id}"
     ed = keys.get(ed_id)
     if ed is None:
@@ -280,12 +283,10 @@ class E2eeService:
                     )
             if new_otks:
                 counts = e2e_keys.count_one_time_keys(conn, user_id, device_id)
-                for algorithm in {a for a, _, _ in new_otks}:
-                    adding = sum(1 for a, _, _ in new_otks if a == algorithm)
-                    if counts.get(algorithm, 0) + adding > MAX_ONE_TIME_KEYS:
-                        raise InvalidParam(
-                            f"At most {MAX_ONE_TIME_KEYS} one-time keys may be stored"
-                        )
+                if sum(counts.values()) + len(new_otks) > limits.MAX_ONE_TIME_KEYS:
+                    raise TooLarge(
+                        f"A device stores at most {limits.MAX_ONE_TIME_KEYS} one-time keys"
+                    )
                 e2e_keys.insert_one_time_keys(conn, user_id, device_id, new_otks)
             for k in fbks:
                 old_fb = e2e_keys.get_fallback_key(conn, user_id, device_id, k.algorithm)
@@ -473,6 +474,8 @@ class E2eeService:
                 raise BadJson(f"{key_type}_key.signatures must be an object")
             _cross_signing_pubkey(key)
             _check_canonical(key, f"{key_type}_key")
+            if limits.json_size(key) > limits.MAX_DEVICE_KEYS_BYTES:
+                raise TooLarge(f"A cross-signing key is at most {limits.MAX_DEVICE_KEYS_BYTES} bytes")
             new[key_type] = key
 
         def txn(conn: Conn) -> int | None:

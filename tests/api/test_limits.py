@@ -18,6 +18,7 @@ import pytest
 
 from pocketserver import limits
 from pocketserver.server import RunningServer
+from tests.api.e2ee_helpers import FakeDevice, sign
 from tests.api.helpers import V3, auth_headers, register
 from tests.api.test_key_backup import ALGO, K, V, key, new_backup
 from tests.api.test_push import pusher_body
@@ -312,3 +313,35 @@ async def test_request_bodies_over_the_limit(
     assert len(json.dumps(payload)) > 200_000
     r = await http.put(K, params={"version": version}, json=payload, headers=h)
     assert r.status_code == 200 and r.json()["count"] == 600
+
+
+async def test_device_and_one_time_keys(http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    uid, tok, dev = await register(http)
+    alice = FakeDevice(uid, dev, tok)
+    h = alice.headers()
+    upload = f"{V3}/keys/upload"
+    dk = alice.device_keys()
+    dk["unsigned"] = padded(limits.MAX_DEVICE_KEYS_BYTES - size({**dk, "unsigned": {}}) + 2, "pad")
+    assert size(dk) == limits.MAX_DEVICE_KEYS_BYTES
+    assert (await http.post(upload, json={"device_keys": dk}, headers=h)).status_code == 200
+    dk["unsigned"]["pad"] += "x"
+    assert too_large(await http.post(upload, json={"device_keys": dk}, headers=h))
+
+    name, _ = alice.signed_key()
+    obj = sign({"key": "k", "pad": ""}, uid, alice.ed_key_id, alice.ed)
+    obj = sign({"key": "k", "pad": "x" * (limits.MAX_ONE_TIME_KEY_BYTES - len(name) - size(obj))}, uid, alice.ed_key_id, alice.ed)
+    assert len(name) + size(obj) == limits.MAX_ONE_TIME_KEY_BYTES
+    r = await http.post(upload, json={"one_time_keys": {name: obj}}, headers=h)
+    assert r.status_code == 200, r.text
+    name2, _ = alice.signed_key()
+    obj = sign({"key": "k", "pad": obj["pad"] + "x"}, uid, alice.ed_key_id, alice.ed)
+    assert too_large(await http.post(upload, json={"one_time_keys": {name2: obj}}, headers=h))
+
+    # The count is per device over all algorithms (a made-up algorithm is no way round it).
+    monkeypatch.setattr(limits, "MAX_ONE_TIME_KEYS", 4)
+    r = await http.post(upload, json={"one_time_keys": alice.one_time_keys(3)}, headers=h)
+    assert r.json()["one_time_key_counts"] == {"signed_curve25519": 4}
+    r = await http.post(upload, json={"one_time_keys": {"org.example.alg:A1": "x"}}, headers=h)
+    assert too_large(r)
+    r = await http.post(upload, json={}, headers=h)
+    assert r.json()["one_time_key_counts"] == {"signed_curve25519": 4}
