@@ -17,6 +17,8 @@ The caps are read at call time (``limits.NAME``), so tests may lower them.
 
 from __future__ import annotations
 
+import json
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -80,6 +82,8 @@ MAX_DEVICE_KEYS_BYTES = 64 * KIB
 MAX_ONE_TIME_KEY_BYTES = 4 * KIB
 # One-time keys stored per device, all algorithms together.
 MAX_ONE_TIME_KEYS = 10_000
+# Fallback keys per device (one per algorithm; clients use one).
+MAX_FALLBACK_KEYS = 16
 # Live key backup versions per user (delete old ones to make a new one).
 MAX_BACKUP_VERSIONS = 100
 # A backup version's auth_data.
@@ -92,6 +96,4 @@ MAX_BACKUP_SESSIONS = 1_000_000
 
 def json_size(value: object) -> int:
     """Bytes of ``value`` as compact UTF-8 JSON (how the stores keep it)."""
-    import json
-
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))

@@ -297,6 +297,10 @@ class E2eeService:
                             " different value"
                         )
                     continue
+                if old_fb is None and (
+                    e2e_keys.count_fallback_keys(conn, user_id, device_id) >= limits.MAX_FALLBACK_KEYS
+                ):
+                    raise TooLarge(f"A device has at most {limits.MAX_FALLBACK_KEYS} fallback keys")
                 e2e_keys.set_fallback_key(conn, user_id, device_id, k.algorithm, k.key_id, k.key)
             pos = None
             if changed:

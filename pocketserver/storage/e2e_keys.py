@@ -178,6 +178,15 @@ def set_fallback_key(
     )
 
 
+def count_fallback_keys(conn: Conn, user_id: str, device_id: str) -> int:
+    """How many algorithms the device has a fallback key for."""
+    (n,) = conn.execute(
+        "SELECT COUNT(*) FROM fallback_keys WHERE user_id = ? AND device_id = ?",
+        (user_id, device_id),
+    ).fetchone()
+    return int(n)
+
+
 def claim_fallback_key(
     conn: Conn, user_id: str, device_id: str, algorithm: str
 ) -> tuple[str, JsonDict | str] | None:

@@ -345,3 +345,12 @@ async def test_device_and_one_time_keys(http: httpx.AsyncClient, monkeypatch: py
     assert too_large(r)
     r = await http.post(upload, json={}, headers=h)
     assert r.json()["one_time_key_counts"] == {"signed_curve25519": 4}
+    monkeypatch.setattr(limits, "MAX_FALLBACK_KEYS", 1)
+    r = await http.post(upload, json={"fallback_keys": dict([alice.signed_key(fallback=True)])}, headers=h)
+    assert r.status_code == 200
+    name, fb = alice.signed_key(fallback=True)
+    r = await http.post(upload, json={"fallback_keys": {name.replace("signed_", "org.example."): fb}}, headers=h)
+    assert too_large(r)
+    # Replacing the fallback key of an algorithm the device has is not a new one.
+    r = await http.post(upload, json={"fallback_keys": dict([alice.signed_key(fallback=True)])}, headers=h)
+    assert r.status_code == 200, r.text
