@@ -3,8 +3,9 @@
 Searches the rooms the user is or was in (not end-to-end encrypted rooms), returning
 only events the user may see (history visibility: nothing after they left) and none
 from ignored users. ``count`` counts the same set (visibility applied in the query as
-stream-position ranges, see services/visibility.py), so it reveals nothing hidden. Ordering ``rank`` (best first, paged by offset) or ``recent``
-(newest first, paged by stream position). ``next_batch`` is opaque base64 JSON that
+stream-position ranges, see services/visibility.py), so it reveals nothing hidden.
+Ordering ``rank`` (best first, paged by offset) or ``recent`` (newest first, paged by
+stream position). ``next_batch`` is opaque base64 JSON that
 also records a group (room or sender) when it came from a group.
 """
 
