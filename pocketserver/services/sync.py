@@ -351,7 +351,12 @@ class SyncService:
             state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited)
         else:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline)
-        if filt.lazy_load_members:
+        # Lazy loading trims the members a client has not met yet; but an incremental
+        # state_after is the list of every state change up to the end of the timeline
+        # (clients take state from it alone), so a join, invite or leave of someone who
+        # sent nothing stays in it: without it a client encrypting for the room never
+        # learns who is in it.
+        if filt.lazy_load_members and (state_after_key is None or since is None):
             senders = {r.event.sender for r in timeline} | {user_id}
             state_ids = {
                 k: v
@@ -390,13 +395,18 @@ class SyncService:
         since: int | None,
         timeline: list[EventRecord],
         limited: bool,
+        end_state: dict[tuple[str, str], str] | None = None,
     ) -> dict[tuple[str, str], str]:
-        """State at the start of the timeline that the client does not have yet."""
+        """State at the start of the timeline that the client does not have yet.
+        ``end_state`` is the state at the end of the timeline when that is not the
+        room's current state (a room the user left)."""
         if since is not None and not limited:
             return {}
         has_state_in_timeline = any(r.event.state_key is not None for r in timeline)
         if timeline and has_state_in_timeline:
             state = state_store.state_before_event(conn, timeline[0].event.event_id) or {}
+        elif end_state is not None:
+            state = end_state
         else:
             state = state_store.get_current_state_ids(conn, room_id)
         if since is not None:
@@ -413,13 +423,14 @@ class SyncService:
         room_id: str,
         since: int | None,
         timeline: list[EventRecord],
+        end_state: dict[tuple[str, str], str] | None = None,
     ) -> dict[tuple[str, str], str]:
         """State at the end of the timeline that the client does not have yet
         (``use_state_after``): all of it on an initial sync, else the keys that changed
         after the client's token. Timeline events are not left out: with ``state_after``
         clients take state from this list only."""
-        state: dict[tuple[str, str], str] | None = None
-        if timeline:
+        state: dict[tuple[str, str], str] | None = end_state
+        if state is None and timeline:
             state = state_store.state_after_event(conn, timeline[-1].event.event_id)
         if state is None:
             state = state_store.get_current_state_ids(conn, room_id)
@@ -464,13 +475,30 @@ class SyncService:
         now: int,
         state_after_key: str | None = None,
     ) -> JsonDict:
+        """A room the user left, was kicked or banned from: its timeline up to (and with)
+        their own membership event, and the state as of that event, never later."""
+        user_id = requester.user_id
         timeline, limited, first_pos = self._timeline(conn, requester, room_id, since, leave_pos, filt)
+        m = state_store.get_membership(conn, room_id, user_id)
+        end_state = state_store.state_after_event(conn, m[1]) if m is not None else None
+        if end_state is None:
+            state_ids: dict[tuple[str, str], str] = {}
+        elif state_after_key is None:
+            state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited, end_state)
+        else:
+            state_ids = self._state_after_timeline(conn, room_id, since, timeline, end_state)
+        state_recs = ev_store.get_events(conn, state_ids.values())
+        state_events = [
+            serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
+            for e in state_ids.values()
+            if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
+        ]
         events = serialize_events(
-            conn, timeline, user_id=requester.user_id, device_id=requester.device_id, now_ms=now
+            conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
         )
         return {
             "timeline": {"events": events, "limited": limited, "prev_batch": f"t{first_pos - 1}"},
-            state_after_key or "state": {"events": []},
+            state_after_key or "state": {"events": state_events},
             "account_data": {"events": []},
         }
 
