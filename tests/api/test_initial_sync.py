@@ -142,3 +142,21 @@ async def test_global_initial_sync_and_event_stream(http: httpx.AsyncClient) -> 
     r = await http.get(f"{V3}/events/$nope", headers=auth_headers(stok))
     assert r.status_code == 404 and r.json()["errcode"] == "M_NOT_FOUND"
     del stranger
+
+
+async def test_thirdparty_without_bridges(http: httpx.AsyncClient) -> None:
+    """No application services, so no protocols: Element's start-up query gets an empty
+    list instead of an error it retries."""
+    _, tok, _ = await register(http)
+    h = auth_headers(tok)
+    r = await http.get(f"{V3}/thirdparty/protocols", headers=h)
+    assert r.status_code == 200 and r.json() == {}
+    for path in ("protocol/irc", "location/irc", "user/irc"):
+        r = await http.get(f"{V3}/thirdparty/{path}", headers=h)
+        assert r.status_code == 404 and r.json()["errcode"] == "M_NOT_FOUND"
+    r = await http.get(f"{V3}/thirdparty/location", params={"alias": "#a:test.local"}, headers=h)
+    assert r.status_code == 200 and r.json() == []
+    r = await http.get(f"{V3}/thirdparty/user", headers=h)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_MISSING_PARAM"
+    r = await http.get(f"{V3}/thirdparty/protocols")
+    assert r.status_code == 401
