@@ -136,7 +136,14 @@ async function sendMessage(p, text) {
   const composer = p.page.locator(".mx_RoomView .mx_BasicMessageComposer_input").first();
   await composer.click();
   await composer.fill(text);
-  await composer.press("Enter");
+  // The send button, not Enter: with a slash command the autocompletion list is open and
+  // takes the first Enter. Sent when the composer is empty again.
+  await p.page.locator(".mx_RoomView").getByRole("button", { name: "Send message" }).click();
+  await p.page.waitForFunction(
+    (el) => el.textContent.trim() === "",
+    await composer.elementHandle(),
+    { timeout: STEP_MS, polling: 100 },
+  );
 }
 
 // Wait until the room timeline shows an event body with exactly ``text``.
