@@ -120,14 +120,21 @@ async function dismissClutter(p) {
   }
 }
 
+function debug(...args) {
+  if (process.env.ELEMENT_DEBUG) console.error(new Date().toISOString().slice(11, 23), ...args);
+}
+
 async function signUp(p) {
   const { page } = p;
   await page.goto(`${elementUrl}/#/register`);
+  debug(p.label, "page loaded");
   await page.locator("#mx_RegistrationForm_username").fill(p.localpart);
+  debug(p.label, "form shown");
   await page.locator("#mx_RegistrationForm_password").fill(PASSWORD);
   await page.locator("#mx_RegistrationForm_passwordConfirm").fill(PASSWORD);
   await page.locator("input[type=submit]").click();
   await page.getByRole("button", { name: "User menu" }).waitFor();
+  debug(p.label, "signed in");
   await page.getByRole("button", { name: "Add room" }).waitFor();
   await dismissClutter(p);
 }
