@@ -186,7 +186,15 @@ class SyncService:
                 raise Forbidden("You are not in this room and it is not world-readable")
             rooms = {room_id}
         else:
-            rooms = set(state_store.rooms_for_user(conn, user_id, ("join", "invite", "leave", "ban")))
+            # Rooms left before ``start`` have nothing more to show; one left since, its
+            # events up to the leave.
+            rooms = {
+                rid
+                for rid, (m, mpos) in state_store.rooms_for_user(
+                    conn, user_id, ("join", "invite", "leave", "ban")
+                ).items()
+                if m in ("join", "invite") or mpos > start
+            }
         changed = ev_store.rooms_with_events_between(conn, rooms, start, upto) if start < upto else set()
         ignored = ignored_users(conn, user_id)
         picked: list[EventRecord] = []

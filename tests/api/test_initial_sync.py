@@ -160,3 +160,22 @@ async def test_thirdparty_without_bridges(http: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json()["errcode"] == "M_MISSING_PARAM"
     r = await http.get(f"{V3}/thirdparty/protocols")
     assert r.status_code == 401
+
+
+async def test_event_stream_shows_a_kick_to_its_target_and_nothing_after(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await join(http, btok, room)
+    r = await http.get(f"{V3}/events", params={"timeout": 0}, headers=auth_headers(btok))
+    start = r.json()["end"]
+    r = await http.post(f"{V3}/rooms/{room}/kick", json={"user_id": bob, "reason": "spam"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    await send(http, atok, room, {"msgtype": "m.text", "body": "after the kick"})
+    r = await http.get(f"{V3}/events", params={"from": start, "timeout": 0}, headers=auth_headers(btok))
+    chunk = r.json()["chunk"]
+    assert [(e["type"], e["content"].get("membership"), e["content"].get("reason")) for e in chunk] == [
+        ("m.room.member", "leave", "spam")
+    ]
+    r = await http.get(f"{V3}/events", params={"from": r.json()["end"], "timeout": 0}, headers=auth_headers(btok))
+    assert r.json()["chunk"] == []
