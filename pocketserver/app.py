@@ -90,6 +90,17 @@ def create_app(services: Services) -> QuartTrio:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"errcode": "M_UNKNOWN", "error": "Internal server error"}, 500)
 
+    @app.before_request
+    async def _preflight() -> Response | None:
+        # A browser sends a CORS preflight before any cross-origin call with an
+        # Authorization header; a 404 on it turns the real call (even one that would
+        # answer M_UNRECOGNIZED, which clients handle) into a network error. So every
+        # path answers OPTIONS, routed or not. before_request runs before the routing
+        # error is raised.
+        if request.method == "OPTIONS":
+            return Response("", 200)
+        return None
+
     @app.after_request
     async def _cors(resp: Response) -> Response:
         for k, v in CORS_HEADERS.items():

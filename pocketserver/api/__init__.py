@@ -9,6 +9,7 @@ def register_blueprints(app: Any) -> None:
     """Register every route module's blueprint on ``app``."""
     from pocketserver.api import discovery
     from pocketserver.api.client import account, account_data, capabilities, presence, profile
+    from pocketserver.api.client import initial_sync as client_initial_sync
     from pocketserver.api.client import key_backup as client_key_backup
     from pocketserver.api.client import keys as client_keys
     from pocketserver.api.client import media as client_media
@@ -18,10 +19,11 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.client import search as client_search
     from pocketserver.api.client import spaces as client_spaces
     from pocketserver.api.client import sync as client_sync
+    from pocketserver.api.client import thirdparty as client_thirdparty
     from pocketserver.api.client import to_device as client_to_device
     from pocketserver.api.client import user_directory as client_user_directory
     from pocketserver.api.client import voip as client_voip
     from pocketserver.api.federation import keys as federation_keys
 
-    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip):
+    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty):
         app.register_blueprint(module.bp)

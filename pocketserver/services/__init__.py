@@ -81,7 +81,9 @@ def build_services(
     presence = PresenceService(db, clock, notifier)
     media = MediaService(config, db, clock)
     e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
+    accounts.on_device_created.append(e2ee.on_device_created)
     accounts.on_device_deleted.append(e2ee.on_device_deleted)
+    accounts.on_device_updated.append(e2ee.on_device_updated)
     key_backup = KeyBackupService(db)
     pipeline = EventPipeline(
         db,

@@ -6,6 +6,7 @@ after the change has committed (the rooms service registers member-event propaga
 and leaving rooms; the end-to-end encryption service registers key clean-up):
 
 * ``on_device_created(user_id, device_id)``
+* ``on_device_updated(user_id, device_id)`` (a new display name)
 * ``on_device_deleted(user_id, device_id)`` (logout, device deletion, password change
   with ``logout_devices``, deactivation)
 * ``on_profile_changed(user_id)``
@@ -203,6 +204,7 @@ class AccountsService:
         self.server_name = config.server_name
         self.on_device_created: list[DeviceHook] = []
         self.on_device_deleted: list[DeviceHook] = []
+        self.on_device_updated: list[DeviceHook] = []
         self.on_profile_changed: list[UserHook] = []
         self.on_deactivate: list[UserHook] = []
 
@@ -538,6 +540,7 @@ class AccountsService:
             return
         if not await self.db.write(accounts.update_device_display_name, user_id, device_id, name):
             raise NotFound("No device with that ID")
+        await self._run_hooks(self.on_device_updated, user_id, device_id)
 
     async def delete_devices(
         self, requester: Requester, device_ids: list[str], auth: Any, request_key: str

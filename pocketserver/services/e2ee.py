@@ -16,7 +16,9 @@ answer (``device_lists``, ``to_device``, ``device_one_time_keys_count``,
 ``device_unused_fallback_key_types``) in one read transaction; its to-device part is
 :meth:`E2eeService.to_device_for_sync` (acknowledge, then fetch one device's messages).
 
-Hooks for the accounts service: :meth:`on_device_deleted` and :meth:`on_device_updated`.
+Hooks for the accounts service: :meth:`on_device_created`, :meth:`on_device_deleted` and
+:meth:`on_device_updated`; each writes a device-list change, so that everyone sharing a
+room with the user re-queries their devices (a new login, a device gone, a new name).
 
 Remote users: until federation key queries exist, /keys/query and /keys/claim report
 remote servers in ``failures`` (as the spec says for unreachable servers); to-device
@@ -798,36 +800,44 @@ class E2eeService:
 
     # -- hooks for the accounts service -----------------------------------------------------
 
+    async def on_device_created(self, user_id: str, device_id: str) -> None:
+        """A new login: others' clients re-query the user's devices (as Synapse tells
+        them, before the device has uploaded keys; the upload tells them again)."""
+        pos = await self.db.write(device_created_in_txn, user_id, device_id)
+        self.notifier.notify(pos)
+
     async def on_device_deleted(self, user_id: str, device_id: str) -> None:
         """Forget a deleted device's keys and pending messages; tell those who track it."""
         pos = await self.db.write(device_deleted_in_txn, user_id, device_id)
-        if pos is not None:
-            self.notifier.notify(pos)
+        self.notifier.notify(pos)
 
     async def on_device_updated(self, user_id: str, device_id: str) -> None:
         """A device's display name changed: others see it in /keys/query's unsigned."""
         pos = await self.db.write(device_updated_in_txn, user_id, device_id)
-        if pos is not None:
-            self.notifier.notify(pos)
+        self.notifier.notify(pos)
 
 
-def device_deleted_in_txn(conn: Conn, user_id: str, device_id: str) -> int | None:
-    """The deletion hook's work, callable inside the accounts service's own transaction.
-
-    Returns the stream position to notify, or None.
-    """
-    had_keys = e2e_keys.delete_device_e2e(conn, user_id, device_id)
-    to_device.delete_device_messages(conn, user_id, device_id)
-    if not had_keys:
-        return None
+def device_created_in_txn(conn: Conn, user_id: str, device_id: str) -> int:
     pos = next_stream_pos(conn)
     device_lists.add_change(conn, pos, user_id)
     return pos
 
 
-def device_updated_in_txn(conn: Conn, user_id: str, device_id: str) -> int | None:
-    if e2e_keys.get_device_keys(conn, user_id, device_id) is None:
-        return None
+def device_deleted_in_txn(conn: Conn, user_id: str, device_id: str) -> int:
+    """The deletion hook's work, callable inside the accounts service's own transaction.
+
+    Returns the stream position to notify. The change is written even for a device
+    that never uploaded keys: a client that saw the login re-queries and finds it gone.
+    """
+    e2e_keys.delete_device_e2e(conn, user_id, device_id)
+    to_device.delete_device_messages(conn, user_id, device_id)
+    pos = next_stream_pos(conn)
+    device_lists.add_change(conn, pos, user_id)
+    return pos
+
+
+def device_updated_in_txn(conn: Conn, user_id: str, device_id: str) -> int:
+    """A device's new name shows in others' /keys/query (``unsigned.device_display_name``)."""
     pos = next_stream_pos(conn)
     device_lists.add_change(conn, pos, user_id)
     return pos

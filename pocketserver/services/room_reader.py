@@ -3,6 +3,11 @@
 Every read checks what the requester may see: current state for members, the state
 at the moment they left for former members, everything for world-readable rooms, and
 history visibility per event for timelines (see ``visibility``).
+
+Also the deprecated snapshots clients still call: ``GET /rooms/{roomId}/initialSync``
+(Element previews, "peeks" into, a room it has not joined with it), ``GET /initialSync``
+and ``GET /events/{eventId}`` (client-server API, old_sync.yaml and
+room_initial_sync.yaml; shaped as Synapse answers them).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from pocketserver.services.client_events import serialize_event, serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
-from pocketserver.services.sync import parse_stream_token
+from pocketserver.services.sync import parse_stream_token, presence_event
 from pocketserver.services.visibility import VisibilityChecker
+from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
+from pocketserver.storage import presence as presence_store
 from pocketserver.storage import rooms as room_store
 from pocketserver.storage import state as state_store
 from pocketserver.storage.database import Conn, Database
@@ -324,6 +331,151 @@ class RoomReader:
             rec = ev_store.get_event(conn, eid)
             assert rec is not None
             return {"event_id": eid, "origin_server_ts": rec.event.origin_server_ts}
+
+        return await self.db.read(run)
+
+    # -- deprecated snapshots: initialSync, /events/{eventId} --------------------------------------
+
+    async def room_initial_sync(self, requester: Requester, room_id: str, limit: int) -> JsonDict:
+        """A member's (or former member's) snapshot of a room, or a peek into a
+        world-readable one; M_FORBIDDEN otherwise, the refusal Element expects."""
+
+        def run(conn: Conn) -> JsonDict:
+            if ev_store.get_room(conn, room_id) is None:
+                raise Forbidden("You are not in this room")
+            m = state_store.get_membership(conn, room_id, requester.user_id)
+            membership = m[0] if m is not None and m[0] in ("join", "leave", "ban") else None
+            if membership is None and not VisibilityChecker(conn, room_id, requester.user_id).world_readable_now:
+                raise Forbidden("You are not in this room and it is not world-readable")
+            now = self.clock.time_ms()
+            return self._snapshot(conn, requester, room_id, membership, m[1] if m else None, limit, now)
+
+        return await self.db.read(run)
+
+    async def initial_sync(self, requester: Requester, limit: int, archived: bool) -> JsonDict:
+        """GET /initialSync: every room of the user (left ones too with ``archived``),
+        presence and global account data, and the position to stream /events from."""
+
+        def run(conn: Conn) -> JsonDict:
+            upto = current_stream_pos(conn)
+            now = self.clock.time_ms()
+            wanted = ("join", "invite", "leave", "ban") if archived else ("join", "invite")
+            rooms_out: list[JsonDict] = []
+            memberships = state_store.rooms_for_user(conn, requester.user_id, wanted)
+            for room_id in sorted(memberships):
+                m = state_store.get_membership(conn, room_id, requester.user_id)
+                if m is None:
+                    continue
+                if m[0] == "invite":
+                    rec = ev_store.get_event(conn, m[1])
+                    info = ev_store.get_room(conn, room_id)
+                    entry: JsonDict = {
+                        "room_id": room_id,
+                        "membership": "invite",
+                        "visibility": "public" if info is not None and info.is_public else "private",
+                    }
+                    if rec is not None:
+                        entry["invite"] = serialize_event(
+                            conn, rec, user_id=requester.user_id, device_id=requester.device_id,
+                            now_ms=now, bundle=False,
+                        )
+                    rooms_out.append(entry)
+                    continue
+                rooms_out.append(self._snapshot(conn, requester, room_id, m[0], m[1], limit, now))
+            account = ad_store.get_account_data_since(conn, requester.user_id, 0, upto)
+            return {
+                "end": f"t{upto}",
+                "rooms": rooms_out,
+                "presence": [
+                    presence_event(p, now)
+                    for p in presence_store.get_presence_changes_since(conn, requester.user_id, 0, upto)
+                ],
+                "account_data": ad_store.to_events(account.global_),
+            }
+
+        return await self.db.read(run)
+
+    def _snapshot(
+        self,
+        conn: Conn,
+        requester: Requester,
+        room_id: str,
+        membership: str | None,
+        member_event_id: str | None,
+        limit: int,
+        now: int,
+    ) -> JsonDict:
+        """One room's RoomInfo. A member sees the current state and the latest events;
+        a former member the state when they left and the events before it (their own
+        leave included); a peeker (``membership`` None) a world-readable room now."""
+        upto = current_stream_pos(conn)
+        state: StateMap | None = None
+        if membership in ("leave", "ban") and member_event_id is not None:
+            state = state_store.state_after_event(conn, member_event_id)
+            where = ev_store.event_position(conn, member_event_id)
+            if where is not None and where[1] is not None:
+                upto = where[1]
+        if state is None:
+            state = state_store.get_current_state_ids(conn, room_id)
+        checker = VisibilityChecker(conn, room_id, requester.user_id)
+        ignored = ignored_users(conn, requester.user_id)
+        picked: list[EventRecord] = []
+        cursor = upto + 1
+        exhausted = False
+        for _ in range(20):
+            page = ev_store.room_timeline(
+                conn, room_id, from_pos=cursor, to_pos=None, backwards=True, limit=max(limit, 20)
+            )
+            for rec in page:
+                if len(picked) >= limit:
+                    break
+                assert rec.stream_pos is not None
+                cursor = rec.stream_pos
+                if checker.can_see(rec) and not is_hidden(rec, ignored):
+                    picked.append(rec)
+            if len(picked) >= limit:
+                break
+            if len(page) < max(limit, 20):
+                exhausted = True
+                break
+        picked.reverse()
+        kw: dict[str, Any] = {"user_id": requester.user_id, "device_id": requester.device_id, "now_ms": now}
+        messages: JsonDict = {"chunk": serialize_events(conn, picked, **kw), "end": f"t{upto}"}
+        if not exhausted:
+            messages["start"] = f"t{cursor - 1}"
+        recs = ev_store.get_events(conn, state.values())
+        info = ev_store.get_room(conn, room_id)
+        joined = set(state_store.room_members(conn, room_id, "join"))
+        room_ad = ad_store.get_account_data_since(conn, requester.user_id, 0, None).rooms.get(room_id, {})
+        out: JsonDict = {
+            "room_id": room_id,
+            "messages": messages,
+            "state": serialize_events(conn, [recs[e] for e in state.values() if e in recs], bundle=False, **kw),
+            "visibility": "public" if info is not None and info.is_public else "private",
+            "account_data": ad_store.to_events(room_ad),
+            "presence": [
+                presence_event(p, now)
+                for p in presence_store.get_presence_changes_since(conn, requester.user_id, 0, None)
+                if p.user_id in joined
+            ],
+        }
+        if membership is not None:
+            out["membership"] = membership
+        return out
+
+    async def event_by_id(self, requester: Requester, event_id: str) -> JsonDict:
+        """GET /events/{eventId}: any event the requester may see, in whichever room."""
+
+        def run(conn: Conn) -> JsonDict:
+            rec = ev_store.get_event(conn, event_id)
+            if rec is None or rec.rejected_reason is not None or rec.stream_pos is None:
+                raise NotFound("Event not found")
+            if not VisibilityChecker(conn, rec.event.room_id, requester.user_id).can_see(rec):
+                raise Forbidden("You don't have permission to access that event")
+            return serialize_event(
+                conn, rec, user_id=requester.user_id, device_id=requester.device_id,
+                now_ms=self.clock.time_ms(),
+            )
 
         return await self.db.read(run)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from pocketserver.errors import InvalidParam
+from pocketserver.errors import Forbidden, InvalidParam
 from pocketserver.services.auth import Requester
 from pocketserver.services.client_events import serialize_event, serialize_events, stripped_state
 from pocketserver.services.clock import Clock
@@ -43,6 +43,7 @@ JsonDict = dict[str, Any]
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 200
 MAX_TIMEOUT_S = 300.0
+EVENT_STREAM_LIMIT = 100
 INVITE_STATE_TYPES = (
     "m.room.create",
     "m.room.join_rules",
@@ -140,6 +141,80 @@ class SyncService:
             if expiry is not None:
                 remaining = min(remaining, expiry + 0.05)
             await self.notifier.wait_for_change(remaining, changed)
+
+    # -- the deprecated event stream ---------------------------------------------------------
+
+    async def event_stream(
+        self, requester: Requester, *, from_token: str | None, timeout_ms: int, room_id: str | None
+    ) -> JsonDict:
+        """GET /events: the room events after ``from`` (now, when absent) in the user's
+        rooms, or in one room the user may see (a peek into a world-readable room, as
+        matrix-js-sdk does after a room initialSync), waiting up to the timeout for one.
+        Tokens are ``t{pos}``, as /messages and /initialSync give them."""
+        first = parse_stream_token(from_token) if from_token else None
+        pos = first
+        deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
+        while True:
+            changed = self.notifier.change_event()
+            # Each pass reads one bounded slice; a slice of events the user may not see
+            # moves on without waiting.
+            for _ in range(100):
+                start, end, chunk, upto = await self.db.read(self._stream_now, requester, pos, room_id)
+                first = start if first is None else first
+                pos = end
+                if chunk or end >= upto:
+                    break
+            remaining = deadline - trio.current_time()
+            if chunk or remaining <= 0 or end < upto:
+                return {"start": f"t{first}", "end": f"t{pos}", "chunk": chunk}
+            await self.notifier.wait_for_change(remaining, changed)
+
+    def _stream_now(
+        self, conn: Conn, requester: Requester, start: int | None, room_id: str | None
+    ) -> tuple[int, int, list[JsonDict], int]:
+        """(start, end, events in (start, end], position now): ``end`` is short of now
+        when more than a slice of events arrived."""
+        upto = current_stream_pos(conn)
+        if start is None:
+            start = upto
+        user_id = requester.user_id
+        if room_id is not None:
+            checker = VisibilityChecker(conn, room_id, user_id)
+            if ev_store.get_room(conn, room_id) is None or (
+                checker.current_membership is None and not checker.world_readable_now
+            ):
+                raise Forbidden("You are not in this room and it is not world-readable")
+            rooms = {room_id}
+        else:
+            # Rooms left before ``start`` have nothing more to show; one left since, its
+            # events up to the leave.
+            rooms = {
+                rid
+                for rid, (m, mpos) in state_store.rooms_for_user(
+                    conn, user_id, ("join", "invite", "leave", "ban")
+                ).items()
+                if m in ("join", "invite") or mpos > start
+            }
+        changed = ev_store.rooms_with_events_between(conn, rooms, start, upto) if start < upto else set()
+        ignored = ignored_users(conn, user_id)
+        picked: list[EventRecord] = []
+        end = upto
+        for rid in changed:
+            checker = VisibilityChecker(conn, rid, user_id)
+            page = ev_store.room_timeline(
+                conn, rid, from_pos=start, to_pos=upto, backwards=False, limit=EVENT_STREAM_LIMIT
+            )
+            if len(page) == EVENT_STREAM_LIMIT and page[-1].stream_pos is not None:
+                end = min(end, page[-1].stream_pos)  # this room may have more: stop there
+            picked.extend(r for r in page if checker.can_see(r) and not is_hidden(r, ignored))
+        picked = sorted((r for r in picked if (r.stream_pos or 0) <= end), key=lambda r: r.stream_pos or 0)
+        if len(picked) > EVENT_STREAM_LIMIT:
+            picked = picked[:EVENT_STREAM_LIMIT]
+            end = picked[-1].stream_pos or end
+        chunk = serialize_events(
+            conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=self.clock.time_ms()
+        )
+        return start, end, chunk, upto
 
     # -- one pass, inside one read transaction ---------------------------------------------
 
@@ -246,16 +321,10 @@ class SyncService:
                     conn, requester, room_id, None, mpos, filt, now, state_after_key
                 )
 
-        presence_events = []
-        for p in presence_store.get_presence_changes_since(conn, user_id, since or 0, upto):
-            content: JsonDict = {
-                "presence": p.state,
-                "last_active_ago": max(0, now - p.last_active_ts),
-                "currently_active": p.currently_active,
-            }
-            if p.status_msg is not None:
-                content["status_msg"] = p.status_msg
-            presence_events.append({"type": "m.presence", "sender": p.user_id, "content": content})
+        presence_events = [
+            presence_event(p, now)
+            for p in presence_store.get_presence_changes_since(conn, user_id, since or 0, upto)
+        ]
 
         return {
             "account_data": {"events": _filter_account_data(filt, ad_store.to_events(account.global_))},
@@ -351,7 +420,12 @@ class SyncService:
             state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited)
         else:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline)
-        if filt.lazy_load_members:
+        # Lazy loading trims the members a client has not met yet; but an incremental
+        # state_after is the list of every state change up to the end of the timeline
+        # (clients take state from it alone), so a join, invite or leave of someone who
+        # sent nothing stays in it: without it a client encrypting for the room never
+        # learns who is in it.
+        if filt.lazy_load_members and (state_after_key is None or since is None):
             senders = {r.event.sender for r in timeline} | {user_id}
             state_ids = {
                 k: v
@@ -390,13 +464,18 @@ class SyncService:
         since: int | None,
         timeline: list[EventRecord],
         limited: bool,
+        end_state: dict[tuple[str, str], str] | None = None,
     ) -> dict[tuple[str, str], str]:
-        """State at the start of the timeline that the client does not have yet."""
+        """State at the start of the timeline that the client does not have yet.
+        ``end_state`` is the state at the end of the timeline when that is not the
+        room's current state (a room the user left)."""
         if since is not None and not limited:
             return {}
         has_state_in_timeline = any(r.event.state_key is not None for r in timeline)
         if timeline and has_state_in_timeline:
             state = state_store.state_before_event(conn, timeline[0].event.event_id) or {}
+        elif end_state is not None:
+            state = end_state
         else:
             state = state_store.get_current_state_ids(conn, room_id)
         if since is not None:
@@ -413,13 +492,14 @@ class SyncService:
         room_id: str,
         since: int | None,
         timeline: list[EventRecord],
+        end_state: dict[tuple[str, str], str] | None = None,
     ) -> dict[tuple[str, str], str]:
         """State at the end of the timeline that the client does not have yet
         (``use_state_after``): all of it on an initial sync, else the keys that changed
         after the client's token. Timeline events are not left out: with ``state_after``
         clients take state from this list only."""
-        state: dict[tuple[str, str], str] | None = None
-        if timeline:
+        state: dict[tuple[str, str], str] | None = end_state
+        if state is None and timeline:
             state = state_store.state_after_event(conn, timeline[-1].event.event_id)
         if state is None:
             state = state_store.get_current_state_ids(conn, room_id)
@@ -464,15 +544,43 @@ class SyncService:
         now: int,
         state_after_key: str | None = None,
     ) -> JsonDict:
+        """A room the user left, was kicked or banned from: its timeline up to (and with)
+        their own membership event, and the state as of that event, never later."""
+        user_id = requester.user_id
         timeline, limited, first_pos = self._timeline(conn, requester, room_id, since, leave_pos, filt)
+        m = state_store.get_membership(conn, room_id, user_id)
+        end_state = state_store.state_after_event(conn, m[1]) if m is not None else None
+        if end_state is None:
+            state_ids: dict[tuple[str, str], str] = {}
+        elif state_after_key is None:
+            state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited, end_state)
+        else:
+            state_ids = self._state_after_timeline(conn, room_id, since, timeline, end_state)
+        state_recs = ev_store.get_events(conn, state_ids.values())
+        state_events = [
+            serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
+            for e in state_ids.values()
+            if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
+        ]
         events = serialize_events(
-            conn, timeline, user_id=requester.user_id, device_id=requester.device_id, now_ms=now
+            conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
         )
         return {
             "timeline": {"events": events, "limited": limited, "prev_batch": f"t{first_pos - 1}"},
-            state_after_key or "state": {"events": []},
+            state_after_key or "state": {"events": state_events},
             "account_data": {"events": []},
         }
+
+
+def presence_event(p: presence_store.Presence, now: int) -> JsonDict:
+    content: JsonDict = {
+        "presence": p.state,
+        "last_active_ago": max(0, now - p.last_active_ts),
+        "currently_active": p.currently_active,
+    }
+    if p.status_msg is not None:
+        content["status_msg"] = p.status_msg
+    return {"type": "m.presence", "sender": p.user_id, "content": content}
 
 
 def _filter_view(rec: EventRecord) -> JsonDict:

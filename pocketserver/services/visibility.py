@@ -9,11 +9,14 @@ rest), so one check over a page of events costs two small queries.
 * ``shared``: members at the event, and anyone joined now;
 * ``invited``: members or invitees at the event;
 * ``joined``: members at the event.
-A user's own membership event is visible to them (it is "at" that membership).
+A user always sees their own membership events, whatever the membership after them:
+a kicked or banned user learns the kick's reason, and who did it, from that event.
 
 Because both inputs change only at known stream positions, what a user may see of a room
 is also a short list of stream-position ranges (:meth:`VisibilityChecker.visible_ranges`),
 which lets a query count visible events without reading them (``/search``'s ``count``).
+The ranges leave out the user's own membership events outside them, which ``/search``
+(message bodies only) never matches.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class VisibilityChecker:
             return True
         if self.user_id is None:
             return False
+        if rec.event.type == "m.room.member" and rec.event.state_key == self.user_id:
+            return True
         membership = self.membership_at(pos)
         if membership == "join":
             return True

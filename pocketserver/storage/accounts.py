@@ -32,7 +32,13 @@ def insert_user(
     is_guest: bool = False,
     displayname: str | None = None,
 ) -> bool:
-    """Create a user; False if the ID is taken."""
+    """Create a user; False if the ID is taken.
+
+    A new account's display name is its localpart unless one is given (guests get
+    none), as other servers do: clients otherwise show the full user ID everywhere.
+    """
+    if displayname is None and not is_guest:
+        displayname = user_id[1:].split(":", 1)[0]
     cur = conn.execute(
         "INSERT OR IGNORE INTO users (user_id, password_hash, created_ts, is_admin, is_guest,"
         " displayname) VALUES (?, ?, ?, ?, ?, ?)",

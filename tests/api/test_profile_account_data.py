@@ -159,3 +159,14 @@ async def test_presence(http: httpx.AsyncClient) -> None:
     assert r.status_code == 403
     r = await http.get(f"{V3}/presence/@nobody:test.local/status", headers=h)
     assert r.status_code == 404
+
+
+async def test_new_account_has_its_localpart_as_display_name(http: httpx.AsyncClient) -> None:
+    """As on other servers, clients show 'dana', not '@dana:test.local', for a new user."""
+    uid, tok, _ = await register(http, "dana")
+    r = await http.get(f"{V3}/profile/{uid}", headers=auth_headers(tok))
+    assert r.status_code == 200 and r.json().get("displayname") == "dana"
+    r = await http.post(f"{V3}/createRoom", json={}, headers=auth_headers(tok))
+    room = r.json()["room_id"]
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.member/{uid}", headers=auth_headers(tok))
+    assert r.json()["displayname"] == "dana"

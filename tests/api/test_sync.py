@@ -1,0 +1,121 @@
+"""/sync as the clients people use call it (Element: use_state_after with lazy-loaded
+members), and what a user who left, or was kicked or banned, is told."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from tests.api.helpers import V3, auth_headers, create_room, join, register, send, sync
+
+LAZY = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 20}}})
+
+
+def _state_keys(events: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(e["type"], e.get("state_key", "")) for e in events}
+
+
+async def test_state_after_keeps_membership_changes_under_lazy_loading(http: httpx.AsyncClient) -> None:
+    """Element syncs with use_state_after and lazy-loaded members: an invite, a join and a
+    rename by people who sent nothing must all reach it, or it encrypts for no one."""
+    alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    carol, _, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    first = await sync(http, atok, use_state_after="true", filter=LAZY)
+    assert room in first["rooms"]["join"]
+
+    r = await http.post(f"{V3}/rooms/{room}/invite", json={"user_id": carol}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    await join(http, btok, room)
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.name", json={"name": "Renamed"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    nxt = await sync(http, atok, since=first["next_batch"], use_state_after="true", filter=LAZY)
+    after = nxt["rooms"]["join"][room]["state_after"]["events"]
+    assert _state_keys(after) == {("m.room.member", carol), ("m.room.member", bob), ("m.room.name", "")}
+    members = {e["state_key"]: e["content"]["membership"] for e in after if e["type"] == "m.room.member"}
+    assert members == {carol: "invite", bob: "join"}
+
+    # A limited (gappy) incremental sync keeps them too.
+    quiet = nxt["next_batch"]
+    dave, dtok, _ = await register(http)
+    await join(http, dtok, room)
+    for i in range(5):
+        await send(http, atok, room, {"msgtype": "m.text", "body": f"m{i}"})
+    small = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 2}}})
+    gappy = await sync(http, atok, since=quiet, use_state_after="true", filter=small)
+    joined = gappy["rooms"]["join"][room]
+    assert joined["timeline"]["limited"] is True
+    assert ("m.room.member", dave) in _state_keys(joined["state_after"]["events"])
+
+    # An initial sync still lazy-loads: only members who sent something, and oneself.
+    initial = await sync(http, btok, use_state_after="true", filter=small)
+    keys = _state_keys(initial["rooms"]["join"][room]["state_after"]["events"])
+    assert {k for k in keys if k[0] == "m.room.member"} == {("m.room.member", alice), ("m.room.member", bob)}
+
+
+async def _kick_flow(
+    http: httpx.AsyncClient, action: str, **params: Any
+) -> tuple[str, dict[str, Any], str, str]:
+    _, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat", name="Kicks")
+    await join(http, btok, room)
+    await send(http, atok, room, {"msgtype": "m.text", "body": "before"})
+    before = await sync(http, btok, **params)
+    if action == "leave":
+        r = await http.post(f"{V3}/rooms/{room}/leave", json={"reason": "bye"}, headers=auth_headers(btok))
+    else:
+        r = await http.post(
+            f"{V3}/rooms/{room}/{action}", json={"user_id": bob, "reason": "too noisy"}, headers=auth_headers(atok)
+        )
+    assert r.status_code == 200, r.text
+    # What happens after the user is out stays hidden from them.
+    await send(http, atok, room, {"msgtype": "m.text", "body": "after"})
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "secret"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    out = await sync(http, btok, since=before["next_batch"], **params)
+    return room, out["rooms"]["leave"][room], bob, btok
+
+
+async def test_kicked_user_sees_the_kick_and_its_reason(http: httpx.AsyncClient) -> None:
+    room, left, bob, btok = await _kick_flow(http, "kick")
+    events = left["timeline"]["events"]
+    mine = [e for e in events if e["type"] == "m.room.member" and e["state_key"] == bob]
+    assert [(e["content"]["membership"], e["content"].get("reason")) for e in mine] == [("leave", "too noisy")]
+    assert mine[0]["sender"] != bob
+    assert "after" not in [e["content"].get("body") for e in events]
+
+
+async def test_banned_user_sees_the_ban_with_state_after(http: httpx.AsyncClient) -> None:
+    room, left, bob, btok = await _kick_flow(http, "ban", use_state_after="true", filter=LAZY)
+    mine = [e for e in left["timeline"]["events"] if e["type"] == "m.room.member" and e["state_key"] == bob]
+    assert [e["content"]["membership"] for e in mine] == ["ban"]
+    state = {(e["type"], e["state_key"]): e["content"] for e in left["state_after"]["events"]}
+    assert state[("m.room.member", bob)]["membership"] == "ban"
+    assert state[("m.room.member", bob)]["reason"] == "too noisy"
+    assert ("m.room.topic", "") not in state  # set after the ban
+
+
+async def test_user_who_left_sees_their_leave(http: httpx.AsyncClient) -> None:
+    room, left, bob, btok = await _kick_flow(http, "leave")
+    mine = [e for e in left["timeline"]["events"] if e["type"] == "m.room.member" and e["state_key"] == bob]
+    assert [(e["content"]["membership"], e["content"].get("reason")) for e in mine] == [("leave", "bye")]
+    r_msgs = [e["content"].get("body") for e in left["timeline"]["events"] if e["type"] == "m.room.message"]
+    assert "after" not in r_msgs
+
+
+async def test_kicked_user_can_fetch_the_kick_event(http: httpx.AsyncClient) -> None:
+    """The kick is readable by its target through /event and /messages too."""
+    room, left, bob, btok = await _kick_flow(http, "kick")
+    kick = next(e for e in left["timeline"]["events"] if e["type"] == "m.room.member" and e["state_key"] == bob)
+    r = await http.get(f"{V3}/rooms/{room}/event/{kick['event_id']}", headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    assert r.json()["content"]["reason"] == "too noisy"
+    r = await http.get(f"{V3}/rooms/{room}/messages", params={"dir": "b", "limit": 5}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    chunk = r.json()["chunk"]
+    assert chunk[0]["event_id"] == kick["event_id"]
+    assert "after" not in [e["content"].get("body") for e in chunk]
