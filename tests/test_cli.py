@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.interop.conftest import ServerProcess, start_pocketserver
+from tests.interop.conftest import ServerProcess, free_port, start_pocketserver
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -221,3 +221,29 @@ def test_serves_from_an_optimised_interpreter_where_bytecode_can_be_cached(tmp_p
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("taken", ["client + federation", "federation"])
+def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path: Path, taken: str) -> None:
+    """Another program on a listener's port: the operator reads which listener and which
+    port could not be had, the command exits 1, and nothing is created or left running."""
+    ports = {"client + federation": free_port(), "federation": free_port()}
+    data_dir = tmp_path / "data"
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\n'
+        f'[[listeners]]\naddress = "127.0.0.1"\nport = {ports["client + federation"]}\n'
+        'resources = ["client", "federation"]\n'
+        f'[[listeners]]\naddress = "127.0.0.1"\nport = {ports["federation"]}\ntls = true\n'
+        'resources = ["federation"]\n'
+    )
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", ports[taken]))
+        other.listen()
+        r = _cli("--config", str(config))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == [
+        f"pocketserver: cannot listen on 127.0.0.1:{ports[taken]} ({taken}): address already in use"
+    ]
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    assert not data_dir.exists()
