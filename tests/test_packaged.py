@@ -3,8 +3,9 @@
 Built once for this module from this tree into a temporary folder (tests/packaged.py),
 then started with no configuration in an empty folder with a fresh home: register, chat,
 upload a picture and get its thumbnail, stop with SIGTERM, start again and find the
-message and the picture. A dependency the spec misses (a hidden import, a data file)
-breaks the executable and this test, not a user's first start.
+message and the picture, and create a user with ``register-user``. A dependency the
+spec misses (a hidden import, a data file) breaks the executable and this test, not a
+user's first start.
 
 Zero-config means no configuration at all when the default ports (8008, 8448) are free;
 where they are taken, a configuration that names only the two listeners' ports.
@@ -158,6 +159,17 @@ def test_zero_config_start_chat_stop_and_start_again(executable: Path, tmp_path:
             r = client.get(f"/_matrix/client/v1/media/download/{media}",
                            headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 200 and r.content == picture
+            # The banner's advice: create a user with the same executable, then log in.
+            made = subprocess.run(
+                [str(executable), *args, "register-user", "bob", "--password-file", "-"],
+                input="pw-bob-1\n", capture_output=True, text=True, env=env, cwd=folder,
+                timeout=START_DEADLINE_S,
+            )
+            assert made.returncode == 0 and "@bob:localhost" in made.stdout, made.stderr
+            r = client.post("/_matrix/client/v3/login", json={
+                "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+                "password": "pw-bob-1"})
+            assert r.status_code == 200, r.text
     finally:
         code = _stop(proc, log)
     assert code == 0, log.read_text()
