@@ -239,12 +239,14 @@ def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
 
 
 class ListenError(Exception):
-    """A listener's address could not be taken; the message is one line for the operator."""
+    """A listener cannot serve (its address cannot be taken, its TLS certificate cannot be
+    loaded); the message is one line for the operator."""
 
-    def __init__(self, lst: ListenerConfig, error: OSError) -> None:
+    def __init__(self, lst: ListenerConfig, error: OSError, reason: str | None = None) -> None:
         host = f"[{lst.address}]" if ":" in lst.address else lst.address
         what = " + ".join(lst.resources)
-        super().__init__(f"cannot listen on {host}:{lst.port} ({what}): {_bind_reason(lst, error)}")
+        reason = reason or _bind_reason(lst, error)
+        super().__init__(f"cannot listen on {host}:{lst.port} ({what}): {reason}")
         self.listener = lst
         self.errno = error.errno
 
@@ -279,6 +281,25 @@ def bind_listener(hc: Any, lst: ListenerConfig) -> Any:
         _close_sockets([sockets])
         raise ListenError(lst, e) from None
     return sockets
+
+
+def check_tls_files(hc: Any, lst: ListenerConfig) -> None:
+    """Load a TLS listener's certificate and key as hypercorn will, or raise
+    :class:`ListenError` naming the files (a missing or unreadable file, a key that does
+    not match)."""
+    import ssl
+
+    try:
+        hc.create_ssl_context()
+    except OSError as e:  # ssl.SSLError is an OSError
+        if isinstance(e, ssl.SSLError):
+            why = "not a PEM certificate and its private key"
+        else:
+            why = e.strerror or str(e)
+            why = why[:1].lower() + why[1:]
+        raise ListenError(
+            lst, e, f"TLS certificate {hc.certfile} with key {hc.keyfile}: {why}"
+        ) from None
 
 
 def _close_sockets(bound: list[Any]) -> None:
@@ -354,15 +375,18 @@ async def run_server(
     # the self-signed certificate the TLS listeners need.
     ordered = sorted(cfg.listeners, key=lambda lst: lst.tls)
     configs = [_hypercorn_config(cfg, lst) for lst in ordered]
+    cert_needed = needs_self_signed_certificate(cfg)
     bound: list[Any] = []
     try:
         for hc, lst in zip(configs, ordered, strict=True):
             bound.append(bind_listener(hc, lst))
+            # An operator's certificate, or the self-signed one an earlier start made.
+            if lst.tls and (lst.tls_cert or not cert_needed):
+                check_tls_files(hc, lst)
         db, key, notes = prepare(cfg, make_certificate=False)
     except BaseException:
         _close_sockets(bound)
         raise
-    cert_needed = needs_self_signed_certificate(cfg)
     try:
         services = build_services(cfg, db, key)
         if services_hook is not None:

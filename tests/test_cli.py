@@ -225,3 +225,26 @@ def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path: Path, taken: st
     ]
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
     assert not data_dir.exists()
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_an_unusable_tls_certificate_is_one_line_naming_it(tmp_path: Path, content: str | None) -> None:
+    cert = tmp_path / "server.crt"
+    if content is not None:
+        cert.write_text(content)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        '[[listeners]]\naddress = "127.0.0.1"\nport = 0\n'
+        f'[[listeners]]\naddress = "127.0.0.1"\nport = 0\ntls = true\ntls_cert = "{cert}"\n'
+        f'tls_key = "{cert}"\nresources = ["federation"]\n'
+    )
+    r = _cli("--config", str(config))
+    assert r.returncode == 1, r.stderr
+    why = "no such file or directory" if content is None else "not a PEM certificate and its private key"
+    assert r.stderr.splitlines() == [
+        f"pocketserver: cannot listen on 127.0.0.1:0 (federation): TLS certificate {cert} "
+        f"with key {cert}: {why}"
+    ]
+    assert "Traceback" not in r.stdout
+    assert not (tmp_path / "data").exists()
