@@ -364,6 +364,9 @@ async def run_server(
     Every listener's address is taken first: one that cannot be (a port in use) raises
     :class:`ListenError` before the data folder or the database is touched.
     """
+    # What hypercorn.trio.serve calls (same in 0.17 and 0.18), given sockets bound
+    # beforehand: serve() binds inside its own nurseries, where a port in use becomes
+    # nested exception groups.
     from hypercorn.trio.run import worker_serve
     from hypercorn.utils import wrap_app
 
