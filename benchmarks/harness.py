@@ -187,10 +187,14 @@ def server_env() -> dict[str, str]:
 
 
 def start_pocketserver(
-    workdir: Path, server_name: str = "pocket.test", media_toml: str = ""
+    workdir: Path,
+    server_name: str = "pocket.test",
+    media_toml: str = "",
+    executable: Path | None = None,
 ) -> ServerProcess:
     """Start (or restart, on the same data) pocketserver in ``workdir``; ``media_toml``
-    adds lines to its ``[media]`` table."""
+    adds lines to its ``[media]`` table. ``executable``: a packaged pocketserver
+    (pyinstaller.spec) to run instead of ``python3 -m pocketserver`` from this tree."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "pocketserver.toml"
@@ -222,11 +226,15 @@ url_preview_enabled = false
     )
     log_path = workdir / "pocketserver.log"
     env = server_env()
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if executable is None:
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        cmd = [sys.executable, "-m", "pocketserver", "--config", str(config)]
+    else:
+        cmd = [str(executable), "--config", str(config)]
     with log_path.open("wb") as log:
         t0 = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pocketserver", "--config", str(config)],
+            cmd,
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,

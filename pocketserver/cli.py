@@ -115,11 +115,14 @@ def _reexec_without_docstrings(argv: list[str]) -> None:
 def _serve(cfg: Config) -> int:
     import trio
 
-    from pocketserver.server import run_server, tune_interpreter
+    from pocketserver.server import ListenError, run_server, tune_interpreter
 
     tune_interpreter()
     try:
         trio.run(run_server, cfg)
+    except ListenError as e:
+        print(f"pocketserver: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"pocketserver: cannot start: {e}", file=sys.stderr)
         return 1

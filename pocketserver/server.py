@@ -9,8 +9,10 @@ are cancelled and the database is checkpointed and closed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -236,6 +238,76 @@ def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
     return hc
 
 
+class ListenError(Exception):
+    """A listener cannot serve (its address cannot be taken, its TLS certificate cannot be
+    loaded); the message is one line for the operator."""
+
+    def __init__(self, lst: ListenerConfig, error: OSError, reason: str | None = None) -> None:
+        host = f"[{lst.address}]" if ":" in lst.address else lst.address
+        what = " + ".join(lst.resources)
+        reason = reason or _bind_reason(lst, error)
+        super().__init__(f"cannot listen on {host}:{lst.port} ({what}): {reason}")
+        self.listener = lst
+        self.errno = error.errno
+
+
+def _bind_reason(lst: ListenerConfig, error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"unknown address {lst.address!r}"
+    if error.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if error.errno == errno.EACCES:
+        if 0 < lst.port < 1024:
+            return "permission denied (ports below 1024 need privileges)"
+        return "permission denied"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "address not available (not an address of this machine)"
+    reason = error.strerror or str(error)
+    return reason[:1].lower() + reason[1:]
+
+
+def bind_listener(hc: Any, lst: ListenerConfig) -> Any:
+    """Bind and listen on one listener's socket (hypercorn's ``Sockets``), or raise
+    :class:`ListenError`. Done before anything is served, so a port in use is one line
+    and a non-zero exit, not a traceback from inside hypercorn's nurseries."""
+    try:
+        sockets = hc.create_sockets()
+    except OSError as e:
+        raise ListenError(lst, e) from None
+    try:
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            sock.listen(hc.backlog)
+    except OSError as e:
+        _close_sockets([sockets])
+        raise ListenError(lst, e) from None
+    return sockets
+
+
+def check_tls_files(hc: Any, lst: ListenerConfig) -> None:
+    """Load a TLS listener's certificate and key as hypercorn will, or raise
+    :class:`ListenError` naming the files (a missing or unreadable file, a key that does
+    not match)."""
+    import ssl
+
+    try:
+        hc.create_ssl_context()
+    except OSError as e:  # ssl.SSLError is an OSError
+        if isinstance(e, ssl.SSLError):
+            why = "not a PEM certificate and its private key"
+        else:
+            why = e.strerror or str(e)
+            why = why[:1].lower() + why[1:]
+        raise ListenError(
+            lst, e, f"TLS certificate {hc.certfile} with key {hc.keyfile}: {why}"
+        ) from None
+
+
+def _close_sockets(bound: list[Any]) -> None:
+    for sockets in bound:
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+            sock.close()
+
+
 def needs_self_signed_certificate(cfg: Config) -> bool:
     if not any(lst.tls and not lst.tls_cert for lst in cfg.listeners):
         return False
@@ -287,21 +359,43 @@ async def run_server(
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
     services_hook: Callable[[Any], None] | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM (or ``RunningServer.stop`` is set)."""
-    import hypercorn.trio
+    """Run until SIGINT/SIGTERM (or ``RunningServer.stop`` is set).
+
+    Every listener's address is taken first: one that cannot be (a port in use) raises
+    :class:`ListenError` before the data folder or the database is touched.
+    """
+    # What hypercorn.trio.serve calls (same in 0.17 and 0.18), given sockets bound
+    # beforehand: serve() binds inside its own nurseries, where a port in use becomes
+    # nested exception groups.
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
 
     from pocketserver.app import create_app
     from pocketserver.services import build_services
 
     started = trio.current_time()
-    db, key, notes = prepare(cfg, make_certificate=False)
+    # Plain listeners first: the client API answers while the first start still makes
+    # the self-signed certificate the TLS listeners need.
+    ordered = sorted(cfg.listeners, key=lambda lst: lst.tls)
+    configs = [_hypercorn_config(cfg, lst) for lst in ordered]
     cert_needed = needs_self_signed_certificate(cfg)
-    services = build_services(cfg, db, key)
-    if services_hook is not None:
-        services_hook(services)
-    app = create_app(services)
-    running = RunningServer(services=services)
+    bound: list[Any] = []
     try:
+        for hc, lst in zip(configs, ordered, strict=True):
+            bound.append(bind_listener(hc, lst))
+            # An operator's certificate, or the self-signed one an earlier start made.
+            if lst.tls and (lst.tls_cert or not cert_needed):
+                check_tls_files(hc, lst)
+        db, key, notes = prepare(cfg, make_certificate=False)
+    except BaseException:
+        _close_sockets(bound)
+        raise
+    try:
+        services = build_services(cfg, db, key)
+        if services_hook is not None:
+            services_hook(services)
+        app = create_app(services)
+        running = RunningServer(services=services)
         async with trio.open_nursery() as root:
             if handle_signals:
                 # From the very start: a SIGTERM while the first start still makes its
@@ -313,19 +407,21 @@ async def run_server(
             await root.start(_memory_housekeeping, db)
             shutdown = trio.Event()
             async with trio.open_nursery() as listeners:
-                # Plain listeners first: the client API answers while the first start
-                # still makes the self-signed certificate the TLS listeners need.
-                ordered = sorted(cfg.listeners, key=lambda lst: lst.tls)
-                for lst in ordered:
+                for hc, lst, sockets in zip(configs, ordered, bound, strict=True):
                     if lst.tls and not lst.tls_cert and cert_needed:
                         await make_self_signed_certificate(cfg)
                         notes.append(f"created self-signed TLS certificate {cfg.path('tls_cert')}")
                         cert_needed = False
-                    hc = _hypercorn_config(cfg, lst)
+                    wrapped = wrap_app(
+                        _ResourceFilter(app, lst.resources),  # type: ignore[arg-type]
+                        hc.wsgi_max_body_size,
+                        "asgi",
+                    )
                     binds = await listeners.start(
-                        lambda task_status, hc=hc, lst=lst: hypercorn.trio.serve(
-                            _ResourceFilter(app, lst.resources),  # type: ignore[arg-type]
+                        lambda task_status, hc=hc, sockets=sockets, wrapped=wrapped: worker_serve(
+                            wrapped,
                             hc,
+                            sockets=sockets,
                             shutdown_trigger=shutdown.wait,
                             task_status=task_status,
                         )
@@ -340,6 +436,7 @@ async def run_server(
                 shutdown.set()
             root.cancel_scope.cancel()
     finally:
+        _close_sockets(bound)
         with trio.CancelScope(shield=True):
             db.close()
         log.info("stopped")

@@ -8,25 +8,20 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.interop.conftest import ServerProcess, start_pocketserver
+from tests.interop.conftest import (
+    ServerProcess,
+    free_port,
+    port_free,
+    start_pocketserver,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
@@ -36,23 +31,6 @@ def _cli(*args: str, env: dict[str, str] | None = None, input: str | None = None
         capture_output=True, text=True, timeout=120, env=env or dict(os.environ),
         input=input, cwd=cwd,
     )
-
-
-def _wait_for(
-    predicate: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path,
-    deadline_s: float = 60.0,
-) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"pocketserver exited ({proc.returncode}) before {what}:\n{log.read_text()}")
-        try:
-            if predicate():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()}")
 
 
 def _start_default(env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
@@ -72,7 +50,7 @@ def _server_key(base: str) -> dict[str, object]:
 
 
 def test_zero_config_start_restart_and_sigterm(tmp_path: Path) -> None:
-    if not (_port_free(8008) and _port_free(8448)):
+    if not (port_free(8008) and port_free(8448)):
         pytest.skip("ports 8008/8448 are taken on this machine")
     home = tmp_path / "home"
     xdg = tmp_path / "xdg"
@@ -84,11 +62,11 @@ def test_zero_config_start_restart_and_sigterm(tmp_path: Path) -> None:
         log = tmp_path / f"run{run}.log"
         proc = _start_default(env, log, tmp_path)
         try:
-            _wait_for(
+            wait_for(
                 lambda: httpx.get("http://127.0.0.1:8008/_matrix/client/versions", timeout=2).status_code == 200,
                 "the client API", proc, log,
             )
-            _wait_for(lambda log=log: "data folder" in log.read_text(), "the banner", proc, log)
+            wait_for(lambda log=log: "data folder" in log.read_text(), "the banner", proc, log)
             banner = log.read_text()
             assert "http://127.0.0.1:8008" in banner
             assert str(data_dir) in banner
@@ -202,7 +180,7 @@ def test_serves_from_an_optimised_interpreter_where_bytecode_can_be_cached(tmp_p
         )
     base = f"http://127.0.0.1:{ports[0]}"
     try:
-        _wait_for(
+        wait_for(
             lambda: httpx.get(f"{base}/_matrix/client/versions", timeout=2).status_code == 200,
             "the client API", proc, log, deadline_s=120,
         )
@@ -221,3 +199,52 @@ def test_serves_from_an_optimised_interpreter_where_bytecode_can_be_cached(tmp_p
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("taken", ["client + federation", "federation"])
+def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path: Path, taken: str) -> None:
+    """Another program on a listener's port: the operator reads which listener and which
+    port could not be had, the command exits 1, and nothing is created or left running."""
+    ports = {"client + federation": free_port(), "federation": free_port()}
+    data_dir = tmp_path / "data"
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\n'
+        f'[[listeners]]\naddress = "127.0.0.1"\nport = {ports["client + federation"]}\n'
+        'resources = ["client", "federation"]\n'
+        f'[[listeners]]\naddress = "127.0.0.1"\nport = {ports["federation"]}\ntls = true\n'
+        'resources = ["federation"]\n'
+    )
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", ports[taken]))
+        other.listen()
+        r = _cli("--config", str(config))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == [
+        f"pocketserver: cannot listen on 127.0.0.1:{ports[taken]} ({taken}): address already in use"
+    ]
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    assert not data_dir.exists()
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_an_unusable_tls_certificate_is_one_line_naming_it(tmp_path: Path, content: str | None) -> None:
+    cert = tmp_path / "server.crt"
+    if content is not None:
+        cert.write_text(content)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        '[[listeners]]\naddress = "127.0.0.1"\nport = 0\n'
+        f'[[listeners]]\naddress = "127.0.0.1"\nport = 0\ntls = true\ntls_cert = "{cert}"\n'
+        f'tls_key = "{cert}"\nresources = ["federation"]\n'
+    )
+    r = _cli("--config", str(config))
+    assert r.returncode == 1, r.stderr
+    why = "no such file or directory" if content is None else "not a PEM certificate and its private key"
+    assert r.stderr.splitlines() == [
+        f"pocketserver: cannot listen on 127.0.0.1:0 (federation): TLS certificate {cert} "
+        f"with key {cert}: {why}"
+    ]
+    assert "Traceback" not in r.stdout
+    assert not (tmp_path / "data").exists()

@@ -187,3 +187,31 @@ def test_tune_interpreter_shortens_the_gil_switch_interval() -> None:
         assert sys.getswitchinterval() == pytest.approx(server.GIL_SWITCH_INTERVAL_S)
     finally:
         sys.setswitchinterval(before)
+
+
+def _bind(address: str, port: int) -> str:
+    from pocketserver.config import ListenerConfig
+    from tests.conftest import make_config
+
+    lst = ListenerConfig(address=address, port=port, resources=("client",))
+    cfg = make_config(Path("/nonexistent"))
+    with pytest.raises(server.ListenError) as e:
+        server.bind_listener(server._hypercorn_config(cfg, lst), lst)
+    return str(e.value)
+
+
+def test_a_listener_that_cannot_bind_says_which_and_why() -> None:
+    # 192.0.2.1 is a documentation address (never this machine's); binding sends nothing.
+    assert _bind("192.0.2.1", 8008) == (
+        "cannot listen on 192.0.2.1:8008 (client): address not available (not an address of this machine)"
+    )
+    if not socket.has_ipv6:
+        return
+    with socket.socket(socket.AF_INET6) as other:
+        try:
+            other.bind(("::1", 0))
+        except OSError:
+            return  # no IPv6 loopback here
+        other.listen()
+        port = other.getsockname()[1]
+        assert _bind("::1", port) == f"cannot listen on [::1]:{port} (client): address already in use"

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,35 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now (for tests of the default ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(
+    predicate: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path,
+    deadline_s: float = START_DEADLINE_S,
+) -> None:
+    """Poll ``predicate`` (HTTP errors count as not yet) until it holds; fail the test,
+    with the server's log, if the process exits first or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"pocketserver exited ({proc.returncode}) before {what}:\n{log.read_text()}")
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()}")
 
 
 @dataclass
