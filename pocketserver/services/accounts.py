@@ -26,6 +26,7 @@ from typing import Any
 
 from pocketserver.config import Config
 from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam, NotFound
+from pocketserver.protocol.canonical_json import JsonParseError, parse_json
 from pocketserver.protocol.identifiers import MAX_IDENTIFIER_BYTES, is_valid_localpart
 from pocketserver.services import filtering
 from pocketserver.services.auth import Requester, hash_token, new_device_id, new_token
@@ -52,6 +53,7 @@ UserHook = Callable[[str], Awaitable[None]]
 DeviceHook = Callable[[str, str], Awaitable[None]]
 
 MAX_DISPLAYNAME = 256
+_FILTER_ID = re.compile(r"[0-9]{1,15}")
 MAX_AVATAR_URL = 1000
 MAX_DEVICE_NAME = 256
 MAX_DEVICE_ID = 255
@@ -697,7 +699,7 @@ class AccountsService:
     async def get_filter(self, requester: Requester, user_id: str, filter_id: str) -> dict[str, Any]:
         if requester.user_id != user_id:
             raise Forbidden("Cannot get filters of other users")
-        if not filter_id.isdigit() or len(filter_id) > 18:
+        if not _FILTER_ID.fullmatch(filter_id):
             raise NotFound("Unknown filter")
         text = await self.db.read(accounts.get_filter, user_id, int(filter_id))
         if text is None:
@@ -709,11 +711,11 @@ class AccountsService:
         """A /sync ``filter`` parameter: a filter ID or inline JSON; M_BAD_JSON/M_NOT_FOUND."""
         if filter_ref.lstrip().startswith("{"):
             try:
-                obj = json.loads(filter_ref)
-            except ValueError:
+                obj = parse_json(filter_ref)
+            except JsonParseError:
                 raise MatrixError(400, "M_NOT_JSON", "filter is not JSON") from None
         else:
-            if not filter_ref.isdigit() or len(filter_ref) > 18:
+            if not _FILTER_ID.fullmatch(filter_ref):
                 raise NotFound("Unknown filter")
             text = await self.db.read(accounts.get_filter, user_id, int(filter_ref))
             if text is None:

@@ -60,6 +60,7 @@ from pocketserver.services.clock import Clock
 from pocketserver.services.lru import LruCache
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.outbound import open_stream
+from pocketserver.services.params import parse_int
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
@@ -451,10 +452,7 @@ class PushService:
     ) -> JsonDict:
         before: int | None = None
         if from_token:
-            try:
-                before = int(from_token)
-            except ValueError:
-                raise InvalidParam("Invalid 'from' token") from None
+            before = parse_int(from_token, "'from' token", minimum=0)
         return await self.db.read(self._notifications, requester, before, limit, only == "highlight")
 
     def _notifications(
