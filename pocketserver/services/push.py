@@ -59,7 +59,7 @@ from pocketserver.services.client_events import serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.lru import LruCache
 from pocketserver.services.notifier import Notifier
-from pocketserver.services.outbound import open_stream
+from pocketserver.services.outbound import Outbound
 from pocketserver.services.params import parse_int
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
@@ -209,8 +209,10 @@ class PushService:
         *,
         ruleset_cache_size: int = 1000,
         counts_cache_size: int = 20000,
+        outbound: Outbound | None = None,
     ) -> None:
         self.db = db
+        self.outbound = outbound or Outbound()
         self.clock = clock
         self.notifier = notifier
         # Reads run in worker threads; the caches are shared between them.
@@ -806,7 +808,7 @@ class PushService:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         with trio.fail_after(PUSH_TIMEOUT_S):
-            stream = await open_stream(host, port, tls=tls, server_hostname=host)
+            stream = await self.outbound.open_stream(host, port, tls=tls, server_hostname=host)
             async with stream:
                 conn = h11.Connection(h11.CLIENT)
                 req = h11.Request(
