@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,7 +116,7 @@ WRONG_VALUES: list[Json] = [
     {"a": 1},
 ]
 # Only for top-level fields: nested fields inherit them from their parents' cases.
-WRONG_TOP: list[Json] = [json.loads(_deep_object(400))]
+WRONG_TOP: list[Json] = [json.loads(_deep_object(400)), LONG]
 
 # Raw JSON fragments no Python value serialises to (inserted textually).
 WRONG_RAW = ["-99999999999999999999999"]
@@ -442,6 +443,27 @@ def _mutated_body(example: Callable[[World], Json], path: tuple[Any, ...], new: 
     return make
 
 
+def _source_with_helpers(view: Any) -> str:
+    """The view's source and that of the module's functions it calls (``_download``,
+    ``_upload_params``, ...), which read query parameters and bodies for it."""
+    module = sys.modules[view.__module__]
+    seen: set[str] = set()
+    todo = [view]
+    parts = []
+    while todo and len(seen) < 20:
+        fn = todo.pop()
+        if fn.__name__ in seen:
+            continue
+        seen.add(fn.__name__)
+        text = inspect.getsource(fn)
+        parts.append(text)
+        for name in re.findall(r"\b(_\w+)\(", text):
+            helper = getattr(module, name, None)
+            if inspect.isfunction(helper) and helper.__module__ == module.__name__:
+                todo.append(helper)
+    return "\n".join(parts)
+
+
 def probes_for(rule: Any, method: str, view: Any, w: World) -> Iterator[Probe]:
     path = rule.rule
     for arg in sorted(rule.arguments):
@@ -449,7 +471,7 @@ def probes_for(rule: Any, method: str, view: Any, w: World) -> Iterator[Probe]:
             yield Probe(rule, method, path_junk=(arg, junk), body=lambda w: b"{}", what=f"path {arg}")
     for auth in ("none", "unknown", "malformed"):
         yield Probe(rule, method, body=lambda w: b"{}", auth=auth, what=f"auth {auth}")
-    source = inspect.getsource(view)
+    source = _source_with_helpers(view)
     params = sorted(set(QUERY_PARAM.findall(source)))
     base = base_query(path, w)
     for name in params:
