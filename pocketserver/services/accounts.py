@@ -53,7 +53,6 @@ UserHook = Callable[[str], Awaitable[None]]
 DeviceHook = Callable[[str, str], Awaitable[None]]
 
 MAX_DISPLAYNAME = 256
-_FILTER_ID = re.compile(r"[0-9]{1,15}")
 MAX_AVATAR_URL = 1000
 MAX_DEVICE_NAME = 256
 MAX_DEVICE_ID = 255
@@ -62,6 +61,8 @@ PROFILE_KEY = re.compile(r"avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][
 
 # Account data types a client may not write directly (account-data.yaml).
 SERVER_MANAGED_ACCOUNT_DATA = ("m.fully_read", "m.push_rules")
+# Filter IDs are row IDs written as ASCII digits (str.isdigit() also takes "²").
+_FILTER_ID = re.compile(r"[0-9]{1,15}")
 
 
 @dataclass(frozen=True, slots=True)
