@@ -32,6 +32,7 @@ from pocketserver.services import filtering
 from pocketserver.services.auth import Requester, hash_token, new_device_id, new_token
 from pocketserver.services.clock import Clock
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.params import digits
 from pocketserver.services.passwords import check_password, hash_password
 from pocketserver.services.ratelimit import RateLimiter
 from pocketserver.services.uia import (
@@ -61,8 +62,6 @@ PROFILE_KEY = re.compile(r"avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][
 
 # Account data types a client may not write directly (account-data.yaml).
 SERVER_MANAGED_ACCOUNT_DATA = ("m.fully_read", "m.push_rules")
-# Filter IDs are row IDs written as ASCII digits (str.isdigit() also takes "²").
-_FILTER_ID = re.compile(r"[0-9]{1,15}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -700,9 +699,10 @@ class AccountsService:
     async def get_filter(self, requester: Requester, user_id: str, filter_id: str) -> dict[str, Any]:
         if requester.user_id != user_id:
             raise Forbidden("Cannot get filters of other users")
-        if not _FILTER_ID.fullmatch(filter_id):
+        row_id = digits(filter_id)
+        if row_id is None:
             raise NotFound("Unknown filter")
-        text = await self.db.read(accounts.get_filter, user_id, int(filter_id))
+        text = await self.db.read(accounts.get_filter, user_id, row_id)
         if text is None:
             raise NotFound("Unknown filter")
         value: dict[str, Any] = json.loads(text)
@@ -716,9 +716,10 @@ class AccountsService:
             except JsonParseError:
                 raise MatrixError(400, "M_NOT_JSON", "filter is not JSON") from None
         else:
-            if not _FILTER_ID.fullmatch(filter_ref):
+            row_id = digits(filter_ref)
+            if row_id is None:
                 raise NotFound("Unknown filter")
-            text = await self.db.read(accounts.get_filter, user_id, int(filter_ref))
+            text = await self.db.read(accounts.get_filter, user_id, row_id)
             if text is None:
                 raise NotFound("Unknown filter")
             obj = json.loads(text)

@@ -36,6 +36,15 @@ def parse_int(text: str, what: str, *, minimum: int = MIN_INT, maximum: int = MA
     return value
 
 
+def digits(text: str, *, max_digits: int = 15) -> int | None:
+    """``text`` as a non-negative integer if it is 1 to ``max_digits`` ASCII digits,
+    else None (for IDs the server issued: ``str.isdigit()`` also says yes to "²",
+    which ``int()`` refuses)."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def check_int(value: Any, what: str, *, minimum: int = MIN_INT, maximum: int = MAX_INT) -> int:
     """A JSON value that must be an integer in ``[minimum, maximum]``, else M_BAD_JSON."""
     if isinstance(value, bool) or not isinstance(value, int):

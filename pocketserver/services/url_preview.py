@@ -27,6 +27,7 @@ from pocketserver.config import Config
 from pocketserver.errors import Forbidden, InvalidParam, MatrixError
 from pocketserver.services.clock import Clock
 from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound, OutboundError
+from pocketserver.services.params import digits
 from pocketserver.storage import media as store
 from pocketserver.storage.database import Database
 
@@ -329,8 +330,9 @@ def parse_html(body: bytes, charset: str | None) -> dict[str, Any]:
     for k in ("og:image:width", "og:image:height"):
         v = og.get(k)
         if isinstance(v, str):
-            if v.strip().isdigit():
-                og[k] = int(v.strip())
+            size = digits(v.strip(), max_digits=9)
+            if size is not None:
+                og[k] = size
             else:
                 del og[k]
     return og

@@ -61,6 +61,7 @@ PATH_JUNK = [
     "%FF%FE",
     "%ED%A0%80",  # an encoded lone surrogate
     "%00",
+    "%C2%B2",  # a superscript two: str.isdigit() says yes, int() says no
     "%2F..%2F..",
     "nosigil",
     "!nosuch:test.local",
@@ -79,6 +80,7 @@ QUERY_JUNK = [
     "1.5",
     "%20%2B5",
     "%D9%A1",  # an Arabic-Indic digit, which int() would accept
+    "%C2%B2",  # a superscript two, which isdigit() would accept
     "%FF",
     "x" * 3000,
     "%7B",  # "{"
