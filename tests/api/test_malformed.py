@@ -7,8 +7,10 @@ here. Each (route, method) gets:
   percent-encodings, wrong sigils, unknown IDs), the others valid (a room, user, event,
   alias, media, filter, backup version the test made);
 - no access token, an unknown one, a malformed Authorization header;
-- every query parameter its view reads (found in its source) set to junk: not numbers,
-  huge and negative numbers, floats, bad ``dir`` and ``filter`` values;
+- every query parameter and header its view reads (found in the source of the view
+  and of the module's helpers it calls) set to junk: not numbers, huge and negative
+  numbers, floats, digits int() or isdigit() would take, bad ``dir`` and ``filter``
+  values, broken ``Range`` headers;
 - for routes that read a JSON body: bodies that are not JSON or not objects, and for a
   valid example body, each field (nested ones too) replaced by a value of each wrong
   type (null, booleans, huge and negative integers, floats, long strings, lists,
@@ -646,10 +648,17 @@ async def test_no_route_answers_malformed_input_with_a_5xx_or_a_traceback(
             world.rooms_of_route[rule.rule] = await create_room(http, world.token, preset="public_chat", invite=[world.bob])
 
     probes: list[Probe] = []
+    without_example = []
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         view = app.view_functions[rule.endpoint]
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             probes.extend(probes_for(rule, method, view, world))
+            reads_json = "json_body" in _source_with_helpers(view)
+            if reads_json and method != "GET" and example_body(rule.rule, method, world) is None:
+                without_example.append(f"{method} {rule.rule}")
+    # A new route that reads a JSON body needs a valid example in example_body(), so
+    # that each of its fields is sent with every wrong type.
+    assert without_example == []
 
     problems: list[str] = []
     sent = 0
