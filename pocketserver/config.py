@@ -85,6 +85,7 @@ class MediaConfig:
 @dataclass(frozen=True, slots=True)
 class FederationConfig:
     enabled: bool = True
+    # Apply to every outbound HTTPS request (push gateways, URL previews, federation).
     verify_tls: bool = True
     extra_ca_file: str = ""
     # Private/loopback ranges outbound requests may reach (for loopback testing).
@@ -369,6 +370,8 @@ max_thumbnail_pixels = 40000000
 
 [federation]
 enabled = true
+# TLS for every outbound request (push gateways, URL previews): verify certificates,
+# also trusting the CAs in extra_ca_file (a PEM file) besides the system's.
 verify_tls = true
 extra_ca_file = ""
 allowed_ip_ranges = []    # e.g. ["127.0.0.0/8", "::1/128"] to federate on loopback

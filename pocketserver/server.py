@@ -32,6 +32,7 @@ class RunningServer:
     """What a started server tells its starter (tests, the CLI)."""
 
     services: Any
+    app: Any = None  # the QuartTrio app (its url_map lists every route)
     urls: list[str] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
 
@@ -395,7 +396,7 @@ async def run_server(
         if services_hook is not None:
             services_hook(services)
         app = create_app(services)
-        running = RunningServer(services=services)
+        running = RunningServer(services=services, app=app)
         async with trio.open_nursery() as root:
             if handle_signals:
                 # From the very start: a SIGTERM while the first start still makes its

@@ -12,10 +12,20 @@ from typing import Any
 from quart import Response, current_app, request
 
 from pocketserver import limits
-from pocketserver.errors import BadJson, InvalidParam, MissingParam, NotJson, TooLarge
+from pocketserver.errors import BadJson, InvalidParam, NotJson, TooLarge
 from pocketserver.protocol.canonical_json import CanonicalJsonError, JsonParseError, parse_json
 from pocketserver.services import Services
 from pocketserver.services.auth import Requester
+from pocketserver.services.params import (  # noqa: F401 - the body helpers routes use
+    MIN_INT,
+    get_bool,
+    get_choice,
+    get_dict,
+    get_int,
+    get_list,
+    get_str,
+    parse_int,
+)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -136,54 +146,16 @@ async def json_body(*, allow_empty: bool = False, limit: int | None = None) -> d
     return value
 
 
-def get_str(body: Mapping[str, Any], key: str, *, required: bool = False, default: str | None = None) -> str | None:
-    v = body.get(key)
-    if v is None:
-        if required:
-            raise MissingParam(f"Missing {key!r}")
-        return default
-    if not isinstance(v, str):
-        raise BadJson(f"{key!r} must be a string")
-    return v
-
-
-def get_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    v = body.get(key, default)
-    if not isinstance(v, bool):
-        raise BadJson(f"{key!r} must be a boolean")
-    return v
-
-
-def get_int(body: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
-    v = body.get(key, default)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise BadJson(f"{key!r} must be an integer")
-    return v
-
-
-def get_dict(body: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any] | None:
-    v = body.get(key)
-    if v is None:
-        if required:
-            raise MissingParam(f"Missing {key!r}")
-        return None
-    if not isinstance(v, dict):
-        raise BadJson(f"{key!r} must be an object")
-    return v
-
-
-def query_int(name: str, default: int | None = None, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+def query_int(
+    name: str, default: int | None = None, *, minimum: int = MIN_INT, maximum: int | None = None
+) -> int | None:
+    """An integer query parameter: M_INVALID_PARAM unless ASCII digits in
+    ``[minimum, 2**53-1]``; a ``maximum`` caps it (a ``limit`` above the cap is served
+    as the cap)."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise InvalidParam(f"{name!r} must be an integer") from None
-    if minimum is not None and v < minimum:
-        raise InvalidParam(f"{name!r} must be at least {minimum}")
+    v = parse_int(raw, repr(name), minimum=minimum)
     if maximum is not None:
         v = min(v, maximum)
     return v

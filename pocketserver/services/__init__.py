@@ -21,6 +21,7 @@ from pocketserver.services.key_backup import KeyBackupService
 from pocketserver.services.media import MediaService
 from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.outbound import Outbound
 from pocketserver.services.presence import PresenceService
 from pocketserver.services.push import PushService
 from pocketserver.services.ratelimit import RateLimiter
@@ -79,7 +80,9 @@ def build_services(
     uia = UIAService(db, clock, config.server_name)
     accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter)
     presence = PresenceService(db, clock, notifier)
-    media = MediaService(config, db, clock)
+    # The one opener of outbound connections: one TLS context from [federation].
+    outbound = Outbound(config.federation)
+    media = MediaService(config, db, clock, outbound=outbound)
     e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
     accounts.on_device_created.append(e2ee.on_device_created)
     accounts.on_device_deleted.append(e2ee.on_device_deleted)
@@ -100,7 +103,7 @@ def build_services(
     receipts = ReceiptService(db, clock, notifier)
     sync = SyncService(db, clock, notifier, typing)
     sync.extensions.append(e2ee_extension(e2ee))
-    push = PushService(db, clock, notifier)
+    push = PushService(db, clock, notifier, outbound=outbound)
     sync.unread_counter = push.unread_counts
     sync.extensions.append(push.sync_extension())
     accounts.on_device_deleted.append(push.on_device_deleted)

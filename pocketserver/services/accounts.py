@@ -28,11 +28,13 @@ from typing import Any
 from pocketserver import limits
 from pocketserver.config import Config
 from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam, NotFound, TooLarge
+from pocketserver.protocol.canonical_json import JsonParseError, parse_json
 from pocketserver.protocol.identifiers import MAX_IDENTIFIER_BYTES, is_valid_localpart
 from pocketserver.services import filtering
 from pocketserver.services.auth import Requester, hash_token, new_device_id, new_token
 from pocketserver.services.clock import Clock
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.params import digits
 from pocketserver.services.passwords import check_password, hash_password
 from pocketserver.services.ratelimit import RateLimiter
 from pocketserver.services.uia import (
@@ -733,9 +735,10 @@ class AccountsService:
     async def get_filter(self, requester: Requester, user_id: str, filter_id: str) -> dict[str, Any]:
         if requester.user_id != user_id:
             raise Forbidden("Cannot get filters of other users")
-        if not filter_id.isdigit() or len(filter_id) > 18:
+        row_id = digits(filter_id)
+        if row_id is None:
             raise NotFound("Unknown filter")
-        text = await self.db.read(accounts.get_filter, user_id, int(filter_id))
+        text = await self.db.read(accounts.get_filter, user_id, row_id)
         if text is None:
             raise NotFound("Unknown filter")
         value: dict[str, Any] = json.loads(text)
@@ -745,13 +748,14 @@ class AccountsService:
         """A /sync ``filter`` parameter: a filter ID or inline JSON; M_BAD_JSON/M_NOT_FOUND."""
         if filter_ref.lstrip().startswith("{"):
             try:
-                obj = json.loads(filter_ref)
-            except ValueError:
+                obj = parse_json(filter_ref)
+            except JsonParseError:
                 raise MatrixError(400, "M_NOT_JSON", "filter is not JSON") from None
         else:
-            if not filter_ref.isdigit() or len(filter_ref) > 18:
+            row_id = digits(filter_ref)
+            if row_id is None:
                 raise NotFound("Unknown filter")
-            text = await self.db.read(accounts.get_filter, user_id, int(filter_ref))
+            text = await self.db.read(accounts.get_filter, user_id, row_id)
             if text is None:
                 raise NotFound("Unknown filter")
             obj = json.loads(text)

@@ -79,7 +79,7 @@ def parse_stream_token(token: str) -> int:
     Accepts the forms this server hands out: a position optionally prefixed with ``s``
     and optionally followed by ``_`` or ``.`` and further components.
     """
-    m = re.fullmatch(r"s?(\d{1,18})(?:[_.~].*)?", token)
+    m = re.fullmatch(r"s?([0-9]{1,16})(?:[_.~].*)?", token)
     if m is None:
         raise InvalidParam(f"Invalid stream token {token!r}")
     return int(m.group(1))

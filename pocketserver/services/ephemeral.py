@@ -3,10 +3,16 @@
 Typing is ephemeral by nature: a restart forgets who was typing, which is what every
 client expects. Each room keeps the serial of its last change so /sync sends m.typing
 only for rooms whose typing set changed since the client's token.
+
+The tracker is read from two threads: the event loop (``PUT /typing``, the long-poll's
+expiry timer) and /sync's read transaction, which runs in a database worker thread and
+expires entries as it reads them. One lock guards its state; the notifier it wakes is
+safe to call from either.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from pocketserver.errors import BadJson, Forbidden, NotFound
@@ -33,8 +39,13 @@ class TypingTracker:
         self.clock = clock
         self.notifier = notifier
         self._rooms: dict[str, _RoomTyping] = {}
+        self._lock = threading.Lock()
 
     def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+        with self._lock:
+            self._set_typing(room_id, user_id, typing, timeout_ms)
+
+    def _set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
         self._expire()
         room = self._rooms.setdefault(room_id, _RoomTyping())
         changed = False
@@ -67,6 +78,10 @@ class TypingTracker:
 
     def typing_since(self, room_id: str, since_serial: int | None) -> list[str] | None:
         """The room's typing users if they changed after ``since_serial`` (None: unchanged)."""
+        with self._lock:
+            return self._typing_since(room_id, since_serial)
+
+    def _typing_since(self, room_id: str, since_serial: int | None) -> list[str] | None:
         self._expire()
         room = self._rooms.get(room_id)
         if room is None:
@@ -77,10 +92,11 @@ class TypingTracker:
 
     def next_expiry_in(self) -> float | None:
         soonest = None
-        for room in self._rooms.values():
-            for exp in room.users.values():
-                if soonest is None or exp < soonest:
-                    soonest = exp
+        with self._lock:
+            for room in self._rooms.values():
+                for exp in room.users.values():
+                    if soonest is None or exp < soonest:
+                        soonest = exp
         return None if soonest is None else max(0.0, soonest - self.clock.monotonic())
 
 

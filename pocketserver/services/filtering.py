@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pocketserver.services.params import MAX_INT
+
 
 class InvalidFilter(ValueError):
     """The filter JSON does not have the spec's shape; the message says where."""
@@ -83,8 +85,8 @@ class EventFilter:
         limit = obj.get("limit")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise InvalidFilter(f"{where}limit must be an integer")
-        if limit is not None and limit < 0:
-            raise InvalidFilter(f"{where}limit must not be negative")
+        if limit is not None and not 0 <= limit <= MAX_INT:
+            raise InvalidFilter(f"{where}limit must be between 0 and {MAX_INT}")
         return {
             "limit": limit,
             "types": _str_list(obj, "types", where),

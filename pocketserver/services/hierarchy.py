@@ -18,6 +18,7 @@ from typing import Any
 
 from pocketserver.errors import Forbidden, InvalidParam, NotFound
 from pocketserver.services.auth import Requester
+from pocketserver.services.params import MAX_INT
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import state as state_store
 from pocketserver.storage.database import Conn, Database
@@ -240,9 +241,9 @@ def _parse_token(token: str, room_id: str, suggested_only: bool, max_depth: int 
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         rid, suggested, depth, offset = data
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise InvalidParam("Unknown pagination token") from None
-    if rid != room_id or not isinstance(offset, int) or offset < 0:
+    if rid != room_id or not isinstance(offset, int) or not 0 <= offset <= MAX_INT:
         raise InvalidParam("Unknown pagination token")
     if suggested != suggested_only or depth != max_depth:
         raise InvalidParam("suggested_only and max_depth cannot change on paginated requests")

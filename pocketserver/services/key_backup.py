@@ -20,6 +20,7 @@ from typing import Any
 from pocketserver import limits
 from pocketserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound, TooLarge
 from pocketserver.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
+from pocketserver.services.params import digits
 from pocketserver.storage import key_backup as store
 from pocketserver.storage.database import Conn, Database
 from pocketserver.storage.key_backup import BackedUpKey
@@ -31,9 +32,7 @@ MAX_KEYS_PER_REQUEST = 100_000
 
 def _parse_version(version: str | None) -> int | None:
     """A version string as this server issues it, or None if it cannot be one."""
-    if version is None or not version.isdigit() or len(version) > 15:
-        return None
-    return int(version)
+    return None if version is None else digits(version)
 
 
 def _check_algorithm_and_auth(body: Mapping[str, Any]) -> tuple[str, JsonDict]:

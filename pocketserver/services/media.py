@@ -32,6 +32,7 @@ import trio
 from pocketserver.config import Config
 from pocketserver.errors import Forbidden, LimitExceeded, MatrixError, NotFound, TooLarge
 from pocketserver.services.clock import Clock
+from pocketserver.services.outbound import Outbound
 from pocketserver.storage import media as store
 from pocketserver.storage.database import Database
 
@@ -90,8 +91,11 @@ class Download:
 
 
 class MediaService:
-    def __init__(self, config: Config, db: Database, clock: Clock) -> None:
+    def __init__(
+        self, config: Config, db: Database, clock: Clock, *, outbound: Outbound | None = None
+    ) -> None:
         self.config = config
+        self.outbound = outbound or Outbound(config.federation)
         self.cfg = config.media
         self.db = db
         self.clock = clock
@@ -107,7 +111,9 @@ class MediaService:
         if self._url_previews is None:
             from pocketserver.services.url_preview import UrlPreviewService
 
-            self._url_previews = UrlPreviewService(self.config, self.db, self.clock, self)
+            self._url_previews = UrlPreviewService(
+                self.config, self.db, self.clock, self, self.outbound
+            )
         return self._url_previews
 
     # -- background --------------------------------------------------------------

@@ -1,37 +1,92 @@
 """Outbound connections (push gateways, URL previews; federation later): TCP, then TLS.
 
-Owns the one default TLS context for verified outbound HTTPS, made on first use (it
-loads the system's CA store, which costs memory an idle server does not need).
+:class:`Outbound` is the one opener every outbound request goes through, so the TLS
+settings of ``[federation]`` apply to all of them: ``verify_tls = false`` accepts any
+certificate, ``extra_ca_file`` adds trusted CAs to the system's store. Its one TLS
+context is made on first use (loading the system's CA store costs memory an idle
+server does not need) and reused.
+
+Which *addresses* may be reached is the caller's decision, made before it connects
+(URL previews vet every resolved address against ``media.url_preview_ip_allowlist``).
+
+Everything an exchange with a remote can fail with because of the remote or the
+network is in :data:`OUTBOUND_ERRORS`: callers catch that tuple and answer an upstream
+failure (502 for a client's request, a retry for a push), never a 500.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 
+import h11
 import trio
 
-_default_context: ssl.SSLContext | None = None
+from pocketserver.config import FederationConfig
+
+log = logging.getLogger("pocketserver.outbound")
 
 
-def default_tls_context() -> ssl.SSLContext:
-    global _default_context
-    if _default_context is None:
-        _default_context = ssl.create_default_context()
-    return _default_context
+class OutboundError(Exception):
+    """A remote could not be reached or spoke no acceptable TLS or HTTP."""
 
 
-async def open_stream(address: str, port: int, *, tls: bool, server_hostname: str) -> trio.abc.Stream:
-    """A connected stream to ``address`` (a host name or an IP already vetted by the
-    caller), wrapped in TLS verified for ``server_hostname`` when ``tls``."""
-    stream: trio.abc.Stream = await trio.open_tcp_stream(address, port)
-    if not tls:
-        return stream
-    ssl_stream = trio.SSLStream(
-        stream, default_tls_context(), server_hostname=server_hostname, https_compatible=True
-    )
-    try:
-        await ssl_stream.do_handshake()
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
-    return ssl_stream
+#: What a connection, a TLS handshake or an HTTP exchange with a remote can raise.
+OUTBOUND_ERRORS: tuple[type[Exception], ...] = (
+    OutboundError,
+    OSError,  # refused, unreachable, reset; ssl.SSLError is one too
+    trio.BrokenResourceError,  # the stream broke: a TLS failure, an abrupt close
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    h11.ProtocolError,  # the remote's HTTP was malformed
+    UnicodeError,  # a host name IDNA cannot encode
+)
+
+
+class Outbound:
+    def __init__(self, federation: FederationConfig | None = None) -> None:
+        cfg = federation or FederationConfig()
+        self.verify_tls = cfg.verify_tls
+        self.extra_ca_file = cfg.extra_ca_file
+        self._context: ssl.SSLContext | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client TLS context, built once from the configuration."""
+        if self._context is None:
+            if not self.verify_tls:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            else:
+                ctx = ssl.create_default_context()
+                if self.extra_ca_file:
+                    try:
+                        ctx.load_verify_locations(cafile=self.extra_ca_file)
+                    except (OSError, ValueError) as e:
+                        log.warning("federation.extra_ca_file %s: %s", self.extra_ca_file, e)
+                        raise OutboundError(f"cannot load extra_ca_file: {e}") from None
+            self._context = ctx
+        return self._context
+
+    async def open_stream(
+        self, address: str, port: int, *, tls: bool, server_hostname: str
+    ) -> trio.abc.Stream:
+        """A connected stream to ``address`` (a host name or an IP already vetted by the
+        caller), wrapped in TLS verified for ``server_hostname`` when ``tls``. Fails
+        with one of :data:`OUTBOUND_ERRORS`."""
+        context = self.tls_context() if tls else None
+        stream: trio.abc.Stream = await trio.open_tcp_stream(address, port)
+        if context is None:
+            return stream
+        ssl_stream = trio.SSLStream(
+            stream, context, server_hostname=server_hostname, https_compatible=True
+        )
+        try:
+            await ssl_stream.do_handshake()
+        except trio.BrokenResourceError as e:
+            await trio.aclose_forcefully(stream)
+            raise OutboundError(f"TLS with {server_hostname} failed: {e.__cause__ or e}") from None
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return ssl_stream

@@ -60,7 +60,8 @@ from pocketserver.services.client_events import serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.lru import LruCache
 from pocketserver.services.notifier import Notifier
-from pocketserver.services.outbound import open_stream
+from pocketserver.services.outbound import Outbound
+from pocketserver.services.params import parse_int
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
@@ -209,8 +210,10 @@ class PushService:
         *,
         ruleset_cache_size: int = 1000,
         counts_cache_size: int = 20000,
+        outbound: Outbound | None = None,
     ) -> None:
         self.db = db
+        self.outbound = outbound or Outbound()
         self.clock = clock
         self.notifier = notifier
         # Reads run in worker threads; the caches are shared between them.
@@ -458,10 +461,7 @@ class PushService:
     ) -> JsonDict:
         before: int | None = None
         if from_token:
-            try:
-                before = int(from_token)
-            except ValueError:
-                raise InvalidParam("Invalid 'from' token") from None
+            before = parse_int(from_token, "'from' token", minimum=0)
         return await self.db.read(self._notifications, requester, before, limit, only == "highlight")
 
     def _notifications(
@@ -822,7 +822,7 @@ class PushService:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         with trio.fail_after(PUSH_TIMEOUT_S):
-            stream = await open_stream(host, port, tls=tls, server_hostname=host)
+            stream = await self.outbound.open_stream(host, port, tls=tls, server_hostname=host)
             async with stream:
                 conn = h11.Connection(h11.CLIENT)
                 req = h11.Request(

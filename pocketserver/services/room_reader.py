@@ -22,6 +22,7 @@ from pocketserver.services.client_events import serialize_event, serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
+from pocketserver.services.params import parse_int
 from pocketserver.services.sync import parse_stream_token, presence_event
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
@@ -509,9 +510,10 @@ class RoomReader:
         offset = 0
         if since:
             try:
-                offset = int(base64.urlsafe_b64decode(since.encode()).decode())
+                text = base64.urlsafe_b64decode(since.encode()).decode()
             except ValueError:
                 raise InvalidParam("Invalid since token") from None
+            offset = parse_int(text, "since token", minimum=0)
 
         def run(conn: Conn) -> JsonDict:
             entries = []

@@ -28,6 +28,7 @@ from pocketserver.services.auth import Requester
 from pocketserver.services.clock import Clock
 from pocketserver.services.events import EventPipeline, Persisted
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.params import get_choice, get_str
 from pocketserver.storage import accounts
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import rooms as room_store
@@ -346,18 +347,16 @@ class RoomService:
     # -- creation ----------------------------------------------------------------------------
 
     async def create_room(self, requester: Requester, body: JsonDict) -> tuple[str, str | None]:
-        version_id = body.get("room_version", DEFAULT_ROOM_VERSION)
-        if not isinstance(version_id, str):
-            raise BadJson("room_version must be a string")
+        version_id = get_str(body, "room_version", default=DEFAULT_ROOM_VERSION)
+        assert version_id is not None
         rv = KNOWN_ROOM_VERSIONS.get(version_id)
         if rv is None:
             raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"Unknown room version {version_id}")
-        visibility = body.get("visibility", "private")
-        if visibility not in ("public", "private"):
-            raise BadJson("visibility must be public or private")
-        preset = body.get("preset") or ("public_chat" if visibility == "public" else "private_chat")
-        if preset not in PRESETS:
-            raise BadJson(f"Unknown preset {preset!r}")
+        visibility = get_choice(body, "visibility", ("public", "private"), default="private")
+        preset = get_choice(
+            body, "preset", PRESETS, default="public_chat" if visibility == "public" else "private_chat"
+        )
+        assert preset is not None
         invites = body.get("invite", [])
         if not isinstance(invites, list) or not all(isinstance(u, str) for u in invites):
             raise BadJson("invite must be a list of user IDs")

@@ -23,6 +23,7 @@ from pocketserver.services.client_events import serialize_event, serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
+from pocketserver.services.params import MAX_INT
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import search as search_store
@@ -61,7 +62,7 @@ class _Criteria:
             raise InvalidParam("search_term is too long")
         self.query = search_store.fts_query(term)
         keys = body.get("keys", list(KEY_TYPES))
-        if not isinstance(keys, list) or not all(k in KEY_TYPES for k in keys):
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k in KEY_TYPES for k in keys):
             raise BadJson(f"keys must be a list of {', '.join(KEY_TYPES)}")
         self.types = sorted({KEY_TYPES[k] for k in keys})
         raw_filter = body.get("filter") or {}
@@ -116,9 +117,9 @@ def _encode_token(data: JsonDict) -> str:
 def _decode_token(token: str) -> JsonDict:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidParam("Invalid next_batch token") from None
-    if not isinstance(data, dict) or not isinstance(data.get("k"), int):
+    if not isinstance(data, dict) or type(data.get("k")) is not int or not 0 <= data["k"] <= MAX_INT:
         raise InvalidParam("Invalid next_batch token")
     group = data.get("g")
     if group is not None and not (

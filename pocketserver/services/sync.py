@@ -28,6 +28,7 @@ from pocketserver.services.ephemeral import TypingTracker
 from pocketserver.services.filtering import Filter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.params import parse_int
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
@@ -54,7 +55,7 @@ INVITE_STATE_TYPES = (
     "m.room.topic",
 )
 
-_TOKEN = re.compile(r"^s(-?\d+)_(\d+)_(\d+)$")
+_TOKEN = re.compile(r"s([^_]*)_([^_]*)_([^_]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +69,18 @@ class SyncToken:
 
     @classmethod
     def parse(cls, raw: str) -> SyncToken:
-        m = _TOKEN.match(raw)
+        m = _TOKEN.fullmatch(raw)
         if m is None:
             raise InvalidParam("Invalid since token")
-        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        pos = parse_int(m.group(1), "since token")
+        typing, to_device = (parse_int(g, "since token", minimum=0) for g in m.groups()[1:])
+        return cls(pos, typing, to_device)
 
 
 def parse_stream_token(raw: str) -> int:
     """A /messages-style token: a sync token or ``t{pos}``/``b{pos}``."""
     if raw.startswith(("t", "b")):
-        try:
-            return int(raw[1:])
-        except ValueError:
-            raise InvalidParam("Invalid pagination token") from None
+        return parse_int(raw[1:], "pagination token", minimum=0)
     return SyncToken.parse(raw).pos
 
 

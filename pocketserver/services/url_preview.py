@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import ssl
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -27,7 +26,8 @@ import trio
 from pocketserver.config import Config
 from pocketserver.errors import Forbidden, InvalidParam, MatrixError
 from pocketserver.services.clock import Clock
-from pocketserver.services.outbound import open_stream
+from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound, OutboundError
+from pocketserver.services.params import digits
 from pocketserver.storage import media as store
 from pocketserver.storage.database import Database
 
@@ -39,7 +39,7 @@ MAX_HEADER_BYTES = 64 * 1024
 USER_AGENT = "pocketserver URL preview (Matrix homeserver)"
 
 
-class FetchError(Exception):
+class FetchError(OutboundError):
     pass
 
 
@@ -64,8 +64,11 @@ def _norm_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 class UrlPreviewService:
-    def __init__(self, config: Config, db: Database, clock: Clock, media: Any) -> None:
+    def __init__(
+        self, config: Config, db: Database, clock: Clock, media: Any, outbound: Outbound
+    ) -> None:
         self.cfg = config.media
+        self.outbound = outbound
         self.db = db
         self.clock = clock
         self.media = media
@@ -78,7 +81,11 @@ class UrlPreviewService:
         return addr.is_global and not addr.is_multicast
 
     async def preview(self, url: str, user_id: str) -> dict[str, Any]:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not one
+        except ValueError:
+            raise InvalidParam("url is not a valid URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidParam("url must be an absolute http(s) URL")
         now = self.clock.time_ms()
@@ -90,7 +97,7 @@ class UrlPreviewService:
                 page = await self.fetch(url, self.cfg.url_preview_max_size, allow_truncate=True)
         except BlockedAddress:
             raise Forbidden("This URL's address may not be fetched") from None
-        except (FetchError, OSError, trio.TooSlowError, ssl.SSLError) as e:
+        except OUTBOUND_ERRORS as e:
             log.info("preview of %s failed: %s", url, e)
             raise MatrixError(502, "M_UNKNOWN", "Failed to fetch the URL") from None
         if page.status >= 400:
@@ -107,19 +114,23 @@ class UrlPreviewService:
             og = parse_html(page.body, _charset(page.content_type))
             image = og.pop("og:image", None)
             if isinstance(image, str) and image:
-                await self._fetch_image(og, urljoin(page.url, image), user_id)
+                await self._fetch_image(og, page.url, image, user_id)
         else:
             og = {}
         await self.db.write(store.upsert_url_preview, url, og, now, now + CACHE_MS)
         return og
 
-    async def _fetch_image(self, og: dict[str, Any], url: str, user_id: str) -> None:
-        if urlsplit(url).scheme not in ("http", "https"):
+    async def _fetch_image(self, og: dict[str, Any], page_url: str, image: str, user_id: str) -> None:
+        try:
+            url = urljoin(page_url, image)
+            if urlsplit(url).scheme not in ("http", "https"):
+                return
+        except ValueError:  # the page's og:image is no URL
             return
         try:
             with trio.fail_after(self.cfg.url_preview_timeout_seconds):
                 img = await self.fetch(url, self.cfg.url_preview_max_size, allow_truncate=False)
-        except (FetchError, OSError, trio.TooSlowError, ssl.SSLError) as e:
+        except OUTBOUND_ERRORS as e:
             log.info("preview image %s failed: %s", url, e)
             return
         if img.status < 400 and img.content_type.lower().startswith("image/"):
@@ -146,8 +157,12 @@ class UrlPreviewService:
             if location is None:
                 assert result is not None
                 return result
-            url = urljoin(url, location)
-            if urlsplit(url).scheme not in ("http", "https"):
+            try:
+                url = urljoin(url, location)
+                scheme = urlsplit(url).scheme
+            except ValueError:
+                raise FetchError(f"redirect to a malformed URL {location!r}") from None
+            if scheme not in ("http", "https"):
                 raise FetchError("redirect to a non-HTTP URL")
         raise FetchError("too many redirects")
 
@@ -158,17 +173,20 @@ class UrlPreviewService:
             raise FetchError(f"{host} does not resolve")
         if not all(self.ip_allowed(ip) for ip in ips):
             raise BlockedAddress(f"{host} resolves to a non-public address")
-        return await open_stream(ips[0], port, tls=tls, server_hostname=host)
+        return await self.outbound.open_stream(ips[0], port, tls=tls, server_hostname=host)
 
     async def _fetch_once(
         self, url: str, max_size: int, allow_truncate: bool
     ) -> tuple[Fetched | None, str | None]:
         import h11
 
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise FetchError(f"malformed URL {url!r}") from None
         tls = parts.scheme == "https"
         host = parts.hostname or ""
-        port = parts.port or (443 if tls else 80)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
@@ -312,8 +330,9 @@ def parse_html(body: bytes, charset: str | None) -> dict[str, Any]:
     for k in ("og:image:width", "og:image:height"):
         v = og.get(k)
         if isinstance(v, str):
-            if v.strip().isdigit():
-                og[k] = int(v.strip())
+            size = digits(v.strip(), max_digits=9)
+            if size is not None:
+                og[k] = size
             else:
                 del og[k]
     return og

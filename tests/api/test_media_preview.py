@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from functools import partial
 from typing import Any
 
@@ -11,7 +12,7 @@ import trio
 
 from pocketserver.server import run_server
 from tests.api.helpers_media import auth, make_user, png_bytes
-from tests.conftest import make_config
+from tests.conftest import make_config, shared_certificate
 
 PREVIEW = "/_matrix/client/v1/media/preview_url"
 
@@ -23,11 +24,22 @@ PAGE = b"""<!doctype html><html><head><meta charset="utf-8">
 </head><body>hello</body></html>"""
 
 
-async def _site(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """A tiny HTTP/1.1 server: /page, /logo.png, /redirect, /big, /plain."""
+async def _site(
+    tls: ssl.SSLContext | None = None, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A tiny HTTP/1.1 server: /page, /logo.png, /redirect, /big, /plain (over TLS
+    with ``tls``)."""
     logo = png_bytes(48, 32)
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: trio.abc.Stream) -> None:
+        try:
+            await answer(stream)
+        except trio.BrokenResourceError:
+            pass  # a client that refused our certificate
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def answer(stream: trio.abc.Stream) -> None:
         data = b""
         with trio.move_on_after(10):
             while b"\r\n\r\n" not in data:
@@ -54,8 +66,11 @@ async def _site(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             pass
         await stream.aclose()
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
+    tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = tcp[0].socket.getsockname()[1]
+    listeners: list[Any] = list(tcp)
+    if tls is not None:
+        listeners = [trio.SSLListener(lst, tls, https_compatible=True) for lst in tcp]
     task_status.started(port)
     await trio.serve_listeners(handle, listeners)
 
@@ -119,3 +134,59 @@ async def test_private_addresses_are_refused_by_default(tmp_path: Any, nursery: 
                 assert r.json()["errcode"] == "M_FORBIDDEN"
     finally:
         running.stop.set()
+
+
+# -- HTTPS: [federation]'s TLS settings apply; a TLS failure is a 502 ------------------------
+
+
+def _site_tls() -> ssl.SSLContext:
+    cert, key = shared_certificate()  # self-signed, SAN 127.0.0.1
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+@pytest.mark.parametrize(
+    "federation, ok",
+    [
+        ({}, False),
+        ({"extra_ca_file": shared_certificate()[0]}, True),
+        ({"verify_tls": False}, True),
+    ],
+    ids=["default", "extra_ca_file", "verify_tls_false"],
+)
+async def test_https_previews_use_the_federation_tls_settings(
+    tmp_path: Any, nursery: trio.Nursery, federation: dict[str, Any], ok: bool
+) -> None:
+    port = await nursery.start(_site, _site_tls())
+    cfg = make_config(
+        tmp_path, {"media": {"url_preview_ip_allowlist": ["127.0.0.0/8"]}, "federation": federation}
+    )
+    running = await nursery.start(partial(run_server, cfg, out=None, handle_signals=False))
+    try:
+        _, token = await make_user(running)
+        async with httpx.AsyncClient(base_url=running.urls[0]) as http:
+            url = f"https://127.0.0.1:{port}/page"
+            r = await http.get(PREVIEW, params={"url": url}, headers=auth(token))
+            if ok:
+                assert r.status_code == 200, r.text
+                assert r.json()["og:title"] == "Pocket & Server"
+            else:
+                # The certificate is not trusted: an upstream failure, not a 500.
+                assert r.status_code == 502, r.text
+                assert r.json()["errcode"] == "M_UNKNOWN"
+    finally:
+        running.stop.set()
+
+
+async def test_malformed_urls_and_upstreams_are_4xx_or_502(
+    server: Any, http: httpx.AsyncClient, nursery: trio.Nursery
+) -> None:
+    port = await nursery.start(_site)
+    _, token = await make_user(server)
+    for url in ("http://127.0.0.1:99999/", "http://[::1/", "http://127.0.0.1:abc/"):
+        r = await http.get(PREVIEW, params={"url": url}, headers=auth(token))
+        assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", url
+    # A TLS client at a plain HTTP server: an upstream failure, 502.
+    r = await http.get(PREVIEW, params={"url": f"https://127.0.0.1:{port}/page"}, headers=auth(token))
+    assert r.status_code == 502 and r.json()["errcode"] == "M_UNKNOWN"

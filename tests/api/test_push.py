@@ -454,3 +454,55 @@ async def test_invite_pushes_to_the_invitee(http: httpx.AsyncClient, gateway: Ga
     got = await gateway.wait_for(1)
     note = got[0]["notification"]
     assert note["type"] == "m.room.member" and note["user_is_target"] is True
+
+
+# -- a push gateway over TLS: [federation]'s TLS settings apply -------------------------------
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["self_signed_refused", "extra_ca_file"])
+async def test_https_gateway_uses_the_federation_tls_settings(
+    tmp_path: Any, nursery: trio.Nursery, trusted: bool
+) -> None:
+    import ssl
+
+    from pocketserver.server import run_server
+    from tests.conftest import make_config, shared_certificate
+
+    cert, key = shared_certificate()  # self-signed, SAN 127.0.0.1
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    gw = Gateway()
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        try:
+            await gw.handle(stream)  # type: ignore[arg-type]
+        except trio.BrokenResourceError:
+            pass  # the pusher refused our certificate
+
+    listeners = await nursery.start(
+        partial(trio.serve_ssl_over_tcp, handle, 0, server_tls, host="127.0.0.1")
+    )
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    url = f"https://127.0.0.1:{port}/_matrix/push/v1/notify"
+    cfg = make_config(tmp_path, {"federation": {"extra_ca_file": cert} if trusted else {}})
+    running = await nursery.start(partial(run_server, cfg, out=None, handle_signals=False))
+    try:
+        async with httpx.AsyncClient(base_url=running.urls[0], timeout=30) as http:
+            (alice, atok), (_, btok), room = await three_people(http)
+            r = await http.post(f"{V3}/pushers/set", json=pusher_body(url), headers=auth_headers(atok))
+            assert r.status_code == 200, r.text
+            await send(http, btok, room, text("hello alice", mentions=[alice]))
+            if trusted:
+                got = await gw.wait_for(1)
+                assert got[0]["notification"]["content"]["body"] == "hello alice"
+            else:
+                # A delivery failure, retried in the background; the client's requests
+                # go on answering.
+                push = running.services.push
+                with trio.fail_after(20):
+                    while push.failures < 2:
+                        await trio.sleep(0.05)
+                assert gw.received == []
+                await send(http, btok, room, text("still fine"))
+    finally:
+        running.stop.set()

@@ -172,6 +172,39 @@ async def test_typing_and_receipts_reach_the_other_user(http: httpx.AsyncClient)
     assert alice in receipts[0]["content"][eid]["m.read"]
 
 
+async def test_typing_expiry_wakes_every_long_polling_sync(http: httpx.AsyncClient) -> None:
+    """The expiry is found inside /sync's read (a worker thread), which wakes the other
+    long-polls; each answers 200 with the typing stopped (it used to be a 500)."""
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    others = [(await register(http))[1] for _ in range(3)]
+    for tok in others:
+        await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(tok))
+    r = await http.put(
+        f"{V3}/rooms/{room}/typing/{alice}", json={"typing": True, "timeout": 500}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200
+    tokens = [(await sync(http, tok))["next_batch"] for tok in others]
+    seen: list[list[str]] = []
+
+    async def long_poll(tok: str, since: str) -> None:
+        for _ in range(10):  # other news (presence) may answer first
+            r = await http.get(f"{V3}/sync", params={"since": since, "timeout": 20000}, headers=auth_headers(tok))
+            assert r.status_code == 200, r.text
+            joined = r.json()["rooms"]["join"].get(room, {})
+            typing = [e for e in joined.get("ephemeral", {}).get("events", []) if e["type"] == "m.typing"]
+            if typing:
+                seen.append(typing[0]["content"]["user_ids"])
+                return
+            since = r.json()["next_batch"]
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as n:
+            for tok, since in zip(others, tokens, strict=True):
+                n.start_soon(long_poll, tok, since)
+    assert seen == [[], [], []]
+
+
 async def test_bad_input_gets_spec_errors(http: httpx.AsyncClient) -> None:
     _, atok, _ = await register(http)
     _, btok, _ = await register(http)

@@ -9,6 +9,7 @@ from quart import Blueprint, Response, request
 from pocketserver.api.client.routing import client_route
 from pocketserver.api.common import (
     get_bool,
+    get_int,
     get_str,
     json_body,
     json_response,
@@ -438,9 +439,7 @@ async def report_event(room_id: str, event_id: str) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}"""
     requester = await require_auth()
     body = await json_body(allow_empty=True)
-    score = body.get("score")
-    if score is not None and (isinstance(score, bool) or not isinstance(score, int)):
-        raise BadJson("score must be an integer")
+    score = get_int(body, "score")
     await services().reader.report(requester, _room_id(room_id), event_id, _reason(body), score)
     return json_response({})
 

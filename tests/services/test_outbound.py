@@ -1,0 +1,81 @@
+"""The one outbound opener applies [federation]'s TLS settings: against a loopback TLS
+server with a self-signed certificate, refused by default, accepted with its CA in
+``extra_ca_file``, accepted with ``verify_tls = false``."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from pocketserver.config import FederationConfig
+from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound, OutboundError
+from tests.conftest import shared_certificate
+
+
+def server_context() -> ssl.SSLContext:
+    cert, key = shared_certificate()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def _greet(stream: trio.abc.Stream) -> None:
+    try:
+        await stream.send_all(b"hello")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client refused the handshake
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+@pytest.fixture
+async def tls_port(nursery: trio.Nursery) -> AsyncIterator[int]:
+    """A loopback TLS server (the test certificate: CN test.local, SAN 127.0.0.1) that
+    says hello and closes."""
+    listeners = await nursery.start(
+        lambda task_status: trio.serve_ssl_over_tcp(
+            _greet, 0, server_context(), host="127.0.0.1", task_status=task_status
+        )
+    )
+    yield listeners[0].transport_listener.socket.getsockname()[1]
+
+
+async def _hello(outbound: Outbound, port: int) -> bytes:
+    with trio.fail_after(10):
+        stream = await outbound.open_stream("127.0.0.1", port, tls=True, server_hostname="test.local")
+        async with stream:
+            return bytes(await stream.receive_some(100))
+
+
+async def test_a_self_signed_server_is_refused_by_default(tls_port: int) -> None:
+    with pytest.raises(OutboundError, match="TLS"):
+        await _hello(Outbound(FederationConfig()), tls_port)
+
+
+async def test_extra_ca_file_makes_it_trusted(tls_port: int) -> None:
+    cert, _ = shared_certificate()
+    outbound = Outbound(FederationConfig(extra_ca_file=cert))
+    assert await _hello(outbound, tls_port) == b"hello"
+    # One context, built once, serves every request.
+    assert outbound.tls_context() is outbound.tls_context()
+    assert await _hello(outbound, tls_port) == b"hello"
+
+
+async def test_verify_tls_false_accepts_any_certificate(tls_port: int) -> None:
+    assert await _hello(Outbound(FederationConfig(verify_tls=False)), tls_port) == b"hello"
+
+
+async def test_the_host_name_is_still_checked_with_extra_ca_file(tls_port: int) -> None:
+    cert, _ = shared_certificate()
+    outbound = Outbound(FederationConfig(extra_ca_file=cert))
+    with trio.fail_after(10), pytest.raises(OutboundError):
+        await outbound.open_stream("127.0.0.1", tls_port, tls=True, server_hostname="other.example")
+
+
+async def test_an_unreadable_extra_ca_file_is_an_outbound_failure(tmp_path: object, tls_port: int) -> None:
+    outbound = Outbound(FederationConfig(extra_ca_file="/nonexistent/ca.pem"))
+    with pytest.raises(OUTBOUND_ERRORS):
+        await _hello(outbound, tls_port)
