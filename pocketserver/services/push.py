@@ -786,11 +786,16 @@ class PushService:
             )
             recs = ev_store.get_events(conn, ids.values())
             room_name = recs.get(ids.get(("m.room.name", ""), ""))
-            if room_name is not None and isinstance(room_name.event.content.get("name"), str):
-                note["room_name"] = room_name.event.content["name"]
             alias = recs.get(ids.get(("m.room.canonical_alias", ""), ""))
             if alias is not None and isinstance(alias.event.content.get("alias"), str):
                 note["room_alias"] = alias.event.content["alias"]
+            # The room's name as clients show it: its m.room.name, else its canonical
+            # alias (client-server API "Calculating the display name for a room").
+            if room_name is not None and isinstance(room_name.event.content.get("name"), str) \
+                    and room_name.event.content["name"]:
+                note["room_name"] = room_name.event.content["name"]
+            elif "room_alias" in note:
+                note["room_name"] = note["room_alias"]
             if ev.type == "m.room.member":
                 note["user_is_target"] = ev.state_key == pusher.user_id
                 # Not in the spec's list, but sent by Synapse and read by gateways that

@@ -537,6 +537,17 @@ async def test_unknown_format_gets_every_field_and_invites_say_membership(
     assert r.status_code == 400 and r.json()["errcode"] == "M_BAD_JSON"
 
 
+async def test_a_room_without_a_name_is_named_by_its_alias(http: httpx.AsyncClient, gateway: Gateway) -> None:
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, btok, preset="public_chat", room_alias_name="teatime")
+    await join(http, atok, room)
+    await http.post(f"{V3}/pushers/set", json=pusher_body(gateway.url), headers=auth_headers(atok))
+    await send(http, btok, room, text("hello"))
+    note = (await gateway.wait_for(1))[0]["notification"]
+    assert note["room_alias"] == note["room_name"] == "#teatime:test.local"
+
+
 async def test_invite_pushes_to_the_invitee(http: httpx.AsyncClient, gateway: Gateway) -> None:
     alice, atok, _ = await register(http)
     _, btok, _ = await register(http)
