@@ -25,6 +25,9 @@ from pocketserver.config import Config, ListenerConfig
 log = logging.getLogger("pocketserver")
 
 FEDERATION_PREFIXES = ("/_matrix/federation/", "/_matrix/key/")
+# The OpenID userinfo exchange is for third parties (integration managers, widgets), which
+# may reach the server where its clients do: every listener serves it.
+EVERY_LISTENER_PATHS = ("/_matrix/federation/v1/openid/userinfo",)
 
 
 @dataclass
@@ -46,7 +49,7 @@ class _ResourceFilter:
         self.federation = "federation" in resources
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] not in EVERY_LISTENER_PATHS:
             is_fed = scope["path"].startswith(FEDERATION_PREFIXES)
             if (is_fed and not self.federation) or (not is_fed and not self.client):
                 body = b'{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}'

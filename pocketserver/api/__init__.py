@@ -13,6 +13,7 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.client import key_backup as client_key_backup
     from pocketserver.api.client import keys as client_keys
     from pocketserver.api.client import media as client_media
+    from pocketserver.api.client import openid as client_openid
     from pocketserver.api.client import push as client_push
     from pocketserver.api.client import relations as client_relations
     from pocketserver.api.client import rooms as client_rooms
@@ -24,6 +25,7 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.client import user_directory as client_user_directory
     from pocketserver.api.client import voip as client_voip
     from pocketserver.api.federation import keys as federation_keys
+    from pocketserver.api.federation import openid as federation_openid
 
-    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty):
+    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_openid, federation_openid):
         app.register_blueprint(module.bp)

@@ -21,6 +21,7 @@ from pocketserver.services.key_backup import KeyBackupService
 from pocketserver.services.media import MediaService
 from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.openid import OpenIdService
 from pocketserver.services.outbound import Outbound
 from pocketserver.services.presence import PresenceService
 from pocketserver.services.push import PushService
@@ -66,6 +67,7 @@ class Services:
     user_directory: UserDirectoryService
     voip: VoipService
     push: PushService
+    openid: OpenIdService
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -139,5 +141,6 @@ def build_services(
         user_directory=UserDirectoryService(db),
         voip=VoipService(config.turn, clock),
         push=push,
+        openid=OpenIdService(db, clock, config.server_name),
         background=[("media", media.run), ("push", push.run)],
     )

@@ -234,6 +234,9 @@ class PushService:
         self._have_pushers = False
         self.deliveries = 0
         self.failures = 0
+        # The unread count last queued for each pusher: a read receipt sends the
+        # gateway a new badge only when the count changed (one entry per pusher).
+        self._badges: dict[tuple[str, str, str], int] = {}
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -547,6 +550,7 @@ class PushService:
         if kind is None:
             await self.db.write(store.delete_pusher, user_id, app_id, pushkey)
             self._queues.pop((app_id, pushkey, user_id), None)
+            self._badges.pop((app_id, pushkey, user_id), None)
             return
         missing = [k for k in ("app_display_name", "device_display_name", "lang", "data") if k not in body]
         if missing:
@@ -573,9 +577,10 @@ class PushService:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path != NOTIFY_PATH:
             raise InvalidParam(f"'data.url' must be an http(s) URL with the path {NOTIFY_PATH}")
-        fmt = data.get("format")
-        if fmt is not None and fmt != "event_id_only":
-            raise InvalidParam("'data.format' must be 'event_id_only' if given")
+        # The spec defines one format, "event_id_only". Any other is sent like no format
+        # (every event field) and forwarded in ``data`` for the gateway that asked for it.
+        if "format" in data and not isinstance(data["format"], str):
+            raise BadJson("'data.format' must be a string")
         info: JsonDict = {
             "pushkey": pushkey,
             "kind": kind,
@@ -720,7 +725,45 @@ class PushService:
                 for p in ups:
                     body = self._notify_body(conn, f, rec, p, result, unread)
                     out.append((p.key, _Delivery(pos, body)))
+                    self._badges[p.key] = unread
+        out.extend(self._badge_updates(conn, after, reached))
+        out.sort(key=lambda item: item[1].stream_pos)
         return out, reached
+
+    def _badge_updates(
+        self, conn: Conn, after: int, upto: int
+    ) -> list[tuple[tuple[str, str, str], _Delivery]]:
+        """A read receipt in (after, upto] changes its user's unread count: the user's
+        pushers get a notification with only the new count, so the app's badge follows
+        (the Push Gateway API allows these: ``event_id`` "may be omitted for
+        notifications that only contain updated badge counts")."""
+        out: list[tuple[tuple[str, str, str], _Delivery]] = []
+        for user_id, pos in store.read_receipts_of_pusher_users(conn, after, upto):
+            unread: int | None = None
+            for p in store.get_pushers(conn, user_id):
+                if p.kind != "http" or p.last_stream_pos >= pos:
+                    continue
+                if unread is None:
+                    unread = self.total_unread(conn, user_id)
+                if self._badges.get(p.key) == unread:
+                    continue
+                self._badges[p.key] = unread
+                out.append((p.key, _Delivery(pos, self._badge_body(p, unread))))
+        return out
+
+    @staticmethod
+    def _badge_body(pusher: store.Pusher, unread: int) -> JsonDict:
+        data = {k: v for k, v in (pusher.info.get("data") or {}).items() if k != "url"}
+        device: JsonDict = {
+            "app_id": pusher.app_id,
+            "pushkey": pusher.pushkey,
+            "pushkey_ts": pusher.pushkey_ts // 1000,
+            "data": data,
+        }
+        # Zero is sent, although the spec says zero counts "should be omitted": a
+        # gateway sets the app's badge only from a count it is given (Sygnal does), so
+        # an omitted count would never clear it.
+        return {"notification": {"counts": {"unread": unread}, "devices": [device]}}
 
     def _notify_body(
         self, conn: Conn, facts: _RoomFacts, rec: EventRecord, pusher: store.Pusher, result: PushResult, unread: int
@@ -737,6 +780,9 @@ class PushService:
         high = result.highlight or "sound" in result.tweaks or ev.type == "m.room.encrypted"
         note: JsonDict = {
             "event_id": ev.event_id,
+            # The pre-r0 name of ``event_id``, which Synapse still sends beside it and
+            # older gateways read.
+            "id": ev.event_id,
             "room_id": ev.room_id,
             "prio": "high" if high else "low",
             "counts": {"unread": unread} if unread else {},
@@ -754,13 +800,23 @@ class PushService:
             )
             recs = ev_store.get_events(conn, ids.values())
             room_name = recs.get(ids.get(("m.room.name", ""), ""))
-            if room_name is not None and isinstance(room_name.event.content.get("name"), str):
-                note["room_name"] = room_name.event.content["name"]
             alias = recs.get(ids.get(("m.room.canonical_alias", ""), ""))
             if alias is not None and isinstance(alias.event.content.get("alias"), str):
                 note["room_alias"] = alias.event.content["alias"]
+            # The room's name as clients show it: its m.room.name, else its canonical
+            # alias (client-server API "Calculating the display name for a room").
+            if room_name is not None and isinstance(room_name.event.content.get("name"), str) \
+                    and room_name.event.content["name"]:
+                note["room_name"] = room_name.event.content["name"]
+            elif "room_alias" in note:
+                note["room_name"] = note["room_alias"]
             if ev.type == "m.room.member":
                 note["user_is_target"] = ev.state_key == pusher.user_id
+                # Not in the spec's list, but sent by Synapse and read by gateways that
+                # word invites differently ("X invited you").
+                membership = ev.content.get("membership")
+                if isinstance(membership, str):
+                    note["membership"] = membership
         return {"notification": note}
 
     async def _sender(self, key: tuple[str, str, str]) -> None:
@@ -775,6 +831,7 @@ class PushService:
                 pusher = await self._current_pusher(key)
                 if pusher is None:
                     self._queues.pop(key, None)
+                    self._badges.pop(key, None)
                     return
                 url = (pusher.info.get("data") or {}).get("url", "")
                 try:
@@ -800,6 +857,7 @@ class PushService:
                     # The gateway says this pushkey is no longer valid: the pusher goes.
                     await self.db.write(store.delete_pusher, pusher.user_id, pusher.app_id, pusher.pushkey)
                     self._queues.pop(key, None)
+                    self._badges.pop(key, None)
                     return
                 await self.db.write(store.set_pusher_progress, key, item.stream_pos)
         finally:

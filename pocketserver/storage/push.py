@@ -376,6 +376,22 @@ def read_positions(conn: Conn, room_id: str, user_id: str) -> dict[str, int]:
     }
 
 
+def read_receipts_of_pusher_users(conn: Conn, after_pos: int, upto: int) -> list[tuple[str, int]]:
+    """(user_id, latest stream position) of the users with an HTTP pusher whose ``m.read``
+    or ``m.read.private`` receipt moved in (after_pos, upto], oldest first."""
+    return [
+        (str(user_id), int(pos))
+        for user_id, pos in conn.execute(
+            "SELECT r.user_id, MAX(r.stream_pos) FROM receipts r"
+            " WHERE r.stream_pos > ? AND r.stream_pos <= ?"
+            " AND r.receipt_type IN ('m.read', 'm.read.private')"
+            " AND r.user_id IN (SELECT user_id FROM pushers WHERE kind = 'http')"
+            " GROUP BY r.user_id ORDER BY 2",
+            (after_pos, upto),
+        )
+    ]
+
+
 def count_pushers(conn: Conn) -> int:
     (n,) = conn.execute("SELECT COUNT(*) FROM pushers").fetchone()
     return int(n)

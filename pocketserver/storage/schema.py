@@ -585,7 +585,25 @@ def _migration_1(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_V1)
 
 
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1]
+# OpenID tokens (client-server "OpenID", server-server "OpenID"): single-purpose tokens a
+# user hands to a third party, which exchanges them at /_matrix/federation/v1/openid/
+# userinfo for the user's ID. Stored as SHA-256 hashes, like access tokens; never valid
+# for anything else.
+SCHEMA_V2 = """
+CREATE TABLE openid_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    expires_ts INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX openid_tokens_expiry ON openid_tokens (expires_ts);
+"""
+
+
+def _migration_2(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_V2)
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1, _migration_2]
 
 
 class DatabaseTooNewError(RuntimeError):

@@ -129,6 +129,49 @@ async def test_rule_errors(
     assert r.json()["errcode"] == errcode
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "errcode"),
+    [
+        ("GET", "", 404, "M_UNRECOGNIZED"),  # the spec's path is /pushrules/
+        ("PUT", "/", 400, "M_MISSING_PARAM"),
+        ("GET", "/global", 400, "M_MISSING_PARAM"),
+        ("PUT", "/global", 400, "M_MISSING_PARAM"),
+        ("GET", "/global/room", 400, "M_MISSING_PARAM"),
+        ("PUT", "/global/room", 400, "M_MISSING_PARAM"),
+        ("PUT", "/global/room/", 400, "M_MISSING_PARAM"),
+        ("GET", "/not_a_scope/", 400, "M_INVALID_PARAM"),
+        ("PUT", "/not_a_scope/room/%23spam:example.com", 400, "M_INVALID_PARAM"),
+        ("GET", "/global/not_a_kind/", 400, "M_INVALID_PARAM"),
+        ("GET", "/global/override/.m.rule.master/not_an_attr", 400, "M_INVALID_PARAM"),
+        ("PUT", "/global/override/.m.rule.master/not_an_attr", 400, "M_INVALID_PARAM"),
+        ("PUT", "/global/room/a/b/c", 400, "M_INVALID_PARAM"),
+        ("DELETE", "/global/override/.m.rule.master/enabled", 405, "M_UNRECOGNIZED"),
+    ],
+)
+async def test_rule_paths_with_a_part_missing_or_unknown(http: httpx.AsyncClient, method: str, path: str, status: int, errcode: str) -> None:
+    _, tok, _ = await register(http)
+    r = await http.request(method, f"{V3}/pushrules{path}", json={"actions": ["notify"], "enabled": True}, headers=auth_headers(tok))
+    assert r.status_code == status, r.text
+    assert r.json()["errcode"] == errcode
+
+
+async def test_rules_of_one_kind_are_listed_with_a_trailing_slash(http: httpx.AsyncClient) -> None:
+    _, tok, _ = await register(http)
+    h = auth_headers(tok)
+    for room in ("!a:example.com", "!b:example.com"):
+        r = await http.put(f"{V3}/pushrules/global/room/{quote(room)}", json={"actions": ["notify"]}, headers=h)
+        assert r.status_code == 200, r.text
+    listed = (await http.get(f"{V3}/pushrules/global/room/", headers=h)).json()
+    assert [x["rule_id"] for x in listed] == ["!b:example.com", "!a:example.com"]  # newest first
+    assert listed[0] == {"rule_id": "!b:example.com", "default": False, "enabled": True, "actions": ["notify"]}
+    underride = (await http.get(f"{V3}/pushrules/global/underride/", headers=h)).json()
+    assert underride[-1]["rule_id"] == ".m.rule.encrypted"
+    r = await http.put(f"{V3}/pushrules/global/room/{quote('!a:example.com')}/enabled", json={"enabled": False}, headers=h)
+    assert r.status_code == 200
+    listed = (await http.get(f"{V3}/pushrules/global/room/", headers=h)).json()
+    assert [x["enabled"] for x in listed] == [True, False]
+
+
 async def test_push_rules_account_data_in_sync(http: httpx.AsyncClient) -> None:
     _, tok, _ = await register(http)
     first = await sync(http, tok)
@@ -442,6 +485,67 @@ async def test_event_id_only_retry_and_rejection(http: httpx.AsyncClient, gatewa
     with trio.fail_after(10):
         while (await http.get(f"{V3}/pushers", headers=auth_headers(atok))).json()["pushers"]:
             await trio.sleep(0.05)
+
+
+async def test_a_read_receipt_sends_the_new_badge_count(http: httpx.AsyncClient, gateway: Gateway) -> None:
+    (_, atok), (bob, btok), room = await three_people(http)
+    await http.post(f"{V3}/pushers/set", json=pusher_body(gateway.url), headers=auth_headers(atok))
+    await send(http, btok, room, text("one"))
+    e2 = await send(http, btok, room, text("two"))
+    got = await gateway.wait_for(2)
+    note = got[1]["notification"]
+    # The event's ID under both names (``id`` is what gateways written for Synapse read).
+    assert note["event_id"] == note["id"] == e2
+    assert note["counts"] == {"unread": 2}
+    # Alice reads on another device: the gateway hears the badge is now 0.
+    r = await http.post(f"{V3}/rooms/{room}/receipt/m.read/{e2}", json={}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    got = await gateway.wait_for(3)
+    badge = got[2]["notification"]
+    assert badge["counts"] == {"unread": 0}
+    assert "event_id" not in badge and "type" not in badge
+    [device] = badge["devices"]
+    assert device["pushkey"] == "key1" and device["data"] == {"custom": 1}
+    # A receipt that does not change the count sends nothing; the next message pushes.
+    await http.post(f"{V3}/rooms/{room}/receipt/m.read.private/{e2}", json={}, headers=auth_headers(atok))
+    e3 = await send(http, btok, room, text("three"))
+    got = await gateway.wait_for(4)
+    assert got[3]["notification"]["event_id"] == e3
+    assert got[3]["notification"]["counts"] == {"unread": 1}
+    assert len(got) == 4
+
+
+async def test_unknown_format_gets_every_field_and_invites_say_membership(
+    http: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    body = pusher_body(gateway.url)
+    body["data"] = {"url": gateway.url, "format": "some_future_format"}
+    r = await http.post(f"{V3}/pushers/set", json=body, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    [pusher] = (await http.get(f"{V3}/pushers", headers=auth_headers(atok))).json()["pushers"]
+    assert pusher["data"]["format"] == "some_future_format"
+    room = await create_room(http, btok)
+    await http.post(f"{V3}/rooms/{room}/invite", json={"user_id": alice}, headers=auth_headers(btok))
+    note = (await gateway.wait_for(1))[0]["notification"]
+    assert note["type"] == "m.room.member" and note["membership"] == "invite"
+    assert note["user_is_target"] is True and note["content"]["membership"] == "invite"
+    assert note["devices"][0]["data"] == {"format": "some_future_format"}
+    body["data"] = {"url": gateway.url, "format": 1}
+    r = await http.post(f"{V3}/pushers/set", json=body, headers=auth_headers(atok))
+    assert r.status_code == 400 and r.json()["errcode"] == "M_BAD_JSON"
+
+
+async def test_a_room_without_a_name_is_named_by_its_alias(http: httpx.AsyncClient, gateway: Gateway) -> None:
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, btok, preset="public_chat", room_alias_name="teatime")
+    await join(http, atok, room)
+    await http.post(f"{V3}/pushers/set", json=pusher_body(gateway.url), headers=auth_headers(atok))
+    await send(http, btok, room, text("hello"))
+    note = (await gateway.wait_for(1))[0]["notification"]
+    assert note["room_alias"] == note["room_name"] == "#teatime:test.local"
 
 
 async def test_invite_pushes_to_the_invitee(http: httpx.AsyncClient, gateway: Gateway) -> None:
