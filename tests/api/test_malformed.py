@@ -188,6 +188,7 @@ class World:
             "filename": "a.txt",
             "kind": "override",
             "rule_id": "sweep",
+            "rest": "global/override/sweep",
             "rel_type": "m.annotation",
             "receipt_type": "m.read",
             "version": self.backup_version,
@@ -326,13 +327,14 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         ("PUT", "/presence/<user_id>/status"): {"presence": "online", "status_msg": "hi"},
         ("PUT", "/profile/<user_id>/<key>"): {"displayname": "A"},
         ("POST", "/_matrix/media/v1/create"): {"a": 1},
-        ("PUT", "/pushrules/global/<kind>/<rule_id>"): {
+        # One route serves every push-rule path; ``rest`` is a rule's (global/override/sweep).
+        ("PUT", "/pushrules/<path:rest>"): {
             "actions": ["notify", {"set_tweak": "highlight", "value": False}],
             "conditions": [{"kind": "event_match", "key": "content.body", "pattern": "x"}],
             "pattern": "x",
         },
-        ("PUT", "/pushrules/global/<kind>/<rule_id>/enabled"): {"enabled": True},
-        ("PUT", "/pushrules/global/<kind>/<rule_id>/actions"): {"actions": ["notify"]},
+        ("DELETE", "/pushrules/<path:rest>"): {},
+        ("POST", "/user/<user_id>/openid/request_token"): {},
         ("POST", "/pushers/set"): {
             "pushkey": "k",
             "kind": "http",
