@@ -228,7 +228,10 @@ class UIAService:
             if not isinstance(password, str) or named is None:
                 raise fail("M_BAD_JSON", "m.login.password needs an identifier and a password")
             if user_id is not None and named != user_id:
-                raise fail("M_FORBIDDEN", "You can only authenticate as yourself")
+                # Not a failed attempt at the stage but a request for someone else's
+                # account (a stolen access token with the thief's own password): refused
+                # outright, as the session's owner check is.
+                raise MatrixError(403, "M_FORBIDDEN", "You can only authenticate as yourself")
             user = await self.db.read(accounts.get_user, named)
             stored = user["password_hash"] if user and not user["deactivated"] else None
             if not await check_password(password, stored if isinstance(stored, str) else None):

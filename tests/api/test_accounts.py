@@ -339,3 +339,23 @@ async def test_uia_failure_body_lists_completed_stages(http: httpx.AsyncClient) 
     r = await http.post(f"{V3}/account/deactivate", json={"auth": auth}, headers=auth_headers(token))
     assert r.status_code == 401
     assert r.json()["errcode"] == "M_FORBIDDEN" and r.json()["completed"] == []
+
+
+async def test_delete_device_refuses_another_users_password(http: httpx.AsyncClient) -> None:
+    uid, token, _dev = await register(http, "uma")
+    eve, _eve_token, _d = await register(http, "eve")
+    second = await login(http, "uma", device_id="UMA2")
+    stolen = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": eve},
+              "password": "pw-eve"}
+    r = await http.request("DELETE", f"{V3}/devices/UMA2", json={"auth": stolen},
+                           headers=auth_headers(token))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.get(f"{V3}/devices/UMA2", headers=auth_headers(token))
+    assert r.status_code == 200
+    own = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": uid},
+           "password": "pw-uma"}
+    r = await http.request("DELETE", f"{V3}/devices/UMA2", json={"auth": own},
+                           headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/account/whoami", headers=auth_headers(str(second["access_token"])))
+    assert r.status_code == 401

@@ -159,3 +159,17 @@ async def test_presence(http: httpx.AsyncClient) -> None:
     assert r.status_code == 403
     r = await http.get(f"{V3}/presence/@nobody:test.local/status", headers=h)
     assert r.status_code == 404
+
+
+async def test_profile_readable_without_token(http: httpx.AsyncClient) -> None:
+    uid, token, _dev = await register(http)
+    r = await http.put(f"{V3}/profile/{uid}/displayname", json={"displayname": "Public Pat"},
+                       headers=auth_headers(token))
+    assert r.status_code == 200
+    r = await http.get(f"{V3}/profile/{uid}/displayname")
+    assert r.status_code == 200 and r.json() == {"displayname": "Public Pat"}
+    r = await http.get(f"{V3}/profile/{uid}")
+    assert r.status_code == 200 and r.json()["displayname"] == "Public Pat"
+    # Writing still needs the owner's token.
+    r = await http.put(f"{V3}/profile/{uid}/displayname", json={"displayname": "X"})
+    assert r.status_code == 401 and r.json()["errcode"] == "M_MISSING_TOKEN"
