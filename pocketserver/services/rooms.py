@@ -50,6 +50,14 @@ PRESETS: dict[str, dict[str, str]] = {
 MEMBERSHIP_ACTIONS = ("invite", "join", "leave", "ban", "knock")
 
 
+# Keys of an m.room.member event that the server decides, not the joining client's
+# request body (third_party_signed is a request parameter, not content).
+SERVER_SET_MEMBER_KEYS = frozenset(
+    ("membership", "reason", "third_party_signed", "third_party_invite",
+     "join_authorised_via_users_server", "is_direct")
+)
+
+
 class RoomService:
     def __init__(
         self,
@@ -174,7 +182,32 @@ class RoomService:
             )
         if etype == "m.room.canonical_alias":
             await self._check_canonical_alias(room_id, content)
+        same = await self._unchanged_state(requester.user_id, room_id, etype, state_key, content)
+        if same is not None:
+            return same
         return await self.send_event(requester, room_id, etype, content, state_key=state_key)
+
+    async def _unchanged_state(
+        self, user_id: str, room_id: str, etype: str, state_key: str, content: JsonDict
+    ) -> Persisted | None:
+        """The current state event if this member sent exactly this content for this
+        key: setting it again changes nothing, so no new event is made (a retried PUT,
+        or a client writing its settings back, does not fill the timeline)."""
+        ids = await self.db.read(state_store.get_current_state_ids, room_id, [(etype, state_key)])
+        eid = ids.get((etype, state_key))
+        if eid is None:
+            return None
+        rec = await self.pipeline.get_event(eid)
+        if (
+            rec is None
+            or rec.stream_pos is None
+            or rec.event.sender != user_id
+            or dict(rec.event.content) != content
+        ):
+            return None
+        if await self.membership(room_id, user_id) != "join":
+            return None
+        return Persisted(rec, rec.stream_pos)
 
     async def _check_canonical_alias(self, room_id: str, content: JsonDict) -> None:
         aliases: list[Any] = []
@@ -319,12 +352,24 @@ class RoomService:
                 return
         raise Forbidden("No member of this server can authorise the join")
 
-    async def join(self, requester: Requester, room_id_or_alias: str, *, reason: str | None = None) -> str:
+    async def join(
+        self,
+        requester: Requester,
+        room_id_or_alias: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Join; ``content`` holds extra keys the client put in the join request, kept in
+        the membership event (those the server sets itself are dropped)."""
         room_id = await self.resolve_room_id_or_alias(room_id_or_alias)
         current = await self.membership(room_id, requester.user_id)
         if current == "join":
             return room_id
-        await self.update_membership(requester, room_id, requester.user_id, "join", reason=reason)
+        extra = {k: v for k, v in (content or {}).items() if k not in SERVER_SET_MEMBER_KEYS}
+        await self.update_membership(
+            requester, room_id, requester.user_id, "join", reason=reason, content=extra
+        )
         return room_id
 
     async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:

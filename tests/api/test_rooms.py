@@ -280,3 +280,52 @@ async def test_v12_rooms_created_in_the_same_millisecond_get_different_ids(
     assert len(set(rooms)) == 4
     r = await http.get(f"{V3}/joined_rooms", headers=auth_headers(tok))
     assert set(r.json()["joined_rooms"]) == set(rooms)
+
+
+async def test_join_keeps_custom_content_in_the_member_event(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat", room_alias_name="custom")
+    for target in (room, "#custom:test.local"):
+        r = await http.post(f"{V3}/join/{quote(target)}", headers=auth_headers(btok),
+                            json={"foo": "bar", "membership": "leave"})
+        assert r.status_code == 200 and r.json()["room_id"] == room
+        r = await http.get(f"{V3}/rooms/{room}/state/m.room.member/{bob}", headers=auth_headers(btok))
+        assert r.json()["foo"] == "bar" and r.json()["membership"] == "join"
+        r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+        assert r.status_code == 200
+
+
+async def test_post_send_without_transaction_id(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    ids = []
+    for _ in range(2):
+        r = await http.post(f"{V3}/rooms/{room}/send/m.room.message",
+                            json={"msgtype": "m.text", "body": "no txn"}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["event_id"])
+    assert ids[0] != ids[1]  # without a transaction ID every request is a new message
+    r = await http.get(f"{V3}/rooms/{room}/event/{ids[1]}", headers=auth_headers(atok))
+    assert r.json()["content"]["body"] == "no txn"
+
+
+async def test_setting_identical_state_twice_makes_no_new_event(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    h = auth_headers(atok)
+    first = await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "t"}, headers=h)
+    again = await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "t"}, headers=h)
+    assert first.json()["event_id"] == again.json()["event_id"]
+    other = await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "u"}, headers=h)
+    assert other.json()["event_id"] != first.json()["event_id"]
+    # The same content from another member is a new event (it records who set it).
+    await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.name", json={"name": "n"}, headers=h)
+    pl = (await http.get(f"{V3}/rooms/{room}/state/m.room.power_levels", headers=h)).json()
+    pl["users"][bob] = 100
+    await http.put(f"{V3}/rooms/{room}/state/m.room.power_levels", json=pl, headers=h)
+    r2 = await http.put(f"{V3}/rooms/{room}/state/m.room.name", json={"name": "n"},
+                        headers=auth_headers(btok))
+    assert r2.status_code == 200 and r2.json()["event_id"] != r.json()["event_id"]
