@@ -329,3 +329,44 @@ async def test_setting_identical_state_twice_makes_no_new_event(http: httpx.Asyn
     r2 = await http.put(f"{V3}/rooms/{room}/state/m.room.name", json={"name": "n"},
                         headers=auth_headers(btok))
     assert r2.status_code == 200 and r2.json()["event_id"] != r.json()["event_id"]
+
+
+async def test_redacting_an_event_of_another_room_is_refused(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    h = auth_headers(atok)
+    room1 = await create_room(http, atok)
+    room2 = await create_room(http, atok)
+    eid = await send(http, atok, room1, {"msgtype": "m.text", "body": "keep me"})
+    r = await http.put(f"{V3}/rooms/{room2}/redact/{quote(eid)}/x1", json={}, headers=h)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM"
+    r = await http.get(f"{V3}/rooms/{room1}/event/{quote(eid)}", headers=h)
+    assert r.json()["content"]["body"] == "keep me"
+
+
+async def test_deleting_an_alias_removes_it_from_the_canonical_alias(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    h = auth_headers(atok)
+    room = await create_room(http, atok)
+    for name in ("#main:test.local", "#alt:test.local"):
+        r = await http.put(f"{V3}/directory/room/{quote(name)}", json={"room_id": room}, headers=h)
+        assert r.status_code == 200
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.canonical_alias", headers=h,
+                       json={"alias": "#main:test.local", "alt_aliases": ["#alt:test.local"]})
+    assert r.status_code == 200
+    await http.delete(f"{V3}/directory/room/{quote('#main:test.local')}", headers=h)
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.canonical_alias", headers=h)
+    assert r.json() == {"alt_aliases": ["#alt:test.local"]}
+    await http.delete(f"{V3}/directory/room/{quote('#alt:test.local')}", headers=h)
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.canonical_alias", headers=h)
+    assert r.json() == {"alt_aliases": []}
+
+
+async def test_context_in_a_room_never_joined_is_forbidden(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    _bob, btok, _ = await register(http)
+    room = await create_room(http, atok)
+    eid = await send(http, atok, room, {"msgtype": "m.text", "body": "private"})
+    r = await http.get(f"{V3}/rooms/{room}/context/{quote(eid)}", headers=auth_headers(btok))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.get(f"{V3}/rooms/{room}/context/{quote(eid)}", headers=auth_headers(atok))
+    assert r.status_code == 200 and r.json()["event"]["event_id"] == eid
