@@ -370,3 +370,29 @@ async def test_context_in_a_room_never_joined_is_forbidden(http: httpx.AsyncClie
     assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
     r = await http.get(f"{V3}/rooms/{room}/context/{quote(eid)}", headers=auth_headers(atok))
     assert r.status_code == 200 and r.json()["event"]["event_id"] == eid
+
+
+async def test_out_of_range_numbers_in_events_are_bad_json(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    h = {**auth_headers(atok), "Content-Type": "application/json"}
+    room = await create_room(http, atok, room_version="6")
+    url = f"{V3}/rooms/{room}/send/sytest.dummy"
+    for raw in (b'{"body": 9007199254740992}', b'{"body": -9007199254740992}', b'{"body": 1.1}'):
+        r = await http.post(url, content=raw, headers=h)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON"), raw
+    for raw in (b'{"body": NaN}', b'{"body": Infinity}', b'{"body": -Infinity}'):
+        r = await http.post(url, content=raw, headers=h)
+        assert r.status_code == 400 and r.json()["errcode"] in ("M_NOT_JSON", "M_BAD_JSON"), raw
+    r = await http.post(url, content=b'{"body": 9007199254740991}', headers=h)
+    assert r.status_code == 200
+
+
+async def test_events_over_the_size_limit_are_413(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    h = auth_headers(atok)
+    room = await create_room(http, atok)
+    r = await http.post(f"{V3}/rooms/{room}/send/m.room.message",
+                        json={"msgtype": "m.text", "body": "A" * 70000}, headers=h)
+    assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE"
+    r = await http.put(f"{V3}/rooms/{room}/state/oooooooh", json={"key": "O" * 70000}, headers=h)
+    assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE"
