@@ -396,3 +396,40 @@ async def test_events_over_the_size_limit_are_413(http: httpx.AsyncClient) -> No
     assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE"
     r = await http.put(f"{V3}/rooms/{room}/state/oooooooh", json={"key": "O" * 70000}, headers=h)
     assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE"
+
+
+@pytest.mark.parametrize("new_version", ["10", "12"])
+async def test_upgrade_links_rooms_through_the_tombstone(
+    http: httpx.AsyncClient, new_version: str
+) -> None:
+    _alice, atok, _ = await register(http)
+    h = auth_headers(atok)
+    old = await create_room(http, atok, preset="public_chat", name="Old", room_version="10")
+    r = await http.put(f"{V3}/directory/room/{quote('#up:test.local')}", json={"room_id": old}, headers=h)
+    assert r.status_code == 200
+    r = await http.put(f"{V3}/rooms/{old}/state/m.room.canonical_alias",
+                       json={"alias": "#up:test.local"}, headers=h)
+    first = await sync(http, atok)
+    r = await http.post(f"{V3}/rooms/{old}/upgrade", json={"new_version": new_version}, headers=h)
+    assert r.status_code == 200, r.text
+    new = r.json()["replacement_room"]
+    after = await sync(http, atok, since=first["next_batch"])
+    tomb = after["rooms"]["join"][old]["timeline"]["events"][0]
+    assert tomb["type"] == "m.room.tombstone" and tomb["content"]["replacement_room"] == new
+    create = after["rooms"]["join"][new]["timeline"]["events"][0]
+    assert create["type"] == "m.room.create"
+    assert create["content"]["room_version"] == new_version
+    assert create["content"]["predecessor"]["room_id"] == old
+    if new_version != "12":
+        assert create["content"]["predecessor"]["event_id"] == tomb["event_id"]
+    # The new room got the state and the alias; the old one is closed to ordinary users.
+    r = await http.get(f"{V3}/rooms/{new}/state/m.room.name", headers=h)
+    assert r.json() == {"name": "Old"}
+    r = await http.get(f"{V3}/directory/room/{quote('#up:test.local')}", headers=h)
+    assert r.json()["room_id"] == new
+    r = await http.get(f"{V3}/rooms/{old}/state/m.room.power_levels", headers=h)
+    assert r.json()["events_default"] >= 50
+    # An unknown room cannot be upgraded (403, as for rooms one is not in).
+    r = await http.post(f"{V3}/rooms/!nope:unknown/upgrade", json={"new_version": "10"}, headers=h)
+    assert r.status_code == 403
+
