@@ -230,6 +230,10 @@ class SyncService:
                     if since is not None
                     else self._all_room_account_data(conn, user_id, room_id)
                 }
+                if not (newly or full_state) and not _has_content(room):
+                    # Everything new was filtered out (an ignored user's messages, types
+                    # the filter leaves out): the room has nothing to report.
+                    continue
                 rooms_join[room_id] = room
             elif membership == "invite" and newly:
                 if self._invited_by_ignored(conn, room_id, user_id):
@@ -539,3 +543,12 @@ def e2ee_extension(e2ee: Any) -> SyncExtension:
         return None if reached is None else int(reached)
 
     return extension
+
+
+def _has_content(room: JsonDict) -> bool:
+    """Whether an incremental joined-room entry carries anything for the client."""
+    return any(
+        section.get("events")
+        for key, section in room.items()
+        if key != "unread_notifications" and isinstance(section, dict)
+    )

@@ -433,3 +433,22 @@ async def test_upgrade_links_rooms_through_the_tombstone(
     r = await http.post(f"{V3}/rooms/!nope:unknown/upgrade", json={"new_version": "10"}, headers=h)
     assert r.status_code == 403
 
+
+
+async def test_room_with_only_an_ignored_users_news_is_left_out_of_sync(
+    http: httpx.AsyncClient,
+) -> None:
+    alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    r = await http.put(f"{V3}/user/{alice}/account_data/m.ignored_user_list",
+                       json={"ignored_users": {bob: {}}}, headers=auth_headers(atok))
+    assert r.status_code == 200
+    first = await sync(http, atok)
+    await send(http, btok, room, {"msgtype": "m.text", "body": "ignored"})
+    after = await sync(http, atok, since=first["next_batch"])
+    assert room not in after.get("rooms", {}).get("join", {})
+    await send(http, atok, room, {"msgtype": "m.text", "body": "seen"})
+    after = await sync(http, atok, since=after["next_batch"])
+    assert timeline_bodies(after, room) == ["seen"]
