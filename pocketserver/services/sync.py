@@ -230,7 +230,7 @@ class SyncService:
                     if since is not None
                     else self._all_room_account_data(conn, user_id, room_id)
                 }
-                if not (newly or full_state) and not _has_content(room):
+                if not (newly or full_state) and not _room_has_news(room):
                     # Everything new was filtered out (an ignored user's messages, types
                     # the filter leaves out): the room has nothing to report.
                     continue
@@ -545,7 +545,7 @@ def e2ee_extension(e2ee: Any) -> SyncExtension:
     return extension
 
 
-def _has_content(room: JsonDict) -> bool:
+def _room_has_news(room: JsonDict) -> bool:
     """Whether an incremental joined-room entry carries anything for the client."""
     return any(
         section.get("events")
