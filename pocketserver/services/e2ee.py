@@ -472,6 +472,7 @@ class E2eeService:
                         f"The {key_type} key is not signed by the master key"
                     )
             changed = False
+            public_change = False
             pos = 0
             for key_type, key in new.items():
                 pub = _cross_signing_pubkey(key)
@@ -483,6 +484,8 @@ class E2eeService:
                 if not changed:
                     pos = next_stream_pos(conn)
                     changed = True
+                if key_type != "user_signing":
+                    public_change = True
                 if old is not None:
                     old_pub = _ed25519_value(old)
                     if key_type == "master":
@@ -492,7 +495,9 @@ class E2eeService:
                 e2e_keys.set_cross_signing_key(conn, user_id, key_type, key, pos)
             if not changed:
                 return None
-            device_lists.add_change(conn, pos, user_id)
+            # Only the owner ever sees a user-signing key (/keys/query), so a change to it
+            # alone is news to the owner's other devices, not to everyone sharing a room.
+            device_lists.add_change(conn, pos, user_id, None if public_change else user_id)
             return pos
 
         pos = await self.db.write(txn)

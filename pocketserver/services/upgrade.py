@@ -33,10 +33,11 @@ from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.services.auth import Requester
 from pocketserver.services.events import EventPipeline
 from pocketserver.services.rooms import RoomService
+from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import room_upgrades as upgrade_store
 from pocketserver.storage import state as state_store
-from pocketserver.storage.database import Database
+from pocketserver.storage.database import Conn, Database
 from pocketserver.storage.events import EventRecord
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,22 @@ class UpgradeService:
                     if not lock.statistics().tasks_waiting:
                         self._locks.pop(room_id, None)
         return new_room
+
+    async def on_membership(self, room_id: str, user_id: str, membership: str) -> None:
+        """A local user joining a room that replaced another takes their settings for
+        the old room along (room_upgrades.md: "the server should automatically
+        transfer/replicate some of the user's personalized settings"): the new room
+        is direct where the old one was (m.direct), and gets the old room's tags."""
+        if membership != "join" or not user_id.endswith(f":{self.server_name}"):
+            return
+        create = await self.rooms.current_state_event(room_id, "m.room.create") or {}
+        predecessor = create.get("predecessor")
+        old = predecessor.get("room_id") if isinstance(predecessor, dict) else None
+        if not isinstance(old, str) or old == room_id:
+            return
+        pos = await self.db.write(_carry_settings_over, user_id, old, room_id)
+        if pos is not None:
+            self.pipeline.notifier.notify(pos)
 
     async def _state(self, room_id: str) -> dict[tuple[str, str], EventRecord]:
         ids = await self.db.read(state_store.get_current_state_ids, room_id)
@@ -265,6 +282,27 @@ class UpgradeService:
             await self.rooms.send_event(requester, room_id, etype, dict(content), state_key=state_key)
         except MatrixError as e:
             log.warning("upgrade: could not send %s to %s: %s", etype, room_id, e)
+
+
+def _carry_settings_over(conn: Conn, user_id: str, old: str, new: str) -> int | None:
+    """Copy ``user_id``'s m.direct membership and m.tag of room ``old`` to ``new``."""
+    pos = None
+    direct = ad_store.get_account_data(conn, user_id, "", "m.direct")
+    if isinstance(direct, dict):
+        updated = {
+            k: [*v, new] if isinstance(v, list) and old in v and new not in v else v
+            for k, v in direct.items()
+        }
+        if updated != direct:
+            pos = ad_store.put_account_data(conn, user_id, "", "m.direct", updated)
+    tags = ad_store.get_account_data(conn, user_id, old, "m.tag")
+    if (
+        isinstance(tags, dict)
+        and tags.get("tags")
+        and ad_store.get_account_data(conn, user_id, new, "m.tag") is None
+    ):
+        pos = ad_store.put_account_data(conn, user_id, new, "m.tag", tags)
+    return pos
 
 
 def _integer_levels(pl: JsonDict) -> JsonDict:

@@ -419,3 +419,28 @@ async def test_cross_signing_upload_under_the_unstable_prefix(http: httpx.AsyncC
     assert r.status_code == 200, r.text
     r = await post(http, alice, QUERY, {"device_keys": {alice.user_id: []}})
     assert r.json()["master_keys"][alice.user_id]["keys"] == xs.master_key()["keys"]
+
+
+async def test_user_signing_key_change_is_news_to_its_owner_only(
+    server: Any, http: httpx.AsyncClient
+) -> None:
+    alice = await device(http, "usk_alice")
+    bob = await device(http, "usk_bob")
+    r = await post(http, alice, "/_matrix/client/v3/createRoom", {"preset": "public_chat"})
+    room = r.json()["room_id"]
+    await post(http, bob, f"/_matrix/client/v3/join/{room}", {})
+    xs = CrossSigning(alice.user_id)
+    r = await post(http, alice, XSIGN, {"master_key": xs.master_key(),
+                                        "self_signing_key": xs.self_signing_key()})
+    assert r.status_code == 200, r.text
+    pos0 = server.services.notifier.position
+    auth = {"type": "m.login.password", "password": "pw-usk_alice",
+            "identifier": {"type": "m.id.user", "user": alice.user_id}}
+    r = await post(http, alice, XSIGN, {"user_signing_key": xs.user_signing_key(), "auth": auth})
+    assert r.status_code == 200, r.text
+    pos1 = server.services.notifier.position
+    params = {"from": str(pos0), "to": str(pos1)}
+    r = await http.get("/_matrix/client/v3/keys/changes", params=params, headers=bob.headers())
+    assert r.json()["changed"] == []
+    r = await http.get("/_matrix/client/v3/keys/changes", params=params, headers=alice.headers())
+    assert r.json()["changed"] == [alice.user_id]

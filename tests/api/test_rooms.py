@@ -402,9 +402,12 @@ async def test_events_over_the_size_limit_are_413(http: httpx.AsyncClient) -> No
 async def test_upgrade_links_rooms_through_the_tombstone(
     http: httpx.AsyncClient, new_version: str
 ) -> None:
-    _alice, atok, _ = await register(http)
+    alice, atok, _ = await register(http)
     h = auth_headers(atok)
     old = await create_room(http, atok, preset="public_chat", name="Old", room_version="10")
+    # Personal settings for the old room, to be carried over.
+    await http.put(f"{V3}/user/{alice}/account_data/m.direct", json={alice: [old]}, headers=h)
+    await http.put(f"{V3}/user/{alice}/rooms/{old}/tags/u.work", json={"order": 0.5}, headers=h)
     r = await http.put(f"{V3}/directory/room/{quote('#up:test.local')}", json={"room_id": old}, headers=h)
     assert r.status_code == 200
     r = await http.put(f"{V3}/rooms/{old}/state/m.room.canonical_alias",
@@ -429,6 +432,10 @@ async def test_upgrade_links_rooms_through_the_tombstone(
     assert r.json()["room_id"] == new
     r = await http.get(f"{V3}/rooms/{old}/state/m.room.power_levels", headers=h)
     assert r.json()["events_default"] >= 50
+    r = await http.get(f"{V3}/user/{alice}/account_data/m.direct", headers=h)
+    assert r.json() == {alice: [old, new]}
+    r = await http.get(f"{V3}/user/{alice}/rooms/{new}/tags", headers=h)
+    assert r.json() == {"tags": {"u.work": {"order": 0.5}}}
     # An unknown room cannot be upgraded (403, as for rooms one is not in).
     r = await http.post(f"{V3}/rooms/!nope:unknown/upgrade", json={"new_version": "10"}, headers=h)
     assert r.status_code == 403
