@@ -112,6 +112,8 @@ def build_services(
     relations = RelationsService(db, clock)
     rooms.before_send.append(relations.check_new_relation)
     member_profiles = MemberProfiles(db, rooms)
+    upgrades = UpgradeService(db, rooms, pipeline)
+    rooms.on_membership.append(upgrades.on_membership)
     accounts.on_profile_changed.append(member_profiles.on_profile_changed)
     accounts.on_deactivate.append(member_profiles.on_deactivate)
     return Services(
@@ -136,7 +138,7 @@ def build_services(
         sync=sync,
         relations=relations,
         search=SearchService(db, clock),
-        upgrades=UpgradeService(db, rooms, pipeline),
+        upgrades=upgrades,
         hierarchy=HierarchyService(db),
         user_directory=UserDirectoryService(db),
         voip=VoipService(config.turn, clock),

@@ -41,9 +41,11 @@ from pocketserver.services.uia import (
     DUMMY,
     PASSWORD,
     REGISTRATION_TOKEN,
+    AuthRequired,
     AuthResult,
     UIAService,
     finish_in_txn,
+    finish_registration_in_txn,
     password_identifier_user,
 )
 from pocketserver.storage import account_data as ad_store
@@ -57,6 +59,13 @@ DeviceHook = Callable[[str, str], Awaitable[None]]
 
 MAX_DEVICE_ID = 255
 PROFILE_KEY = re.compile(r"avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+
+# What a /register session remembers of the request that started it (and the password,
+# as its hash; a guest's access token is not kept).
+REMEMBERED_REGISTER_PARAMS = (
+    "username", "device_id", "initial_device_display_name", "inhibit_login",
+    "refresh_token",
+)
 
 # Account data types a client may not write directly (account-data.yaml).
 SERVER_MANAGED_ACCOUNT_DATA = ("m.fully_read", "m.push_rules")
@@ -126,11 +135,15 @@ def _register_txn(
     is_guest: bool,
     auth: AuthResult | None,
     session_args: tuple[Any, ...] | None,
+    upgrade_guest: bool = False,
 ) -> bool:
-    if not accounts.insert_user(conn, user_id, password_hash, now, is_guest=is_guest):
+    if upgrade_guest:
+        if password_hash is None or not accounts.upgrade_guest(conn, user_id, password_hash):
+            return False
+    elif not accounts.insert_user(conn, user_id, password_hash, now, is_guest=is_guest):
         return False
     if auth is not None:
-        finish_in_txn(conn, auth)
+        finish_registration_in_txn(conn, auth, user_id)
     if session_args is not None:
         _create_session_txn(conn, user_id, *session_args)
     return True
@@ -307,11 +320,31 @@ class AccountsService:
         mode = self.config.registration_mode
         if mode == "closed":
             raise Forbidden("Registration is disabled on this server")
-        username = body.get("username")
+        auth = body.get("auth")
+        if auth is not None and not isinstance(auth, dict):
+            raise BadJson("'auth' must be an object")
+        session_id = auth.get("session") if auth else None
+        # A session remembers the request that started it (client-server-api, "User-
+        # interactive authentication": later requests may carry only ``auth``), and,
+        # once it registered someone, whom: the same session sent again answers for
+        # that user rather than failing, so a client whose answer was lost can retry.
+        remembered: dict[str, Any] = {}
+        if isinstance(session_id, str):
+            remembered = await self.uia.session_params(session_id, "POST /register")
+        earlier = remembered.get("request")
+        earlier = dict(earlier) if isinstance(earlier, dict) else {}
+
+        def param(key: str, default: Any = None) -> Any:
+            return body[key] if key in body else earlier.get(key, default)
+
+        if "initial_device_display_name" not in body:
+            display = earlier.get("initial_device_display_name")
+        username = param("username")
         password = body.get("password")
-        device_id = body.get("device_id")
-        inhibit = body.get("inhibit_login", False)
-        want_refresh = body.get("refresh_token", False)
+        device_id = param("device_id")
+        inhibit = param("inhibit_login", False)
+        want_refresh = param("refresh_token", False)
+        guest_token = param("guest_access_token")
         if username is not None and not isinstance(username, str):
             raise BadJson("'username' must be a string")
         if password is not None and not isinstance(password, str):
@@ -322,40 +355,74 @@ class AccountsService:
             raise MatrixError(400, "M_INVALID_PARAM", "device_id too long")
         if not isinstance(inhibit, bool) or not isinstance(want_refresh, bool):
             raise BadJson("'inhibit_login' and 'refresh_token' must be booleans")
+        if guest_token is not None and not isinstance(guest_token, str):
+            raise BadJson("'guest_access_token' must be a string")
+        registered = remembered.get("registered_user_id")
         # The spec asks for the user name checks before user-interactive auth.
         user_id: str | None = None
-        if username:
+        upgrading = False
+        if username and not isinstance(registered, str):
             user_id = self.check_localpart(username)
-            if await self.db.read(accounts.user_exists, user_id):
+            if guest_token is not None:
+                # Guest access: a guest upgrades its own account by naming its localpart
+                # and passing its access token (modules/guest_access.md).
+                info = await self.db.read(accounts.get_token_info, hash_token(guest_token))
+                if info is None or not info.is_guest or info.deactivated or info.user_id != user_id:
+                    raise Forbidden("This guest access token cannot register that user")
+                upgrading = True
+            elif await self.db.read(accounts.user_exists, user_id):
                 raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+        elif guest_token is not None and not isinstance(registered, str):
+            raise MissingParam("A guest upgrading its account must give its 'username'")
 
-        auth = body.get("auth")
-        if auth is not None and not isinstance(auth, dict):
-            raise BadJson("'auth' must be an object")
-        result = await self.uia.authenticate(
-            auth, flows=self.registration_flows(), request_key="POST /register"
-        )
-        if not password:
-            raise MissingParam("Missing 'password'")
-        pw_hash = await hash_password(password)
+        pw_hash: str | None = None
+        if password:
+            pw_hash = await hash_password(password)
+        elif isinstance(earlier.get("password_hash"), str):
+            pw_hash = earlier["password_hash"]
+        try:
+            result = await self.uia.authenticate(
+                auth, flows=self.registration_flows(), request_key="POST /register"
+            )
+        except AuthRequired as exc:
+            started = exc.body.get("session")
+            if isinstance(started, str):
+                keep = {
+                    k: v for k, v in {**earlier, **body}.items()
+                    if k in REMEMBERED_REGISTER_PARAMS
+                }
+                keep.pop("password_hash", None)
+                if pw_hash is not None:
+                    keep["password_hash"] = pw_hash
+                await self.uia.remember(started, "request", keep)
+            raise
         now = self.clock.time_ms()
-        session: Session | None = None
         args: tuple[Any, ...] | None = None
         make: Callable[[str], Session] | None = None
         if not inhibit:
             _s, args, make = self._session_args(
                 device_id or new_device_id(), display, want_refresh, ip, user_agent
             )
-        for _attempt in range(5):
-            uid = user_id or self._generated_user_id()
-            ok = await self.db.write(_register_txn, uid, pw_hash, now, False, result, args)
-            if ok:
-                break
-            if user_id is not None:
-                raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
-        else:  # pragma: no cover - five random collisions
-            raise MatrixError(500, "M_UNKNOWN", "Could not pick a user ID")
-        log.info("registered %s", uid)
+        if isinstance(registered, str):
+            # The same completed session again: log in the user it registered.
+            uid = registered
+            if args is not None:
+                await self.db.write(_create_session_txn, uid, *args)
+        else:
+            if pw_hash is None:
+                raise MissingParam("Missing 'password'")
+            for _attempt in range(5):
+                uid = user_id or self._generated_user_id()
+                ok = await self.db.write(
+                    _register_txn, uid, pw_hash, now, False, result, args, upgrading
+                )
+                if ok:
+                    break
+                if user_id is not None:
+                    raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+            else:  # pragma: no cover - five random collisions
+                raise MatrixError(500, "M_UNKNOWN", "Could not pick a user ID")
+            log.info("%s %s", "upgraded guest" if upgrading else "registered", uid)
         if make is None:
             return {"user_id": uid, "home_server": self.server_name}
         session = make(uid)

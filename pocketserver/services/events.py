@@ -102,8 +102,15 @@ class EventPipeline:
         state_key: str | None = None,
         txn_key: str | None = None,
         redacts: str | None = None,
+        before_persist: Callable[[str], Awaitable[None]] | None = None,
     ) -> Persisted:
-        """Build, authorise and persist one event in an existing room."""
+        """Build, authorise and persist one event in an existing room.
+
+        ``before_persist(event_id)`` runs once the event is built and authorised, before
+        it is stored (still under the room's lock, so it must not send to this room); if
+        it raises, the event is dropped. A room upgrade uses it to name the tombstone in
+        the new room's create event before the tombstone is visible.
+        """
         async with self.room_lock(room_id):
             pdu_base: dict[str, Any] = {
                 "type": etype,
@@ -125,6 +132,8 @@ class EventPipeline:
                 check_auth(event, auth_map)
             except AuthError as e:
                 raise Forbidden(str(e)) from None
+            if before_persist is not None:
+                await before_persist(event.event_id)
             record = EventRecord(event, None, False, None, None, None, txn_key)
             pos, replaces = await self.db.write(self._persist_local, event, txn_key)
             record.stream_pos = pos

@@ -44,6 +44,14 @@ def _room_list(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] 
     return v
 
 
+def _user_list(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | None:
+    # event_filter.yaml: senders are user IDs (pattern "^@").
+    v = _str_list(obj, key, where)
+    if v is not None and not all(u.startswith("@") for u in v):
+        raise InvalidFilter(f"{where}{key} must be a list of user IDs")
+    return v
+
+
 def _opt_bool(obj: Mapping[str, Any], key: str, where: str) -> bool | None:
     v = obj.get(key)
     if v is None:
@@ -91,8 +99,8 @@ class EventFilter:
             "limit": limit,
             "types": _str_list(obj, "types", where),
             "not_types": _str_list(obj, "not_types", where),
-            "senders": _str_list(obj, "senders", where),
-            "not_senders": _str_list(obj, "not_senders", where),
+            "senders": _user_list(obj, "senders", where),
+            "not_senders": _user_list(obj, "not_senders", where),
         }
 
     @classmethod

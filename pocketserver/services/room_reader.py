@@ -268,10 +268,16 @@ class RoomReader:
         flt = _parse_room_filter(raw_filter)
 
         def run(conn: Conn) -> JsonDict:
+            # As /messages: someone who was never in a room that is not world-readable
+            # is told so (403, event_context.yaml), before anything about its events.
+            if ev_store.get_room(conn, room_id) is None:
+                raise Forbidden("You are not in this room")
+            checker = VisibilityChecker(conn, room_id, requester.user_id)
+            if checker.current_membership is None and not checker.world_readable_now:
+                raise Forbidden("You are not in this room")
             rec = ev_store.get_event(conn, event_id)
             if rec is None or rec.event.room_id != room_id or rec.stream_pos is None:
                 raise NotFound("Event not found")
-            checker = VisibilityChecker(conn, room_id, requester.user_id)
             if not checker.can_see(rec):
                 raise NotFound("Event not found")
             pos = rec.stream_pos

@@ -8,6 +8,7 @@ events to send and enforces the client-API rules that sit above the auth rules
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -49,6 +50,15 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 MEMBERSHIP_ACTIONS = ("invite", "join", "leave", "ban", "knock")
+
+log = logging.getLogger("pocketserver.rooms")
+
+# Keys of an m.room.member event that the server decides, not the joining client's
+# request body (third_party_signed is a request parameter, not content).
+SERVER_SET_MEMBER_KEYS = frozenset(
+    ("membership", "reason", "third_party_signed", "third_party_invite",
+     "join_authorised_via_users_server", "is_direct")
+)
 
 
 class RoomService:
@@ -175,7 +185,56 @@ class RoomService:
             )
         if etype == "m.room.canonical_alias":
             await self._check_canonical_alias(room_id, content)
-        return await self.send_event(requester, room_id, etype, content, state_key=state_key)
+        same = await self._unchanged_state(requester.user_id, room_id, etype, state_key, content)
+        if same is not None:
+            return same
+        persisted = await self.send_event(requester, room_id, etype, content, state_key=state_key)
+        if etype == "m.room.guest_access" and state_key == "":
+            await self._remove_guests_unless_allowed(room_id)
+        return persisted
+
+    async def _guests_can_join(self, room_id: str) -> bool:
+        ga = await self.current_state_event(room_id, "m.room.guest_access") or {}
+        return ga.get("guest_access") == "can_join"
+
+    async def _remove_guests_unless_allowed(self, room_id: str) -> None:
+        """Guest access revoked: the room's local guests leave (modules/guest_access.md
+        "Server behaviour": the server MUST set their membership to leave)."""
+        if await self._guests_can_join(room_id):
+            return
+        members = await self.db.read(state_store.local_members, room_id)
+        for user_id in members:
+            user = await self.db.read(accounts.get_user, user_id)
+            if user is None or not user["is_guest"]:
+                continue
+            try:
+                await self.update_membership(
+                    Requester(user_id, None, is_guest=True), room_id, user_id, "leave"
+                )
+            except MatrixError as e:  # e.g. already gone meanwhile
+                log.info("guest %s could not be removed from %s: %s", user_id, room_id, e.message)
+
+    async def _unchanged_state(
+        self, user_id: str, room_id: str, etype: str, state_key: str, content: JsonDict
+    ) -> Persisted | None:
+        """The current state event if this member sent exactly this content for this
+        key: setting it again changes nothing, so no new event is made (a retried PUT,
+        or a client writing its settings back, does not fill the timeline)."""
+        ids = await self.db.read(state_store.get_current_state_ids, room_id, [(etype, state_key)])
+        eid = ids.get((etype, state_key))
+        if eid is None:
+            return None
+        rec = await self.pipeline.get_event(eid)
+        if (
+            rec is None
+            or rec.stream_pos is None
+            or rec.event.sender != user_id
+            or dict(rec.event.content) != content
+        ):
+            return None
+        if await self.membership(room_id, user_id) != "join":
+            return None
+        return Persisted(rec, rec.stream_pos)
 
     async def _check_canonical_alias(self, room_id: str, content: JsonDict) -> None:
         aliases: list[Any] = []
@@ -202,7 +261,11 @@ class RoomService:
     ) -> Persisted:
         info = await self.get_room_for_sender(room_id)
         target = await self.pipeline.get_event(event_id)
-        if target is not None and target.event.room_id == room_id:
+        if target is not None and target.event.room_id != room_id:
+            # A redaction names an event of its own room; one pointing elsewhere could
+            # never apply, and would only sit in the timeline as a puzzle.
+            raise InvalidParam("That event is not in this room")
+        if target is not None:
             # "Handling redactions": one's own events, or with the redact power level.
             if target.event.sender != requester.user_id:
                 pl = await self.current_state_event(room_id, "m.room.power_levels") or {}
@@ -320,12 +383,28 @@ class RoomService:
                 return
         raise Forbidden("No member of this server can authorise the join")
 
-    async def join(self, requester: Requester, room_id_or_alias: str, *, reason: str | None = None) -> str:
+    async def join(
+        self,
+        requester: Requester,
+        room_id_or_alias: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Join; ``content`` holds extra keys the client put in the join request, kept in
+        the membership event (those the server sets itself are dropped)."""
         room_id = await self.resolve_room_id_or_alias(room_id_or_alias)
         current = await self.membership(room_id, requester.user_id)
         if current == "join":
             return room_id
-        await self.update_membership(requester, room_id, requester.user_id, "join", reason=reason)
+        if requester.is_guest and not await self._guests_can_join(room_id):
+            # modules/guest_access.md "Server behaviour": guests join only rooms whose
+            # m.room.guest_access is can_join.
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests may not join this room")
+        extra = {k: v for k, v in (content or {}).items() if k not in SERVER_SET_MEMBER_KEYS}
+        await self.update_membership(
+            requester, room_id, requester.user_id, "join", reason=reason, content=extra
+        )
         return room_id
 
     async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
@@ -514,6 +593,28 @@ class RoomService:
             if info is None or await self._user_power(room_id, info, requester.user_id, pl) < needed:
                 raise Forbidden("You may not delete this alias")
         await self.db.write(room_store.delete_alias, alias)
+        await self._drop_from_canonical_alias(requester, room_id, alias)
+
+    async def _drop_from_canonical_alias(self, requester: Requester, room_id: str, alias: str) -> None:
+        """A deleted alias leaves the room's m.room.canonical_alias (client-server-api,
+        "Room aliases": a canonical alias must point at the room), as the deleter, if
+        the deleter may change that state; otherwise it stays until someone who may
+        does (clients treat an alias that no longer resolves as absent)."""
+        content = await self.current_state_event(room_id, "m.room.canonical_alias")
+        if not content:
+            return
+        alt = content.get("alt_aliases")
+        new = dict(content)
+        if content.get("alias") == alias:
+            new.pop("alias")
+        if isinstance(alt, list) and alias in alt:
+            new["alt_aliases"] = [a for a in alt if a != alias]
+        if new == content:
+            return
+        try:
+            await self.send_event(requester, room_id, "m.room.canonical_alias", new, state_key="")
+        except MatrixError as e:
+            log.info("alias %s deleted; %s's canonical alias left as is: %s", alias, room_id, e.message)
 
     async def get_alias(self, alias: str) -> tuple[str, list[str]]:
         row = await self.db.read(room_store.get_alias, alias)

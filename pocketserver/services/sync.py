@@ -305,6 +305,10 @@ class SyncService:
                     if since is not None
                     else self._all_room_account_data(conn, user_id, room_id)
                 }
+                if not (newly or full_state) and not _room_has_news(room):
+                    # Everything new was filtered out (an ignored user's messages, types
+                    # the filter leaves out): the room has nothing to report.
+                    continue
                 rooms_join[room_id] = room
             elif membership == "invite" and newly:
                 if self._invited_by_ignored(conn, room_id, user_id):
@@ -647,3 +651,12 @@ def e2ee_extension(e2ee: Any) -> SyncExtension:
         return None if reached is None else int(reached)
 
     return extension
+
+
+def _room_has_news(room: JsonDict) -> bool:
+    """Whether an incremental joined-room entry carries anything for the client."""
+    return any(
+        section.get("events")
+        for key, section in room.items()
+        if key != "unread_notifications" and isinstance(section, dict)
+    )

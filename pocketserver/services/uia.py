@@ -64,6 +64,17 @@ def finish_in_txn(conn: Conn, result: AuthResult) -> None:
     uia_store.delete_session(conn, result.session_id)
 
 
+def finish_registration_in_txn(conn: Conn, result: AuthResult, user_id: str) -> None:
+    """End a ``/register`` session inside the registration's write: its token use is
+    completed, and the session remembers whom it registered, so that the same completed
+    session sent again answers for that user instead of failing (registration is
+    idempotent for a client whose first answer was lost). It expires as any other."""
+    if result.registration_token is not None:
+        accounts.complete_registration_token(conn, result.registration_token)
+        uia_store.set_session_param(conn, result.session_id, "registration_token", None)
+    uia_store.set_session_param(conn, result.session_id, "registered_user_id", user_id)
+
+
 def _expire_sessions(conn: Conn, older_than_ms: int) -> int:
     expired = uia_store.pop_expired_sessions(conn, older_than_ms)
     for s in expired:
@@ -118,10 +129,25 @@ class UIAService:
             "flows": [{"stages": list(f)} for f in flows],
             "params": dict(params),
             "session": session,
+            # Always present (also empty): clients read it to see which stages remain.
+            "completed": list(completed),
         }
-        if completed:
-            body["completed"] = list(completed)
         return body
+
+    async def session_params(self, session_id: str, request_key: str) -> dict[str, Any]:
+        """The parameters a live session of ``request_key`` remembers ({} if none)."""
+        found = await self.db.read(uia_store.get_session, session_id)
+        if (
+            found is None
+            or found.request_hash != request_key
+            or found.created_ts < self.clock.time_ms() - SESSION_LIFETIME_MS
+        ):
+            return {}
+        return dict(found.params)
+
+    async def remember(self, session_id: str, key: str, value: Any) -> None:
+        """Store one parameter in a session (e.g. the request it was started with)."""
+        await self.db.write(uia_store.set_session_param, session_id, key, value)
 
     async def authenticate(
         self,
@@ -202,7 +228,10 @@ class UIAService:
             if not isinstance(password, str) or named is None:
                 raise fail("M_BAD_JSON", "m.login.password needs an identifier and a password")
             if user_id is not None and named != user_id:
-                raise fail("M_FORBIDDEN", "You can only authenticate as yourself")
+                # Not a failed attempt at the stage but a request for someone else's
+                # account (a stolen access token with the thief's own password): refused
+                # outright, as the session's owner check is.
+                raise MatrixError(403, "M_FORBIDDEN", "You can only authenticate as yourself")
             user = await self.db.read(accounts.get_user, named)
             stored = user["password_hash"] if user and not user["deactivated"] else None
             if not await check_password(password, stored if isinstance(stored, str) else None):

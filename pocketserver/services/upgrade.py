@@ -33,10 +33,11 @@ from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.services.auth import Requester
 from pocketserver.services.events import EventPipeline
 from pocketserver.services.rooms import RoomService
+from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import room_upgrades as upgrade_store
 from pocketserver.storage import state as state_store
-from pocketserver.storage.database import Database
+from pocketserver.storage.database import Conn, Database
 from pocketserver.storage.events import EventRecord
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,22 @@ class UpgradeService:
                         self._locks.pop(room_id, None)
         return new_room
 
+    async def on_membership(self, room_id: str, user_id: str, membership: str) -> None:
+        """A local user joining a room that replaced another takes their settings for
+        the old room along (room_upgrades.md: "the server should automatically
+        transfer/replicate some of the user's personalized settings"): the new room
+        is direct where the old one was (m.direct), and gets the old room's tags."""
+        if membership != "join" or not user_id.endswith(f":{self.server_name}"):
+            return
+        create = await self.rooms.current_state_event(room_id, "m.room.create") or {}
+        predecessor = create.get("predecessor")
+        old = predecessor.get("room_id") if isinstance(predecessor, dict) else None
+        if not isinstance(old, str) or old == room_id:
+            return
+        pos = await self.db.write(_carry_settings_over, user_id, old, room_id)
+        if pos is not None:
+            self.pipeline.notifier.notify(pos)
+
     async def _state(self, room_id: str) -> dict[tuple[str, str], EventRecord]:
         ids = await self.db.read(state_store.get_current_state_ids, room_id)
         recs = await self.db.read(ev_store.get_events, ids.values())
@@ -128,22 +145,73 @@ class UpgradeService:
             if key in old_create:
                 content[key] = old_create[key]
         predecessor: JsonDict = {"room_id": room_id}
-        extremities = await self.db.read(ev_store.forward_extremities, room_id)
-        if extremities:
-            predecessor["event_id"] = extremities[0][0]
         content["predecessor"] = predecessor
         if not rv.implicit_room_creator:
             content["creator"] = user_id
         if extra_creators:
             content["additional_creators"] = extra_creators
-        new_id = None
-        if not rv.room_id_is_create_event_hash:
-            new_id = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
-        created = await self.pipeline.create_create_event(rv, user_id, content, new_id)
-        new_room = created.record.event.room_id
-        await self.rooms.update_membership(requester, new_room, user_id, "join")
+        canonical = state.get(("m.room.canonical_alias", ""))
+        tombstone: JsonDict = {"body": "This room has been replaced"}
 
-        # Step 3: power levels first (raised for the upgrader while state is copied).
+        async def build_replacement(new_id: str | None) -> str:
+            """Steps 2-4, sending only to the new room."""
+            created = await self.pipeline.create_create_event(rv, user_id, content, new_id)
+            new_room = created.record.event.room_id
+            await self.rooms.update_membership(requester, new_room, user_id, "join")
+            await self._copy_state(requester, new_room, state, old_pl, pl_rec, rv, extra_creators)
+            await self.db.write(upgrade_store.move_aliases_and_listing, room_id, new_room)
+            if canonical is not None and canonical.event.content:
+                await self._try_send(requester, new_room, "m.room.canonical_alias", canonical.event.content, "")
+            return new_room
+
+        if rv.room_id_is_create_event_hash:
+            # v12: the new room's ID comes from its create event, so the tombstone (which
+            # names it) can only follow; predecessor.event_id names the old room's last
+            # event (it may be omitted from v12 on, room_upgrades.md).
+            extremities = await self.db.read(ev_store.forward_extremities, room_id)
+            if extremities:
+                predecessor["event_id"] = extremities[0][0]
+            new_room = await build_replacement(None)
+            tombstone["replacement_room"] = new_room
+            await self.rooms.send_event(requester, room_id, "m.room.tombstone", tombstone, state_key="")
+        else:
+            # Step 5's tombstone is built first (its ID is the old room's last event, which
+            # predecessor.event_id names), the replacement made, then the tombstone stored;
+            # if making the replacement fails, no tombstone appears.
+            new_room = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
+            tombstone["replacement_room"] = new_room
+
+            async def before_tombstone(tombstone_id: str) -> None:
+                predecessor["event_id"] = tombstone_id
+                await build_replacement(new_room)
+
+            await self.pipeline.create_room_event(
+                room_id, old_rv, user_id, "m.room.tombstone", tombstone, state_key="",
+                before_persist=before_tombstone,
+            )
+        if canonical is not None and canonical.event.content:
+            await self._try_send(requester, room_id, "m.room.canonical_alias", {}, "")
+        # Step 6: stop ordinary users from talking in (or inviting to) the old room.
+        if pl_rec is not None:
+            restricted = max(50, old_pl.users_default + 1)
+            if old_pl.events_default < restricted or old_pl.invite < restricted:
+                lowered = {**pl_rec.event.content, "events_default": restricted, "invite": restricted}
+                await self._try_send(requester, room_id, "m.room.power_levels", lowered, "")
+        return new_room
+
+    async def _copy_state(
+        self,
+        requester: Requester,
+        new_room: str,
+        state: dict[tuple[str, str], EventRecord],
+        old_pl: PowerLevels,
+        pl_rec: EventRecord | None,
+        rv: RoomVersion,
+        extra_creators: list[str],
+    ) -> None:
+        """Step 3: power levels first (raised for the upgrader while state is copied),
+        the transferable state, the bans, then the final power levels."""
+        user_id = requester.user_id
         new_creators = frozenset({user_id, *extra_creators})
         final_pl = self._new_power_levels(
             pl_rec.event.content if pl_rec else None, old_pl, rv, new_creators
@@ -178,33 +246,9 @@ class UpgradeService:
                     reason=rec.event.content.get("reason") if isinstance(rec.event.content.get("reason"), str) else None,
                 )
             except MatrixError as e:
-                log.warning("upgrade of %s: could not carry over the ban of %s: %s", room_id, target, e)
-
-        # Step 4: aliases, directory listing, canonical alias.
-        await self.db.write(upgrade_store.move_aliases_and_listing, room_id, new_room)
-        canonical = state.get(("m.room.canonical_alias", ""))
-        if canonical is not None and canonical.event.content:
-            await self._try_send(requester, new_room, "m.room.canonical_alias", canonical.event.content, "")
-            await self._try_send(requester, room_id, "m.room.canonical_alias", {}, "")
+                log.warning("upgrade into %s: could not carry over the ban of %s: %s", new_room, target, e)
         if first_pl is not final_pl:
             await self.rooms.send_event(requester, new_room, "m.room.power_levels", final_pl, state_key="")
-
-        # Step 5: the tombstone.
-        await self.rooms.send_event(
-            requester,
-            room_id,
-            "m.room.tombstone",
-            {"body": "This room has been replaced", "replacement_room": new_room},
-            state_key="",
-        )
-
-        # Step 6: stop ordinary users from talking in (or inviting to) the old room.
-        if pl_rec is not None:
-            restricted = max(50, old_pl.users_default + 1)
-            if old_pl.events_default < restricted or old_pl.invite < restricted:
-                lowered = {**pl_rec.event.content, "events_default": restricted, "invite": restricted}
-                await self._try_send(requester, room_id, "m.room.power_levels", lowered, "")
-        return new_room
 
     def _new_power_levels(
         self,
@@ -238,6 +282,27 @@ class UpgradeService:
             await self.rooms.send_event(requester, room_id, etype, dict(content), state_key=state_key)
         except MatrixError as e:
             log.warning("upgrade: could not send %s to %s: %s", etype, room_id, e)
+
+
+def _carry_settings_over(conn: Conn, user_id: str, old: str, new: str) -> int | None:
+    """Copy ``user_id``'s m.direct membership and m.tag of room ``old`` to ``new``."""
+    pos = None
+    direct = ad_store.get_account_data(conn, user_id, "", "m.direct")
+    if isinstance(direct, dict):
+        updated = {
+            k: [*v, new] if isinstance(v, list) and old in v and new not in v else v
+            for k, v in direct.items()
+        }
+        if updated != direct:
+            pos = ad_store.put_account_data(conn, user_id, "", "m.direct", updated)
+    tags = ad_store.get_account_data(conn, user_id, old, "m.tag")
+    if (
+        isinstance(tags, dict)
+        and tags.get("tags")
+        and ad_store.get_account_data(conn, user_id, new, "m.tag") is None
+    ):
+        pos = ad_store.put_account_data(conn, user_id, new, "m.tag", tags)
+    return pos
 
 
 def _integer_levels(pl: JsonDict) -> JsonDict:

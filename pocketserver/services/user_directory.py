@@ -1,8 +1,8 @@
 """The user directory (client-server API "User directory"): POST /user_directory/search.
 
-Searched: users sharing a room with the requester, and users joined to rooms with a
-``public`` join rule or ``world_readable`` history (the spec's minimum, and Synapse's
-default). Matching is case-insensitive: every word of the search term must start a
+Searched: users sharing a room with the requester (not the requester), and users
+joined to rooms with a ``public`` join rule or ``world_readable`` history (the spec's
+minimum, and Synapse's default). Matching is case-insensitive: every word of the search term must start a
 word of the user ID or the display name (or appear in the user ID). Results are
 ranked exact match, then prefix of the display name / localpart, then others, with
 users who have a profile first within each rank.
@@ -54,10 +54,14 @@ class UserDirectoryService:
         terms = [t for t in _WORDS.findall(whole)] or ([whole] if whole else [])
 
         def run(conn: Conn) -> JsonDict:
-            rooms = set(ud_store.public_room_ids(conn)) | set(
-                ud_store.shared_room_ids(conn, requester.user_id)
-            )
-            profiles = ud_store.joined_member_profiles(conn, sorted(rooms))
+            public = set(ud_store.public_room_ids(conn))
+            mine = set(ud_store.shared_room_ids(conn, requester.user_id))
+            profiles = ud_store.joined_member_profiles(conn, sorted(public | mine))
+            if not mine & public:
+                # A private room makes its members visible to each other, not the
+                # searcher to themselves: one finds oneself through public rooms only
+                # (so closing a room takes its members out of the directory).
+                profiles.pop(requester.user_id, None)
             local = ud_store.local_profiles(conn, profiles)
             scored: list[tuple[int, int, str, JsonDict]] = []
             for user_id, profile in profiles.items():

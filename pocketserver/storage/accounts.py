@@ -62,6 +62,16 @@ def get_user(conn: Conn, user_id: str) -> dict[str, object] | None:
     return dict(zip(keys, row, strict=True))
 
 
+def upgrade_guest(conn: Conn, user_id: str, password_hash: str) -> bool:
+    """Turn a guest account into a full one with this password; False if not a guest."""
+    conn.execute(
+        "UPDATE users SET is_guest = 0, password_hash = ? WHERE user_id = ? AND is_guest = 1"
+        " AND deactivated = 0",
+        (password_hash, user_id),
+    )
+    return bool(conn.changes() > 0)
+
+
 def user_exists(conn: Conn, user_id: str) -> bool:
     return conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone() is not None
 

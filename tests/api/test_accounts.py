@@ -281,3 +281,81 @@ async def test_no_auth_is_rejected(http: httpx.AsyncClient) -> None:
     assert r.status_code == 401 and r.json()["errcode"] == "M_MISSING_TOKEN"
     r = await http.get(f"{V3}/devices", headers=auth_headers("bogus"))
     assert r.status_code == 401 and r.json()["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+async def test_register_session_remembers_request_and_is_idempotent(http: httpx.AsyncClient) -> None:
+    # The first request names everything; the one completing auth carries only "auth".
+    first = {
+        "username": "rita", "password": "übers3kr1t", "device_id": "RITAPHONE",
+        "initial_device_display_name": "Rita's phone",
+    }
+    r = await http.post(f"{V3}/register", json=first)
+    assert r.status_code == 401
+    assert r.json()["completed"] == []
+    auth = {"type": "m.login.dummy", "session": r.json()["session"]}
+    r = await http.post(f"{V3}/register", json={"auth": auth})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["user_id"] == "@rita:test.local" and out["device_id"] == "RITAPHONE"
+    r = await http.get(f"{V3}/devices/RITAPHONE", headers=auth_headers(out["access_token"]))
+    assert r.json()["display_name"] == "Rita's phone"
+    # The remembered (non-ASCII) password logs in.
+    await login(http, "rita", "übers3kr1t")
+
+    # The same completed session sent again (the answer was lost): the same user, logged
+    # in, not M_USER_IN_USE.
+    r = await http.post(f"{V3}/register", json={**first, "auth": auth})
+    assert r.status_code == 200, r.text
+    assert r.json()["user_id"] == "@rita:test.local" and r.json()["access_token"]
+    r = await http.get(f"{V3}/account/whoami", headers=auth_headers(r.json()["access_token"]))
+    assert r.json()["user_id"] == "@rita:test.local"
+
+
+async def test_register_without_username_is_idempotent_and_inhibit_login_remembered(
+    http: httpx.AsyncClient,
+) -> None:
+    r = await http.post(f"{V3}/register", json={"password": "pw"})
+    auth = {"type": "m.login.dummy", "session": r.json()["session"]}
+    r = await http.post(f"{V3}/register", json={"password": "pw", "auth": auth})
+    assert r.status_code == 200, r.text
+    uid = r.json()["user_id"]
+    r = await http.post(f"{V3}/register", json={"password": "pw", "auth": auth})
+    assert r.status_code == 200 and r.json()["user_id"] == uid
+
+    r = await http.post(
+        f"{V3}/register", json={"username": "sam", "password": "pw", "inhibit_login": True}
+    )
+    auth = {"type": "m.login.dummy", "session": r.json()["session"]}
+    r = await http.post(f"{V3}/register", json={"auth": auth})
+    assert r.status_code == 200, r.text
+    assert r.json()["user_id"] == "@sam:test.local"
+    assert "access_token" not in r.json() and "device_id" not in r.json()
+
+
+async def test_uia_failure_body_lists_completed_stages(http: httpx.AsyncClient) -> None:
+    uid, token, _dev = await register(http, "tom")
+    auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": uid},
+            "password": "wrong"}
+    r = await http.post(f"{V3}/account/deactivate", json={"auth": auth}, headers=auth_headers(token))
+    assert r.status_code == 401
+    assert r.json()["errcode"] == "M_FORBIDDEN" and r.json()["completed"] == []
+
+
+async def test_delete_device_refuses_another_users_password(http: httpx.AsyncClient) -> None:
+    uid, token, _dev = await register(http, "uma")
+    eve, _eve_token, _d = await register(http, "eve")
+    second = await login(http, "uma", device_id="UMA2")
+    stolen = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": eve},
+              "password": "pw-eve"}
+    r = await http.request("DELETE", f"{V3}/devices/UMA2", json={"auth": stolen},
+                           headers=auth_headers(token))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.get(f"{V3}/devices/UMA2", headers=auth_headers(token))
+    assert r.status_code == 200
+    own = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": uid},
+           "password": "pw-uma"}
+    r = await http.request("DELETE", f"{V3}/devices/UMA2", json={"auth": own},
+                           headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/account/whoami", headers=auth_headers(str(second["access_token"])))
+    assert r.status_code == 401

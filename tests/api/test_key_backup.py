@@ -185,3 +185,11 @@ async def test_bad_backup_input(http: httpx.AsyncClient) -> None:
     r = await http.put(K, params={"version": v}, json={"rooms": {ROOM: {"nosessions": 1}}}, headers=h(tok))
     assert r.json()["errcode"] == "M_BAD_JSON"
     assert (await http.get(V)).status_code == 401
+
+
+async def test_more_than_ten_versions_newest_is_current(http: httpx.AsyncClient) -> None:
+    _, tok, _ = await register(http)
+    versions = [await new_backup(http, tok, f"k{i}") for i in range(12)]
+    assert len(set(versions)) == 12
+    r = await http.get(V, headers=h(tok))
+    assert r.json()["version"] == versions[-1] and r.json()["auth_data"] == {"public_key": "k11"}

@@ -69,7 +69,7 @@ async def test_conflicting_device_keys_are_refused(http: httpx.AsyncClient) -> N
     assert keys[alice.ed_key_id] == alice.ed_pub
 
 
-async def test_malformed_and_badly_signed_keys_are_refused(http: httpx.AsyncClient) -> None:
+async def test_malformed_keys_are_refused(http: httpx.AsyncClient) -> None:
     alice = await device(http)
     good = alice.device_keys()
     cases: list[tuple[Any, int, str]] = [
@@ -77,8 +77,7 @@ async def test_malformed_and_badly_signed_keys_are_refused(http: httpx.AsyncClie
         ({"device_keys": {**good, "keys": ["x"]}}, 400, "M_BAD_JSON"),
         ({"device_keys": {**good, "user_id": "@mallory:test.local"}}, 400, "M_INVALID_PARAM"),
         ({"device_keys": {**good, "device_id": "OTHER"}}, 400, "M_INVALID_PARAM"),
-        ({"device_keys": {**good, "algorithms": ["tampered"]}}, 400, "M_INVALID_SIGNATURE"),
-        ({"device_keys": {**good, "signatures": {}}}, 400, "M_INVALID_SIGNATURE"),
+        ({"device_keys": {**good, "signatures": []}}, 400, "M_BAD_JSON"),
         ({"one_time_keys": {"no_colon": "abc"}}, 400, "M_INVALID_PARAM"),
         ({"one_time_keys": {"signed_curve25519:A": "unsigned"}}, 400, "M_INVALID_PARAM"),
         ({"one_time_keys": {"curve25519:A": 5}}, 400, "M_BAD_JSON"),
@@ -89,13 +88,36 @@ async def test_malformed_and_badly_signed_keys_are_refused(http: httpx.AsyncClie
         assert (r.status_code, r.json()["errcode"]) == (status, errcode), body
     r = await http.post(UPLOAD, content=b"{not json", headers=alice.headers())
     assert r.json()["errcode"] == "M_NOT_JSON"
-    # A one-time key not signed by the device, once the device key is known.
-    await alice.upload(http)
-    forged = sign({"key": "AAAA"}, alice.user_id, alice.ed_key_id, FakeDevice("@x:y", "X").ed)
-    r = await post(http, alice, UPLOAD, {"one_time_keys": {"signed_curve25519:Z": forged}})
-    assert r.json()["errcode"] == "M_INVALID_SIGNATURE"
     r = await post(http, alice, UPLOAD, {})
     assert r.json()["one_time_key_counts"] == {"signed_curve25519": 0}
+
+
+async def test_keys_are_stored_as_uploaded_without_verifying_signatures(
+    http: httpx.AsyncClient,
+) -> None:
+    # The server checks shape and owner; verifying the self-signatures is the job of the
+    # clients that download the keys, so keys in formats it cannot verify are kept.
+    alice = await device(http)
+    dk = {
+        "user_id": alice.user_id, "device_id": alice.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+        "keys": {f"curve25519:{alice.device_id}": "curve+key",
+                 f"ed25519:{alice.device_id}": "ed25519+key"},
+        "signatures": {alice.user_id: {f"ed25519:{alice.device_id}": "self+signature"}},
+    }
+    forged = sign({"key": "AAAA"}, alice.user_id, alice.ed_key_id, FakeDevice("@x:y", "X").ed)
+    r = await post(http, alice, UPLOAD, {"device_keys": dk, "one_time_keys": {
+        "my_algorithm:one": "opaque", "signed_curve25519:Z": forged}})
+    assert r.status_code == 200, r.text
+    assert r.json()["one_time_key_counts"]["my_algorithm"] == 1
+    bob = await device(http)
+    r = await post(http, bob, QUERY, {"device_keys": {alice.user_id: [alice.device_id]}})
+    got = r.json()["device_keys"][alice.user_id][alice.device_id]
+    assert got["keys"] == dk["keys"] and got["signatures"] == dk["signatures"]
+    r = await post(http, bob, "/_matrix/client/v3/keys/claim",
+                   {"one_time_keys": {alice.user_id: {alice.device_id: "signed_curve25519"}}})
+    assert r.json()["one_time_keys"][alice.user_id][alice.device_id] == {
+        "signed_curve25519:Z": forged}
 
 
 async def test_query_shows_devices_with_display_names(http: httpx.AsyncClient) -> None:
@@ -386,3 +408,39 @@ async def test_key_changes_include_own_new_device(server: Any, http: httpx.Async
     assert r.json() == {"changed": [alice.user_id], "left": []}
     r = await http.get("/_matrix/client/v3/keys/changes", params={"from": "x"}, headers=alice.headers())
     assert r.status_code == 400
+
+
+async def test_cross_signing_upload_under_the_unstable_prefix(http: httpx.AsyncClient) -> None:
+    # Clients from before Matrix 1.1 upload cross-signing keys under /unstable.
+    alice = await device(http)
+    xs = CrossSigning(alice.user_id)
+    r = await post(http, alice, XSIGN.replace("/v3/", "/unstable/"),
+                   {"master_key": xs.master_key()})
+    assert r.status_code == 200, r.text
+    r = await post(http, alice, QUERY, {"device_keys": {alice.user_id: []}})
+    assert r.json()["master_keys"][alice.user_id]["keys"] == xs.master_key()["keys"]
+
+
+async def test_user_signing_key_change_is_news_to_its_owner_only(
+    server: Any, http: httpx.AsyncClient
+) -> None:
+    alice = await device(http, "usk_alice")
+    bob = await device(http, "usk_bob")
+    r = await post(http, alice, "/_matrix/client/v3/createRoom", {"preset": "public_chat"})
+    room = r.json()["room_id"]
+    await post(http, bob, f"/_matrix/client/v3/join/{room}", {})
+    xs = CrossSigning(alice.user_id)
+    r = await post(http, alice, XSIGN, {"master_key": xs.master_key(),
+                                        "self_signing_key": xs.self_signing_key()})
+    assert r.status_code == 200, r.text
+    pos0 = server.services.notifier.position
+    auth = {"type": "m.login.password", "password": "pw-usk_alice",
+            "identifier": {"type": "m.id.user", "user": alice.user_id}}
+    r = await post(http, alice, XSIGN, {"user_signing_key": xs.user_signing_key(), "auth": auth})
+    assert r.status_code == 200, r.text
+    pos1 = server.services.notifier.position
+    params = {"from": str(pos0), "to": str(pos1)}
+    r = await http.get("/_matrix/client/v3/keys/changes", params=params, headers=bob.headers())
+    assert r.json()["changed"] == []
+    r = await http.get("/_matrix/client/v3/keys/changes", params=params, headers=alice.headers())
+    assert r.json()["changed"] == [alice.user_id]

@@ -170,3 +170,17 @@ async def test_new_account_has_its_localpart_as_display_name(http: httpx.AsyncCl
     room = r.json()["room_id"]
     r = await http.get(f"{V3}/rooms/{room}/state/m.room.member/{uid}", headers=auth_headers(tok))
     assert r.json()["displayname"] == "dana"
+
+
+async def test_profile_readable_without_token(http: httpx.AsyncClient) -> None:
+    uid, token, _dev = await register(http)
+    r = await http.put(f"{V3}/profile/{uid}/displayname", json={"displayname": "Public Pat"},
+                       headers=auth_headers(token))
+    assert r.status_code == 200
+    r = await http.get(f"{V3}/profile/{uid}/displayname")
+    assert r.status_code == 200 and r.json() == {"displayname": "Public Pat"}
+    r = await http.get(f"{V3}/profile/{uid}")
+    assert r.status_code == 200 and r.json()["displayname"] == "Public Pat"
+    # Writing still needs the owner's token.
+    r = await http.put(f"{V3}/profile/{uid}/displayname", json={"displayname": "X"})
+    assert r.status_code == 401 and r.json()["errcode"] == "M_MISSING_TOKEN"

@@ -111,3 +111,59 @@ async def test_login_rate_limited(http: httpx.AsyncClient) -> None:
     assert statuses[:3] == [403, 403, 403]
     assert statuses[-1] == 429
     assert r.json()["errcode"] == "M_LIMIT_EXCEEDED" and r.json()["retry_after_ms"] > 0
+
+
+@pytest.mark.parametrize("config_extra", [{"registration": {"allow_guests": True}}])
+async def test_guest_upgrades_to_full_account(http: httpx.AsyncClient) -> None:
+    r = await http.post(f"{V3}/register?kind=guest", json={})
+    guest = r.json()
+    local = guest["user_id"][1:].split(":")[0]
+    r = await http.post(f"{V3}/register?kind=guest", json={})
+    other_guest = r.json()
+    body = {"username": local, "password": "pw-upgraded"}
+    # Another guest's token cannot claim this account.
+    r = await http.post(
+        f"{V3}/register", json={**body, "guest_access_token": other_guest["access_token"],
+                                "auth": {"type": "m.login.dummy"}})
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.post(
+        f"{V3}/register", json={**body, "guest_access_token": guest["access_token"],
+                                "auth": {"type": "m.login.dummy"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["user_id"] == guest["user_id"]
+    r = await http.get(f"{V3}/account/whoami", headers=auth_headers(r.json()["access_token"]))
+    assert r.json()["is_guest"] is False
+    # A full account now: it logs in with its new password, and its name is taken.
+    r = await http.post(f"{V3}/login", json={"type": "m.login.password", "user": local,
+                                              "password": "pw-upgraded"})
+    assert r.status_code == 200, r.text
+    r = await http.post(f"{V3}/register", json=body)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_USER_IN_USE"
+
+
+@pytest.mark.parametrize("config_extra", [{"registration": {"allow_guests": True}}])
+async def test_guests_join_only_can_join_rooms_and_leave_when_revoked(
+    http: httpx.AsyncClient,
+) -> None:
+    r = await http.post(f"{V3}/register", json={"username": "host", "password": "pw",
+                                                 "auth": {"type": "m.login.dummy"}})
+    h = auth_headers(r.json()["access_token"])
+    r = await http.post(f"{V3}/register?kind=guest", json={})
+    guest, gh = r.json()["user_id"], auth_headers(r.json()["access_token"])
+    r = await http.post(f"{V3}/createRoom", json={"preset": "public_chat"}, headers=h)
+    room = r.json()["room_id"]
+    r = await http.post(f"{V3}/join/{room}", json={}, headers=gh)
+    assert r.status_code == 403 and r.json()["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.guest_access",
+                       json={"guest_access": "can_join"}, headers=h)
+    assert r.status_code == 200
+    r = await http.post(f"{V3}/rooms/{room}/join", json={}, headers=gh)
+    assert r.status_code == 200, r.text
+    r = await http.put(f"{V3}/rooms/{room}/send/m.room.message/g1",
+                       json={"msgtype": "m.text", "body": "hi from a guest"}, headers=gh)
+    assert r.status_code == 200
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.guest_access",
+                       json={"guest_access": "forbidden"}, headers=h)
+    assert r.status_code == 200
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.member/{guest}", headers=h)
+    assert r.json()["membership"] == "leave"

@@ -313,3 +313,182 @@ async def test_v12_rooms_created_in_the_same_millisecond_get_different_ids(
     assert len(set(rooms)) == 4
     r = await http.get(f"{V3}/joined_rooms", headers=auth_headers(tok))
     assert set(r.json()["joined_rooms"]) == set(rooms)
+
+
+async def test_join_keeps_custom_content_in_the_member_event(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat", room_alias_name="custom")
+    for target in (room, "#custom:test.local"):
+        r = await http.post(f"{V3}/join/{quote(target)}", headers=auth_headers(btok),
+                            json={"foo": "bar", "membership": "leave"})
+        assert r.status_code == 200 and r.json()["room_id"] == room
+        r = await http.get(f"{V3}/rooms/{room}/state/m.room.member/{bob}", headers=auth_headers(btok))
+        assert r.json()["foo"] == "bar" and r.json()["membership"] == "join"
+        r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+        assert r.status_code == 200
+
+
+async def test_post_send_without_transaction_id(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    ids = []
+    for _ in range(2):
+        r = await http.post(f"{V3}/rooms/{room}/send/m.room.message",
+                            json={"msgtype": "m.text", "body": "no txn"}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["event_id"])
+    assert ids[0] != ids[1]  # without a transaction ID every request is a new message
+    r = await http.get(f"{V3}/rooms/{room}/event/{ids[1]}", headers=auth_headers(atok))
+    assert r.json()["content"]["body"] == "no txn"
+
+
+async def test_setting_identical_state_twice_makes_no_new_event(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    h = auth_headers(atok)
+    first = await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "t"}, headers=h)
+    again = await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "t"}, headers=h)
+    assert first.json()["event_id"] == again.json()["event_id"]
+    other = await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "u"}, headers=h)
+    assert other.json()["event_id"] != first.json()["event_id"]
+    # The same content from another member is a new event (it records who set it).
+    await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.name", json={"name": "n"}, headers=h)
+    pl = (await http.get(f"{V3}/rooms/{room}/state/m.room.power_levels", headers=h)).json()
+    pl["users"][bob] = 100
+    await http.put(f"{V3}/rooms/{room}/state/m.room.power_levels", json=pl, headers=h)
+    r2 = await http.put(f"{V3}/rooms/{room}/state/m.room.name", json={"name": "n"},
+                        headers=auth_headers(btok))
+    assert r2.status_code == 200 and r2.json()["event_id"] != r.json()["event_id"]
+
+
+async def test_redacting_an_event_of_another_room_is_refused(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    h = auth_headers(atok)
+    room1 = await create_room(http, atok)
+    room2 = await create_room(http, atok)
+    eid = await send(http, atok, room1, {"msgtype": "m.text", "body": "keep me"})
+    r = await http.put(f"{V3}/rooms/{room2}/redact/{quote(eid)}/x1", json={}, headers=h)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM"
+    r = await http.get(f"{V3}/rooms/{room1}/event/{quote(eid)}", headers=h)
+    assert r.json()["content"]["body"] == "keep me"
+
+
+async def test_deleting_an_alias_removes_it_from_the_canonical_alias(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    h = auth_headers(atok)
+    room = await create_room(http, atok)
+    for name in ("#main:test.local", "#alt:test.local"):
+        r = await http.put(f"{V3}/directory/room/{quote(name)}", json={"room_id": room}, headers=h)
+        assert r.status_code == 200
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.canonical_alias", headers=h,
+                       json={"alias": "#main:test.local", "alt_aliases": ["#alt:test.local"]})
+    assert r.status_code == 200
+    await http.delete(f"{V3}/directory/room/{quote('#main:test.local')}", headers=h)
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.canonical_alias", headers=h)
+    assert r.json() == {"alt_aliases": ["#alt:test.local"]}
+    await http.delete(f"{V3}/directory/room/{quote('#alt:test.local')}", headers=h)
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.canonical_alias", headers=h)
+    assert r.json() == {"alt_aliases": []}
+
+
+async def test_context_in_a_room_never_joined_is_forbidden(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    _bob, btok, _ = await register(http)
+    room = await create_room(http, atok)
+    eid = await send(http, atok, room, {"msgtype": "m.text", "body": "private"})
+    r = await http.get(f"{V3}/rooms/{room}/context/{quote(eid)}", headers=auth_headers(btok))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    r = await http.get(f"{V3}/rooms/{room}/context/{quote(eid)}", headers=auth_headers(atok))
+    assert r.status_code == 200 and r.json()["event"]["event_id"] == eid
+
+
+async def test_out_of_range_numbers_in_events_are_bad_json(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    h = {**auth_headers(atok), "Content-Type": "application/json"}
+    room = await create_room(http, atok, room_version="6")
+    url = f"{V3}/rooms/{room}/send/sytest.dummy"
+    for raw in (b'{"body": 9007199254740992}', b'{"body": -9007199254740992}', b'{"body": 1.1}'):
+        r = await http.post(url, content=raw, headers=h)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON"), raw
+    for raw in (b'{"body": NaN}', b'{"body": Infinity}', b'{"body": -Infinity}'):
+        r = await http.post(url, content=raw, headers=h)
+        assert r.status_code == 400 and r.json()["errcode"] in ("M_NOT_JSON", "M_BAD_JSON"), raw
+    r = await http.post(url, content=b'{"body": 9007199254740991}', headers=h)
+    assert r.status_code == 200
+
+
+async def test_events_over_the_size_limit_are_413(http: httpx.AsyncClient) -> None:
+    _alice, atok, _ = await register(http)
+    h = auth_headers(atok)
+    room = await create_room(http, atok)
+    r = await http.post(f"{V3}/rooms/{room}/send/m.room.message",
+                        json={"msgtype": "m.text", "body": "A" * 70000}, headers=h)
+    assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE"
+    r = await http.put(f"{V3}/rooms/{room}/state/oooooooh", json={"key": "O" * 70000}, headers=h)
+    assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE"
+
+
+@pytest.mark.parametrize("new_version", ["10", "12"])
+async def test_upgrade_links_rooms_through_the_tombstone(
+    http: httpx.AsyncClient, new_version: str
+) -> None:
+    alice, atok, _ = await register(http)
+    h = auth_headers(atok)
+    old = await create_room(http, atok, preset="public_chat", name="Old", room_version="10")
+    # Personal settings for the old room, to be carried over.
+    await http.put(f"{V3}/user/{alice}/account_data/m.direct", json={alice: [old]}, headers=h)
+    await http.put(f"{V3}/user/{alice}/rooms/{old}/tags/u.work", json={"order": 0.5}, headers=h)
+    r = await http.put(f"{V3}/directory/room/{quote('#up:test.local')}", json={"room_id": old}, headers=h)
+    assert r.status_code == 200
+    r = await http.put(f"{V3}/rooms/{old}/state/m.room.canonical_alias",
+                       json={"alias": "#up:test.local"}, headers=h)
+    first = await sync(http, atok)
+    r = await http.post(f"{V3}/rooms/{old}/upgrade", json={"new_version": new_version}, headers=h)
+    assert r.status_code == 200, r.text
+    new = r.json()["replacement_room"]
+    after = await sync(http, atok, since=first["next_batch"])
+    tomb = after["rooms"]["join"][old]["timeline"]["events"][0]
+    assert tomb["type"] == "m.room.tombstone" and tomb["content"]["replacement_room"] == new
+    create = after["rooms"]["join"][new]["timeline"]["events"][0]
+    assert create["type"] == "m.room.create"
+    assert create["content"]["room_version"] == new_version
+    assert create["content"]["predecessor"]["room_id"] == old
+    if new_version != "12":
+        assert create["content"]["predecessor"]["event_id"] == tomb["event_id"]
+    # The new room got the state and the alias; the old one is closed to ordinary users.
+    r = await http.get(f"{V3}/rooms/{new}/state/m.room.name", headers=h)
+    assert r.json() == {"name": "Old"}
+    r = await http.get(f"{V3}/directory/room/{quote('#up:test.local')}", headers=h)
+    assert r.json()["room_id"] == new
+    r = await http.get(f"{V3}/rooms/{old}/state/m.room.power_levels", headers=h)
+    assert r.json()["events_default"] >= 50
+    r = await http.get(f"{V3}/user/{alice}/account_data/m.direct", headers=h)
+    assert r.json() == {alice: [old, new]}
+    r = await http.get(f"{V3}/user/{alice}/rooms/{new}/tags", headers=h)
+    assert r.json() == {"tags": {"u.work": {"order": 0.5}}}
+    # An unknown room cannot be upgraded (403, as for rooms one is not in).
+    r = await http.post(f"{V3}/rooms/!nope:unknown/upgrade", json={"new_version": "10"}, headers=h)
+    assert r.status_code == 403
+
+
+
+async def test_room_with_only_an_ignored_users_news_is_left_out_of_sync(
+    http: httpx.AsyncClient,
+) -> None:
+    alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    r = await http.put(f"{V3}/user/{alice}/account_data/m.ignored_user_list",
+                       json={"ignored_users": {bob: {}}}, headers=auth_headers(atok))
+    assert r.status_code == 200
+    first = await sync(http, atok)
+    await send(http, btok, room, {"msgtype": "m.text", "body": "ignored"})
+    after = await sync(http, atok, since=first["next_batch"])
+    assert room not in after.get("rooms", {}).get("join", {})
+    await send(http, atok, room, {"msgtype": "m.text", "body": "seen"})
+    after = await sync(http, atok, since=after["next_batch"])
+    assert timeline_bodies(after, room) == ["seen"]

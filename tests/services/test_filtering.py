@@ -63,6 +63,8 @@ def test_whole_filter() -> None:
         {"presence": {"types": "m.presence"}},
         {"room": {"timeline": []}},
         {"event_fields": [""]},
+        {"room": {"timeline": {"senders": ["not_a_sender_id"]}}},
+        {"presence": {"not_senders": ["alice"]}},
     ],
 )
 def test_invalid(bad: object) -> None:

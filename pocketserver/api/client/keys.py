@@ -2,7 +2,8 @@
 /keys/changes, /keys/device_signing/upload and /keys/signatures/upload.
 
 Thin: parse, call :class:`~pocketserver.services.e2ee.E2eeService`, answer. Every path
-is served under ``/_matrix/client/v3`` and the older ``r0`` prefix.
+is served under ``/_matrix/client/v3``; the two cross-signing uploads also under
+``/_matrix/client/unstable``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ bp = Blueprint("client_keys", __name__)
 PREFIXES = ("/_matrix/client/v3",)
 
 
-def client_route(path: str, methods: list[str]) -> Callable[[Any], Any]:
+# Cross-signing was served under the unstable prefix before Matrix 1.1 (MSC1756), and
+# clients of that time still call it there.
+UNSTABLE = "/_matrix/client/unstable"
+
+
+def client_route(
+    path: str, methods: list[str], prefixes: tuple[str, ...] = PREFIXES
+) -> Callable[[Any], Any]:
     def deco(fn: Any) -> Any:
-        for i, prefix in enumerate(PREFIXES):
+        for i, prefix in enumerate(prefixes):
             bp.add_url_rule(
                 prefix + path, endpoint=f"{fn.__name__}_{i}", view_func=fn, methods=methods
             )
@@ -80,7 +88,7 @@ async def keys_changes() -> Response:
     return json_response(await services().e2ee.key_changes(req.user_id, from_token, to_token))
 
 
-@client_route("/keys/device_signing/upload", ["POST"])
+@client_route("/keys/device_signing/upload", ["POST"], (*PREFIXES, UNSTABLE))
 async def device_signing_upload() -> Response:
     """POST /_matrix/client/v3/keys/device_signing/upload
 
@@ -106,7 +114,7 @@ async def device_signing_upload() -> Response:
     return json_response({})
 
 
-@client_route("/keys/signatures/upload", ["POST"])
+@client_route("/keys/signatures/upload", ["POST"], (*PREFIXES, UNSTABLE))
 async def signatures_upload() -> Response:
     """POST /_matrix/client/v3/keys/signatures/upload"""
     req = await require_auth()

@@ -1,6 +1,8 @@
 """Profiles: GET /profile/{userId}, GET/PUT/DELETE /profile/{userId}/{keyName}.
 
-Profiles are public to any authenticated user (the spec lets servers require auth).
+Reading a profile needs no access token (profile.yaml gives the GETs no security
+requirement: clients show names and avatars of users before logging in); a token that
+is sent is still checked.
 A change to ``displayname`` or ``avatar_url`` is propagated into the user's rooms by the
 hooks the rooms service registers on the accounts service.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from pocketserver.api.client.account import client_route
-from pocketserver.api.common import json_body, json_response, require_auth, services
+from pocketserver.api.common import json_body, json_response, optional_auth, require_auth, services
 
 bp = Blueprint("client_profile", __name__)
 
@@ -18,14 +20,14 @@ bp = Blueprint("client_profile", __name__)
 @client_route(bp, "/profile/<user_id>", ["GET"])
 async def get_profile(user_id: str) -> Response:
     """GET /_matrix/client/v3/profile/{userId}"""
-    await require_auth(allow_guest=True)
+    await optional_auth()
     return json_response(await services().accounts.get_profile(user_id))
 
 
 @client_route(bp, "/profile/<user_id>/<key>", ["GET"])
 async def get_profile_field(user_id: str, key: str) -> Response:
     """GET /_matrix/client/v3/profile/{userId}/{keyName}"""
-    await require_auth(allow_guest=True)
+    await optional_auth()
     return json_response(await services().accounts.get_profile_field(user_id, key))
 
 

@@ -53,18 +53,22 @@ async def create_room() -> Response:
 @client_route(bp, "/rooms/<room_id>/join", ["POST"])
 async def join_room_by_id(room_id: str) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/join"""
-    requester = await require_auth()
+    requester = await require_auth(allow_guest=True)
     body = await json_body(allow_empty=True)
-    rid = await services().rooms.join(requester, _room_id(room_id), reason=_reason(body))
+    rid = await services().rooms.join(
+        requester, _room_id(room_id), reason=_reason(body), content=body
+    )
     return json_response({"room_id": rid})
 
 
 @client_route(bp, "/join/<room_id_or_alias>", ["POST"])
 async def join_room(room_id_or_alias: str) -> Response:
     """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
-    requester = await require_auth()
+    requester = await require_auth(allow_guest=True)
     body = await json_body(allow_empty=True)
-    rid = await services().rooms.join(requester, room_id_or_alias, reason=_reason(body))
+    rid = await services().rooms.join(
+        requester, room_id_or_alias, reason=_reason(body), content=body
+    )
     return json_response({"room_id": rid})
 
 
@@ -82,7 +86,7 @@ async def knock(room_id_or_alias: str) -> Response:
 @client_route(bp, "/rooms/<room_id>/leave", ["POST"])
 async def leave(room_id: str) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/leave"""
-    requester = await require_auth()
+    requester = await require_auth(allow_guest=True)
     body = await json_body(allow_empty=True)
     await services().rooms.leave(requester, _room_id(room_id), _reason(body))
     return json_response({})
@@ -160,8 +164,13 @@ async def joined_rooms() -> Response:
 
 
 @client_route(bp, "/rooms/<room_id>/send/<event_type>/<txn_id>", ["PUT"])
-async def send_event(room_id: str, event_type: str, txn_id: str) -> Response:
-    """PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}"""
+@client_route(bp, "/rooms/<room_id>/send/<event_type>", ["POST"])
+async def send_event(room_id: str, event_type: str, txn_id: str | None = None) -> Response:
+    """PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}
+
+    Also ``POST .../send/{eventType}`` without a transaction ID (the form before r0 that
+    old clients and bots still use): every such request sends a new event.
+    """
     requester = await require_auth(allow_guest=True)
     body = await json_body()
     svc = services()
@@ -191,7 +200,7 @@ async def redact(room_id: str, event_id: str, txn_id: str) -> Response:
 @client_route(bp, "/rooms/<room_id>/state/<event_type>/<path:state_key>", ["PUT"])
 async def put_state(room_id: str, event_type: str, state_key: str = "") -> Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"""
-    requester = await require_auth()
+    requester = await require_auth(allow_guest=True)
     body = await json_body()
     svc = services()
     svc.ratelimiter.check("messages", requester.user_id)
