@@ -90,6 +90,7 @@ class _Exchange:
         self.ended = trio.Event()  # complete or disconnected
         self.taken_over = False  # the guard, not the app, reads what is left of the body
         self.final_sent = False
+        self._start: Message | None = None
         self._draining: set[trio.CancelScope] = set()
         self.nursery: trio.Nursery | None = None
 
@@ -146,16 +147,20 @@ class _Exchange:
                     message = _with_connection_close(message)
                     assert self.nursery is not None
                     self.nursery.start_soon(self._drain_rest)
+            # Held until the first body message: a head never goes out without it.
+            self._start = message
+            return
+        # Every write is shielded: hypercorn ends the exchange inside the last one
+        # (recycles or closes the connection, tells the app it is over), and the app's
+        # cancellation on that news (quart-trio's) must not cut a write, or that end,
+        # half-way. (Hypercorn shields its socket writes anyway.)
+        start, self._start = self._start, None
+        with trio.CancelScope(shield=True):
+            if start is not None:
+                await self._send(start)
             await self._send(message)
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            # Hypercorn ends the exchange inside this call (recycle or close the
-            # connection, tell the app it is over); a cancellation in there would
-            # leave the connection neither served nor closed.
-            with trio.CancelScope(shield=True):
-                await self._send(message)
+        if kind == "http.response.body" and not message.get("more_body", False):
             self.final_sent = True
-        else:
-            await self._send(message)
 
 
 def _with_connection_close(message: Message) -> Message:
@@ -230,7 +235,8 @@ class PocketH11Protocol(H11Protocol):
 
     async def handle(self, event: Any) -> None:
         if isinstance(event, Closed):
-            self._closing = True
+            # The reader saw the end (or hypercorn is about to close): no head is coming.
+            # Writes stay allowed: a client that only shut its side still reads.
             self._cancel_head_timer()
         await super().handle(event)
         if self._head_timer is not None and self._head_count != self.keep_alive_requests:

@@ -1,4 +1,4 @@
-"""server.py: the h11 receive-buffer fast path behaves exactly like h11's own."""
+"""server.py and http_layer.py: the h11 receive-buffer fast path behaves exactly like h11's own."""
 
 from __future__ import annotations
 
