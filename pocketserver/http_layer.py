@@ -12,7 +12,8 @@ What this module owns, and why each part exists:
   connection whose request body is still arriving without ``Connection: close`` in the
   answer. The guard therefore (a) reads and drops the rest of an unread body before the
   answer starts, up to :data:`DRAIN_BYTES` within :data:`DRAIN_SECONDS`, so the
-  connection stays usable, (b) otherwise puts ``Connection: close`` in the answer and
+  connection stays usable (not when the answer itself already closes the connection,
+  as a refused oversized upload does), (b) otherwise puts ``Connection: close`` in the answer and
   keeps draining until hypercorn has closed the connection, so no task waits on a full
   body queue, and (c) shields the last ``send`` from cancellation, so hypercorn always
   finishes what it does there.
@@ -141,7 +142,10 @@ class _Exchange:
         if kind == "http.response.start":
             if not self.ended.is_set():
                 self.taken_over = True
-                if self.declared is None or self.declared <= DRAIN_BYTES:
+                # An answer that already closes the connection (a route refusing a
+                # body it will not read) is not held up for that body.
+                closes = _closes(message)
+                if not closes and (self.declared is None or self.declared <= DRAIN_BYTES):
                     await self._drain(limit=DRAIN_BYTES, seconds=DRAIN_SECONDS)
                 if not self.ended.is_set():
                     message = _with_connection_close(message)
@@ -163,12 +167,17 @@ class _Exchange:
             self.final_sent = True
 
 
+def _closes(message: Message) -> bool:
+    return any(
+        bytes(name).lower() == b"connection" and b"close" in bytes(value).lower()
+        for name, value in message.get("headers", [])
+    )
+
+
 def _with_connection_close(message: Message) -> Message:
-    headers = list(message.get("headers", []))
-    for name, value in headers:
-        if bytes(name).lower() == b"connection" and b"close" in bytes(value).lower():
-            return message
-    return {**message, "headers": [*headers, (b"connection", b"close")]}
+    if _closes(message):
+        return message
+    return {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
 
 
 def _declared_length(scope: dict[str, Any]) -> int | None:
