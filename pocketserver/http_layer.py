@@ -16,7 +16,8 @@ What this module owns, and why each part exists:
   as a refused oversized upload does), (b) otherwise puts ``Connection: close`` in the answer and
   keeps draining until hypercorn has closed the connection, so no task waits on a full
   body queue, and (c) shields the last ``send`` from cancellation, so hypercorn always
-  finishes what it does there.
+  finishes what it does there (before, that cancellation also skipped restarting the
+  keep-alive timer after every answer, so idle connections were never closed).
 - :class:`PocketH11Protocol`, hypercorn's HTTP/1.1 protocol with three changes: a
   request head must arrive within :data:`HEAD_TIMEOUT_S` of its first byte (hypercorn
   only has the 75 s keep-alive timeout, which a client dribbling a head byte by byte
@@ -59,6 +60,8 @@ DRAIN_BYTES = 16 * 1024 * 1024
 DRAIN_SECONDS = 10.0
 # A request head must be complete this long after its first byte arrived.
 HEAD_TIMEOUT_S = 10.0
+# An idle keep-alive connection is closed after this long (hypercorn's setting).
+KEEP_ALIVE_S = 75.0
 
 # A response head is written together with a body piece up to this size.
 _COALESCE_MAX = 64 * 1024

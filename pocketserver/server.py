@@ -89,7 +89,7 @@ def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = 10.0
-    hc.keep_alive_timeout = 75.0
+    hc.keep_alive_timeout = http_layer.KEEP_ALIVE_S
     hc.include_server_header = False
     hc.h11_max_incomplete_size = 64 * 1024
     return hc

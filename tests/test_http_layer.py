@@ -401,6 +401,27 @@ async def test_a_request_head_that_dribbles_in_is_cut_off(
     await conn.aclose()
 
 
+@pytest.fixture
+def short_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_layer, "KEEP_ALIVE_S", 0.5)
+
+
+async def test_an_idle_keep_alive_connection_is_closed(short_keep_alive: None, served: RunningServer) -> None:
+    """After an answer (early or not) the keep-alive timer runs again: an idle
+    connection is closed, not kept for ever."""
+    for i in range(REPEATS):
+        conn = await Conn.open(_port(served))
+        with trio.fail_after(BOUND_S):
+            if i % 2:
+                await conn.send(_post("/_matrix/client/v3/nowhere", 100_000) + b"k" * 100_000)
+            else:
+                await conn.send(VERSIONS)
+            answer = await conn.final_answer()
+            assert answer is not None and not answer.closes
+            assert await conn.closed()
+        await conn.aclose()
+
+
 def test_the_patched_packages_are_the_pinned_versions() -> None:
     """The speed patches and PocketH11Protocol replace private code of exactly these
     releases; pyproject.toml pins them, and they are what is installed."""
