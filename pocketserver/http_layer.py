@@ -13,11 +13,13 @@ What this module owns, and why each part exists:
   answer. The guard therefore (a) reads and drops the rest of an unread body before the
   answer starts, up to :data:`DRAIN_BYTES` within :data:`DRAIN_SECONDS`, so the
   connection stays usable (not when the answer itself already closes the connection,
-  as a refused oversized upload does), (b) otherwise puts ``Connection: close`` in the answer and
-  keeps draining until hypercorn has closed the connection, so no task waits on a full
-  body queue, and (c) shields the last ``send`` from cancellation, so hypercorn always
-  finishes what it does there (before, that cancellation also skipped restarting the
-  keep-alive timer after every answer, so idle connections were never closed).
+  as a refused oversized upload does), (b) otherwise puts ``Connection: close`` in the
+  answer and keeps draining until hypercorn has closed the connection, so no task waits on a full
+  body queue, and (c) shields every write of the answer from cancellation (the head
+  waits for its first body piece), so an answer is never cut half-way and hypercorn
+  always finishes what it does in the last one (before, that cancellation also skipped
+  restarting the keep-alive timer after every answer: idle connections were never
+  closed).
 - :class:`PocketH11Protocol`, hypercorn's HTTP/1.1 protocol with three changes: a
   request head must arrive within :data:`HEAD_TIMEOUT_S` of its first byte (hypercorn
   only has the 75 s keep-alive timeout, which a client dribbling a head byte by byte
