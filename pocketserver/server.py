@@ -65,145 +65,6 @@ class _ResourceFilter:
         await self.app(scope, receive, send)
 
 
-# Bytes hypercorn asks the socket for per read. Its default (64 KiB) makes a 50 MB upload
-# 800 trips through h11 and the event loop; 256 KiB quarters that, and a read only
-# allocates what actually arrived.
-READ_SIZE = 256 * 1024
-
-
-# -- h11 receive buffer: fewer copies of a request body ------------------------------
-#
-# h11 (0.14 to 0.16) copies every byte of a body four times before hypercorn hands it
-# to the application: into its bytearray buffer, twice more slicing it out (once only
-# to test for emptiness), and hypercorn's ``bytes()`` of the result. During an upload a
-# socket read is usually all body, so these three methods keep the ``bytes`` a read
-# returned as the buffer until something must cut it, and hand the whole buffer out as
-# the body piece. Every result and every state afterwards is h11's own (tests compare
-# them operation by operation); anything that cuts a partial buffer runs h11's code.
-
-_H11_ORIGINALS: dict[str, Any] = {}
-
-
-def _buffer_iadd(self: Any, byteslike: Any) -> Any:
-    if not self._data and type(byteslike) is bytes:
-        self._data = byteslike  # held as is until something must cut it
-        return self
-    if type(self._data) is not bytearray:
-        self._data = bytearray(self._data)
-    self._data += byteslike
-    return self
-
-
-def _buffer_extract(self: Any, count: int) -> Any:
-    if type(self._data) is not bytearray:
-        self._data = bytearray(self._data)
-    return _H11_ORIGINALS["_extract"](self, count)
-
-
-def _buffer_extract_at_most(self: Any, count: int) -> Any:
-    data = self._data
-    if data and count >= len(data):
-        self._data = bytearray()
-        self._next_line_search = 0
-        self._multiple_lines_search = 0
-        return data
-    return _H11_ORIGINALS["maybe_extract_at_most"](self, count)
-
-
-_H11_PATCHES = {
-    "__iadd__": _buffer_iadd,
-    "_extract": _buffer_extract,
-    "maybe_extract_at_most": _buffer_extract_at_most,
-}
-
-
-def patch_h11_body_reads() -> bool:
-    """Install the three methods above, if h11's buffer is the one they were written for."""
-    from h11 import _receivebuffer
-
-    cls = _receivebuffer.ReceiveBuffer
-    if _H11_ORIGINALS:
-        return True
-    probe = cls()
-    fields = ("_data", "_next_line_search", "_multiple_lines_search")
-    if not all(hasattr(probe, f) for f in fields) or not all(hasattr(cls, m) for m in _H11_PATCHES):
-        return False
-    for name, fn in _H11_PATCHES.items():
-        _H11_ORIGINALS[name] = getattr(cls, name)
-        setattr(cls, name, fn)
-    return True
-
-
-def unpatch_h11_body_reads() -> None:
-    """For tests: h11's own methods back."""
-    from h11 import _receivebuffer
-
-    for name, fn in _H11_ORIGINALS.items():
-        setattr(_receivebuffer.ReceiveBuffer, name, fn)
-    _H11_ORIGINALS.clear()
-
-
-# -- hypercorn: a response's head and its body in one write ----------------------------
-#
-# hypercorn writes an HTTP/1.1 response head as soon as the application starts the
-# response, and its body in a second write. On a small answer (almost every Matrix
-# call) that is one system call, and one loopback segment with its wake-up of the
-# client, too many: the head is held until the first piece of the body (or the end of
-# the response) and goes out with it. A large body piece is written after the head, not
-# copied onto it.
-
-_COALESCE_MAX = 64 * 1024
-# Set by patch_hypercorn_response_writes: hypercorn's method, h11, hypercorn's RawData.
-_hypercorn_send_event: Any = None
-_h11: Any = None
-_RawData: Any = None
-
-
-def _h11_bytes(self: Any, event: Any) -> bytes | None:
-    """hypercorn's handling of an event h11 refuses once the peer has erred."""
-    try:
-        data: bytes = self.connection.send(event)
-        return data
-    except _h11.LocalProtocolError:
-        if self.connection.their_state != _h11.ERROR:
-            raise
-        return None
-
-
-async def _send_h11_event_coalesced(self: Any, event: Any) -> None:
-    head = self.__dict__.pop("_pocket_head", None)
-    if head is None:
-        if type(event) is _h11.Response:
-            self._pocket_head = _h11_bytes(self, event)
-        else:
-            await _hypercorn_send_event(self, event)
-        return
-    data = _h11_bytes(self, event) or b""
-    if len(data) > _COALESCE_MAX:
-        await self.send(_RawData(data=head))
-        await self.send(_RawData(data=data))
-    else:
-        await self.send(_RawData(data=head + data))
-
-
-def patch_hypercorn_response_writes() -> bool:
-    """Install :func:`_send_h11_event_coalesced` if hypercorn's H11Protocol has the method
-    it replaces."""
-    global _hypercorn_send_event, _h11, _RawData
-    import h11
-    from hypercorn.events import RawData
-    from hypercorn.protocol.h11 import H11Protocol
-
-    if _hypercorn_send_event is not None:
-        return True
-    original = getattr(H11Protocol, "_send_h11_event", None)
-    if original is None or not hasattr(H11Protocol, "stream_send"):
-        return False
-    _hypercorn_send_event, _h11, _RawData = original, h11, RawData
-    H11Protocol._send_h11_event = _send_h11_event_coalesced  # type: ignore[method-assign]
-    return True
-
-
 # How long a thread may hold the GIL while another waits (CPython's default: 5 ms). The
 # event loop and the database threads hand work back and forth many times a request,
 # each time waiting for the GIL; 1 ms cuts those waits (+10% upload throughput in
@@ -217,13 +78,11 @@ def tune_interpreter() -> None:
 
 
 def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
-    import hypercorn.trio.tcp_server
     from hypercorn.config import Config as HConfig
 
-    # A module constant in hypercorn, read at each receive (there is no setting for it).
-    hypercorn.trio.tcp_server.MAX_RECV = READ_SIZE
-    patch_h11_body_reads()
-    patch_hypercorn_response_writes()
+    from pocketserver import http_layer
+
+    http_layer.install()
 
     hc = HConfig()
     host = lst.address
@@ -236,7 +95,7 @@ def _hypercorn_config(cfg: Config, lst: ListenerConfig) -> Any:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = 10.0
-    hc.keep_alive_timeout = 75.0
+    hc.keep_alive_timeout = http_layer.KEEP_ALIVE_S
     hc.include_server_header = False
     hc.h11_max_incomplete_size = 64 * 1024
     return hc
@@ -375,6 +234,7 @@ async def run_server(
     from hypercorn.utils import wrap_app
 
     from pocketserver.app import create_app
+    from pocketserver.http_layer import EarlyAnswerGuard
     from pocketserver.services import build_services
 
     started = trio.current_time()
@@ -417,7 +277,7 @@ async def run_server(
                         notes.append(f"created self-signed TLS certificate {cfg.path('tls_cert')}")
                         cert_needed = False
                     wrapped = wrap_app(
-                        _ResourceFilter(app, lst.resources),  # type: ignore[arg-type]
+                        EarlyAnswerGuard(_ResourceFilter(app, lst.resources)),  # type: ignore[arg-type]
                         hc.wsgi_max_body_size,
                         "asgi",
                     )

@@ -1,4 +1,4 @@
-"""server.py: the h11 receive-buffer fast path behaves exactly like h11's own."""
+"""server.py and http_layer.py: the h11 receive-buffer fast path behaves exactly like h11's own."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from h11 import _receivebuffer
 
-from pocketserver import server
+from pocketserver import http_layer, server
 from tests.interop.conftest import start_pocketserver
 
 Buffer = _receivebuffer.ReceiveBuffer
@@ -25,12 +25,12 @@ Buffer = _receivebuffer.ReceiveBuffer
 def unpatched() -> Iterator[None]:
     """h11's own methods for the test (another test may have patched them), then the
     state the test found."""
-    was = bool(server._H11_ORIGINALS)
-    server.unpatch_h11_body_reads()
+    was = bool(http_layer._H11_ORIGINALS)
+    http_layer.unpatch_h11_body_reads()
     yield
-    server.unpatch_h11_body_reads()
+    http_layer.unpatch_h11_body_reads()
     if was:
-        server.patch_h11_body_reads()
+        http_layer.patch_h11_body_reads()
 
 
 def _state(buf: Buffer) -> tuple[bytes, int, int]:
@@ -64,7 +64,7 @@ def _run_ops(seed: int) -> list[object]:
 
 def test_patched_buffer_matches_h11_on_random_operations(unpatched: None) -> None:
     plain = [_run_ops(seed) for seed in range(400)]
-    assert server.patch_h11_body_reads()
+    assert http_layer.patch_h11_body_reads()
     assert [_run_ops(seed) for seed in range(400)] == plain
 
 
@@ -95,7 +95,7 @@ def test_h11_parses_bodies_chunks_and_pipelining_the_same_when_patched(unpatched
         + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     plain = {step: _parse(wire, step) for step in (1, 3, 7001, 65536, len(wire))}
-    assert server.patch_h11_body_reads()
+    assert http_layer.patch_h11_body_reads()
     for step, events in plain.items():
         assert _parse(wire, step) == events
     events = plain[7001]
@@ -104,7 +104,7 @@ def test_h11_parses_bodies_chunks_and_pipelining_the_same_when_patched(unpatched
 
 
 def test_a_read_that_is_all_body_is_handed_on_without_a_copy(unpatched: None) -> None:
-    assert server.patch_h11_body_reads()
+    assert http_layer.patch_h11_body_reads()
     buf = Buffer()
     piece = bytes(100_000)
     buf += piece

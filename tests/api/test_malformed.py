@@ -235,6 +235,7 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         ("POST", "/rooms/<room_id>/kick"): {"user_id": bob, "reason": "r"},
         ("POST", "/rooms/<room_id>/ban"): {"user_id": bob, "reason": "r"},
         ("POST", "/rooms/<room_id>/unban"): {"user_id": bob, "reason": "r"},
+        ("POST", "/rooms/<room_id>/send/<event_type>"): {"msgtype": "m.text", "body": "hi"},
         ("PUT", "/rooms/<room_id>/send/<event_type>/<txn_id>"): {
             "msgtype": "m.text",
             "body": "hi",
