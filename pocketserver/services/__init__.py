@@ -21,6 +21,7 @@ from pocketserver.services.key_backup import KeyBackupService
 from pocketserver.services.media import MediaService
 from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
+from pocketserver.services.passwords import PasswordHasher
 from pocketserver.services.presence import PresenceService
 from pocketserver.services.push import PushService
 from pocketserver.services.ratelimit import RateLimiter
@@ -76,8 +77,9 @@ def build_services(
     notifier = Notifier()
     auth = AuthService(db, clock)
     ratelimiter = RateLimiter(config.rate_limits, clock)
-    uia = UIAService(db, clock, config.server_name)
-    accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter)
+    passwords = PasswordHasher(config.accounts.password_hash_threads)
+    uia = UIAService(db, clock, config.server_name, passwords)
+    accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter, passwords)
     presence = PresenceService(db, clock, notifier)
     media = MediaService(config, db, clock)
     e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
