@@ -35,7 +35,7 @@ class TypingTracker:
         self._rooms: dict[str, _RoomTyping] = {}
 
     def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
-        self._expire()
+        self.expire()
         room = self._rooms.setdefault(room_id, _RoomTyping())
         changed = False
         if typing:
@@ -49,7 +49,9 @@ class TypingTracker:
             self.notifier.notify_ephemeral()
             room.serial = self.notifier.ephemeral_serial
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Drop typing users whose timeout passed and wake /sync for their rooms. On the
+        event loop only: it notifies, and it changes what :meth:`typing_since` reads."""
         now = self.clock.monotonic()
         expired_any = False
         for room_id, room in list(self._rooms.items()):
@@ -66,14 +68,19 @@ class TypingTracker:
             self.notifier.notify()
 
     def typing_since(self, room_id: str, since_serial: int | None) -> list[str] | None:
-        """The room's typing users if they changed after ``since_serial`` (None: unchanged)."""
-        self._expire()
+        """The room's typing users if they changed after ``since_serial`` (None: unchanged).
+
+        Called by /sync inside its read transaction, on a worker thread: it only reads
+        (the caller runs :meth:`expire` on the event loop first), and leaves out users
+        whose timeout passed since.
+        """
         room = self._rooms.get(room_id)
         if room is None:
             return [] if since_serial is None else None
         if since_serial is not None and room.serial <= since_serial:
             return None
-        return sorted(room.users)
+        now = self.clock.monotonic()
+        return sorted(u for u, exp in list(room.users.items()) if exp > now)
 
     def next_expiry_in(self) -> float | None:
         soonest = None

@@ -119,6 +119,7 @@ class SyncService:
         token = SyncToken.parse(since) if since else None
         deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
         while True:
+            self.typing.expire()  # here, on the event loop: the read below runs in a thread
             changed = self.notifier.change_event()
             typing_serial = self.notifier.ephemeral_serial
             upto, response = await self.db.read(
