@@ -31,6 +31,7 @@ class RunningServer:
 
     services: Any
     urls: list[str] = field(default_factory=list)
+    app: Any = None
     stop: trio.Event = field(default_factory=trio.Event)
 
 
@@ -300,7 +301,7 @@ async def run_server(
     if services_hook is not None:
         services_hook(services)
     app = create_app(services)
-    running = RunningServer(services=services)
+    running = RunningServer(services=services, app=app)
     try:
         async with trio.open_nursery() as root:
             if handle_signals:
