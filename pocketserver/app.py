@@ -11,10 +11,12 @@ import logging
 from typing import Any
 from urllib.parse import unquote
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from pocketserver.api.client.media import STREAMED_BODY_SCOPE_KEY
 from pocketserver.api.common import CORS_HEADERS, BodyLimit, json_response
 from pocketserver.errors import MatrixError
 from pocketserver.services import Services
@@ -52,9 +54,56 @@ class _PathMiddleware:
         await self.app(scope, receive, send)
 
 
+# Request bodies larger than this are read one request at a time (see _LargeBodies).
+LARGE_BODY = 1024 * 1024
+# The largest body any JSON route accepts (key backup uploads: api/client/key_backup.py);
+# Quart stops buffering a body past it. Each route refuses what is over its own limit.
+MAX_BUFFERED_BODY = 64 * 1024 * 1024
+
+
+class _LargeBodies:
+    """Requests with a large body are served one at a time.
+
+    Quart reads a JSON request's body whole, and parsing it makes several times its
+    size in Python objects while the handler runs, so the memory of concurrent large
+    requests (to-device bursts, key backup uploads, up to tens of MiB) would add up.
+    A request whose declared Content-Length is over :data:`LARGE_BODY`, or that has a
+    chunked body of unknown length, waits for this server-wide limiter before Quart
+    sees it, and holds it until it is answered; until then its body stays in the
+    socket and hypercorn's small bounded queue. Everything else, and the media uploads
+    that stream their bodies (api/client/media.py), passes at once.
+    """
+
+    def __init__(self, app: Any, slots: int = 1) -> None:
+        self.app = app
+        self.limiter = trio.CapacityLimiter(slots)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and STREAMED_BODY_SCOPE_KEY not in scope and _is_large(scope):
+            async with self.limiter:
+                await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_large(scope: dict[str, Any]) -> bool:
+    for name, value in scope.get("headers", ()):
+        name = name.lower()
+        if name == b"content-length":
+            try:
+                return int(value) > LARGE_BODY
+            except ValueError:
+                return True
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
 def create_app(services: Services) -> QuartTrio:
     app = QuartTrio("pocketserver")
-    app.config["MAX_CONTENT_LENGTH"] = None  # bodies are limited per route (media streams)
+    # Quart buffers a body as fast as it arrives: never more than this (media uploads
+    # stream theirs, and each JSON route refuses what is over its own limit).
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BUFFERED_BODY
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     app.config["JSON_SORT_KEYS"] = False
     app.url_map.strict_slashes = False
@@ -109,6 +158,9 @@ def create_app(services: Services) -> QuartTrio:
 
     from pocketserver.api import register_blueprints
 
+    # Inside the media module's streaming of uploads, which marks the scopes it streams.
+    app.asgi_app = _LargeBodies(app.asgi_app)  # type: ignore[method-assign,assignment]
+    app.extensions["pocketserver.large_bodies"] = app.asgi_app
     register_blueprints(app)
     app.asgi_app = BodyLimit(_PathMiddleware(app.asgi_app))  # type: ignore[method-assign,assignment]
     return app

@@ -47,6 +47,10 @@ class RegistrationConfig:
 class AccountsConfig:
     # Lifetime of access tokens given to clients that accept refresh tokens (refresh_token: true).
     refreshable_access_token_lifetime_ms: int = 5 * 60 * 1000
+    # Password hashes (argon2id, 32 MiB each: one per registration and login attempt)
+    # computed at once; more requests wait. Each one more adds up to 32 MiB to the
+    # server's peak memory under a burst of logins.
+    password_hash_threads: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +284,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"media.url_preview_ip_allowlist[{i}]: not a CIDR range") from None
     if cfg.accounts.refreshable_access_token_lifetime_ms < 1000:
         raise ConfigError("accounts.refreshable_access_token_lifetime_ms: must be at least 1000")
+    if not 1 <= cfg.accounts.password_hash_threads <= 64:
+        raise ConfigError("accounts.password_hash_threads: must be 1-64")
     if cfg.caches.event_cache_size < 1:
         raise ConfigError("caches.event_cache_size: must be at least 1")
     if cfg.caches.database_cache_kib < 64:
@@ -350,6 +356,11 @@ resources = ["federation"]
 # Unset: open while every listener is on loopback, closed otherwise.
 # mode = "token"
 allow_guests = false
+
+[accounts]
+refreshable_access_token_lifetime_ms = 300000
+# Password hashes computed at once (each takes 32 MiB while it runs).
+password_hash_threads = 1
 
 [rate_limits]
 enabled = true

@@ -23,6 +23,7 @@ from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.openid import OpenIdService
 from pocketserver.services.outbound import Outbound
+from pocketserver.services.passwords import PasswordHasher
 from pocketserver.services.presence import PresenceService
 from pocketserver.services.push import PushService
 from pocketserver.services.ratelimit import RateLimiter
@@ -79,8 +80,9 @@ def build_services(
     notifier = Notifier()
     auth = AuthService(db, clock)
     ratelimiter = RateLimiter(config.rate_limits, clock)
-    uia = UIAService(db, clock, config.server_name)
-    accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter)
+    passwords = PasswordHasher(config.accounts.password_hash_threads)
+    uia = UIAService(db, clock, config.server_name, passwords)
+    accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter, passwords)
     presence = PresenceService(db, clock, notifier)
     # The one opener of outbound connections: one TLS context from [federation].
     outbound = Outbound(config.federation)

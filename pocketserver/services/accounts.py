@@ -35,7 +35,7 @@ from pocketserver.services.auth import Requester, hash_token, new_device_id, new
 from pocketserver.services.clock import Clock
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.params import digits
-from pocketserver.services.passwords import check_password, hash_password
+from pocketserver.services.passwords import PasswordHasher
 from pocketserver.services.ratelimit import RateLimiter
 from pocketserver.services.uia import (
     DUMMY,
@@ -209,8 +209,10 @@ class AccountsService:
         notifier: Notifier,
         uia: UIAService,
         ratelimiter: RateLimiter,
+        passwords: PasswordHasher,
     ) -> None:
         self.config = config
+        self.passwords = passwords
         self.db = db
         self.clock = clock
         self.notifier = notifier
@@ -377,7 +379,7 @@ class AccountsService:
 
         pw_hash: str | None = None
         if password:
-            pw_hash = await hash_password(password)
+            pw_hash = await self.passwords.hash(password)
         elif isinstance(earlier.get("password_hash"), str):
             pw_hash = earlier["password_hash"]
         try:
@@ -491,7 +493,7 @@ class AccountsService:
         self.ratelimiter.check("login", user_id)
         user = await self.db.read(accounts.get_user, user_id)
         stored = user.get("password_hash") if user else None
-        if user is None or not await check_password(password, stored if isinstance(stored, str) else None):
+        if user is None or not await self.passwords.check(password, stored if isinstance(stored, str) else None):
             if user is not None and user["deactivated"]:
                 raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
             raise Forbidden("Invalid username or password")
@@ -551,7 +553,7 @@ class AccountsService:
         )
         if not new_password:
             raise MissingParam("Missing 'new_password'")
-        pw_hash = await hash_password(new_password)
+        pw_hash = await self.passwords.hash(new_password)
         deleted = await self.db.write(
             _set_password_txn, requester.user_id, pw_hash, requester.device_id,
             requester.token_hash, logout_devices, result,

@@ -4,10 +4,8 @@ Typing is ephemeral by nature: a restart forgets who was typing, which is what e
 client expects. Each room keeps the serial of its last change so /sync sends m.typing
 only for rooms whose typing set changed since the client's token.
 
-The tracker is read from two threads: the event loop (``PUT /typing``, the long-poll's
-expiry timer) and /sync's read transaction, which runs in a database worker thread and
-expires entries as it reads them. One lock guards its state; the notifier it wakes is
-safe to call from either.
+Expiry runs on the event loop only (it wakes the notifier); /sync's read transaction,
+on a database worker thread, only reads. One lock guards the tracker's state.
 """
 
 from __future__ import annotations
@@ -42,11 +40,13 @@ class TypingTracker:
         self._lock = threading.Lock()
 
     def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+        self.expire()
         with self._lock:
-            self._set_typing(room_id, user_id, typing, timeout_ms)
+            changed = self._set_typing(room_id, user_id, typing, timeout_ms)
+        if changed:
+            self.notifier.notify()
 
-    def _set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
-        self._expire()
+    def _set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> bool:
         room = self._rooms.setdefault(room_id, _RoomTyping())
         changed = False
         if typing:
@@ -57,11 +57,21 @@ class TypingTracker:
             del room.users[user_id]
             changed = True
         if changed:
-            self.notifier.notify_ephemeral()
+            self.notifier.ephemeral_serial += 1
             room.serial = self.notifier.ephemeral_serial
+        return changed
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Drop typing users whose timeout passed and wake /sync for their rooms. On the
+        event loop only: it notifies, and it changes what :meth:`typing_since` reads."""
         now = self.clock.monotonic()
+        expired_any = False
+        with self._lock:
+            expired_any = self._expire_locked(now)
+        if expired_any:
+            self.notifier.notify()
+
+    def _expire_locked(self, now: float) -> bool:
         expired_any = False
         for room_id, room in list(self._rooms.items()):
             gone = [u for u, exp in room.users.items() if exp <= now]
@@ -73,22 +83,23 @@ class TypingTracker:
                 room.serial = self.notifier.ephemeral_serial
             if not room.users and not gone and room.serial < self.notifier.ephemeral_serial - 1000:
                 del self._rooms[room_id]
-        if expired_any:
-            self.notifier.notify()
+        return expired_any
 
     def typing_since(self, room_id: str, since_serial: int | None) -> list[str] | None:
-        """The room's typing users if they changed after ``since_serial`` (None: unchanged)."""
-        with self._lock:
-            return self._typing_since(room_id, since_serial)
+        """The room's typing users if they changed after ``since_serial`` (None: unchanged).
 
-    def _typing_since(self, room_id: str, since_serial: int | None) -> list[str] | None:
-        self._expire()
-        room = self._rooms.get(room_id)
-        if room is None:
-            return [] if since_serial is None else None
-        if since_serial is not None and room.serial <= since_serial:
-            return None
-        return sorted(room.users)
+        Called by /sync inside its read transaction, on a worker thread: it only reads
+        (the caller runs :meth:`expire` on the event loop first), and leaves out users
+        whose timeout passed since.
+        """
+        now = self.clock.monotonic()
+        with self._lock:
+            room = self._rooms.get(room_id)
+            if room is None:
+                return [] if since_serial is None else None
+            if since_serial is not None and room.serial <= since_serial:
+                return None
+            return sorted(u for u, exp in room.users.items() if exp > now)
 
     def next_expiry_in(self) -> float | None:
         soonest = None

@@ -9,10 +9,16 @@ Per joined room the timeline is the newest ``limit`` events after the token (``l
 with a ``prev_batch`` when more were skipped); ``state`` is what the client needs to
 know about the state at the start of that timeline and does not know yet. A sync with
 nothing to say waits on the :class:`Notifier` until something arrives or the timeout.
+
+Memory: an initial (or ``full_state``) sync holds every room's state and timeline as
+Python objects until its answer is encoded, a megabyte or more for a user in a large
+room, so at most :data:`FULL_SYNCS_AT_ONCE` are built at once (:meth:`SyncService.slot`;
+the route holds it until its answer is encoded). Incremental syncs, small, never wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +51,7 @@ DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 200
 MAX_TIMEOUT_S = 300.0
 EVENT_STREAM_LIMIT = 100
+FULL_SYNCS_AT_ONCE = 2
 INVITE_STATE_TYPES = (
     "m.room.create",
     "m.room.join_rules",
@@ -99,9 +106,17 @@ class SyncService:
         self.clock = clock
         self.notifier = notifier
         self.typing = typing
+        self.full_syncs = trio.CapacityLimiter(FULL_SYNCS_AT_ONCE)
         self.extensions: list[SyncExtension] = []
         # (conn, user_id, room_id) -> (notification_count, highlight_count)
         self.unread_counter: UnreadCounter = default_unread_counts
+
+    def slot(self, since: str | None, full_state: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        """What a /sync request holds while its answer is built and encoded: one of the
+        :data:`FULL_SYNCS_AT_ONCE` slots for an initial or ``full_state`` sync."""
+        if not since or full_state:
+            return self.full_syncs
+        return contextlib.nullcontext()
 
     async def sync(
         self,
@@ -120,6 +135,7 @@ class SyncService:
         token = SyncToken.parse(since) if since else None
         deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
         while True:
+            self.typing.expire()  # here, on the event loop: the read below runs in a thread
             changed = self.notifier.change_event()
             typing_serial = self.notifier.ephemeral_serial
             upto, response = await self.db.read(

@@ -23,7 +23,7 @@ from typing import Any
 
 from pocketserver.errors import MatrixError
 from pocketserver.services.clock import Clock
-from pocketserver.services.passwords import check_password
+from pocketserver.services.passwords import PasswordHasher
 from pocketserver.storage import accounts
 from pocketserver.storage import uia as uia_store
 from pocketserver.storage.database import Conn, Database
@@ -117,8 +117,11 @@ def password_identifier_user(auth: Mapping[str, Any], server_name: str) -> str |
 
 
 class UIAService:
-    def __init__(self, db: Database, clock: Clock, server_name: str) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, server_name: str, passwords: PasswordHasher
+    ) -> None:
         self.db = db
+        self.passwords = passwords
         self.clock = clock
         self.server_name = server_name
 
@@ -234,7 +237,7 @@ class UIAService:
                 raise MatrixError(403, "M_FORBIDDEN", "You can only authenticate as yourself")
             user = await self.db.read(accounts.get_user, named)
             stored = user["password_hash"] if user and not user["deactivated"] else None
-            if not await check_password(password, stored if isinstance(stored, str) else None):
+            if not await self.passwords.check(password, stored if isinstance(stored, str) else None):
                 raise fail("M_FORBIDDEN", "Invalid password")
             return await self.db.write(uia_store.add_completed_stage, session_id, PASSWORD)
         if stage == REGISTRATION_TOKEN:

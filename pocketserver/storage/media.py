@@ -10,11 +10,17 @@ and are swept by :func:`sweep_incomplete_content`.
 Chunks are zstd frames only when that made them smaller. :func:`decode_chunk` refuses a
 frame whose declared size is not the recorded raw size before allocating anything, so a
 crafted blob cannot make the server allocate more than one chunk.
+
+The codec keeps one zstd compression context and one decompression context for the
+process (a context is a megabyte or more of workspace), each behind a lock: a context
+must never be used by two threads at once (python-zstandard's instances are not
+thread-safe), and uploads encode and readers decode on worker threads.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +41,9 @@ class CorruptChunk(Exception):
 
 _cctx: Any = None
 _dctx: Any = None
+# Around every use of _cctx and _probe, and of _dctx (see the module's docstring).
+_ENCODE_LOCK = threading.Lock()
+_DECODE_LOCK = threading.Lock()
 _INSERT_CHUNK = (
     "INSERT INTO media_chunks (content_id, seq, compressed, raw_size, data) VALUES (?, ?, ?, ?, ?)"
 )
@@ -62,7 +71,9 @@ def _sample_incompressible(sample: bytes | memoryview) -> bool:
         import zstandard
 
         _probe = zstandard.ZstdCompressor(level=1, write_content_size=False)
-    return len(_probe.compress(sample)) > len(sample) - len(sample) // 32
+    with _ENCODE_LOCK:
+        probed = len(_probe.compress(sample))
+    return probed > len(sample) - len(sample) // 32
 
 
 def encode_chunk(raw: bytes) -> tuple[bool, bytes]:
@@ -77,7 +88,9 @@ def encode_chunk(raw: bytes) -> tuple[bool, bytes]:
         mid = len(raw) // 2
         if _sample_incompressible(memoryview(raw)[mid : mid + _SAMPLE]):
             return False, raw
-    comp: bytes = _compressor().compress(raw)
+    cctx = _compressor()
+    with _ENCODE_LOCK:
+        comp: bytes = cctx.compress(raw)
     if len(comp) < len(raw) - len(raw) // 64:
         return True, comp
     return False, raw
@@ -133,7 +146,8 @@ def decode_chunk(compressed: bool, raw_size: int, data: bytes) -> bytes:
     if params.content_size != raw_size or raw_size > CHUNK_SIZE:
         raise CorruptChunk("zstd frame size does not match the chunk")
     try:
-        out: bytes = _dctx.decompress(data, max_output_size=raw_size)
+        with _DECODE_LOCK:
+            out: bytes = _dctx.decompress(data, max_output_size=raw_size)
     except zstandard.ZstdError as e:
         raise CorruptChunk(f"zstd: {e}") from None
     if len(out) != raw_size:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import trio
 
+from pocketserver.server import RunningServer
 from tests.api.helpers import V3, auth_headers, create_room, register, send, sync
 
 
@@ -203,6 +204,34 @@ async def test_typing_expiry_wakes_every_long_polling_sync(http: httpx.AsyncClie
             for tok, since in zip(others, tokens, strict=True):
                 n.start_soon(long_poll, tok, since)
     assert seen == [[], [], []]
+
+
+async def test_typing_that_times_out_ends_in_the_next_sync(
+    server: RunningServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typing notification whose timeout passed is dropped by the next /sync, which
+    tells the other member that nobody types any more (it used to answer 500: the
+    expiry woke the notifier from the sync's database thread)."""
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+    since = (await sync(http, btok))["next_batch"]
+    r = await http.put(
+        f"{V3}/rooms/{room}/typing/{alice}", json={"typing": True, "timeout": 1000}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200
+    resp = await sync(http, btok, since=since)
+    assert {"type": "m.typing", "content": {"user_ids": [alice]}} in resp["rooms"]["join"][room]["ephemeral"]["events"]
+    clock = server.services.clock
+    later = clock.monotonic() + 5.0
+    monkeypatch.setattr(clock, "monotonic", lambda: later)
+    r = await http.get(
+        f"{V3}/sync", params={"since": resp["next_batch"], "timeout": 0}, headers=auth_headers(btok)
+    )
+    assert r.status_code == 200, r.text
+    eph = r.json()["rooms"]["join"][room]["ephemeral"]["events"]
+    assert {"type": "m.typing", "content": {"user_ids": []}} in eph
 
 
 async def test_bad_input_gets_spec_errors(http: httpx.AsyncClient) -> None:

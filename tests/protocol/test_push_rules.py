@@ -371,3 +371,22 @@ def test_module_is_pure() -> None:
     for name in _imports(PROTOCOL_DIR / "push_rules.py"):
         assert name.split(".")[0] not in FORBIDDEN
         assert not name.startswith("pocketserver.") or name.startswith("pocketserver.protocol")
+
+
+def test_rulesets_share_the_defaults_and_keep_their_own_rules() -> None:
+    """Every user's ruleset holds the same server-default rules (shared, not copied: a
+    thousand cached rulesets stay small), while the rules naming a user stay theirs."""
+    a = Ruleset.build("@anna:example.org", [])
+    b = Ruleset.build("@bert:example.org", [])
+    assert a.find("override", ".m.rule.suppress_notices") is b.find("override", ".m.rule.suppress_notices")
+    assert a.find("underride", ".m.rule.message") is b.find("underride", ".m.rule.message")
+    assert a.find("override", ".m.rule.is_user_mention") != b.find("override", ".m.rule.is_user_mention")
+    mention = {
+        "type": "m.room.message",
+        "sender": "@carl:example.org",
+        "content": {"msgtype": "m.text", "body": "hi", "m.mentions": {"user_ids": ["@anna:example.org"]}},
+    }
+    for ruleset, user, highlighted in ((a, "@anna:example.org", True), (b, "@bert:example.org", False)):
+        result = ruleset.evaluate(mention, PushContext(user_id=user, member_count=3))
+        assert result is not None and result.notify
+        assert result.highlight is highlighted

@@ -165,3 +165,34 @@ def test_a_window_over_parts_is_the_joined_slice() -> None:
         joined = b"".join(parts)
         start, length = rng.randint(0, len(joined)), rng.randint(1, 60)
         assert bytes(store._window(parts, start, length)) == joined[start : start + length]
+
+
+def test_the_codec_is_safe_from_many_threads_at_once() -> None:
+    """Uploads encode and readers decode on worker threads, all through the process's
+    one zstd context each: chunks encoded and decoded from eight threads at once come
+    back as they went in."""
+    import threading
+
+    from pocketserver.storage.media import decode_chunk, encode_chunk, encode_parts
+
+    failures: list[str] = []
+    start = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        start.wait(10)
+        for i in range(6):
+            raw = (f"thread {n} round {i} " * 40000).encode()[: 300_000 + n * 1000 + i]
+            compressed, data = encode_chunk(raw)
+            if not compressed or decode_chunk(True, len(raw), data) != raw:
+                failures.append(f"encode_chunk {n}/{i}")
+            c2, size, d2 = encode_parts([raw[:1000], raw[1000:]])
+            if not c2 or size != len(raw) or decode_chunk(True, size, d2) != raw:  # type: ignore[arg-type]
+                failures.append(f"encode_parts {n}/{i}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []

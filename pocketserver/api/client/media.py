@@ -38,6 +38,8 @@ CSP = (
 )
 _UPLOAD_PATH = re.compile(r"^/_matrix/media/(v3|r0)/upload(/[^/]+/[^/]+)?/?$")
 _SCOPE_KEY = "pocketserver.streamed_body"
+# Marks the scope of a request whose body this module streams (app.py lets it pass).
+STREAMED_BODY_SCOPE_KEY = _SCOPE_KEY
 DRAIN_SECONDS = 30
 
 

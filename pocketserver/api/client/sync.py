@@ -32,12 +32,14 @@ async def sync() -> Response:
     elif query_bool("org.matrix.msc4222.use_state_after", False):
         state_after_key = "org.matrix.msc4222.state_after"
     await svc.presence.touch(requester.user_id, set_presence or "online")
-    body = await svc.sync.sync(
-        requester,
-        since=request.args.get("since"),
-        timeout_ms=timeout,
-        filt=filt,
-        full_state=full_state,
-        state_after_key=state_after_key,
-    )
-    return json_response(body)
+    since = request.args.get("since")
+    async with svc.sync.slot(since, full_state):
+        body = await svc.sync.sync(
+            requester,
+            since=since,
+            timeout_ms=timeout,
+            filt=filt,
+            full_state=full_state,
+            state_after_key=state_after_key,
+        )
+        return json_response(body)
