@@ -61,6 +61,12 @@ class VisibilityChecker:
         pos = rec.stream_pos
         if pos is None or rec.rejected_reason is not None:
             return False
+        if (
+            self.user_id is not None
+            and rec.event.type == "m.room.member"
+            and rec.event.state_key == self.user_id
+        ):
+            return True
         return self._visible_at(pos)
 
     def _visible_at(self, pos: int) -> bool:
@@ -69,8 +75,6 @@ class VisibilityChecker:
             return True
         if self.user_id is None:
             return False
-        if rec.event.type == "m.room.member" and rec.event.state_key == self.user_id:
-            return True
         membership = self.membership_at(pos)
         if membership == "join":
             return True
