@@ -247,6 +247,11 @@ class RoomReader:
             out: JsonDict = {"chunk": chunk, "start": f"t{boundary}"}
             if not exhausted and (picked or limit == 0):
                 out["end"] = f"t{cursor - 1}" if backwards else f"t{cursor}"
+            elif not backwards:
+                # Forwards there is no end of history: events sent later follow this
+                # token, so the client can keep paginating from it.
+                reached = end_pos if end_pos is not None else current_stream_pos(conn)
+                out["end"] = f"t{max(cursor, min(reached, current_stream_pos(conn)))}"
             if flt is not None and flt.lazy_load_members and picked:
                 senders = {r.event.sender for r in picked}
                 state = state_store.get_current_state_ids(

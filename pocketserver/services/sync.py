@@ -131,6 +131,10 @@ class SyncService:
                 reached = await ext(requester, token, upto, response)
                 if reached is not None:
                     td_pos = min(td_pos, reached) if td_pos is not None else reached
+            # Extensions add account data too (the push rules): filter once, at the end.
+            account_data = response.get("account_data")
+            if account_data is not None:
+                account_data["events"] = _filter_account_data(filt, account_data["events"])
             response["next_batch"] = str(SyncToken(upto, typing_serial, td_pos or upto))
             if token is None or full_state or _has_content(response):
                 return response
@@ -270,13 +274,23 @@ class SyncService:
         )
         account = ad_store.get_account_data_since(conn, user_id, since or 0, upto)
 
+        newly_joined: list[str] = []
         for room_id, (membership, mpos) in memberships.items():
             if not filt.room.matches_room(room_id):
                 continue
             if mpos > upto:
                 continue
-            newly = since is None or mpos > since
+            changed = since is None or mpos > since
+            # A membership event after the token is not always a new membership: a
+            # displayname change is a join after a join. What the client knows
+            # depends on whether the user was joined at its token.
+            joined_at_since = (
+                changed and since is not None and _membership_at(conn, room_id, user_id, since) == "join"
+            )
+            newly = changed and not joined_at_since
             if membership == "join":
+                if newly:
+                    newly_joined.append(room_id)
                 typing_users = self.typing.typing_since(
                     room_id, token.typing if (token is not None and not newly) else None
                 )
@@ -295,16 +309,25 @@ class SyncService:
                     now, state_after_key,
                 )
                 eph: list[JsonDict] = []
-                if typing_users is not None and (typing_users or token is not None):
+                # An empty typing list tells a client that typing stopped; a room it
+                # has just joined has nothing to stop.
+                if typing_users is not None and (typing_users or (token is not None and not newly)):
                     eph.append({"type": "m.typing", "content": {"user_ids": typing_users}})
                 if room_id in receipts:
                     eph.append(_receipt_event(receipts[room_id]))
-                room["ephemeral"] = {"events": eph}
-                room["account_data"] = {
-                    "events": ad_store.to_events(account.rooms.get(room_id, {}))
-                    if since is not None
+                room["ephemeral"] = {"events": [e for e in eph if filt.room.ephemeral.matches(e)]}
+                room_account_data = (
+                    ad_store.to_events(account.rooms.get(room_id, {}))
+                    if since is not None and not newly
                     else self._all_room_account_data(conn, user_id, room_id)
+                )
+                room["account_data"] = {
+                    "events": [e for e in room_account_data if filt.room.account_data.matches(e)]
                 }
+                if since is not None and not newly and not full_state and _room_is_empty(room, state_after_key or "state"):
+                    # Everything that changed was filtered out (Synapse leaves such a
+                    # room out too): nothing to tell.
+                    continue
                 rooms_join[room_id] = room
             elif membership == "invite" and newly:
                 if self._invited_by_ignored(conn, room_id, user_id):
@@ -312,18 +335,26 @@ class SyncService:
                 rooms_invite[room_id] = {"invite_state": {"events": self._stripped(conn, room_id, user_id)}}
             elif membership == "knock" and newly:
                 rooms_knock[room_id] = {"knock_state": {"events": self._stripped(conn, room_id, user_id)}}
-            elif membership in ("leave", "ban") and since is not None and newly:
+            elif membership in ("leave", "ban") and since is not None and changed:
+                # Joined and left again since the token: the client never had this
+                # room's state, so it gets all of it (as of the leave).
+                full = not joined_at_since and _joined_between(conn, room_id, user_id, since, mpos)
                 rooms_leave[room_id] = self._left_room(
-                    conn, requester, room_id, since, mpos, filt, now, state_after_key
+                    conn, requester, room_id, None if full else since, mpos, filt, now, state_after_key
                 )
             elif membership in ("leave", "ban") and since is None and filt.room.include_leave:
                 rooms_leave[room_id] = self._left_room(
                     conn, requester, room_id, None, mpos, filt, now, state_after_key
                 )
 
+        changes = presence_store.get_presence_changes_since(conn, user_id, since or 0, upto)
+        if since is not None and newly_joined:
+            # A room joined since the token brings its members' presence, changed or not.
+            seen = {p.user_id for p in changes}
+            members = {m for rid in newly_joined for m in state_store.room_members(conn, rid, "join")}
+            changes += presence_store.get_presences(conn, sorted(members - seen), upto)
         presence_events = [
-            presence_event(p, now)
-            for p in presence_store.get_presence_changes_since(conn, user_id, since or 0, upto)
+            e for e in (presence_event(p, now) for p in changes) if filt.presence.matches(e)
         ]
 
         return {
@@ -366,19 +397,31 @@ class SyncService:
         limit = min(limit, MAX_TIMELINE_LIMIT)
         checker = VisibilityChecker(conn, room_id, requester.user_id)
         ignored = ignored_users(conn, requester.user_id)
+        current_ids: set[str] | None = None
         picked: list[EventRecord] = []
         limited = False
         cursor = upto + 1
-        # Walk back in pages until the limit is filled with visible, filter-passing events.
+        page_size = max(limit * 2, 20)
+        # Walk back in pages until the limit is filled with visible, filter-passing
+        # events; ``limited`` says that more of those exist before the first one.
         for _ in range(20):
             page = ev_store.room_timeline(
-                conn, room_id, from_pos=cursor, to_pos=since, backwards=True, limit=max(limit * 2, 20)
+                conn, room_id, from_pos=cursor, to_pos=since, backwards=True, limit=page_size
             )
-            if not page:
-                break
             for rec in page:
                 cursor = rec.stream_pos if rec.stream_pos is not None else cursor
-                if not checker.can_see(rec) or is_hidden(rec, ignored):
+                if not checker.can_see(rec):
+                    # The room's current state is the member's to read anyway, so a
+                    # state event still in it is shown where it happened, even from a
+                    # stretch of history the user may not see (a join while they were
+                    # away from a "joined" room).
+                    if rec.event.state_key is None or checker.current_membership != "join":
+                        continue
+                    if current_ids is None:
+                        current_ids = set(state_store.get_current_state_ids(conn, room_id).values())
+                    if rec.event.event_id not in current_ids:
+                        continue
+                if is_hidden(rec, ignored):
                     continue
                 if not filt.room.timeline.matches(_filter_view(rec)):
                     continue
@@ -386,19 +429,12 @@ class SyncService:
                     limited = True
                     break
                 picked.append(rec)
-            if limited:
+            if limited or len(page) < page_size:
                 break
-            if len(page) < max(limit * 2, 20):
-                break
+        else:
+            limited = True  # the walk's bound ran out before the room's start
         if limit == 0 and since is not None:
             limited = ev_store.room_timeline(conn, room_id, from_pos=upto + 1, to_pos=since, backwards=True, limit=1) != []
-        if since is None and not limited and picked:
-            # An initial sync that reached the room's start is not limited, unless
-            # older events exist that the user cannot see.
-            older = ev_store.room_timeline(
-                conn, room_id, from_pos=picked[-1].stream_pos, to_pos=None, backwards=True, limit=1
-            )
-            limited = bool(older)
         picked.reverse()
         first_pos = picked[0].stream_pos if picked and picked[0].stream_pos is not None else cursor
         return picked, limited, first_pos
@@ -597,6 +633,33 @@ def _receipt_event(rows: list[tuple[str, str, str, str, JsonDict]]) -> JsonDict:
     for event_id, rtype, user_id, _thread, data in rows:
         content.setdefault(event_id, {}).setdefault(rtype, {})[user_id] = data
     return {"type": "m.receipt", "content": content}
+
+
+def _membership_at(conn: Conn, room_id: str, user_id: str, pos: int) -> str | None:
+    """The user's membership in the room just after stream position ``pos``."""
+    found = None
+    for p, m in state_store.user_membership_history(conn, room_id, user_id):
+        if p > pos:
+            break
+        found = m
+    return found
+
+
+def _joined_between(conn: Conn, room_id: str, user_id: str, since: int, upto: int) -> bool:
+    return any(
+        since < p <= upto and m == "join"
+        for p, m in state_store.user_membership_history(conn, room_id, user_id)
+    )
+
+
+def _room_is_empty(room: JsonDict, state_key: str) -> bool:
+    """A joined room's incremental entry with no events in any section."""
+    return not (
+        room["timeline"]["events"]
+        or room[state_key]["events"]
+        or room["ephemeral"]["events"]
+        or room["account_data"]["events"]
+    )
 
 
 def _has_content(resp: JsonDict) -> bool:
