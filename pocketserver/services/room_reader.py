@@ -22,7 +22,7 @@ from pocketserver.services.client_events import serialize_event, serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
-from pocketserver.services.sync import parse_stream_token, presence_event
+from pocketserver.services.sync import parse_stream_token, presence_event, receipt_event
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
@@ -388,9 +388,11 @@ class RoomReader:
                     continue
                 rooms_out.append(self._snapshot(conn, requester, room_id, m[0], m[1], limit, now))
             account = ad_store.get_account_data_since(conn, requester.user_id, 0, upto)
+            joined_rooms = [r for r, (m, _) in memberships.items() if m == "join"]
             return {
                 "end": f"t{upto}",
                 "rooms": rooms_out,
+                "receipts": self._receipts(conn, requester, joined_rooms),
                 "presence": [
                     presence_event(p, now)
                     for p in presence_store.get_presence_changes_since(conn, requester.user_id, 0, upto)
@@ -445,9 +447,13 @@ class RoomReader:
                 break
         picked.reverse()
         kw: dict[str, Any] = {"user_id": requester.user_id, "device_id": requester.device_id, "now_ms": now}
-        messages: JsonDict = {"chunk": serialize_events(conn, picked, **kw), "end": f"t{upto}"}
-        if not exhausted:
-            messages["start"] = f"t{cursor - 1}"
+        # ``start`` pages back from the first event; from the room's start that finds
+        # nothing, which is how a client learns it has everything.
+        messages: JsonDict = {
+            "chunk": serialize_events(conn, picked, **kw),
+            "start": f"t{cursor - 1}" if picked or not exhausted else f"t{upto}",
+            "end": f"t{upto}",
+        }
         recs = ev_store.get_events(conn, state.values())
         info = ev_store.get_room(conn, room_id)
         joined = set(state_store.room_members(conn, room_id, "join"))
@@ -458,14 +464,30 @@ class RoomReader:
             "state": serialize_events(conn, [recs[e] for e in state.values() if e in recs], bundle=False, **kw),
             "visibility": "public" if info is not None and info.is_public else "private",
             "account_data": ad_store.to_events(room_ad),
+            # A former member learns nothing of who is around now.
             "presence": [
                 presence_event(p, now)
-                for p in presence_store.get_presence_changes_since(conn, requester.user_id, 0, None)
-                if p.user_id in joined
-            ],
+                for p in presence_store.get_presences(conn, sorted(joined))
+            ]
+            if membership not in ("leave", "ban")
+            else [],
+            "receipts": self._receipts(conn, requester, [room_id])
+            if membership not in ("leave", "ban")
+            else [],
         }
         if membership is not None:
             out["membership"] = membership
+        return out
+
+    def _receipts(self, conn: Conn, requester: Requester, room_ids: list[str]) -> list[JsonDict]:
+        """The rooms' current receipts as m.receipt events, one per room."""
+        upto = current_stream_pos(conn)
+        by_room = room_store.receipts_since(conn, room_ids, 0, upto, requester.user_id)
+        out = []
+        for room_id in sorted(by_room):
+            event = receipt_event(by_room[room_id])
+            event["room_id"] = room_id
+            out.append(event)
         return out
 
     async def event_by_id(self, requester: Requester, event_id: str) -> JsonDict:

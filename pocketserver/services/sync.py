@@ -24,7 +24,7 @@ from pocketserver.errors import Forbidden, InvalidParam
 from pocketserver.services.auth import Requester
 from pocketserver.services.client_events import serialize_event, serialize_events, stripped_state
 from pocketserver.services.clock import Clock
-from pocketserver.services.ephemeral import TypingTracker
+from pocketserver.services.ephemeral import TypingSnapshot, TypingTracker
 from pocketserver.services.filtering import Filter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
 from pocketserver.services.notifier import Notifier
@@ -121,9 +121,10 @@ class SyncService:
         deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
         while True:
             changed = self.notifier.change_event()
+            typing = self.typing.snapshot()
             typing_serial = self.notifier.ephemeral_serial
             upto, response = await self.db.read(
-                self._build_now, requester, token, typing_serial, filt, full_state,
+                self._build_now, requester, token, typing, typing_serial, filt, full_state,
                 state_after_key,
             )
             td_pos: int | None = upto
@@ -151,30 +152,58 @@ class SyncService:
     async def event_stream(
         self, requester: Requester, *, from_token: str | None, timeout_ms: int, room_id: str | None
     ) -> JsonDict:
-        """GET /events: the room events after ``from`` (now, when absent) in the user's
+        """GET /events: what happened after ``from`` (now, when absent) in the user's
         rooms, or in one room the user may see (a peek into a world-readable room, as
-        matrix-js-sdk does after a room initialSync), waiting up to the timeout for one.
-        Tokens are ``t{pos}``, as /messages and /initialSync give them."""
-        first = parse_stream_token(from_token) if from_token else None
+        matrix-js-sdk does after a room initialSync), waiting up to the timeout for
+        something. Room events, then the same ephemeral and account data /sync gives:
+        presence, receipts and typing (with their ``room_id``), account data and tags.
+
+        Tokens are sync tokens ``s{pos}_{typing}_0``, so that typing changes, which live
+        in memory, are not given twice; ``t{pos}`` tokens from /messages and
+        /initialSync are accepted too (typing then counts from this call on)."""
+        typing_from: int | None = None
+        if from_token is not None and from_token.startswith("s"):
+            parsed = SyncToken.parse(from_token)
+            first: int | None = parsed.pos
+            typing_from = parsed.typing
+        else:
+            first = parse_stream_token(from_token) if from_token else None
+        if typing_from is None:
+            typing_from = self.notifier.ephemeral_serial
         pos = first
         deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
         while True:
             changed = self.notifier.change_event()
+            typing = self.typing.snapshot()
+            typing_now = self.notifier.ephemeral_serial
             # Each pass reads one bounded slice; a slice of events the user may not see
             # moves on without waiting.
             for _ in range(100):
-                start, end, chunk, upto = await self.db.read(self._stream_now, requester, pos, room_id)
+                start, end, chunk, upto = await self.db.read(
+                    self._stream_now, requester, pos, room_id, typing, typing_from
+                )
                 first = start if first is None else first
                 pos = end
                 if chunk or end >= upto:
                     break
             remaining = deadline - trio.current_time()
             if chunk or remaining <= 0 or end < upto:
-                return {"start": f"t{first}", "end": f"t{pos}", "chunk": chunk}
+                assert first is not None and pos is not None
+                return {
+                    "start": str(SyncToken(first, typing_from, 0)),
+                    "end": str(SyncToken(pos, typing_now, 0)),
+                    "chunk": chunk,
+                }
             await self.notifier.wait_for_change(remaining, changed)
 
     def _stream_now(
-        self, conn: Conn, requester: Requester, start: int | None, room_id: str | None
+        self,
+        conn: Conn,
+        requester: Requester,
+        start: int | None,
+        room_id: str | None,
+        typing: TypingSnapshot,
+        typing_from: int,
     ) -> tuple[int, int, list[JsonDict], int]:
         """(start, end, events in (start, end], position now): ``end`` is short of now
         when more than a slice of events arrived."""
@@ -189,16 +218,13 @@ class SyncService:
             ):
                 raise Forbidden("You are not in this room and it is not world-readable")
             rooms = {room_id}
+            joined = [room_id]
         else:
             # Rooms left before ``start`` have nothing more to show; one left since, its
             # events up to the leave.
-            rooms = {
-                rid
-                for rid, (m, mpos) in state_store.rooms_for_user(
-                    conn, user_id, ("join", "invite", "leave", "ban")
-                ).items()
-                if m in ("join", "invite") or mpos > start
-            }
+            mine = state_store.rooms_for_user(conn, user_id, ("join", "invite", "leave", "ban"))
+            rooms = {rid for rid, (m, mpos) in mine.items() if m in ("join", "invite") or mpos > start}
+            joined = [rid for rid, (m, _) in mine.items() if m == "join"]
         changed = ev_store.rooms_with_events_between(conn, rooms, start, upto) if start < upto else set()
         ignored = ignored_users(conn, user_id)
         picked: list[EventRecord] = []
@@ -215,9 +241,9 @@ class SyncService:
         if len(picked) > EVENT_STREAM_LIMIT:
             picked = picked[:EVENT_STREAM_LIMIT]
             end = picked[-1].stream_pos or end
-        chunk = serialize_events(
-            conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=self.clock.time_ms()
-        )
+        now = self.clock.time_ms()
+        chunk = serialize_events(conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=now)
+        chunk.extend(_stream_extras(conn, user_id, room_id, joined, start, end, typing, typing_from, now))
         return start, end, chunk, upto
 
     # -- one pass, inside one read transaction ---------------------------------------------
@@ -227,6 +253,7 @@ class SyncService:
         conn: Conn,
         requester: Requester,
         token: SyncToken | None,
+        typing: TypingSnapshot,
         typing_serial: int,
         filt: Filter,
         full_state: bool,
@@ -235,7 +262,7 @@ class SyncService:
         """The answer up to the stream position this transaction sees, and that position."""
         upto = current_stream_pos(conn)
         return upto, self._build(
-            conn, requester, token, upto, typing_serial, filt, full_state, state_after_key
+            conn, requester, token, upto, typing, filt, full_state, state_after_key
         )
 
     def _build(
@@ -244,7 +271,7 @@ class SyncService:
         requester: Requester,
         token: SyncToken | None,
         upto: int,
-        typing_serial: int,
+        typing: TypingSnapshot,
         filt: Filter,
         full_state: bool,
         state_after_key: str | None = None,
@@ -291,7 +318,7 @@ class SyncService:
             if membership == "join":
                 if newly:
                     newly_joined.append(room_id)
-                typing_users = self.typing.typing_since(
+                typing_users = typing.typing_since(
                     room_id, token.typing if (token is not None and not newly) else None
                 )
                 has_news = (
@@ -306,7 +333,7 @@ class SyncService:
                     continue
                 room = self._joined_room(
                     conn, requester, room_id, None if (newly or full_state) else since, upto, filt,
-                    now, state_after_key,
+                    now, state_after_key, newly and since is not None,
                 )
                 eph: list[JsonDict] = []
                 # An empty typing list tells a client that typing stopped; a room it
@@ -314,7 +341,7 @@ class SyncService:
                 if typing_users is not None and (typing_users or (token is not None and not newly)):
                     eph.append({"type": "m.typing", "content": {"user_ids": typing_users}})
                 if room_id in receipts:
-                    eph.append(_receipt_event(receipts[room_id]))
+                    eph.append(receipt_event(receipts[room_id]))
                 room["ephemeral"] = {"events": [e for e in eph if filt.room.ephemeral.matches(e)]}
                 room_account_data = (
                     ad_store.to_events(account.rooms.get(room_id, {}))
@@ -389,6 +416,7 @@ class SyncService:
         since: int | None,
         upto: int,
         filt: Filter,
+        newly_joined: bool = False,
     ) -> tuple[list[EventRecord], bool, int]:
         """(events oldest first, limited, position before the first event)."""
         limit = filt.room.timeline.limit
@@ -435,6 +463,14 @@ class SyncService:
             limited = True  # the walk's bound ran out before the room's start
         if limit == 0 and since is not None:
             limited = ev_store.room_timeline(conn, room_id, from_pos=upto + 1, to_pos=since, backwards=True, limit=1) != []
+        if newly_joined and not limited and picked:
+            # A room joined since the client's token: it has none of the history, so
+            # any older event means there is more to paginate.
+            limited = bool(
+                ev_store.room_timeline(
+                    conn, room_id, from_pos=picked[-1].stream_pos, to_pos=None, backwards=True, limit=1
+                )
+            )
         picked.reverse()
         first_pos = picked[0].stream_pos if picked and picked[0].stream_pos is not None else cursor
         return picked, limited, first_pos
@@ -449,9 +485,12 @@ class SyncService:
         filt: Filter,
         now: int,
         state_after_key: str | None = None,
+        newly_joined: bool = False,
     ) -> JsonDict:
         user_id = requester.user_id
-        timeline, limited, first_pos = self._timeline(conn, requester, room_id, since, upto, filt)
+        timeline, limited, first_pos = self._timeline(
+            conn, requester, room_id, since, upto, filt, newly_joined
+        )
         if state_after_key is None:
             state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited)
         else:
@@ -608,6 +647,47 @@ class SyncService:
         }
 
 
+def _stream_extras(
+    conn: Conn,
+    user_id: str,
+    room_id: str | None,
+    joined: list[str],
+    start: int,
+    end: int,
+    typing: TypingSnapshot,
+    typing_from: int,
+    now: int,
+) -> list[JsonDict]:
+    """/events' non-room events in (start, end]: presence (with the old
+    ``content.user_id``), receipts and typing of the rooms, and, outside a peek, the
+    user's account data."""
+    out: list[JsonDict] = []
+    if start < end:
+        if room_id is None:
+            presences = presence_store.get_presence_changes_since(conn, user_id, start, end)
+        else:
+            members = state_store.room_members(conn, room_id, "join")
+            presences = [
+                p for p in presence_store.get_presences(conn, sorted(members), end) if p.stream_pos > start
+            ]
+        for p in presences:
+            event = presence_event(p, now)
+            event["content"]["user_id"] = p.user_id
+            out.append(event)
+        for rid, rows in sorted(room_store.receipts_since(conn, joined, start, end, user_id).items()):
+            out.append({**receipt_event(rows), "room_id": rid})
+        if room_id is None:
+            account = ad_store.get_account_data_since(conn, user_id, start, end)
+            out.extend(ad_store.to_events(account.global_))
+            for rid, by_type in sorted(account.rooms.items()):
+                out.extend({**e, "room_id": rid} for e in ad_store.to_events(by_type))
+    for rid in joined:
+        users = typing.typing_since(rid, typing_from)
+        if users is not None:
+            out.append({"type": "m.typing", "room_id": rid, "content": {"user_ids": users}})
+    return out
+
+
 def presence_event(p: presence_store.Presence, now: int) -> JsonDict:
     content: JsonDict = {
         "presence": p.state,
@@ -628,7 +708,7 @@ def _filter_account_data(filt: Filter, events: list[JsonDict]) -> list[JsonDict]
     return [e for e in events if filt.account_data.matches(e)]
 
 
-def _receipt_event(rows: list[tuple[str, str, str, str, JsonDict]]) -> JsonDict:
+def receipt_event(rows: list[tuple[str, str, str, str, JsonDict]]) -> JsonDict:
     content: JsonDict = {}
     for event_id, rtype, user_id, _thread, data in rows:
         content.setdefault(event_id, {}).setdefault(rtype, {})[user_id] = data
