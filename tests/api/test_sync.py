@@ -119,3 +119,160 @@ async def test_kicked_user_can_fetch_the_kick_event(http: httpx.AsyncClient) -> 
     chunk = r.json()["chunk"]
     assert chunk[0]["event_id"] == kick["event_id"]
     assert "after" not in [e["content"].get("body") for e in chunk]
+
+
+def _put_state(http: httpx.AsyncClient, token: str, room: str, etype: str, key: str, content: dict[str, Any]) -> Any:
+    return http.put(f"{V3}/rooms/{room}/state/{etype}/{key}", json=content, headers=auth_headers(token))
+
+
+async def test_displayname_change_is_not_a_new_join(http: httpx.AsyncClient) -> None:
+    """A displayname change is a join after a join: the next sync shows it in the
+    timeline, not the whole room again; and with everything filtered out, nothing."""
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    first = await sync(http, atok)
+    r = await _put_state(http, atok, room, "m.room.member", alice, {"membership": "join", "displayname": "boris"})
+    assert r.status_code == 200, r.text
+    renamed = r.json()["event_id"]
+    msg = await send(http, atok, room, {"msgtype": "m.text", "body": "hi"})
+    nxt = await sync(http, atok, since=first["next_batch"])
+    joined = nxt["rooms"]["join"][room]
+    assert [e["event_id"] for e in joined["timeline"]["events"]] == [renamed, msg]
+    assert joined["timeline"]["limited"] is False
+    assert joined["state"]["events"] == []
+
+    quiet = json.dumps({
+        "room": {"timeline": {"types": []}, "state": {"types": ["a.madeup.test.state"]}, "ephemeral": {"types": []}},
+        "presence": {"types": []},
+    })
+    base = await sync(http, atok, filter=quiet)
+    r = await _put_state(http, atok, room, "m.room.member", alice, {"membership": "join", "displayname": "natasha"})
+    assert r.status_code == 200, r.text
+    await send(http, atok, room, {"msgtype": "m.text", "body": "again"})
+    after = await sync(http, atok, since=base["next_batch"], filter=quiet)
+    assert room not in after["rooms"]["join"]
+
+
+async def test_room_joined_since_the_token_brings_presence_and_no_typing(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    r = await http.put(f"{V3}/presence/{alice}/status", json={"presence": "online"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    room = await create_room(http, atok, preset="public_chat")
+    first = await sync(http, btok)
+    await join(http, btok, room)
+    nxt = await sync(http, btok, since=first["next_batch"])
+    assert alice in {e["sender"] for e in nxt["presence"]["events"]}
+    assert nxt["rooms"]["join"][room]["ephemeral"]["events"] == []
+    again = await sync(http, btok, since=nxt["next_batch"])
+    assert alice not in {e["sender"] for e in again["presence"]["events"]}
+
+
+async def test_filtered_timeline_is_not_limited_when_nothing_more_matches(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    msg = await send(http, atok, room, {"msgtype": "m.text", "body": "My message"})
+    for i in range(12):
+        await send(http, atok, room, {"filler": i}, etype="a.made.up.filler.type")
+    flt = json.dumps({"room": {"timeline": {"limit": 1, "types": ["m.room.message"]}, "state": {"types": []}}})
+    body = await sync(http, atok, filter=flt)
+    timeline = body["rooms"]["join"][room]["timeline"]
+    assert [e["event_id"] for e in timeline["events"]] == [msg]
+    assert timeline["limited"] is False
+    # With two messages and room for one, it is limited.
+    await send(http, atok, room, {"msgtype": "m.text", "body": "second"})
+    body = await sync(http, atok, filter=flt)
+    assert body["rooms"]["join"][room]["timeline"]["limited"] is True
+
+
+async def test_join_and_leave_between_two_syncs_gives_the_rooms_state(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok)
+    r = await _put_state(http, atok, room, "a.madeup.test.state", "", {"my_key": 1})
+    assert r.status_code == 200, r.text
+    r = await http.post(f"{V3}/rooms/{room}/invite", json={"user_id": bob}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    flt = json.dumps({"room": {"timeline": {"types": []}, "state": {"types": ["a.madeup.test.state"]}, "include_leave": True}})
+    first = await sync(http, btok, filter=flt)
+    await join(http, btok, room)
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    nxt = await sync(http, btok, since=first["next_batch"], filter=flt)
+    state = nxt["rooms"]["leave"][room]["state"]["events"]
+    assert [(e["type"], e["content"]) for e in state] == [("a.madeup.test.state", {"my_key": 1})]
+
+
+async def test_current_state_shows_in_the_timeline_even_from_hidden_history(http: httpx.AsyncClient) -> None:
+    """A join that happened while the syncing user was out of a "joined"-visibility room
+    is current state, which the member may read anyway: it shows in the timeline."""
+    _, atok, _ = await register(http)
+    _, stok, _ = await register(http)
+    invitee, itok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await join(http, stok, room)
+    r = await _put_state(http, atok, room, "m.room.history_visibility", "", {"history_visibility": "joined"})
+    assert r.status_code == 200, r.text
+    first = await sync(http, stok)
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(stok))
+    assert r.status_code == 200, r.text
+    await join(http, itok, room)
+    await send(http, atok, room, {"msgtype": "m.text", "body": "hidden"})
+    await join(http, stok, room)
+    nxt = await sync(http, stok, since=first["next_batch"])
+    events = nxt["rooms"]["join"][room]["timeline"]["events"]
+    assert any(e["type"] == "m.room.member" and e["state_key"] == invitee for e in events)
+    assert not any(e.get("content", {}).get("body") == "hidden" for e in events)
+
+
+async def test_history_visibility_changes_are_seen_on_their_boundaries(http: httpx.AsyncClient) -> None:
+    """A history_visibility event is visible when the visibility before or after it
+    allows (history_visibility.md), so a later joiner sees joined -> ... -> shared."""
+    _, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    for vis, body in (("joined", "1"), ("invited", "2"), ("shared", "3")):
+        r = await _put_state(http, atok, room, "m.room.history_visibility", "", {"history_visibility": vis})
+        assert r.status_code == 200, r.text
+        await send(http, atok, room, {"msgtype": "m.text", "body": body})
+    await join(http, btok, room)
+    events = (await sync(http, btok))["rooms"]["join"][room]["timeline"]["events"]
+    seen = [
+        e["content"].get("history_visibility") or e["content"].get("body") or e["content"].get("membership")
+        for e in events[-4:]
+    ]
+    assert seen == ["joined", "shared", "3", "join"]
+
+
+async def test_account_data_filter_applies_to_every_event(http: httpx.AsyncClient) -> None:
+    """The push rules an initial sync adds are filtered like any account data."""
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    r = await http.put(f"{V3}/user/{alice}/account_data/my.test.type", json={"a": 1}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    r = await http.put(
+        f"{V3}/user/{alice}/rooms/{room}/account_data/other.type", json={"b": 2}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200, r.text
+    flt = json.dumps({"account_data": {"types": ["my.test.type"]}, "room": {"account_data": {"types": []}}})
+    body = await sync(http, atok, filter=flt)
+    assert [e["type"] for e in body["account_data"]["events"]] == ["my.test.type"]
+    assert body["rooms"]["join"][room]["account_data"]["events"] == []
+
+
+async def test_next_batch_pages_forwards_through_messages(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    await send(http, atok, room, {"msgtype": "m.text", "body": "1"})
+    body = await sync(http, atok)
+    second = await send(http, atok, room, {"msgtype": "m.text", "body": "2"})
+    r = await http.get(
+        f"{V3}/rooms/{room}/messages", params={"from": body["next_batch"], "dir": "f"}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert [e["event_id"] for e in page["chunk"]] == [second]
+    # The end token continues: a later message is found from it.
+    third = await send(http, atok, room, {"msgtype": "m.text", "body": "3"})
+    r = await http.get(f"{V3}/rooms/{room}/messages", params={"from": page["end"], "dir": "f"}, headers=auth_headers(atok))
+    assert [e["event_id"] for e in r.json()["chunk"]] == [third]
