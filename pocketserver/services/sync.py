@@ -14,6 +14,7 @@ nothing to say waits on the :class:`Notifier` until something arrives or the tim
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from pocketserver.services.clock import Clock
 from pocketserver.services.ephemeral import TypingSnapshot, TypingTracker
 from pocketserver.services.filtering import Filter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
+from pocketserver.services.lru import LruCache
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
@@ -91,6 +93,53 @@ SyncExtension = Callable[[Requester, SyncToken | None, int, JsonDict], Awaitable
 UnreadCounter = Callable[[Conn, str, str], tuple[int, int]]
 
 
+# (user, device, room) entries of MembersSent; each holds at most MAX_MEMBERS_PER_ENTRY.
+MEMBERS_SENT_CACHE_SIZE = 4096
+MAX_MEMBERS_PER_ENTRY = 2000
+
+
+class MembersSent:
+    """Which membership events each device was sent under lazy loading, so an
+    incremental sync need not repeat them ("Lazy-loading room members": servers may
+    skip members the client already has, unless ``include_redundant_members``).
+
+    An entry remembers the sync position of the answer that carried it, and counts only
+    once the client syncs from that position or later: an answer that never arrived (a
+    dropped connection, a retry with the old token) is not taken as delivered. A
+    forgotten entry (bounded LRU; a restart) costs only a redundant member event.
+    Written from the read threads, hence the lock.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self._cache: LruCache[tuple[str, str | None, str], dict[str, tuple[str, int]]] = LruCache(max_size)
+        self._lock = threading.Lock()
+
+    def was_sent(self, requester: Requester, room_id: str, member: str, event_id: str, since: int) -> bool:
+        with self._lock:
+            entry = self._cache.get((requester.user_id, requester.device_id, room_id))
+            got = entry.get(member) if entry is not None else None
+        return got is not None and got[0] == event_id and got[1] <= since
+
+    def record(self, requester: Requester, room_id: str, members: dict[str, str], upto: int) -> None:
+        if not members:
+            return
+        key = (requester.user_id, requester.device_id, room_id)
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or len(entry) + len(members) > MAX_MEMBERS_PER_ENTRY:
+                entry = {}
+                self._cache.put(key, entry)
+            for member, event_id in members.items():
+                old = entry.get(member)
+                # Keep the earliest answer that carried this very event.
+                if old is None or old[0] != event_id:
+                    entry[member] = (event_id, upto)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return self._cache.statistics()
+
+
 class SyncService:
     def __init__(
         self, db: Database, clock: Clock, notifier: Notifier, typing: TypingTracker
@@ -102,6 +151,7 @@ class SyncService:
         self.extensions: list[SyncExtension] = []
         # (conn, user_id, room_id) -> (notification_count, highlight_count)
         self.unread_counter: UnreadCounter = default_unread_counts
+        self.members_sent = MembersSent(MEMBERS_SENT_CACHE_SIZE)
 
     async def sync(
         self,
@@ -500,13 +550,33 @@ class SyncService:
         # (clients take state from it alone), so a join, invite or leave of someone who
         # sent nothing stays in it: without it a client encrypting for the room never
         # learns who is in it.
-        if filt.lazy_load_members and (state_after_key is None or since is None):
+        lazy = filt.lazy_load_members and (state_after_key is None or since is None)
+        if lazy and since is None:
             senders = {r.event.sender for r in timeline} | {user_id}
             state_ids = {
                 k: v
                 for k, v in state_ids.items()
                 if k[0] != "m.room.member" or k[1] in senders
             }
+        elif lazy:
+            # Incremental: every membership change since the token stays (someone who
+            # joined or left in a gap), and each sender in the timeline comes with their
+            # membership unless this device was already sent it.
+            state_ids = dict(state_ids)
+            in_timeline = {r.event.event_id for r in timeline}
+            wanted = [
+                ("m.room.member", s)
+                for s in sorted({r.event.sender for r in timeline})
+                if ("m.room.member", s) not in state_ids
+            ]
+            assert since is not None
+            redundant = filt.room.state.include_redundant_members
+            for key, eid in state_store.get_current_state_ids(conn, room_id, wanted).items():
+                if eid in in_timeline:
+                    continue
+                if not redundant and self.members_sent.was_sent(requester, room_id, key[1], eid, since):
+                    continue
+                state_ids[key] = eid
         state_recs = ev_store.get_events(conn, state_ids.values())
         state_events = [
             serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
@@ -519,6 +589,14 @@ class SyncService:
                 conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
             )
         ]
+        if filt.lazy_load_members:
+            sent = {e["state_key"]: e["event_id"] for e in state_events if e["type"] == "m.room.member"}
+            sent.update(
+                (r.event.state_key, r.event.event_id)
+                for r in timeline
+                if r.event.type == "m.room.member" and r.event.state_key is not None
+            )
+            self.members_sent.record(requester, room_id, sent, upto)
         notif, highlight = self.unread_counter(conn, user_id, room_id)
         room: JsonDict = {
             "timeline": {
