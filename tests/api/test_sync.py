@@ -276,3 +276,47 @@ async def test_next_batch_pages_forwards_through_messages(http: httpx.AsyncClien
     third = await send(http, atok, room, {"msgtype": "m.text", "body": "3"})
     r = await http.get(f"{V3}/rooms/{room}/messages", params={"from": page["end"], "dir": "f"}, headers=auth_headers(atok))
     assert [e["event_id"] for e in r.json()["chunk"]] == [third]
+
+
+def _members(body: dict[str, Any], room: str) -> dict[str, str]:
+    state = body["rooms"]["join"].get(room, {}).get("state", {}).get("events", [])
+    return {e["state_key"]: e["content"]["membership"] for e in state if e["type"] == "m.room.member"}
+
+
+async def test_lazy_loaded_incremental_syncs_send_each_member_once(http: httpx.AsyncClient) -> None:
+    """Lazy loading: a sender the client has not met comes with their membership, one it
+    was already sent does not (unless include_redundant_members), and a gappy sync
+    carries every membership change of the gap, spoken or not."""
+    alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    carol, ctok, _ = await register(http)
+    dave, dtok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    for tok in (btok, ctok):
+        await join(http, tok, room)
+    for i in range(10):
+        await send(http, btok, room, {"filler": i}, etype="a.made.up.filler.type")
+    ten = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}})
+    first = await sync(http, atok, filter=ten)
+    assert _members(first, room) == {alice: "join", bob: "join"}
+
+    await send(http, ctok, room, {"msgtype": "m.text", "body": "carol speaks"})
+    await send(http, btok, room, {"msgtype": "m.text", "body": "bob again"})
+    nxt = await sync(http, atok, since=first["next_batch"], filter=ten)
+    assert _members(nxt, room) == {carol: "join"}
+    redundant = json.dumps({
+        "room": {"state": {"lazy_load_members": True, "include_redundant_members": True}, "timeline": {"limit": 10}}
+    })
+    again = await sync(http, atok, since=first["next_batch"], filter=redundant)
+    assert _members(again, room) == {carol: "join", bob: "join"}
+
+    # A gap: dave joins and leaves without a word; bob fills the timeline.
+    await join(http, dtok, room)
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(dtok))
+    assert r.status_code == 200, r.text
+    small = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 3}}})
+    for i in range(6):
+        await send(http, btok, room, {"filler": i}, etype="a.made.up.filler.type")
+    gappy = await sync(http, atok, since=nxt["next_batch"], filter=small)
+    assert gappy["rooms"]["join"][room]["timeline"]["limited"] is True
+    assert _members(gappy, room) == {dave: "leave"}
