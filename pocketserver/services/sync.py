@@ -23,7 +23,12 @@ import trio
 
 from pocketserver.errors import Forbidden, InvalidParam
 from pocketserver.services.auth import Requester
-from pocketserver.services.client_events import serialize_event, serialize_events, stripped_state
+from pocketserver.services.client_events import (
+    federation_format,
+    serialize_event,
+    serialize_events,
+    stripped_state,
+)
 from pocketserver.services.clock import Clock
 from pocketserver.services.ephemeral import TypingSnapshot, TypingTracker
 from pocketserver.services.filtering import Filter
@@ -579,14 +584,19 @@ class SyncService:
                 state_ids[key] = eid
         state_recs = ev_store.get_events(conn, state_ids.values())
         state_events = [
-            serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
+            _formatted(
+                filt, state_recs[e],
+                serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now),
+            )
             for e in state_ids.values()
             if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
         ]
         events = [
-            filt.project(e)
-            for e in serialize_events(
-                conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
+            filt.project(_formatted(filt, rec, e))
+            for rec, e in zip(
+                timeline,
+                serialize_events(conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now),
+                strict=True,
             )
         ]
         if filt.lazy_load_members:
@@ -711,13 +721,21 @@ class SyncService:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline, end_state)
         state_recs = ev_store.get_events(conn, state_ids.values())
         state_events = [
-            serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
+            _formatted(
+                filt, state_recs[e],
+                serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now),
+            )
             for e in state_ids.values()
             if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
         ]
-        events = serialize_events(
-            conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
-        )
+        events = [
+            filt.project(_formatted(filt, rec, e))
+            for rec, e in zip(
+                timeline,
+                serialize_events(conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now),
+                strict=True,
+            )
+        ]
         return {
             "timeline": {"events": events, "limited": limited, "prev_batch": f"t{first_pos - 1}"},
             state_after_key or "state": {"events": state_events},
@@ -775,6 +793,10 @@ def presence_event(p: presence_store.Presence, now: int) -> JsonDict:
     if p.status_msg is not None:
         content["status_msg"] = p.status_msg
     return {"type": "m.presence", "sender": p.user_id, "content": content}
+
+
+def _formatted(filt: Filter, rec: EventRecord, client_event: JsonDict) -> JsonDict:
+    return federation_format(rec, client_event) if filt.event_format == "federation" else client_event
 
 
 def _filter_view(rec: EventRecord) -> JsonDict:

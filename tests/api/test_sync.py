@@ -320,3 +320,16 @@ async def test_lazy_loaded_incremental_syncs_send_each_member_once(http: httpx.A
     gappy = await sync(http, atok, since=nxt["next_batch"], filter=small)
     assert gappy["rooms"]["join"][room]["timeline"]["limited"] is True
     assert _members(gappy, room) == {dave: "leave"}
+
+
+async def test_federation_event_format(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    eid = await send(http, atok, room, {"msgtype": "m.text", "body": "Test message"})
+    flt = json.dumps({"event_format": "federation", "room": {"timeline": {"limit": 1}}})
+    body = await sync(http, atok, filter=flt)
+    joined = body["rooms"]["join"][room]
+    [event] = joined["timeline"]["events"]
+    assert event["event_id"] == eid and event["content"]["body"] == "Test message"
+    assert {"prev_events", "auth_events", "depth", "hashes", "signatures", "room_id", "sender"} <= set(event)
+    assert all("signatures" in e for e in joined["state"]["events"])
