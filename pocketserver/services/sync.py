@@ -480,7 +480,6 @@ class SyncService:
         limit = min(limit, MAX_TIMELINE_LIMIT)
         checker = VisibilityChecker(conn, room_id, requester.user_id)
         ignored = ignored_users(conn, requester.user_id)
-        current_ids: set[str] | None = None
         picked: list[EventRecord] = []
         limited = False
         cursor = upto + 1
@@ -500,9 +499,8 @@ class SyncService:
                     # away from a "joined" room).
                     if rec.event.state_key is None or checker.current_membership != "join":
                         continue
-                    if current_ids is None:
-                        current_ids = set(state_store.get_current_state_ids(conn, room_id).values())
-                    if rec.event.event_id not in current_ids:
+                    key = (rec.event.type, rec.event.state_key)
+                    if state_store.get_current_state_ids(conn, room_id, [key]).get(key) != rec.event.event_id:
                         continue
                 if is_hidden(rec, ignored):
                     continue
