@@ -52,6 +52,13 @@ def _view(rec: EventRecord) -> JsonDict:
     return {"type": ev.type, "sender": ev.sender, "room_id": ev.room_id, "content": ev.content}
 
 
+def _v1_presence(p: presence_store.Presence, now: int) -> JsonDict:
+    """A presence event as the deprecated snapshots give it: the user also in content."""
+    event = presence_event(p, now)
+    event["content"]["user_id"] = p.user_id
+    return event
+
+
 class RoomReader:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
@@ -394,7 +401,7 @@ class RoomReader:
                 "rooms": rooms_out,
                 "receipts": self._receipts(conn, requester, joined_rooms),
                 "presence": [
-                    presence_event(p, now)
+                    _v1_presence(p, now)
                     for p in presence_store.get_presence_changes_since(conn, requester.user_id, 0, upto)
                 ],
                 "account_data": ad_store.to_events(account.global_),
@@ -466,7 +473,7 @@ class RoomReader:
             "account_data": ad_store.to_events(room_ad),
             # A former member learns nothing of who is around now.
             "presence": [
-                presence_event(p, now)
+                _v1_presence(p, now)
                 for p in presence_store.get_presences(conn, sorted(joined))
             ]
             if membership not in ("leave", "ban")

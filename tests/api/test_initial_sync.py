@@ -5,6 +5,7 @@ GET /rooms/{roomId}/initialSync (Element's room preview), /initialSync, /events 
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from tests.api.helpers import V3, auth_headers, create_room, join, register, send
@@ -258,3 +259,22 @@ async def test_non_member_room_initial_sync_shows_only_world_readable_history(ht
         ("m.room.history_visibility", None), ("m.room.message", "public"),
     ]
     assert {"start", "end"} <= set(messages)
+
+
+@pytest.mark.parametrize("config_extra", [{"registration": {"allow_guests": True}}])
+async def test_guests_follow_rooms_not_a_global_stream_and_presence_names_its_user(
+    http: httpx.AsyncClient,
+) -> None:
+    r = await http.post(f"{V3}/register", params={"kind": "guest"}, json={})
+    assert r.status_code == 200, r.text
+    guest = r.json()["access_token"]
+    r = await http.get(f"{V3}/events", params={"timeout": 0}, headers=auth_headers(guest))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
+
+    alice, atok, _ = await register(http)
+    r = await http.put(f"{V3}/presence/{alice}/status", json={"presence": "online"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/initialSync", headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    mine = [e for e in r.json()["presence"] if e["sender"] == alice]
+    assert mine and mine[0]["content"]["user_id"] == alice and mine[0]["content"]["presence"] == "online"
