@@ -4,11 +4,26 @@ GET /rooms/{roomId}/initialSync (Element's room preview), /initialSync, /events 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
 import trio
 
+from pocketserver.config import Config
 from tests.api.helpers import V3, auth_headers, create_room, join, register, send
+from tests.conftest import make_config
+
+
+@pytest.fixture
+def config_extra() -> dict[str, Any] | None:
+    return None
+
+
+@pytest.fixture
+def config(tmp_path: Path, config_extra: dict[str, Any] | None) -> Config:
+    return make_config(tmp_path, config_extra)
 
 
 async def test_room_initial_sync_for_a_member(http: httpx.AsyncClient) -> None:
