@@ -209,6 +209,16 @@ def thread_participated(conn: Conn, root_id: str, user_id: str) -> bool:
     return ev_store.has_related_from(conn, root_id, "m.thread", user_id)
 
 
+def federation_format(rec: EventRecord, client_event: JsonDict) -> JsonDict:
+    """The event as servers exchange it (a filter's ``event_format: federation``): the
+    stored PDU (redacted when the event was) with its ID, and the ``unsigned`` data
+    computed for the client form."""
+    out = dict(rec.event.pdu)
+    out["event_id"] = rec.event.event_id
+    out["unsigned"] = {**(out.get("unsigned") or {}), **client_event.get("unsigned", {})}
+    return out
+
+
 def stripped_state(rec: EventRecord) -> JsonDict:
     ev = rec.event
     return {

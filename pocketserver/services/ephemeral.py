@@ -32,6 +32,20 @@ class _RoomTyping:
     serial: int = 0
 
 
+@dataclass(frozen=True)
+class TypingSnapshot:
+    rooms: dict[str, tuple[int, tuple[str, ...]]]
+
+    def typing_since(self, room_id: str, since_serial: int | None) -> list[str] | None:
+        """As :meth:`TypingTracker.typing_since`, at the time of the snapshot."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return [] if since_serial is None else None
+        if since_serial is not None and room[0] <= since_serial:
+            return None
+        return list(room[1])
+
+
 class TypingTracker:
     def __init__(self, clock: Clock, notifier: Notifier) -> None:
         self.clock = clock
@@ -100,6 +114,16 @@ class TypingTracker:
             if since_serial is not None and room.serial <= since_serial:
                 return None
             return sorted(u for u, exp in room.users.items() if exp > now)
+
+    def snapshot(self) -> TypingSnapshot:
+        """A frozen copy of who is typing where, for readers that run off the event loop
+        (a /sync transaction in a worker thread): expiring timeouts notifies waiters,
+        which must happen here, on the trio thread."""
+        self.expire()
+        with self._lock:
+            return TypingSnapshot(
+                {rid: (room.serial, tuple(sorted(room.users))) for rid, room in self._rooms.items()}
+            )
 
     def next_expiry_in(self) -> float | None:
         soonest = None

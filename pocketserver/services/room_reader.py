@@ -23,7 +23,7 @@ from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
 from pocketserver.services.params import parse_int
-from pocketserver.services.sync import parse_stream_token, presence_event
+from pocketserver.services.sync import parse_stream_token, presence_event, receipt_event
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import events as ev_store
@@ -51,6 +51,13 @@ def _parse_room_filter(raw: str | None) -> RoomEventFilter | None:
 def _view(rec: EventRecord) -> JsonDict:
     ev = rec.event
     return {"type": ev.type, "sender": ev.sender, "room_id": ev.room_id, "content": ev.content}
+
+
+def _v1_presence(p: presence_store.Presence, now: int) -> JsonDict:
+    """A presence event as the deprecated snapshots give it: the user also in content."""
+    event = presence_event(p, now)
+    event["content"]["user_id"] = p.user_id
+    return event
 
 
 class RoomReader:
@@ -248,6 +255,11 @@ class RoomReader:
             out: JsonDict = {"chunk": chunk, "start": f"t{boundary}"}
             if not exhausted and (picked or limit == 0):
                 out["end"] = f"t{cursor - 1}" if backwards else f"t{cursor}"
+            elif not backwards:
+                # Forwards there is no end of history: events sent later follow this
+                # token, so the client can keep paginating from it.
+                reached = end_pos if end_pos is not None else current_stream_pos(conn)
+                out["end"] = f"t{max(cursor, min(reached, current_stream_pos(conn)))}"
             if flt is not None and flt.lazy_load_members and picked:
                 senders = {r.event.sender for r in picked}
                 state = state_store.get_current_state_ids(
@@ -390,11 +402,13 @@ class RoomReader:
                     continue
                 rooms_out.append(self._snapshot(conn, requester, room_id, m[0], m[1], limit, now))
             account = ad_store.get_account_data_since(conn, requester.user_id, 0, upto)
+            joined_rooms = [r for r, (m, _) in memberships.items() if m == "join"]
             return {
                 "end": f"t{upto}",
                 "rooms": rooms_out,
+                "receipts": self._receipts(conn, requester, joined_rooms),
                 "presence": [
-                    presence_event(p, now)
+                    _v1_presence(p, now)
                     for p in presence_store.get_presence_changes_since(conn, requester.user_id, 0, upto)
                 ],
                 "account_data": ad_store.to_events(account.global_),
@@ -447,9 +461,13 @@ class RoomReader:
                 break
         picked.reverse()
         kw: dict[str, Any] = {"user_id": requester.user_id, "device_id": requester.device_id, "now_ms": now}
-        messages: JsonDict = {"chunk": serialize_events(conn, picked, **kw), "end": f"t{upto}"}
-        if not exhausted:
-            messages["start"] = f"t{cursor - 1}"
+        # ``start`` pages back from the first event; from the room's start that finds
+        # nothing, which is how a client learns it has everything.
+        messages: JsonDict = {
+            "chunk": serialize_events(conn, picked, **kw),
+            "start": f"t{cursor - 1}" if picked or not exhausted else f"t{upto}",
+            "end": f"t{upto}",
+        }
         recs = ev_store.get_events(conn, state.values())
         info = ev_store.get_room(conn, room_id)
         joined = set(state_store.room_members(conn, room_id, "join"))
@@ -460,14 +478,30 @@ class RoomReader:
             "state": serialize_events(conn, [recs[e] for e in state.values() if e in recs], bundle=False, **kw),
             "visibility": "public" if info is not None and info.is_public else "private",
             "account_data": ad_store.to_events(room_ad),
+            # A former member learns nothing of who is around now.
             "presence": [
-                presence_event(p, now)
-                for p in presence_store.get_presence_changes_since(conn, requester.user_id, 0, None)
-                if p.user_id in joined
-            ],
+                _v1_presence(p, now)
+                for p in presence_store.get_presences(conn, sorted(joined))
+            ]
+            if membership not in ("leave", "ban")
+            else [],
+            "receipts": self._receipts(conn, requester, [room_id])
+            if membership not in ("leave", "ban")
+            else [],
         }
         if membership is not None:
             out["membership"] = membership
+        return out
+
+    def _receipts(self, conn: Conn, requester: Requester, room_ids: list[str]) -> list[JsonDict]:
+        """The rooms' current receipts as m.receipt events, one per room."""
+        upto = current_stream_pos(conn)
+        by_room = room_store.receipts_since(conn, room_ids, 0, upto, requester.user_id)
+        out = []
+        for room_id in sorted(by_room):
+            event = receipt_event(by_room[room_id])
+            event["room_id"] = room_id
+            out.append(event)
         return out
 
     async def event_by_id(self, requester: Requester, event_id: str) -> JsonDict:

@@ -405,6 +405,9 @@ class RoomService:
         await self.update_membership(
             requester, room_id, requester.user_id, "join", reason=reason, content=extra
         )
+        pos = await self.db.write(_carry_tags_from_predecessor, room_id, requester.user_id)
+        if pos is not None:
+            self.notifier.notify(pos)
         return room_id
 
     async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
@@ -634,3 +637,21 @@ def _int(value: Any, default: int) -> int:
         except ValueError:
             return default
     return default
+
+
+def _carry_tags_from_predecessor(conn: Any, room_id: str, user_id: str) -> int | None:
+    """Joining an upgraded room brings the user's tags from the room it replaced
+    (room_upgrades.md: "the server should automatically transfer ... tags"), unless
+    the user already tagged the new room. Returns the stream position written, if any."""
+    from pocketserver.storage import account_data as ad_store
+
+    create = state_store.get_current_state_ids(conn, room_id, [("m.room.create", "")])
+    rec = ev_store.get_event(conn, create[("m.room.create", "")]) if create else None
+    predecessor = rec.event.content.get("predecessor") if rec is not None else None
+    old_room = predecessor.get("room_id") if isinstance(predecessor, dict) else None
+    if not isinstance(old_room, str) or ad_store.get_account_data(conn, user_id, room_id, "m.tag"):
+        return None
+    tags = ad_store.get_account_data(conn, user_id, old_room, "m.tag")
+    if not tags or not tags.get("tags"):
+        return None
+    return ad_store.put_account_data(conn, user_id, room_id, "m.tag", tags)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +29,17 @@ import trio
 
 from pocketserver.errors import Forbidden, InvalidParam
 from pocketserver.services.auth import Requester
-from pocketserver.services.client_events import serialize_event, serialize_events, stripped_state
+from pocketserver.services.client_events import (
+    federation_format,
+    serialize_event,
+    serialize_events,
+    stripped_state,
+)
 from pocketserver.services.clock import Clock
-from pocketserver.services.ephemeral import TypingTracker
+from pocketserver.services.ephemeral import TypingSnapshot, TypingTracker
 from pocketserver.services.filtering import Filter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
+from pocketserver.services.lru import LruCache
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.params import parse_int
 from pocketserver.services.visibility import VisibilityChecker
@@ -98,6 +105,53 @@ SyncExtension = Callable[[Requester, SyncToken | None, int, JsonDict], Awaitable
 UnreadCounter = Callable[[Conn, str, str], tuple[int, int]]
 
 
+# (user, device, room) entries of MembersSent; each holds at most MAX_MEMBERS_PER_ENTRY.
+MEMBERS_SENT_CACHE_SIZE = 4096
+MAX_MEMBERS_PER_ENTRY = 2000
+
+
+class MembersSent:
+    """Which membership events each device was sent under lazy loading, so an
+    incremental sync need not repeat them ("Lazy-loading room members": servers may
+    skip members the client already has, unless ``include_redundant_members``).
+
+    An entry remembers the sync position of the answer that carried it, and counts only
+    once the client syncs from that position or later: an answer that never arrived (a
+    dropped connection, a retry with the old token) is not taken as delivered. A
+    forgotten entry (bounded LRU; a restart) costs only a redundant member event.
+    Written from the read threads, hence the lock.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self._cache: LruCache[tuple[str, str | None, str], dict[str, tuple[str, int]]] = LruCache(max_size)
+        self._lock = threading.Lock()
+
+    def was_sent(self, requester: Requester, room_id: str, member: str, event_id: str, since: int) -> bool:
+        with self._lock:
+            entry = self._cache.get((requester.user_id, requester.device_id, room_id))
+            got = entry.get(member) if entry is not None else None
+        return got is not None and got[0] == event_id and got[1] <= since
+
+    def record(self, requester: Requester, room_id: str, members: dict[str, str], upto: int) -> None:
+        if not members:
+            return
+        key = (requester.user_id, requester.device_id, room_id)
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or len(entry) + len(members) > MAX_MEMBERS_PER_ENTRY:
+                entry = {}
+                self._cache.put(key, entry)
+            for member, event_id in members.items():
+                old = entry.get(member)
+                # Keep the earliest answer that carried this very event.
+                if old is None or old[0] != event_id:
+                    entry[member] = (event_id, upto)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return self._cache.statistics()
+
+
 class SyncService:
     def __init__(
         self, db: Database, clock: Clock, notifier: Notifier, typing: TypingTracker
@@ -110,6 +164,7 @@ class SyncService:
         self.extensions: list[SyncExtension] = []
         # (conn, user_id, room_id) -> (notification_count, highlight_count)
         self.unread_counter: UnreadCounter = default_unread_counts
+        self.members_sent = MembersSent(MEMBERS_SENT_CACHE_SIZE)
 
     def slot(self, since: str | None, full_state: bool) -> contextlib.AbstractAsyncContextManager[Any]:
         """What a /sync request holds while its answer is built and encoded: one of the
@@ -137,9 +192,10 @@ class SyncService:
         while True:
             self.typing.expire()  # here, on the event loop: the read below runs in a thread
             changed = self.notifier.change_event()
+            typing = self.typing.snapshot()
             typing_serial = self.notifier.ephemeral_serial
             upto, response = await self.db.read(
-                self._build_now, requester, token, typing_serial, filt, full_state,
+                self._build_now, requester, token, typing, typing_serial, filt, full_state,
                 state_after_key,
             )
             td_pos: int | None = upto
@@ -147,6 +203,10 @@ class SyncService:
                 reached = await ext(requester, token, upto, response)
                 if reached is not None:
                     td_pos = min(td_pos, reached) if td_pos is not None else reached
+            # Extensions add account data too (the push rules): filter once, at the end.
+            account_data = response.get("account_data")
+            if account_data is not None:
+                account_data["events"] = _filter_account_data(filt, account_data["events"])
             response["next_batch"] = str(SyncToken(upto, typing_serial, td_pos or upto))
             if token is None or full_state or _has_content(response):
                 return response
@@ -163,30 +223,58 @@ class SyncService:
     async def event_stream(
         self, requester: Requester, *, from_token: str | None, timeout_ms: int, room_id: str | None
     ) -> JsonDict:
-        """GET /events: the room events after ``from`` (now, when absent) in the user's
+        """GET /events: what happened after ``from`` (now, when absent) in the user's
         rooms, or in one room the user may see (a peek into a world-readable room, as
-        matrix-js-sdk does after a room initialSync), waiting up to the timeout for one.
-        Tokens are ``t{pos}``, as /messages and /initialSync give them."""
-        first = parse_stream_token(from_token) if from_token else None
+        matrix-js-sdk does after a room initialSync), waiting up to the timeout for
+        something. Room events, then the same ephemeral and account data /sync gives:
+        presence, receipts and typing (with their ``room_id``), account data and tags.
+
+        Tokens are sync tokens ``s{pos}_{typing}_0``, so that typing changes, which live
+        in memory, are not given twice; ``t{pos}`` tokens from /messages and
+        /initialSync are accepted too (typing then counts from this call on)."""
+        typing_from: int | None = None
+        if from_token is not None and from_token.startswith("s"):
+            parsed = SyncToken.parse(from_token)
+            first: int | None = parsed.pos
+            typing_from = parsed.typing
+        else:
+            first = parse_stream_token(from_token) if from_token else None
+        if typing_from is None:
+            typing_from = self.notifier.ephemeral_serial
         pos = first
         deadline = trio.current_time() + min(max(timeout_ms, 0) / 1000, MAX_TIMEOUT_S)
         while True:
             changed = self.notifier.change_event()
+            typing = self.typing.snapshot()
+            typing_now = self.notifier.ephemeral_serial
             # Each pass reads one bounded slice; a slice of events the user may not see
             # moves on without waiting.
             for _ in range(100):
-                start, end, chunk, upto = await self.db.read(self._stream_now, requester, pos, room_id)
+                start, end, chunk, upto = await self.db.read(
+                    self._stream_now, requester, pos, room_id, typing, typing_from
+                )
                 first = start if first is None else first
                 pos = end
                 if chunk or end >= upto:
                     break
             remaining = deadline - trio.current_time()
             if chunk or remaining <= 0 or end < upto:
-                return {"start": f"t{first}", "end": f"t{pos}", "chunk": chunk}
+                assert first is not None and pos is not None
+                return {
+                    "start": str(SyncToken(first, typing_from, 0)),
+                    "end": str(SyncToken(pos, typing_now, 0)),
+                    "chunk": chunk,
+                }
             await self.notifier.wait_for_change(remaining, changed)
 
     def _stream_now(
-        self, conn: Conn, requester: Requester, start: int | None, room_id: str | None
+        self,
+        conn: Conn,
+        requester: Requester,
+        start: int | None,
+        room_id: str | None,
+        typing: TypingSnapshot,
+        typing_from: int,
     ) -> tuple[int, int, list[JsonDict], int]:
         """(start, end, events in (start, end], position now): ``end`` is short of now
         when more than a slice of events arrived."""
@@ -201,16 +289,13 @@ class SyncService:
             ):
                 raise Forbidden("You are not in this room and it is not world-readable")
             rooms = {room_id}
+            joined = [room_id]
         else:
             # Rooms left before ``start`` have nothing more to show; one left since, its
             # events up to the leave.
-            rooms = {
-                rid
-                for rid, (m, mpos) in state_store.rooms_for_user(
-                    conn, user_id, ("join", "invite", "leave", "ban")
-                ).items()
-                if m in ("join", "invite") or mpos > start
-            }
+            mine = state_store.rooms_for_user(conn, user_id, ("join", "invite", "leave", "ban"))
+            rooms = {rid for rid, (m, mpos) in mine.items() if m in ("join", "invite") or mpos > start}
+            joined = [rid for rid, (m, _) in mine.items() if m == "join"]
         changed = ev_store.rooms_with_events_between(conn, rooms, start, upto) if start < upto else set()
         ignored = ignored_users(conn, user_id)
         picked: list[EventRecord] = []
@@ -227,9 +312,9 @@ class SyncService:
         if len(picked) > EVENT_STREAM_LIMIT:
             picked = picked[:EVENT_STREAM_LIMIT]
             end = picked[-1].stream_pos or end
-        chunk = serialize_events(
-            conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=self.clock.time_ms()
-        )
+        now = self.clock.time_ms()
+        chunk = serialize_events(conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=now)
+        chunk.extend(_stream_extras(conn, user_id, room_id, joined, start, end, typing, typing_from, now))
         return start, end, chunk, upto
 
     # -- one pass, inside one read transaction ---------------------------------------------
@@ -239,6 +324,7 @@ class SyncService:
         conn: Conn,
         requester: Requester,
         token: SyncToken | None,
+        typing: TypingSnapshot,
         typing_serial: int,
         filt: Filter,
         full_state: bool,
@@ -247,7 +333,7 @@ class SyncService:
         """The answer up to the stream position this transaction sees, and that position."""
         upto = current_stream_pos(conn)
         return upto, self._build(
-            conn, requester, token, upto, typing_serial, filt, full_state, state_after_key
+            conn, requester, token, upto, typing, filt, full_state, state_after_key
         )
 
     def _build(
@@ -256,7 +342,7 @@ class SyncService:
         requester: Requester,
         token: SyncToken | None,
         upto: int,
-        typing_serial: int,
+        typing: TypingSnapshot,
         filt: Filter,
         full_state: bool,
         state_after_key: str | None = None,
@@ -286,14 +372,24 @@ class SyncService:
         )
         account = ad_store.get_account_data_since(conn, user_id, since or 0, upto)
 
+        newly_joined: list[str] = []
         for room_id, (membership, mpos) in memberships.items():
             if not filt.room.matches_room(room_id):
                 continue
             if mpos > upto:
                 continue
-            newly = since is None or mpos > since
+            changed = since is None or mpos > since
+            # A membership event after the token is not always a new membership: a
+            # displayname change is a join after a join. What the client knows
+            # depends on whether the user was joined at its token.
+            joined_at_since = (
+                changed and since is not None and _membership_at(conn, room_id, user_id, since) == "join"
+            )
+            newly = changed and not joined_at_since
             if membership == "join":
-                typing_users = self.typing.typing_since(
+                if newly:
+                    newly_joined.append(room_id)
+                typing_users = typing.typing_since(
                     room_id, token.typing if (token is not None and not newly) else None
                 )
                 has_news = (
@@ -308,22 +404,27 @@ class SyncService:
                     continue
                 room = self._joined_room(
                     conn, requester, room_id, None if (newly or full_state) else since, upto, filt,
-                    now, state_after_key,
+                    now, state_after_key, newly and since is not None,
                 )
                 eph: list[JsonDict] = []
-                if typing_users is not None and (typing_users or token is not None):
+                # An empty typing list tells a client that typing stopped; a room it
+                # has just joined has nothing to stop.
+                if typing_users is not None and (typing_users or (token is not None and not newly)):
                     eph.append({"type": "m.typing", "content": {"user_ids": typing_users}})
                 if room_id in receipts:
-                    eph.append(_receipt_event(receipts[room_id]))
-                room["ephemeral"] = {"events": eph}
-                room["account_data"] = {
-                    "events": ad_store.to_events(account.rooms.get(room_id, {}))
-                    if since is not None
+                    eph.append(receipt_event(receipts[room_id]))
+                room["ephemeral"] = {"events": [e for e in eph if filt.room.ephemeral.matches(e)]}
+                room_account_data = (
+                    ad_store.to_events(account.rooms.get(room_id, {}))
+                    if since is not None and not newly
                     else self._all_room_account_data(conn, user_id, room_id)
+                )
+                room["account_data"] = {
+                    "events": [e for e in room_account_data if filt.room.account_data.matches(e)]
                 }
-                if not (newly or full_state) and not _room_has_news(room):
+                if since is not None and not (newly or full_state) and not _room_has_news(room):
                     # Everything new was filtered out (an ignored user's messages, types
-                    # the filter leaves out): the room has nothing to report.
+                    # the filter leaves out): the room has nothing to report (Synapse too).
                     continue
                 rooms_join[room_id] = room
             elif membership == "invite" and newly:
@@ -332,18 +433,26 @@ class SyncService:
                 rooms_invite[room_id] = {"invite_state": {"events": self._stripped(conn, room_id, user_id)}}
             elif membership == "knock" and newly:
                 rooms_knock[room_id] = {"knock_state": {"events": self._stripped(conn, room_id, user_id)}}
-            elif membership in ("leave", "ban") and since is not None and newly:
+            elif membership in ("leave", "ban") and since is not None and changed:
+                # Joined and left again since the token: the client never had this
+                # room's state, so it gets all of it (as of the leave).
+                full = not joined_at_since and _joined_between(conn, room_id, user_id, since, mpos)
                 rooms_leave[room_id] = self._left_room(
-                    conn, requester, room_id, since, mpos, filt, now, state_after_key
+                    conn, requester, room_id, None if full else since, mpos, filt, now, state_after_key
                 )
             elif membership in ("leave", "ban") and since is None and filt.room.include_leave:
                 rooms_leave[room_id] = self._left_room(
                     conn, requester, room_id, None, mpos, filt, now, state_after_key
                 )
 
+        changes = presence_store.get_presence_changes_since(conn, user_id, since or 0, upto)
+        if since is not None and newly_joined:
+            # A room joined since the token brings its members' presence, changed or not.
+            seen = {p.user_id for p in changes}
+            members = {m for rid in newly_joined for m in state_store.room_members(conn, rid, "join")}
+            changes += presence_store.get_presences(conn, sorted(members - seen), upto)
         presence_events = [
-            presence_event(p, now)
-            for p in presence_store.get_presence_changes_since(conn, user_id, since or 0, upto)
+            e for e in (presence_event(p, now) for p in changes) if filt.presence.matches(e)
         ]
 
         return {
@@ -378,6 +487,7 @@ class SyncService:
         since: int | None,
         upto: int,
         filt: Filter,
+        newly_joined: bool = False,
     ) -> tuple[list[EventRecord], bool, int]:
         """(events oldest first, limited, position before the first event)."""
         limit = filt.room.timeline.limit
@@ -389,16 +499,26 @@ class SyncService:
         picked: list[EventRecord] = []
         limited = False
         cursor = upto + 1
-        # Walk back in pages until the limit is filled with visible, filter-passing events.
+        page_size = max(limit * 2, 20)
+        # Walk back in pages until the limit is filled with visible, filter-passing
+        # events; ``limited`` says that more of those exist before the first one.
         for _ in range(20):
             page = ev_store.room_timeline(
-                conn, room_id, from_pos=cursor, to_pos=since, backwards=True, limit=max(limit * 2, 20)
+                conn, room_id, from_pos=cursor, to_pos=since, backwards=True, limit=page_size
             )
-            if not page:
-                break
             for rec in page:
                 cursor = rec.stream_pos if rec.stream_pos is not None else cursor
-                if not checker.can_see(rec) or is_hidden(rec, ignored):
+                if not checker.can_see(rec):
+                    # The room's current state is the member's to read anyway, so a
+                    # state event still in it is shown where it happened, even from a
+                    # stretch of history the user may not see (a join while they were
+                    # away from a "joined" room).
+                    if rec.event.state_key is None or checker.current_membership != "join":
+                        continue
+                    key = (rec.event.type, rec.event.state_key)
+                    if state_store.get_current_state_ids(conn, room_id, [key]).get(key) != rec.event.event_id:
+                        continue
+                if is_hidden(rec, ignored):
                     continue
                 if not filt.room.timeline.matches(_filter_view(rec)):
                     continue
@@ -406,19 +526,20 @@ class SyncService:
                     limited = True
                     break
                 picked.append(rec)
-            if limited:
+            if limited or len(page) < page_size:
                 break
-            if len(page) < max(limit * 2, 20):
-                break
+        else:
+            limited = True  # the walk's bound ran out before the room's start
         if limit == 0 and since is not None:
             limited = ev_store.room_timeline(conn, room_id, from_pos=upto + 1, to_pos=since, backwards=True, limit=1) != []
-        if since is None and not limited and picked:
-            # An initial sync that reached the room's start is not limited, unless
-            # older events exist that the user cannot see.
-            older = ev_store.room_timeline(
-                conn, room_id, from_pos=picked[-1].stream_pos, to_pos=None, backwards=True, limit=1
+        if newly_joined and not limited and picked:
+            # A room joined since the client's token: it has none of the history, so
+            # any older event means there is more to paginate.
+            limited = bool(
+                ev_store.room_timeline(
+                    conn, room_id, from_pos=picked[-1].stream_pos, to_pos=None, backwards=True, limit=1
+                )
             )
-            limited = bool(older)
         picked.reverse()
         first_pos = picked[0].stream_pos if picked and picked[0].stream_pos is not None else cursor
         return picked, limited, first_pos
@@ -433,9 +554,12 @@ class SyncService:
         filt: Filter,
         now: int,
         state_after_key: str | None = None,
+        newly_joined: bool = False,
     ) -> JsonDict:
         user_id = requester.user_id
-        timeline, limited, first_pos = self._timeline(conn, requester, room_id, since, upto, filt)
+        timeline, limited, first_pos = self._timeline(
+            conn, requester, room_id, since, upto, filt, newly_joined
+        )
         if state_after_key is None:
             state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited)
         else:
@@ -445,25 +569,58 @@ class SyncService:
         # (clients take state from it alone), so a join, invite or leave of someone who
         # sent nothing stays in it: without it a client encrypting for the room never
         # learns who is in it.
-        if filt.lazy_load_members and (state_after_key is None or since is None):
+        lazy = filt.lazy_load_members and (state_after_key is None or since is None)
+        if lazy and since is None:
             senders = {r.event.sender for r in timeline} | {user_id}
             state_ids = {
                 k: v
                 for k, v in state_ids.items()
                 if k[0] != "m.room.member" or k[1] in senders
             }
+        elif lazy:
+            # Incremental: every membership change since the token stays (someone who
+            # joined or left in a gap), and each sender in the timeline comes with their
+            # membership unless this device was already sent it.
+            state_ids = dict(state_ids)
+            in_timeline = {r.event.event_id for r in timeline}
+            wanted = [
+                ("m.room.member", s)
+                for s in sorted({r.event.sender for r in timeline})
+                if ("m.room.member", s) not in state_ids
+            ]
+            assert since is not None
+            redundant = filt.room.state.include_redundant_members
+            for key, eid in state_store.get_current_state_ids(conn, room_id, wanted).items():
+                if eid in in_timeline:
+                    continue
+                if not redundant and self.members_sent.was_sent(requester, room_id, key[1], eid, since):
+                    continue
+                state_ids[key] = eid
         state_recs = ev_store.get_events(conn, state_ids.values())
         state_events = [
-            serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
+            _formatted(
+                filt, state_recs[e],
+                serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now),
+            )
             for e in state_ids.values()
             if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
         ]
         events = [
-            filt.project(e)
-            for e in serialize_events(
-                conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
+            filt.project(_formatted(filt, rec, e))
+            for rec, e in zip(
+                timeline,
+                serialize_events(conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now),
+                strict=True,
             )
         ]
+        if filt.lazy_load_members:
+            sent = {e["state_key"]: e["event_id"] for e in state_events if e["type"] == "m.room.member"}
+            sent.update(
+                (r.event.state_key, r.event.event_id)
+                for r in timeline
+                if r.event.type == "m.room.member" and r.event.state_key is not None
+            )
+            self.members_sent.record(requester, room_id, sent, upto)
         notif, highlight = self.unread_counter(conn, user_id, room_id)
         room: JsonDict = {
             "timeline": {
@@ -578,18 +735,67 @@ class SyncService:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline, end_state)
         state_recs = ev_store.get_events(conn, state_ids.values())
         state_events = [
-            serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
+            _formatted(
+                filt, state_recs[e],
+                serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now),
+            )
             for e in state_ids.values()
             if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
         ]
-        events = serialize_events(
-            conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
-        )
+        events = [
+            filt.project(_formatted(filt, rec, e))
+            for rec, e in zip(
+                timeline,
+                serialize_events(conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now),
+                strict=True,
+            )
+        ]
         return {
             "timeline": {"events": events, "limited": limited, "prev_batch": f"t{first_pos - 1}"},
             state_after_key or "state": {"events": state_events},
             "account_data": {"events": []},
         }
+
+
+def _stream_extras(
+    conn: Conn,
+    user_id: str,
+    room_id: str | None,
+    joined: list[str],
+    start: int,
+    end: int,
+    typing: TypingSnapshot,
+    typing_from: int,
+    now: int,
+) -> list[JsonDict]:
+    """/events' non-room events in (start, end]: presence (with the old
+    ``content.user_id``), receipts and typing of the rooms, and, outside a peek, the
+    user's account data."""
+    out: list[JsonDict] = []
+    if start < end:
+        if room_id is None:
+            presences = presence_store.get_presence_changes_since(conn, user_id, start, end)
+        else:
+            members = state_store.room_members(conn, room_id, "join")
+            presences = [
+                p for p in presence_store.get_presences(conn, sorted(members), end) if p.stream_pos > start
+            ]
+        for p in presences:
+            event = presence_event(p, now)
+            event["content"]["user_id"] = p.user_id
+            out.append(event)
+        for rid, rows in sorted(room_store.receipts_since(conn, joined, start, end, user_id).items()):
+            out.append({**receipt_event(rows), "room_id": rid})
+        if room_id is None:
+            account = ad_store.get_account_data_since(conn, user_id, start, end)
+            out.extend(ad_store.to_events(account.global_))
+            for rid, by_type in sorted(account.rooms.items()):
+                out.extend({**e, "room_id": rid} for e in ad_store.to_events(by_type))
+    for rid in joined:
+        users = typing.typing_since(rid, typing_from)
+        if users is not None:
+            out.append({"type": "m.typing", "room_id": rid, "content": {"user_ids": users}})
+    return out
 
 
 def presence_event(p: presence_store.Presence, now: int) -> JsonDict:
@@ -603,6 +809,10 @@ def presence_event(p: presence_store.Presence, now: int) -> JsonDict:
     return {"type": "m.presence", "sender": p.user_id, "content": content}
 
 
+def _formatted(filt: Filter, rec: EventRecord, client_event: JsonDict) -> JsonDict:
+    return federation_format(rec, client_event) if filt.event_format == "federation" else client_event
+
+
 def _filter_view(rec: EventRecord) -> JsonDict:
     ev = rec.event
     return {"type": ev.type, "sender": ev.sender, "room_id": ev.room_id, "content": ev.content}
@@ -612,11 +822,28 @@ def _filter_account_data(filt: Filter, events: list[JsonDict]) -> list[JsonDict]
     return [e for e in events if filt.account_data.matches(e)]
 
 
-def _receipt_event(rows: list[tuple[str, str, str, str, JsonDict]]) -> JsonDict:
+def receipt_event(rows: list[tuple[str, str, str, str, JsonDict]]) -> JsonDict:
     content: JsonDict = {}
     for event_id, rtype, user_id, _thread, data in rows:
         content.setdefault(event_id, {}).setdefault(rtype, {})[user_id] = data
     return {"type": "m.receipt", "content": content}
+
+
+def _membership_at(conn: Conn, room_id: str, user_id: str, pos: int) -> str | None:
+    """The user's membership in the room just after stream position ``pos``."""
+    found = None
+    for p, m in state_store.user_membership_history(conn, room_id, user_id):
+        if p > pos:
+            break
+        found = m
+    return found
+
+
+def _joined_between(conn: Conn, room_id: str, user_id: str, since: int, upto: int) -> bool:
+    return any(
+        since < p <= upto and m == "join"
+        for p, m in state_store.user_membership_history(conn, room_id, user_id)
+    )
 
 
 def _has_content(resp: JsonDict) -> bool:

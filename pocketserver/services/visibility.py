@@ -15,8 +15,9 @@ a kicked or banned user learns the kick's reason, and who did it, from that even
 Because both inputs change only at known stream positions, what a user may see of a room
 is also a short list of stream-position ranges (:meth:`VisibilityChecker.visible_ranges`),
 which lets a query count visible events without reading them (``/search``'s ``count``).
-The ranges leave out the user's own membership events outside them, which ``/search``
-(message bodies only) never matches.
+The ranges leave out the user's own membership events and the history_visibility
+changes outside them (visible when the visibility before *or* after them allows),
+which ``/search`` (message bodies only) never matches.
 """
 
 from __future__ import annotations
@@ -67,10 +68,20 @@ class VisibilityChecker:
             and rec.event.state_key == self.user_id
         ):
             return True
-        return self._visible_at(pos)
+        if self._visible_at(pos):
+            return True
+        if rec.event.type == "m.room.history_visibility" and rec.event.state_key == "":
+            # Seen if the visibility before *or* after it would allow it.
+            after = rec.event.content.get("history_visibility")
+            return self._allowed(after if isinstance(after, str) else "shared", pos)
+        return False
 
     def _visible_at(self, pos: int) -> bool:
-        vis = self.visibility_at(pos)
+        return self._allowed(self.visibility_at(pos), pos)
+
+    def _allowed(self, vis: str, pos: int) -> bool:
+        if vis not in ("world_readable", "shared", "invited", "joined"):
+            vis = "shared"  # unset or not understood
         if vis == "world_readable":
             return True
         if self.user_id is None:

@@ -91,3 +91,18 @@ def get_presence_changes_since(
         args.append(upto_pos)
     args += [user_id, user_id]
     return [_row(r) for r in conn.execute(sql, args)]
+
+
+def get_presences(conn: Conn, user_ids: list[str], upto_pos: int | None = None) -> list[Presence]:
+    """The stored presence of each of ``user_ids`` (as of ``upto_pos``: rows written later
+    are left for the next sync), ordered by stream position."""
+    out: list[Presence] = []
+    for i in range(0, len(user_ids), 500):
+        chunk = user_ids[i : i + 500]
+        sql = f"SELECT {_COLS} FROM presence WHERE user_id IN ({','.join('?' * len(chunk))})"
+        args: list[Any] = list(chunk)
+        if upto_pos is not None:
+            sql += " AND stream_pos <= ?"
+            args.append(upto_pos)
+        out.extend(_row(r) for r in conn.execute(sql, args))
+    return sorted(out, key=lambda p: p.stream_pos)

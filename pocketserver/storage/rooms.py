@@ -56,7 +56,18 @@ def upsert_receipt(
     data: dict[str, Any],
     stream_pos: int,
 ) -> None:
+    """Store a receipt; one for an event before the user's current one of the same type
+    and thread is ignored (a receipt says "read up to here" and never moves back)."""
     rnid = room_nid(conn, room_id)
+    older = conn.execute(
+        "SELECT 1 FROM receipts r JOIN events cur ON cur.event_id = r.event_id,"
+        " events new ON new.event_id = ?"
+        " WHERE r.room_nid = ? AND r.receipt_type = ? AND r.user_id = ? AND r.thread_id = ?"
+        " AND new.stream_pos < cur.stream_pos",
+        (event_id, rnid, receipt_type, user_id, thread_id),
+    ).fetchone()
+    if older is not None:
+        return
     conn.execute(
         "INSERT OR REPLACE INTO receipts (room_nid, receipt_type, user_id, thread_id, event_id,"
         " data_json, stream_pos) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -4,10 +4,26 @@ GET /rooms/{roomId}/initialSync (Element's room preview), /initialSync, /events 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import httpx
+import pytest
 import trio
 
+from pocketserver.config import Config
 from tests.api.helpers import V3, auth_headers, create_room, join, register, send
+from tests.conftest import make_config
+
+
+@pytest.fixture
+def config_extra() -> dict[str, Any] | None:
+    return None
+
+
+@pytest.fixture
+def config(tmp_path: Path, config_extra: dict[str, Any] | None) -> Config:
+    return make_config(tmp_path, config_extra)
 
 
 async def test_room_initial_sync_for_a_member(http: httpx.AsyncClient) -> None:
@@ -179,3 +195,101 @@ async def test_event_stream_shows_a_kick_to_its_target_and_nothing_after(http: h
     ]
     r = await http.get(f"{V3}/events", params={"from": r.json()["end"], "timeout": 0}, headers=auth_headers(btok))
     assert r.json()["chunk"] == []
+
+
+async def _events(http: httpx.AsyncClient, token: str, **params: object) -> dict[str, object]:
+    r = await http.get(f"{V3}/events", params={"timeout": 0, **params}, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_event_stream_carries_typing_receipts_and_account_data(http: httpx.AsyncClient) -> None:
+    """/events gives what /sync gives beside room events: typing and receipts (with
+    their room_id), account data and tags; each once."""
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    eid = await send(http, atok, room, {"msgtype": "m.text", "body": "hi"})
+    start = await _events(http, atok)
+    r = await http.put(f"{V3}/rooms/{room}/typing/{alice}", json={"typing": True, "timeout": 30000}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    r = await http.post(f"{V3}/rooms/{room}/receipt/m.read/{eid}", json={}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    r = await http.put(f"{V3}/user/{alice}/account_data/my.test.type", json={"cats": 1}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    r = await http.put(f"{V3}/user/{alice}/rooms/{room}/tags/work", json={}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    got = await _events(http, atok, **{"from": start["end"]})
+    chunk = got["chunk"]
+    assert isinstance(chunk, list)
+    by_type = {e["type"]: e for e in chunk}
+    assert by_type["m.typing"]["room_id"] == room and by_type["m.typing"]["content"]["user_ids"] == [alice]
+    assert by_type["m.receipt"]["room_id"] == room and alice in by_type["m.receipt"]["content"][eid]["m.read"]
+    assert by_type["my.test.type"]["content"] == {"cats": 1}
+    assert by_type["m.tag"]["room_id"] == room and "work" in by_type["m.tag"]["content"]["tags"]
+    again = await _events(http, atok, **{"from": got["end"]})
+    assert again["chunk"] == []
+
+
+async def test_initial_sync_receipts_and_a_departed_rooms_snapshot(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await join(http, btok, room)
+    first = await send(http, atok, room, {"msgtype": "m.text", "body": "1"})
+    second = await send(http, atok, room, {"msgtype": "m.text", "body": "2"})
+    for eid in (second, first):  # a receipt never moves back
+        r = await http.post(f"{V3}/rooms/{room}/receipt/m.read/{eid}", json={}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/initialSync", headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    receipts = [e for e in r.json()["receipts"] if e["room_id"] == room]
+    assert len(receipts) == 1 and alice in receipts[0]["content"][second]["m.read"]
+
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    await send(http, atok, room, {"msgtype": "m.text", "body": "after"})
+    r = await http.get(f"{V3}/rooms/{room}/initialSync", headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    snap = r.json()
+    assert snap["membership"] == "leave" and snap["presence"] == [] and snap["receipts"] == []
+    assert "after" not in [e["content"].get("body") for e in snap["messages"]["chunk"]]
+    assert "start" in snap["messages"]
+
+
+async def test_non_member_room_initial_sync_shows_only_world_readable_history(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await send(http, atok, room, {"msgtype": "m.text", "body": "private"})
+    r = await http.put(
+        f"{V3}/rooms/{room}/state/m.room.history_visibility", json={"history_visibility": "world_readable"},
+        headers=auth_headers(atok),
+    )
+    assert r.status_code == 200, r.text
+    await send(http, atok, room, {"msgtype": "m.text", "body": "public"})
+    r = await http.get(f"{V3}/rooms/{room}/initialSync", headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    messages = r.json()["messages"]
+    assert [(e["type"], e["content"].get("body")) for e in messages["chunk"]] == [
+        ("m.room.history_visibility", None), ("m.room.message", "public"),
+    ]
+    assert {"start", "end"} <= set(messages)
+
+
+@pytest.mark.parametrize("config_extra", [{"registration": {"allow_guests": True}}])
+async def test_guests_follow_rooms_not_a_global_stream_and_presence_names_its_user(
+    http: httpx.AsyncClient,
+) -> None:
+    r = await http.post(f"{V3}/register", params={"kind": "guest"}, json={})
+    assert r.status_code == 200, r.text
+    guest = r.json()["access_token"]
+    r = await http.get(f"{V3}/events", params={"timeout": 0}, headers=auth_headers(guest))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
+
+    alice, atok, _ = await register(http)
+    r = await http.put(f"{V3}/presence/{alice}/status", json={"presence": "online"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/initialSync", headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    mine = [e for e in r.json()["presence"] if e["sender"] == alice]
+    assert mine and mine[0]["content"]["user_id"] == alice and mine[0]["content"]["presence"] == "online"

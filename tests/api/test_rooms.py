@@ -521,3 +521,22 @@ async def test_room_with_only_an_ignored_users_news_is_left_out_of_sync(
     await send(http, atok, room, {"msgtype": "m.text", "body": "seen"})
     after = await sync(http, atok, since=after["next_batch"])
     assert timeline_bodies(after, room) == ["seen"]
+
+
+async def test_joining_an_upgraded_room_brings_the_users_tags(http: httpx.AsyncClient) -> None:
+    """room_upgrades.md: a user joining the new room keeps their tags from the old one."""
+    from tests.api.helpers import join
+
+    _, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat", room_version="10")
+    await join(http, btok, room)
+    r = await http.put(f"{V3}/user/{bob}/rooms/{room}/tags/test_tag", json={"order": 0.5}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    r = await http.post(f"{V3}/rooms/{room}/upgrade", json={"new_version": "11"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    new_room = r.json()["replacement_room"]
+    await join(http, btok, new_room)
+    r = await http.get(f"{V3}/user/{bob}/rooms/{new_room}/tags", headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    assert r.json()["tags"] == {"test_tag": {"order": 0.5}}

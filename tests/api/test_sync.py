@@ -119,3 +119,217 @@ async def test_kicked_user_can_fetch_the_kick_event(http: httpx.AsyncClient) -> 
     chunk = r.json()["chunk"]
     assert chunk[0]["event_id"] == kick["event_id"]
     assert "after" not in [e["content"].get("body") for e in chunk]
+
+
+def _put_state(http: httpx.AsyncClient, token: str, room: str, etype: str, key: str, content: dict[str, Any]) -> Any:
+    return http.put(f"{V3}/rooms/{room}/state/{etype}/{key}", json=content, headers=auth_headers(token))
+
+
+async def test_displayname_change_is_not_a_new_join(http: httpx.AsyncClient) -> None:
+    """A displayname change is a join after a join: the next sync shows it in the
+    timeline, not the whole room again; and with everything filtered out, nothing."""
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    first = await sync(http, atok)
+    r = await _put_state(http, atok, room, "m.room.member", alice, {"membership": "join", "displayname": "boris"})
+    assert r.status_code == 200, r.text
+    renamed = r.json()["event_id"]
+    msg = await send(http, atok, room, {"msgtype": "m.text", "body": "hi"})
+    nxt = await sync(http, atok, since=first["next_batch"])
+    joined = nxt["rooms"]["join"][room]
+    assert [e["event_id"] for e in joined["timeline"]["events"]] == [renamed, msg]
+    assert joined["timeline"]["limited"] is False
+    assert joined["state"]["events"] == []
+
+    quiet = json.dumps({
+        "room": {"timeline": {"types": []}, "state": {"types": ["a.madeup.test.state"]}, "ephemeral": {"types": []}},
+        "presence": {"types": []},
+    })
+    base = await sync(http, atok, filter=quiet)
+    r = await _put_state(http, atok, room, "m.room.member", alice, {"membership": "join", "displayname": "natasha"})
+    assert r.status_code == 200, r.text
+    await send(http, atok, room, {"msgtype": "m.text", "body": "again"})
+    after = await sync(http, atok, since=base["next_batch"], filter=quiet)
+    assert room not in after["rooms"]["join"]
+
+
+async def test_room_joined_since_the_token_brings_presence_and_no_typing(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    r = await http.put(f"{V3}/presence/{alice}/status", json={"presence": "online"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    room = await create_room(http, atok, preset="public_chat")
+    first = await sync(http, btok)
+    await join(http, btok, room)
+    nxt = await sync(http, btok, since=first["next_batch"])
+    assert alice in {e["sender"] for e in nxt["presence"]["events"]}
+    assert nxt["rooms"]["join"][room]["ephemeral"]["events"] == []
+    again = await sync(http, btok, since=nxt["next_batch"])
+    assert alice not in {e["sender"] for e in again["presence"]["events"]}
+
+
+async def test_filtered_timeline_is_not_limited_when_nothing_more_matches(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    msg = await send(http, atok, room, {"msgtype": "m.text", "body": "My message"})
+    for i in range(12):
+        await send(http, atok, room, {"filler": i}, etype="a.made.up.filler.type")
+    flt = json.dumps({"room": {"timeline": {"limit": 1, "types": ["m.room.message"]}, "state": {"types": []}}})
+    body = await sync(http, atok, filter=flt)
+    timeline = body["rooms"]["join"][room]["timeline"]
+    assert [e["event_id"] for e in timeline["events"]] == [msg]
+    assert timeline["limited"] is False
+    # With two messages and room for one, it is limited.
+    await send(http, atok, room, {"msgtype": "m.text", "body": "second"})
+    body = await sync(http, atok, filter=flt)
+    assert body["rooms"]["join"][room]["timeline"]["limited"] is True
+
+
+async def test_join_and_leave_between_two_syncs_gives_the_rooms_state(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok)
+    r = await _put_state(http, atok, room, "a.madeup.test.state", "", {"my_key": 1})
+    assert r.status_code == 200, r.text
+    r = await http.post(f"{V3}/rooms/{room}/invite", json={"user_id": bob}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    flt = json.dumps({"room": {"timeline": {"types": []}, "state": {"types": ["a.madeup.test.state"]}, "include_leave": True}})
+    first = await sync(http, btok, filter=flt)
+    await join(http, btok, room)
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    nxt = await sync(http, btok, since=first["next_batch"], filter=flt)
+    state = nxt["rooms"]["leave"][room]["state"]["events"]
+    assert [(e["type"], e["content"]) for e in state] == [("a.madeup.test.state", {"my_key": 1})]
+
+
+async def test_current_state_shows_in_the_timeline_even_from_hidden_history(http: httpx.AsyncClient) -> None:
+    """A join that happened while the syncing user was out of a "joined"-visibility room
+    is current state, which the member may read anyway: it shows in the timeline."""
+    _, atok, _ = await register(http)
+    _, stok, _ = await register(http)
+    invitee, itok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await join(http, stok, room)
+    r = await _put_state(http, atok, room, "m.room.history_visibility", "", {"history_visibility": "joined"})
+    assert r.status_code == 200, r.text
+    first = await sync(http, stok)
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(stok))
+    assert r.status_code == 200, r.text
+    await join(http, itok, room)
+    await send(http, atok, room, {"msgtype": "m.text", "body": "hidden"})
+    await join(http, stok, room)
+    nxt = await sync(http, stok, since=first["next_batch"])
+    events = nxt["rooms"]["join"][room]["timeline"]["events"]
+    assert any(e["type"] == "m.room.member" and e["state_key"] == invitee for e in events)
+    assert not any(e.get("content", {}).get("body") == "hidden" for e in events)
+
+
+async def test_history_visibility_changes_are_seen_on_their_boundaries(http: httpx.AsyncClient) -> None:
+    """A history_visibility event is visible when the visibility before or after it
+    allows (history_visibility.md), so a later joiner sees joined -> ... -> shared."""
+    _, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    for vis, body in (("joined", "1"), ("invited", "2"), ("shared", "3")):
+        r = await _put_state(http, atok, room, "m.room.history_visibility", "", {"history_visibility": vis})
+        assert r.status_code == 200, r.text
+        await send(http, atok, room, {"msgtype": "m.text", "body": body})
+    await join(http, btok, room)
+    events = (await sync(http, btok))["rooms"]["join"][room]["timeline"]["events"]
+    seen = [
+        e["content"].get("history_visibility") or e["content"].get("body") or e["content"].get("membership")
+        for e in events[-4:]
+    ]
+    assert seen == ["joined", "shared", "3", "join"]
+
+
+async def test_account_data_filter_applies_to_every_event(http: httpx.AsyncClient) -> None:
+    """The push rules an initial sync adds are filtered like any account data."""
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    r = await http.put(f"{V3}/user/{alice}/account_data/my.test.type", json={"a": 1}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    r = await http.put(
+        f"{V3}/user/{alice}/rooms/{room}/account_data/other.type", json={"b": 2}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200, r.text
+    flt = json.dumps({"account_data": {"types": ["my.test.type"]}, "room": {"account_data": {"types": []}}})
+    body = await sync(http, atok, filter=flt)
+    assert [e["type"] for e in body["account_data"]["events"]] == ["my.test.type"]
+    assert body["rooms"]["join"][room]["account_data"]["events"] == []
+
+
+async def test_next_batch_pages_forwards_through_messages(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    await send(http, atok, room, {"msgtype": "m.text", "body": "1"})
+    body = await sync(http, atok)
+    second = await send(http, atok, room, {"msgtype": "m.text", "body": "2"})
+    r = await http.get(
+        f"{V3}/rooms/{room}/messages", params={"from": body["next_batch"], "dir": "f"}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert [e["event_id"] for e in page["chunk"]] == [second]
+    # The end token continues: a later message is found from it.
+    third = await send(http, atok, room, {"msgtype": "m.text", "body": "3"})
+    r = await http.get(f"{V3}/rooms/{room}/messages", params={"from": page["end"], "dir": "f"}, headers=auth_headers(atok))
+    assert [e["event_id"] for e in r.json()["chunk"]] == [third]
+
+
+def _members(body: dict[str, Any], room: str) -> dict[str, str]:
+    state = body["rooms"]["join"].get(room, {}).get("state", {}).get("events", [])
+    return {e["state_key"]: e["content"]["membership"] for e in state if e["type"] == "m.room.member"}
+
+
+async def test_lazy_loaded_incremental_syncs_send_each_member_once(http: httpx.AsyncClient) -> None:
+    """Lazy loading: a sender the client has not met comes with their membership, one it
+    was already sent does not (unless include_redundant_members), and a gappy sync
+    carries every membership change of the gap, spoken or not."""
+    alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    carol, ctok, _ = await register(http)
+    dave, dtok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    for tok in (btok, ctok):
+        await join(http, tok, room)
+    for i in range(10):
+        await send(http, btok, room, {"filler": i}, etype="a.made.up.filler.type")
+    ten = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}})
+    first = await sync(http, atok, filter=ten)
+    assert _members(first, room) == {alice: "join", bob: "join"}
+
+    await send(http, ctok, room, {"msgtype": "m.text", "body": "carol speaks"})
+    await send(http, btok, room, {"msgtype": "m.text", "body": "bob again"})
+    nxt = await sync(http, atok, since=first["next_batch"], filter=ten)
+    assert _members(nxt, room) == {carol: "join"}
+    redundant = json.dumps({
+        "room": {"state": {"lazy_load_members": True, "include_redundant_members": True}, "timeline": {"limit": 10}}
+    })
+    again = await sync(http, atok, since=first["next_batch"], filter=redundant)
+    assert _members(again, room) == {carol: "join", bob: "join"}
+
+    # A gap: dave joins and leaves without a word; bob fills the timeline.
+    await join(http, dtok, room)
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(dtok))
+    assert r.status_code == 200, r.text
+    small = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 3}}})
+    for i in range(6):
+        await send(http, btok, room, {"filler": i}, etype="a.made.up.filler.type")
+    gappy = await sync(http, atok, since=nxt["next_batch"], filter=small)
+    assert gappy["rooms"]["join"][room]["timeline"]["limited"] is True
+    assert _members(gappy, room) == {dave: "leave"}
+
+
+async def test_federation_event_format(http: httpx.AsyncClient) -> None:
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    eid = await send(http, atok, room, {"msgtype": "m.text", "body": "Test message"})
+    flt = json.dumps({"event_format": "federation", "room": {"timeline": {"limit": 1}}})
+    body = await sync(http, atok, filter=flt)
+    joined = body["rooms"]["join"][room]
+    [event] = joined["timeline"]["events"]
+    assert event["event_id"] == eid and event["content"]["body"] == "Test message"
+    assert {"prev_events", "auth_events", "depth", "hashes", "signatures", "room_id", "sender"} <= set(event)
+    assert all("signatures" in e for e in joined["state"]["events"])

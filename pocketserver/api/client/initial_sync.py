@@ -8,7 +8,7 @@ from quart import Blueprint, Response, request
 
 from pocketserver.api.client.routing import client_route
 from pocketserver.api.common import json_response, query_bool, query_int, require_auth, services
-from pocketserver.errors import InvalidParam
+from pocketserver.errors import InvalidParam, MatrixError
 from pocketserver.protocol.identifiers import is_valid_room_id
 
 bp = Blueprint("client_initial_sync", __name__)
@@ -49,6 +49,9 @@ async def events() -> Response:
     requester = await require_auth(allow_guest=True)
     timeout = query_int("timeout", DEFAULT_EVENTS_TIMEOUT_MS, minimum=0) or 0
     room_id = request.args.get("room_id")
+    if room_id is None and requester.is_guest:
+        # A guest may follow the rooms it peeks into, one at a time, not a global stream.
+        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests must give a room_id")
     out = await services().sync.event_stream(
         requester,
         from_token=request.args.get("from") or None,
