@@ -420,22 +420,23 @@ class SyncService:
     ) -> JsonDict:
         user_id = requester.user_id
         timeline, limited, first_pos = self._timeline(conn, requester, room_id, since, upto, filt)
-        if state_after_key is None:
-            state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited)
-        else:
-            state_ids = self._state_after_timeline(conn, room_id, since, timeline)
-        # Lazy loading trims the members a client has not met yet; but an incremental
-        # state_after is the list of every state change up to the end of the timeline
-        # (clients take state from it alone), so a join, invite or leave of someone who
-        # sent nothing stays in it: without it a client encrypting for the room never
-        # learns who is in it.
+        # Lazy loading trims the members a client has not met yet (their IDs are never
+        # even looked up: in a big room that is nearly all of the state); but an
+        # incremental state_after is the list of every state change up to the end of
+        # the timeline (clients take state from it alone), so a join, invite or leave
+        # of someone who sent nothing stays in it: without it a client encrypting for
+        # the room never learns who is in it.
+        keep: Callable[[str, str], bool] | None = None
         if filt.lazy_load_members and (state_after_key is None or since is None):
             senders = {r.event.sender for r in timeline} | {user_id}
-            state_ids = {
-                k: v
-                for k, v in state_ids.items()
-                if k[0] != "m.room.member" or k[1] in senders
-            }
+
+            def keep(etype: str, state_key: str) -> bool:
+                return etype != "m.room.member" or state_key in senders
+
+        if state_after_key is None:
+            state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited, keep=keep)
+        else:
+            state_ids = self._state_after_timeline(conn, room_id, since, timeline, keep=keep)
         state_recs = ev_store.get_events(conn, state_ids.values())
         state_events = [
             serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
@@ -469,19 +470,24 @@ class SyncService:
         timeline: list[EventRecord],
         limited: bool,
         end_state: dict[tuple[str, str], str] | None = None,
+        *,
+        keep: Callable[[str, str], bool] | None = None,
     ) -> dict[tuple[str, str], str]:
         """State at the start of the timeline that the client does not have yet.
         ``end_state`` is the state at the end of the timeline when that is not the
-        room's current state (a room the user left)."""
+        room's current state (a room the user left); ``keep(type, state_key)``, when
+        given, the only keys wanted."""
         if since is not None and not limited:
             return {}
         has_state_in_timeline = any(r.event.state_key is not None for r in timeline)
         if timeline and has_state_in_timeline:
-            state = state_store.state_before_event(conn, timeline[0].event.event_id) or {}
+            state = state_store.state_before_event(conn, timeline[0].event.event_id, keep) or {}
         elif end_state is not None:
             state = end_state
         else:
-            state = state_store.get_current_state_ids(conn, room_id)
+            state = state_store.get_current_state_ids(conn, room_id, keep=keep)
+        if keep is not None:
+            state = {k: v for k, v in state.items() if keep(*k)}
         if since is not None:
             # Incremental and limited: only what changed after the client's token.
             fresh = state_store.current_state_since(conn, room_id, since)
@@ -497,16 +503,20 @@ class SyncService:
         since: int | None,
         timeline: list[EventRecord],
         end_state: dict[tuple[str, str], str] | None = None,
+        *,
+        keep: Callable[[str, str], bool] | None = None,
     ) -> dict[tuple[str, str], str]:
         """State at the end of the timeline that the client does not have yet
         (``use_state_after``): all of it on an initial sync, else the keys that changed
         after the client's token. Timeline events are not left out: with ``state_after``
-        clients take state from this list only."""
+        clients take state from this list only. ``keep`` as for ``_state_for_timeline``."""
         state: dict[tuple[str, str], str] | None = end_state
         if state is None and timeline:
-            state = state_store.state_after_event(conn, timeline[-1].event.event_id)
+            state = state_store.state_after_event(conn, timeline[-1].event.event_id, keep)
         if state is None:
-            state = state_store.get_current_state_ids(conn, room_id)
+            state = state_store.get_current_state_ids(conn, room_id, keep=keep)
+        if keep is not None:
+            state = {k: v for k, v in state.items() if keep(*k)}
         if since is None:
             return state
         fresh = state_store.current_state_since(conn, room_id, since)
