@@ -22,7 +22,7 @@ import trio
 
 from pocketserver.errors import Forbidden, InvalidParam
 from pocketserver.services.auth import Requester
-from pocketserver.services.client_events import serialize_event, serialize_events, stripped_state
+from pocketserver.services.client_events import serialize_events, stripped_state
 from pocketserver.services.clock import Clock
 from pocketserver.services.ephemeral import TypingTracker
 from pocketserver.services.filtering import Filter
@@ -438,11 +438,15 @@ class SyncService:
         else:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline, keep=keep)
         state_recs = ev_store.get_events(conn, state_ids.values())
-        state_events = [
-            serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
-            for e in state_ids.values()
-            if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
-        ]
+        state_events = serialize_events(
+            conn,
+            [
+                state_recs[e]
+                for e in state_ids.values()
+                if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
+            ],
+            user_id=user_id, device_id=requester.device_id, now_ms=now,
+        )
         events = [
             filt.project(e)
             for e in serialize_events(
@@ -527,16 +531,18 @@ class SyncService:
         }
 
     def _summary(self, conn: Conn, room_id: str, user_id: str) -> JsonDict:
-        joined = state_store.room_members(conn, room_id, "join")
-        invited = state_store.room_members(conn, room_id, "invite")
+        # Counted, not listed: the member lists are read only for a room without a
+        # name, whose heroes name it.
         summary: JsonDict = {
-            "m.joined_member_count": len(joined),
-            "m.invited_member_count": len(invited),
+            "m.joined_member_count": state_store.count_members(conn, room_id, "join"),
+            "m.invited_member_count": state_store.count_members(conn, room_id, "invite"),
         }
         named = state_store.get_current_state_ids(
             conn, room_id, [("m.room.name", ""), ("m.room.canonical_alias", "")]
         )
         if not named:
+            joined = state_store.room_members(conn, room_id, "join")
+            invited = state_store.room_members(conn, room_id, "invite")
             heroes = sorted(u for u in joined + invited if u != user_id)[:5]
             summary["m.heroes"] = heroes
         return summary
@@ -571,11 +577,15 @@ class SyncService:
         else:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline, end_state)
         state_recs = ev_store.get_events(conn, state_ids.values())
-        state_events = [
-            serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now)
-            for e in state_ids.values()
-            if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
-        ]
+        state_events = serialize_events(
+            conn,
+            [
+                state_recs[e]
+                for e in state_ids.values()
+                if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
+            ],
+            user_id=user_id, device_id=requester.device_id, now_ms=now,
+        )
         events = serialize_events(
             conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now
         )
