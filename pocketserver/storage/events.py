@@ -254,6 +254,17 @@ def get_events(conn: Conn, event_ids: Iterable[str]) -> dict[str, EventRecord]:
     return out
 
 
+def current_state_events(conn: Conn, room_id: str, etype: str) -> list[EventRecord]:
+    """The events of one type in a room's current state (its members, say), one query."""
+    rows = conn.execute(
+        f"SELECT {_RECORD_COLS}{_RECORD_FROM}JOIN current_state c ON c.event_nid = e.event_nid"
+        " JOIN state_keys k ON k.sk_nid = c.sk_nid WHERE c.room_nid = r.room_nid"
+        " AND r.room_id = ? AND k.type = ?",
+        (room_id, etype),
+    ).fetchall()
+    return [_record(conn, r) for r in rows]
+
+
 def get_events_by_nids(conn: Conn, nids: Iterable[int]) -> dict[int, EventRecord]:
     wanted = list(dict.fromkeys(nids))
     out: dict[int, EventRecord] = {}

@@ -185,3 +185,29 @@ async def test_member_list_shows_what_each_membership_replaced(http: httpx.Async
     assert by_user[bob]["content"]["displayname"] == "Bobby"
     assert by_user[bob]["unsigned"]["prev_content"]["membership"] == "join"
     assert "prev_content" not in by_user[alice]["unsigned"]
+
+
+async def test_member_list_filters_and_a_former_members_view(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    bob, btok, _ = await register(http)
+    carol, ctok, _ = await register(http)
+    await join(http, btok, room)
+    await join(http, ctok, room)
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    dave, dtok, _ = await register(http)
+    await join(http, dtok, room)  # after bob left: not in what bob may see
+
+    async def members(token: str, **params: str) -> dict[str, str]:
+        r = await http.get(f"{V3}/rooms/{room}/members", params=params, headers=auth_headers(token))
+        assert r.status_code == 200, r.text
+        return {e["state_key"]: e["content"]["membership"] for e in r.json()["chunk"]}
+
+    assert await members(atok) == {alice: "join", bob: "leave", carol: "join", dave: "join"}
+    assert await members(atok, membership="join") == {alice: "join", carol: "join", dave: "join"}
+    assert await members(atok, not_membership="join") == {bob: "leave"}
+    assert await members(btok) == {alice: "join", bob: "leave", carol: "join"}
+    outsider, otok, _ = await register(http)
+    r = await http.get(f"{V3}/rooms/{room}/members", headers=auth_headers(otok))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
