@@ -9,6 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from quart import Response, current_app, request
 
 from pocketserver import limits
@@ -40,7 +41,13 @@ def services() -> Services:
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        # orjson writes the same compact UTF-8 JSON an order of magnitude faster (a big
+        # room's /members is 150 KB); what it refuses (integers beyond 64 bits,
+        # non-string keys) json writes, or fails on, as before.
+        data = orjson.dumps(body)
+    except TypeError:
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     resp = Response(data, status=status, content_type="application/json")
     if headers:
         for k, v in headers.items():

@@ -142,6 +142,37 @@ class Event:
         self.rejected_reason = None
         return self
 
+    @classmethod
+    def from_stored(cls, pdu: JsonDict, room_version: RoomVersion, event_id: str) -> Event:
+        """Wrap a PDU this server checked with :meth:`from_pdu` when it stored it: the
+        same fields, without checking their types again (reading a big room's state
+        builds hundreds of these per request)."""
+        self = cls.__new__(cls)
+        rv = room_version
+        etype = pdu["type"]
+        state_key = pdu.get("state_key")
+        if rv.room_id_is_create_event_hash and etype == "m.room.create" and state_key == "":
+            self.room_id = pdu["room_id"] if "room_id" in pdu else "!" + event_id[1:]
+        else:
+            self.room_id = pdu["room_id"]
+        if rv.uses_event_id_in_pdu:
+            self.prev_event_ids = tuple(item[0] for item in pdu.get("prev_events", ()))
+            self.auth_event_ids = tuple(item[0] for item in pdu.get("auth_events", ()))
+        else:
+            self.prev_event_ids = tuple(pdu.get("prev_events", ()))
+            self.auth_event_ids = tuple(pdu.get("auth_events", ()))
+        self.event_id = event_id
+        self.sender = pdu["sender"]
+        self.type = etype
+        self.state_key = state_key
+        self.content = pdu.get("content", {})
+        self.depth = pdu.get("depth", 0)
+        self.origin_server_ts = pdu.get("origin_server_ts", 0)
+        self.room_version = rv
+        self.pdu = pdu
+        self.rejected_reason = None
+        return self
+
     # -- derived, cheap ------------------------------------------------------
 
     @property

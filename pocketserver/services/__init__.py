@@ -37,6 +37,7 @@ from pocketserver.services.uia import UIAService
 from pocketserver.services.upgrade import UpgradeService
 from pocketserver.services.user_directory import UserDirectoryService
 from pocketserver.services.voip import VoipService
+from pocketserver.storage import events as ev_store
 from pocketserver.storage.database import Database
 
 
@@ -92,6 +93,7 @@ def build_services(
     accounts.on_device_deleted.append(e2ee.on_device_deleted)
     accounts.on_device_updated.append(e2ee.on_device_updated)
     key_backup = KeyBackupService(db)
+    ev_store.configure_event_cache(config.caches.event_cache_size)
     pipeline = EventPipeline(
         db,
         clock,

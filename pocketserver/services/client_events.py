@@ -64,10 +64,17 @@ def serialize_events(
         present = relations.child_rel_types(
             conn, [r.event.event_id for r in records if r.event.state_key is None]
         )
+    # The events these replaced (their prev_content) and the redactions, read at once:
+    # a member list of people who changed their names is not one query per member.
+    linked = ev_store.get_events(
+        conn,
+        [r.replaces_event_id for r in records if r.replaces_event_id is not None]
+        + [r.redacted_by for r in records if r.redacted_by is not None],
+    )
     return [
         serialize_event(
             conn, rec, user_id=user_id, device_id=device_id, now_ms=now_ms, bundle=bundle,
-            ignored=ignored, present_relations=present,
+            ignored=ignored, present_relations=present, linked=linked,
         )
         for rec in records
     ]
@@ -83,10 +90,12 @@ def serialize_event(
     bundle: bool = True,
     ignored: frozenset[str] = frozenset(),
     present_relations: Mapping[str, set[str]] | None = None,
+    linked: Mapping[str, EventRecord] | None = None,
 ) -> JsonDict:
     """``ignored``: users whose child events are left out of the aggregations.
     ``present_relations`` (from :func:`serialize_events`): the relation types each
-    event has children of; events missing from it have none."""
+    event has children of; events missing from it have none. ``linked``: events
+    already read (the replaced state events, the redactions), by ID."""
     out = client_format(rec, now_ms)
     unsigned = out["unsigned"]
     if rec.txn_key is not None and user_id is not None and device_id is not None:
@@ -94,13 +103,13 @@ def serialize_event(
         if rec.txn_key.startswith(prefix):
             unsigned["transaction_id"] = rec.txn_key[len(prefix) :]
     if rec.replaces_event_id is not None:
-        prev = ev_store.get_event(conn, rec.replaces_event_id)
+        prev = _linked(conn, linked, rec.replaces_event_id)
         if prev is not None:
             unsigned["prev_content"] = dict(prev.event.content)
             unsigned["replaces_state"] = rec.replaces_event_id
             unsigned["prev_sender"] = prev.event.sender
     if rec.redacted_by is not None:
-        because = ev_store.get_event(conn, rec.redacted_by)
+        because = _linked(conn, linked, rec.redacted_by)
         redacted = redact_client_event(
             out,
             rec.event.room_version,
@@ -116,6 +125,12 @@ def serialize_event(
         if relations:
             unsigned["m.relations"] = relations
     return out
+
+
+def _linked(conn: Conn, linked: Mapping[str, EventRecord] | None, event_id: str) -> EventRecord | None:
+    if linked is not None and event_id in linked:
+        return linked[event_id]
+    return ev_store.get_event(conn, event_id)
 
 
 def latest_edit(conn: Conn, rec: EventRecord) -> EventRecord | None:

@@ -31,7 +31,6 @@ from pocketserver.errors import Forbidden, InvalidParam
 from pocketserver.services.auth import Requester
 from pocketserver.services.client_events import (
     federation_format,
-    serialize_event,
     serialize_events,
     stripped_state,
 )
@@ -560,24 +559,25 @@ class SyncService:
         timeline, limited, first_pos = self._timeline(
             conn, requester, room_id, since, upto, filt, newly_joined
         )
-        if state_after_key is None:
-            state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited)
-        else:
-            state_ids = self._state_after_timeline(conn, room_id, since, timeline)
-        # Lazy loading trims the members a client has not met yet; but an incremental
-        # state_after is the list of every state change up to the end of the timeline
-        # (clients take state from it alone), so a join, invite or leave of someone who
-        # sent nothing stays in it: without it a client encrypting for the room never
-        # learns who is in it.
+        # Lazy loading trims the members a client has not met yet. An initial sync
+        # never even looks up the others (in a big room that is nearly all of the
+        # state). An incremental state_after is the list of every state change up to
+        # the end of the timeline (clients take state from it alone), so a join,
+        # invite or leave of someone who sent nothing stays in it: without it a client
+        # encrypting for the room never learns who is in it.
         lazy = filt.lazy_load_members and (state_after_key is None or since is None)
+        keep: Callable[[str, str], bool] | None = None
         if lazy and since is None:
             senders = {r.event.sender for r in timeline} | {user_id}
-            state_ids = {
-                k: v
-                for k, v in state_ids.items()
-                if k[0] != "m.room.member" or k[1] in senders
-            }
-        elif lazy:
+
+            def keep(etype: str, state_key: str) -> bool:
+                return etype != "m.room.member" or state_key in senders
+
+        if state_after_key is None:
+            state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited, keep=keep)
+        else:
+            state_ids = self._state_after_timeline(conn, room_id, since, timeline, keep=keep)
+        if lazy and since is not None:
             # Incremental: every membership change since the token stays (someone who
             # joined or left in a gap), and each sender in the timeline comes with their
             # membership unless this device was already sent it.
@@ -588,7 +588,6 @@ class SyncService:
                 for s in sorted({r.event.sender for r in timeline})
                 if ("m.room.member", s) not in state_ids
             ]
-            assert since is not None
             redundant = filt.room.state.include_redundant_members
             for key, eid in state_store.get_current_state_ids(conn, room_id, wanted).items():
                 if eid in in_timeline:
@@ -596,15 +595,7 @@ class SyncService:
                 if not redundant and self.members_sent.was_sent(requester, room_id, key[1], eid, since):
                     continue
                 state_ids[key] = eid
-        state_recs = ev_store.get_events(conn, state_ids.values())
-        state_events = [
-            _formatted(
-                filt, state_recs[e],
-                serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now),
-            )
-            for e in state_ids.values()
-            if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
-        ]
+        state_events = self._state_events(conn, requester, filt, state_ids, now)
         events = [
             filt.project(_formatted(filt, rec, e))
             for rec, e in zip(
@@ -634,6 +625,23 @@ class SyncService:
         }
         return room
 
+    @staticmethod
+    def _state_events(
+        conn: Conn, requester: Requester, filt: Filter, state_ids: dict[tuple[str, str], str], now: int
+    ) -> list[JsonDict]:
+        """The state events a room's entry carries, serialised as one page (bundled
+        relations and redactions looked up once), in the filter's event format."""
+        state_recs = ev_store.get_events(conn, state_ids.values())
+        recs = [
+            state_recs[e]
+            for e in state_ids.values()
+            if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
+        ]
+        out = serialize_events(
+            conn, recs, user_id=requester.user_id, device_id=requester.device_id, now_ms=now
+        )
+        return [_formatted(filt, rec, e) for rec, e in zip(recs, out, strict=True)]
+
     def _state_for_timeline(
         self,
         conn: Conn,
@@ -642,19 +650,24 @@ class SyncService:
         timeline: list[EventRecord],
         limited: bool,
         end_state: dict[tuple[str, str], str] | None = None,
+        *,
+        keep: Callable[[str, str], bool] | None = None,
     ) -> dict[tuple[str, str], str]:
         """State at the start of the timeline that the client does not have yet.
         ``end_state`` is the state at the end of the timeline when that is not the
-        room's current state (a room the user left)."""
+        room's current state (a room the user left); ``keep(type, state_key)``, when
+        given, the only keys wanted."""
         if since is not None and not limited:
             return {}
         has_state_in_timeline = any(r.event.state_key is not None for r in timeline)
         if timeline and has_state_in_timeline:
-            state = state_store.state_before_event(conn, timeline[0].event.event_id) or {}
+            state = state_store.state_before_event(conn, timeline[0].event.event_id, keep) or {}
         elif end_state is not None:
             state = end_state
         else:
-            state = state_store.get_current_state_ids(conn, room_id)
+            state = state_store.get_current_state_ids(conn, room_id, keep=keep)
+        if keep is not None:
+            state = {k: v for k, v in state.items() if keep(*k)}
         if since is not None:
             # Incremental and limited: only what changed after the client's token.
             fresh = state_store.current_state_since(conn, room_id, since)
@@ -670,16 +683,20 @@ class SyncService:
         since: int | None,
         timeline: list[EventRecord],
         end_state: dict[tuple[str, str], str] | None = None,
+        *,
+        keep: Callable[[str, str], bool] | None = None,
     ) -> dict[tuple[str, str], str]:
         """State at the end of the timeline that the client does not have yet
         (``use_state_after``): all of it on an initial sync, else the keys that changed
         after the client's token. Timeline events are not left out: with ``state_after``
-        clients take state from this list only."""
+        clients take state from this list only. ``keep`` as for ``_state_for_timeline``."""
         state: dict[tuple[str, str], str] | None = end_state
         if state is None and timeline:
-            state = state_store.state_after_event(conn, timeline[-1].event.event_id)
+            state = state_store.state_after_event(conn, timeline[-1].event.event_id, keep)
         if state is None:
-            state = state_store.get_current_state_ids(conn, room_id)
+            state = state_store.get_current_state_ids(conn, room_id, keep=keep)
+        if keep is not None:
+            state = {k: v for k, v in state.items() if keep(*k)}
         if since is None:
             return state
         fresh = state_store.current_state_since(conn, room_id, since)
@@ -690,16 +707,18 @@ class SyncService:
         }
 
     def _summary(self, conn: Conn, room_id: str, user_id: str) -> JsonDict:
-        joined = state_store.room_members(conn, room_id, "join")
-        invited = state_store.room_members(conn, room_id, "invite")
+        # Counted, not listed: the member lists are read only for a room without a
+        # name, whose heroes name it.
         summary: JsonDict = {
-            "m.joined_member_count": len(joined),
-            "m.invited_member_count": len(invited),
+            "m.joined_member_count": state_store.count_members(conn, room_id, "join"),
+            "m.invited_member_count": state_store.count_members(conn, room_id, "invite"),
         }
         named = state_store.get_current_state_ids(
             conn, room_id, [("m.room.name", ""), ("m.room.canonical_alias", "")]
         )
         if not named:
+            joined = state_store.room_members(conn, room_id, "join")
+            invited = state_store.room_members(conn, room_id, "invite")
             heroes = sorted(u for u in joined + invited if u != user_id)[:5]
             summary["m.heroes"] = heroes
         return summary
@@ -733,15 +752,7 @@ class SyncService:
             state_ids = self._state_for_timeline(conn, room_id, since, timeline, limited, end_state)
         else:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline, end_state)
-        state_recs = ev_store.get_events(conn, state_ids.values())
-        state_events = [
-            _formatted(
-                filt, state_recs[e],
-                serialize_event(conn, state_recs[e], user_id=user_id, device_id=requester.device_id, now_ms=now),
-            )
-            for e in state_ids.values()
-            if e in state_recs and filt.room.state.matches(_filter_view(state_recs[e]))
-        ]
+        state_events = self._state_events(conn, requester, filt, state_ids, now)
         events = [
             filt.project(_formatted(filt, rec, e))
             for rec, e in zip(

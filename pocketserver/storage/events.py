@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import zstandard
 
 from pocketserver.protocol.canonical_json import encode_canonical_json
@@ -50,7 +52,13 @@ def encode_pdu(pdu: dict[str, Any]) -> bytes:
 def decode_pdu(blob: bytes) -> dict[str, Any]:
     if blob[:4] == _ZSTD_MAGIC:
         blob = _codecs.decompressor.decompress(blob, max_output_size=_MAX_EVENT_JSON)
-    value: dict[str, Any] = json.loads(blob)
+    try:
+        # orjson parses an event several times faster than json (a big room's member
+        # list is hundreds of them); what it refuses and json reads (a lone surrogate
+        # escape, an integer beyond 64 bits from an old room) goes to json.
+        value: dict[str, Any] = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        value = json.loads(blob)
     return value
 
 
@@ -151,10 +159,72 @@ _RECORD_COLS = (
 _RECORD_FROM = " FROM events e JOIN rooms r ON r.room_nid = e.room_nid "
 
 
-def _record(row: Sequence[Any]) -> EventRecord:
-    rv = KNOWN_ROOM_VERSIONS[row[2]]
-    pdu = decode_pdu(row[1])
-    ev = Event.from_pdu(pdu, rv, event_id=row[0])
+class DecodedEvents:
+    """The events last read, decoded: a bounded LRU by (database file, event ID,
+    redacting event ID).
+
+    Decoding (zstd, then JSON) is most of what reading an event costs, and a big room's
+    member list or a busy timeline is read again and again. An event's JSON changes
+    only when it is redacted, which changes the second half of the key, so an entry
+    is never stale. Shared by the reader and writer threads (a lock); ``Event`` is
+    immutable, each read still gets its own ``EventRecord``. Sized by
+    ``caches.event_cache_size`` (:func:`configure_event_cache`).
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max(1, max_size)
+        self._data: OrderedDict[tuple[str, str, str | None], Event] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str, str | None]) -> Event | None:
+        with self._lock:
+            ev = self._data.get(key)
+            if ev is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return ev
+
+    def put(self, key: tuple[str, str, str | None], ev: Event) -> None:
+        with self._lock:
+            self._data[key] = ev
+            while len(self._data) > self.max_size:
+                self._data.popitem(last=False)
+
+    def resize(self, max_size: int) -> None:
+        with self._lock:
+            self.max_size = max(1, max_size)
+            while len(self._data) > self.max_size:
+                self._data.popitem(last=False)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return {"size": len(self._data), "max_size": self.max_size, "hits": self.hits, "misses": self.misses}
+
+
+_decoded = DecodedEvents(2000)
+
+
+def configure_event_cache(max_size: int) -> None:
+    _decoded.resize(max_size)
+
+
+def event_cache_statistics() -> dict[str, int]:
+    return _decoded.statistics()
+
+
+def _record(conn: Conn, row: Sequence[Any]) -> EventRecord:
+    # Keyed by the database file too: tests run many servers in one process. An
+    # in-memory database (storage tests) is never cached: they all have the same name.
+    db_file = conn.filename
+    ev = _decoded.get((db_file, row[0], row[6])) if db_file else None
+    if ev is None:
+        ev = Event.from_stored(decode_pdu(row[1]), KNOWN_ROOM_VERSIONS[row[2]], row[0])
+        if db_file:
+            _decoded.put((db_file, row[0], row[6]), ev)
     return EventRecord(ev, row[3], bool(row[4]), row[5], row[6], row[7], row[8])
 
 
@@ -162,7 +232,7 @@ def get_event(conn: Conn, event_id: str) -> EventRecord | None:
     row = conn.execute(
         f"SELECT {_RECORD_COLS}{_RECORD_FROM}WHERE e.event_id = ?", (event_id,)
     ).fetchone()
-    return None if row is None else _record(row)
+    return None if row is None else _record(conn, row)
 
 
 # Parameters per IN (...) query (SQLite allows far more; this keeps statements cacheable).
@@ -180,8 +250,19 @@ def get_events(conn: Conn, event_ids: Iterable[str]) -> dict[str, EventRecord]:
         for row in conn.execute(
             f"SELECT {_RECORD_COLS}{_RECORD_FROM}WHERE e.event_id IN ({marks})", part
         ):
-            out[row[0]] = _record(row)
+            out[row[0]] = _record(conn, row)
     return out
+
+
+def current_state_events(conn: Conn, room_id: str, etype: str) -> list[EventRecord]:
+    """The events of one type in a room's current state (its members, say), one query."""
+    rows = conn.execute(
+        f"SELECT {_RECORD_COLS}{_RECORD_FROM}JOIN current_state c ON c.event_nid = e.event_nid"
+        " JOIN state_keys k ON k.sk_nid = c.sk_nid WHERE c.room_nid = r.room_nid"
+        " AND r.room_id = ? AND k.type = ?",
+        (room_id, etype),
+    ).fetchall()
+    return [_record(conn, r) for r in rows]
 
 
 def get_events_by_nids(conn: Conn, nids: Iterable[int]) -> dict[int, EventRecord]:
@@ -193,7 +274,7 @@ def get_events_by_nids(conn: Conn, nids: Iterable[int]) -> dict[int, EventRecord
         for row in conn.execute(
             f"SELECT e.event_nid, {_RECORD_COLS}{_RECORD_FROM}WHERE e.event_nid IN ({marks})", part
         ):
-            out[int(row[0])] = _record(row[1:])
+            out[int(row[0])] = _record(conn, row[1:])
     return out
 
 
@@ -256,7 +337,7 @@ def room_timeline(
         f" ORDER BY e.stream_pos {order} LIMIT ?",
         args,
     ).fetchall()
-    return [_record(r) for r in rows]
+    return [_record(conn, r) for r in rows]
 
 
 def rooms_with_events_between(
@@ -335,7 +416,7 @@ def relations_of(
         f" WHERE {' AND '.join(clauses)} ORDER BY e.stream_pos {order} LIMIT ?",
         args,
     ).fetchall()
-    return [_record(r) for r in rows]
+    return [_record(conn, r) for r in rows]
 
 
 def annotation_counts(conn: Conn, parent_id: str) -> list[tuple[str, str, int]]:
@@ -501,7 +582,7 @@ def search_messages(
         f"{extra} ORDER BY e.stream_pos DESC LIMIT ?",
         args,
     ).fetchall()
-    return [(_record(r[:9]), -float(r[9])) for r in rows]
+    return [(_record(conn, r[:9]), -float(r[9])) for r in rows]
 
 
 def count_relations(conn: Conn, parent_id: str, rel_type: str) -> int:

@@ -79,7 +79,7 @@ def relation_children(
         f" ORDER BY e.stream_pos {order} LIMIT ?"
     )
     args = [parent_id, *match_args, depth, *match_args, *bound_args, limit]
-    return [_record(row) for row in conn.execute(sql, args).fetchall()]
+    return [_record(conn, row) for row in conn.execute(sql, args).fetchall()]
 
 
 def thread_root_page(
@@ -153,7 +153,7 @@ def latest_child(
         f" AND e.rejected_reason IS NULL{extra} ORDER BY e.stream_pos DESC LIMIT 1",
         [parent_id, rel_type, *extra_args],
     ).fetchone()
-    return None if row is None else _record(row)
+    return None if row is None else _record(conn, row)
 
 
 def count_children(

@@ -158,7 +158,7 @@ def search_events(
         f" WHERE event_search MATCH ? AND {where} ORDER BY {order} LIMIT ? OFFSET ?",
         [match, *args, limit, offset if by_rank else 0],
     ).fetchall()
-    return [(_record(r[:9]), -float(r[9])) for r in rows]
+    return [(_record(conn, r[:9]), -float(r[9])) for r in rows]
 
 
 def matching_rooms(conn: Conn, match: str, scope: Scope) -> set[str]:

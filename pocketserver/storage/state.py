@@ -15,7 +15,7 @@ State maps handed to services are ``dict[(type, state_key), event_id]``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pocketserver.storage.database import Conn
@@ -47,21 +47,56 @@ def _load_group_nids(conn: Conn, group: int) -> dict[int, int]:
     return out
 
 
-def _nids_to_ids(conn: Conn, state: Mapping[int, int]) -> StateMap:
+# Parameters per IN (...) query: a big room's state is translated in a few statements.
+_BATCH = 500
+
+
+def _nids_to_ids(
+    conn: Conn, state: Mapping[int, int], keep: Callable[[str, str], bool] | None = None
+) -> StateMap:
+    """Translate {sk_nid: event_nid} to {(type, state_key): event_id}, a few batched
+    queries for any size; ``keep(type, state_key)``, when given, picks the keys whose
+    event IDs are looked up at all (lazy-loaded members: a handful of a big room's)."""
+    sks = list(state)
+    keys: dict[int, tuple[str, str]] = {}
+    for i in range(0, len(sks), _BATCH):
+        part = sks[i : i + _BATCH]
+        for sk, etype, skey in conn.execute(
+            f"SELECT sk_nid, type, state_key FROM state_keys WHERE sk_nid IN ({','.join('?' * len(part))})",
+            part,
+        ):
+            if keep is None or keep(etype, skey):
+                keys[sk] = (etype, skey)
+    ids = _event_ids_by_nid(conn, (state[sk] for sk in sks if sk in keys))
+    # Keep the group's order (the snapshot's, then the deltas'), as the row-by-row
+    # translation did.
     out: StateMap = {}
-    for sk, ev in state.items():
-        row = conn.execute(
-            "SELECT k.type, k.state_key, e.event_id FROM state_keys k, events e"
-            " WHERE k.sk_nid = ? AND e.event_nid = ?",
-            (sk, ev),
-        ).fetchone()
-        if row is not None:
-            out[(row[0], row[1])] = row[2]
+    for sk in sks:
+        key = keys.get(sk)
+        if key is not None:
+            eid = ids.get(state[sk])
+            if eid is not None:
+                out[key] = eid
     return out
 
 
-def load_state_group(conn: Conn, group: int) -> StateMap:
-    return _nids_to_ids(conn, _load_group_nids(conn, group))
+def _event_ids_by_nid(conn: Conn, nids: Iterable[int]) -> dict[int, str]:
+    wanted = list(nids)
+    ids: dict[int, str] = {}
+    for i in range(0, len(wanted), _BATCH):
+        part = wanted[i : i + _BATCH]
+        for nid, eid in conn.execute(
+            f"SELECT event_nid, event_id FROM events WHERE event_nid IN ({','.join('?' * len(part))})",
+            part,
+        ):
+            ids[nid] = eid
+    return ids
+
+
+def load_state_group(
+    conn: Conn, group: int, keep: Callable[[str, str], bool] | None = None
+) -> StateMap:
+    return _nids_to_ids(conn, _load_group_nids(conn, group), keep)
 
 
 def create_state_group(
@@ -159,8 +194,11 @@ def event_state_group(conn: Conn, event_id: str) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-def state_before_event(conn: Conn, event_id: str) -> StateMap | None:
-    """The room state just before ``event_id`` (None if not known)."""
+def state_before_event(
+    conn: Conn, event_id: str, keep: Callable[[str, str], bool] | None = None
+) -> StateMap | None:
+    """The room state just before ``event_id`` (None if not known); only the keys
+    ``keep(type, state_key)`` accepts, when given."""
     row = conn.execute(
         "SELECT e.state_group, e.sk_nid, e.replaces_nid, e.rejected_reason FROM events e"
         " WHERE e.event_id = ?",
@@ -175,12 +213,14 @@ def state_before_event(conn: Conn, event_id: str) -> StateMap | None:
             state.pop(sk, None)
         else:
             state[sk] = replaces
-    return _nids_to_ids(conn, state)
+    return _nids_to_ids(conn, state, keep)
 
 
-def state_after_event(conn: Conn, event_id: str) -> StateMap | None:
+def state_after_event(
+    conn: Conn, event_id: str, keep: Callable[[str, str], bool] | None = None
+) -> StateMap | None:
     group = event_state_group(conn, event_id)
-    return None if group is None else load_state_group(conn, group)
+    return None if group is None else load_state_group(conn, group, keep)
 
 
 # -- current state ---------------------------------------------------------------------------
@@ -215,9 +255,15 @@ def set_current_state(
 
 
 def get_current_state_ids(
-    conn: Conn, room_id: str, keys: Iterable[tuple[str, str]] | None = None, *, etype: str | None = None
+    conn: Conn,
+    room_id: str,
+    keys: Iterable[tuple[str, str]] | None = None,
+    *,
+    etype: str | None = None,
+    keep: Callable[[str, str], bool] | None = None,
 ) -> StateMap:
-    """Current state of a room: all of it, only ``keys``, or only one event type."""
+    """Current state of a room: all of it, only ``keys``, only one event type, or only
+    the keys ``keep(type, state_key)`` accepts."""
     rnid = room_nid(conn, room_id)
     if rnid is None:
         return {}
@@ -235,17 +281,22 @@ def get_current_state_ids(
             if row is not None:
                 out[k] = row[0]
         return out
+    # The keys first, the event IDs of the wanted ones after: with ``keep`` (a
+    # lazy-loading sync) a big room's members are never looked up, only a handful.
     sql = (
-        "SELECT k.type, k.state_key, e.event_id FROM current_state c"
-        " JOIN state_keys k ON k.sk_nid = c.sk_nid JOIN events e ON e.event_nid = c.event_nid"
-        " WHERE c.room_nid = ?"
+        "SELECT k.type, k.state_key, c.event_nid FROM current_state c"
+        " JOIN state_keys k ON k.sk_nid = c.sk_nid WHERE c.room_nid = ?"
     )
     args: list[Any] = [rnid]
     if etype is not None:
         sql += " AND k.type = ?"
         args.append(etype)
-    for t, s, eid in conn.execute(sql, args):
-        out[(t, s)] = eid
+    kept = {(t, s): nid for t, s, nid in conn.execute(sql, args) if keep is None or keep(t, s)}
+    ids = _event_ids_by_nid(conn, kept.values())
+    for k, nid in kept.items():
+        eid = ids.get(nid)
+        if eid is not None:
+            out[k] = eid
     return out
 
 

@@ -333,3 +333,95 @@ async def test_federation_event_format(http: httpx.AsyncClient) -> None:
     assert event["event_id"] == eid and event["content"]["body"] == "Test message"
     assert {"prev_events", "auth_events", "depth", "hashes", "signatures", "room_id", "sender"} <= set(event)
     assert all("signatures" in e for e in joined["state"]["events"])
+
+
+async def test_late_joiner_lazy_loads_only_the_members_who_speak(http: httpx.AsyncClient) -> None:
+    """A late joiner's initial sync of a busy room: the state as of its timeline, with
+    the memberships of the timeline's senders and its own, not the whole member list;
+    a state event it shows carries what it replaced; the summary counts everyone."""
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    others = [await register(http) for _ in range(6)]
+    for _, tok, _ in others:
+        await join(http, tok, room)
+    bob, btok, _ = others[0]
+    invited, _, _ = await register(http)
+    r = await http.post(f"{V3}/rooms/{room}/invite", json={"user_id": invited}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    for topic in ("first", "second"):
+        r = await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": topic}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+    await send(http, btok, room, {"msgtype": "m.text", "body": "hello"})
+    late, ltok, _ = await register(http)
+    await join(http, ltok, room)
+    await send(http, btok, room, {"msgtype": "m.text", "body": "welcome"})
+
+    # The timeline starts at bob's message: the topic is in the state, with its past.
+    two = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 3}}})
+    joined = (await sync(http, ltok, filter=two))["rooms"]["join"][room]
+    assert [e["type"] for e in joined["timeline"]["events"]] == ["m.room.message", "m.room.member", "m.room.message"]
+    state = joined["state"]["events"]
+    assert {k for k in _state_keys(state) if k[0] == "m.room.member"} == {("m.room.member", bob)}
+    topic = next(e for e in state if e["type"] == "m.room.topic")
+    assert topic["content"] == {"topic": "second"}
+    assert topic["unsigned"]["prev_content"] == {"topic": "first"}
+    assert joined["summary"]["m.joined_member_count"] == 8
+    assert joined["summary"]["m.invited_member_count"] == 1
+
+    # A timeline of one message (no state event in it): the current state, lazily.
+    one = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 1}}})
+    joined = (await sync(http, ltok, filter=one))["rooms"]["join"][room]
+    members = {k for k in _state_keys(joined["state"]["events"]) if k[0] == "m.room.member"}
+    assert members == {("m.room.member", bob), ("m.room.member", late)}
+    # Without lazy loading, everyone.
+    full = (await sync(http, ltok, filter=json.dumps({"room": {"timeline": {"limit": 1}}})))["rooms"]["join"][room]
+    members = {k[1] for k in _state_keys(full["state"]["events"]) if k[0] == "m.room.member"}
+    assert members == {alice, late, invited, *(u for u, _, _ in others)}
+    # An unnamed room's heroes are listed from its members.
+    assert len(full["summary"]["m.heroes"]) == 5 and late not in full["summary"]["m.heroes"]
+
+
+async def test_member_list_shows_what_each_membership_replaced(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    bob, btok, _ = await register(http)
+    await join(http, btok, room)
+    r = await http.put(
+        f"{V3}/rooms/{room}/state/m.room.member/{bob}",
+        json={"membership": "join", "displayname": "Bobby"},
+        headers=auth_headers(btok),
+    )
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/rooms/{room}/members", headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    by_user = {e["state_key"]: e for e in r.json()["chunk"]}
+    assert set(by_user) == {alice, bob}
+    assert by_user[bob]["content"]["displayname"] == "Bobby"
+    assert by_user[bob]["unsigned"]["prev_content"]["membership"] == "join"
+    assert "prev_content" not in by_user[alice]["unsigned"]
+
+
+async def test_member_list_filters_and_a_former_members_view(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    bob, btok, _ = await register(http)
+    carol, ctok, _ = await register(http)
+    await join(http, btok, room)
+    await join(http, ctok, room)
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    dave, dtok, _ = await register(http)
+    await join(http, dtok, room)  # after bob left: not in what bob may see
+
+    async def members(token: str, **params: str) -> dict[str, str]:
+        r = await http.get(f"{V3}/rooms/{room}/members", params=params, headers=auth_headers(token))
+        assert r.status_code == 200, r.text
+        return {e["state_key"]: e["content"]["membership"] for e in r.json()["chunk"]}
+
+    assert await members(atok) == {alice: "join", bob: "leave", carol: "join", dave: "join"}
+    assert await members(atok, membership="join") == {alice: "join", carol: "join", dave: "join"}
+    assert await members(atok, not_membership="join") == {bob: "leave"}
+    assert await members(btok) == {alice: "join", bob: "leave", carol: "join"}
+    outsider, otok, _ = await register(http)
+    r = await http.get(f"{V3}/rooms/{room}/members", headers=auth_headers(otok))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
