@@ -1,0 +1,71 @@
+"""What the federation services need from the transport, as protocols.
+
+The services that take part in rooms across servers (the PDU intake, the transaction
+handler, joins, the outbound queue) talk to other servers only through these, so they
+are tested with fakes and never depend on how requests are signed or routed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+Query = Mapping[str, str | Sequence[str]]
+
+
+class FederationError(Exception):
+    """The remote server answered with an error status."""
+
+    def __init__(self, status: int, errcode: str, message: str = "") -> None:
+        super().__init__(f"{status} {errcode}: {message}")
+        self.status = status
+        self.errcode = errcode
+        self.message = message
+
+
+class FederationUnreachable(Exception):
+    """No usable answer: discovery failed, the connection was refused or timed out, TLS
+    failed, or the answer was too large or not JSON."""
+
+
+class FederationRequester(Protocol):
+    """Signed requests to other servers. ``path`` is the full, already percent-encoded
+    path (``/_matrix/federation/v1/state_ids/%21room%3Ax``); the answer is decoded JSON.
+    Raises :class:`FederationError` for an error status and
+    :class:`FederationUnreachable` for anything else that went wrong."""
+
+    async def get_json(
+        self, destination: str, path: str, query: Query | None = None, *, timeout_s: float = 60.0
+    ) -> Any: ...
+
+    async def put_json(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        query: Query | None = None,
+        *,
+        timeout_s: float = 60.0,
+    ) -> Any: ...
+
+    async def post_json(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        query: Query | None = None,
+        *,
+        timeout_s: float = 60.0,
+    ) -> Any: ...
+
+
+class KeyLookup(Protocol):
+    """Other servers' signing keys."""
+
+    async def verify_keys(
+        self, server_name: str, key_ids: Collection[str], *, minimum_valid_until_ts: int
+    ) -> dict[str, bytes]:
+        """The raw 32-byte ed25519 verify keys of ``server_name`` among ``key_ids`` that
+        were valid at ``minimum_valid_until_ts`` (ms since the epoch), fetched and cached
+        as needed. Keys it cannot get are missing from the answer."""
+        ...
