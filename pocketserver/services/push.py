@@ -753,13 +753,7 @@ class PushService:
 
     @staticmethod
     def _badge_body(pusher: store.Pusher, unread: int) -> JsonDict:
-        data = {k: v for k, v in (pusher.info.get("data") or {}).items() if k != "url"}
-        device: JsonDict = {
-            "app_id": pusher.app_id,
-            "pushkey": pusher.pushkey,
-            "pushkey_ts": pusher.pushkey_ts // 1000,
-            "data": data,
-        }
+        device = _device_entry(pusher)
         # Zero is sent, although the spec says zero counts "should be omitted": a
         # gateway sets the app's badge only from a count it is given (Sygnal does), so
         # an omitted count would never clear it.
@@ -769,14 +763,7 @@ class PushService:
         self, conn: Conn, facts: _RoomFacts, rec: EventRecord, pusher: store.Pusher, result: PushResult, unread: int
     ) -> JsonDict:
         ev = rec.event
-        data = {k: v for k, v in (pusher.info.get("data") or {}).items() if k != "url"}
-        device: JsonDict = {
-            "app_id": pusher.app_id,
-            "pushkey": pusher.pushkey,
-            "pushkey_ts": pusher.pushkey_ts // 1000,
-            "data": data,
-            "tweaks": dict(result.tweaks),
-        }
+        device = {**_device_entry(pusher), "tweaks": dict(result.tweaks)}
         high = result.highlight or "sound" in result.tweaks or ev.type == "m.room.encrypted"
         note: JsonDict = {
             "event_id": ev.event_id,
@@ -788,7 +775,7 @@ class PushService:
             "counts": {"unread": unread} if unread else {},
             "devices": [device],
         }
-        if data.get("format") != "event_id_only":
+        if device["data"].get("format") != "event_id_only":
             note["type"] = ev.type
             note["sender"] = ev.sender
             note["content"] = dict(ev.content)
@@ -946,3 +933,14 @@ def _require(fn: Any) -> Any:
             raise NotFound("The push rule was not found.")
 
     return run
+
+
+def _device_entry(pusher: store.Pusher) -> JsonDict:
+    """The pusher's entry in a notification's ``devices`` (its data without the URL)."""
+    data = {k: v for k, v in (pusher.info.get("data") or {}).items() if k != "url"}
+    return {
+        "app_id": pusher.app_id,
+        "pushkey": pusher.pushkey,
+        "pushkey_ts": pusher.pushkey_ts // 1000,
+        "data": data,
+    }

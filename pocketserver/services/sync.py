@@ -596,14 +596,7 @@ class SyncService:
                     continue
                 state_ids[key] = eid
         state_events = self._state_events(conn, requester, filt, state_ids, now)
-        events = [
-            filt.project(_formatted(filt, rec, e))
-            for rec, e in zip(
-                timeline,
-                serialize_events(conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now),
-                strict=True,
-            )
-        ]
+        events = self._timeline_events(conn, requester, filt, timeline, now)
         if filt.lazy_load_members:
             sent = {e["state_key"]: e["event_id"] for e in state_events if e["type"] == "m.room.member"}
             sent.update(
@@ -624,6 +617,16 @@ class SyncService:
             "summary": self._summary(conn, room_id, user_id) if since is None or limited else {},
         }
         return room
+
+    @staticmethod
+    def _timeline_events(
+        conn: Conn, requester: Requester, filt: Filter, timeline: list[EventRecord], now: int
+    ) -> list[JsonDict]:
+        """A room's timeline serialised as one page, in the filter's format and fields."""
+        out = serialize_events(
+            conn, timeline, user_id=requester.user_id, device_id=requester.device_id, now_ms=now
+        )
+        return [filt.project(_formatted(filt, rec, e)) for rec, e in zip(timeline, out, strict=True)]
 
     @staticmethod
     def _state_events(
@@ -753,14 +756,7 @@ class SyncService:
         else:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline, end_state)
         state_events = self._state_events(conn, requester, filt, state_ids, now)
-        events = [
-            filt.project(_formatted(filt, rec, e))
-            for rec, e in zip(
-                timeline,
-                serialize_events(conn, timeline, user_id=user_id, device_id=requester.device_id, now_ms=now),
-                strict=True,
-            )
-        ]
+        events = self._timeline_events(conn, requester, filt, timeline, now)
         return {
             "timeline": {"events": events, "limited": limited, "prev_batch": f"t{first_pos - 1}"},
             state_after_key or "state": {"events": state_events},
