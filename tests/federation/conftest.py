@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from pocketserver.federation.intake import PduIntake
+from pocketserver.federation.transactions import TransactionHandler
 from pocketserver.server import RunningServer
 from pocketserver.storage import events as ev_store
 from tests.api.helpers import create_room, register
@@ -25,6 +26,7 @@ class Fed:
     keys: FakeKeys
     requester: FakeRequester
     intake: PduIntake
+    transactions: TransactionHandler
 
     @property
     def services(self) -> Any:
@@ -67,4 +69,7 @@ async def fed(server: RunningServer, http: httpx.AsyncClient) -> Fed:
         room_lock=s.pipeline.room_lock,
         forget_cached=s.pipeline.cache.pop,
     )
-    return Fed(server, http, keys, requester, intake)
+    transactions = TransactionHandler(
+        s.db, s.clock, s.notifier, intake, requester, s.config.server_name, typing=s.typing, receipts=s.receipts
+    )
+    return Fed(server, http, keys, requester, intake, transactions)
