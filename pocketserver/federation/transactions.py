@@ -26,7 +26,11 @@ import trio
 
 from pocketserver.errors import MatrixError
 from pocketserver.federation.intake import PduIntake
-from pocketserver.federation.interfaces import FederationError, FederationRequester, FederationUnreachable
+from pocketserver.federation.interfaces import (
+    FederationError,
+    FederationRequester,
+    FederationUnreachable,
+)
 from pocketserver.protocol.events import Event, EventFormatError
 from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.services.clock import Clock
@@ -310,7 +314,7 @@ class TransactionHandler:
             return False
         if not isinstance(body, dict) or body.get("user_id") != user_id or type(body.get("stream_id")) is not int:
             return False
-        devices = body.get("devices") if isinstance(body.get("devices"), list) else []
+        devices: list[Any] = body["devices"] if isinstance(body.get("devices"), list) else []
 
         def write(conn: Conn) -> int:
             stored = {
