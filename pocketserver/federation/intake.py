@@ -148,6 +148,17 @@ class PduIntake:
                 return str(e)
         return None
 
+    async def accept(self, origin: str, info: RoomInfo, event: Event) -> EventRecord | None:
+        """An event already through steps 1-3 that a server handed over directly
+        (send_join, send_leave, send_knock): steps 4-6 and persisting under the room's
+        lock, with no gap filling (it must follow events this server has). The stored
+        record (check ``rejected_reason`` / ``stream_pos``). Raises :class:`IntakeError`."""
+        async with self._room_lock(info.room_id):
+            known = (await self.db.read(graph.known_events, [event.event_id])).get(event.event_id)
+            if known is None or known.outlier:
+                await self._handle(origin, info, event, fetch_gaps=False)
+        return await self.db.read(ev_store.get_event, event.event_id)
+
     async def check_event(self, pdu_json: Any, rv: RoomVersion) -> Event:
         """Steps 1-3: format, signatures, hashes. Raises :class:`IntakeError`."""
         try:

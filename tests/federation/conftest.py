@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pocketserver.federation.hosting import RoomHosting
 from pocketserver.federation.intake import PduIntake
 from pocketserver.federation.transactions import TransactionHandler
 from pocketserver.server import RunningServer
@@ -27,6 +28,7 @@ class Fed:
     requester: FakeRequester
     intake: PduIntake
     transactions: TransactionHandler
+    hosting: RoomHosting
 
     @property
     def services(self) -> Any:
@@ -72,4 +74,5 @@ async def fed(server: RunningServer, http: httpx.AsyncClient) -> Fed:
     transactions = TransactionHandler(
         s.db, s.clock, s.notifier, intake, requester, s.config.server_name, typing=s.typing, receipts=s.receipts
     )
-    return Fed(server, http, keys, requester, intake, transactions)
+    hosting = RoomHosting(s.db, s.clock, s.notifier, intake, s.config.server_name, s.signing_key)
+    return Fed(server, http, keys, requester, intake, transactions, hosting)
