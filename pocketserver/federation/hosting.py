@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.errors import Forbidden, MatrixError, NotFound
 from pocketserver.federation.intake import IntakeError, PduIntake
+from pocketserver.federation.interfaces import FederationRequester, KeyLookup
+from pocketserver.federation.transactions import TransactionHandler
 from pocketserver.protocol.auth_rules import (
     CREATE,
     JOIN_RULES,
@@ -589,3 +592,35 @@ def _stripped_state(conn: Conn, room_id: str, user_id: str | None) -> list[JsonD
     return [stripped_state(recs[e]) for e in ids.values() if e in recs]
 
 
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFederation:
+    """The inbound room services, wired together (what the federation routes call)."""
+
+    intake: PduIntake
+    transactions: TransactionHandler
+    hosting: RoomHosting
+
+
+def build_room_federation(services: Any, requester: FederationRequester, keys: KeyLookup) -> RoomFederation:
+    """Build the intake, the transaction handler and the hosting service over
+    ``services`` (a :class:`~pocketserver.services.Services`); the intake shares the
+    local event pipeline's per-room locks and event cache."""
+    s = services
+    intake = PduIntake(
+        s.db,
+        s.clock,
+        s.notifier,
+        requester,
+        keys,
+        s.config.server_name,
+        s.signing_key,
+        room_lock=s.pipeline.room_lock,
+        forget_cached=s.pipeline.cache.pop,
+    )
+    transactions = TransactionHandler(
+        s.db, s.clock, s.notifier, intake, requester, s.config.server_name, typing=s.typing, receipts=s.receipts
+    )
+    hosting = RoomHosting(s.db, s.clock, s.notifier, intake, s.config.server_name, s.signing_key)
+    return RoomFederation(intake, transactions, hosting)

@@ -201,7 +201,6 @@ class PduIntake:
     # -- one event, under the room's lock ----------------------------------------------
 
     async def _handle(self, origin: str, info: RoomInfo, event: Event, *, fetch_gaps: bool) -> None:
-        room_id = info.room_id
         rv = info.room_version
         # 4. Its auth events: fetched as outliers if any is unknown.
         known = await self.db.read(graph.known_events, list(event.auth_event_ids) + list(event.prev_event_ids))
@@ -230,6 +229,8 @@ class PduIntake:
         pos = await self.db.write(
             self._persist, event, rv, rejected, soft_failed, before, before_group, missing
         )
+        if self._forget_cached is not None:
+            self._forget_cached(event.event_id)  # an outlier read before is one no more
         if pos is not None:
             self.notifier.notify(pos)
             if self._forget_cached is not None and event.redacts is not None:
@@ -240,7 +241,6 @@ class PduIntake:
                     await hook(record)
                 except Exception:
                     log.exception("intake hook failed for %s", event.event_id)
-        del room_id
 
     def _decide(
         self,

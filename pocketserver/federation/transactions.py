@@ -54,6 +54,10 @@ MAX_EDUS = 100
 TYPING_TIMEOUT_MS = 30_000
 _PRESENCE_STATES = ("online", "unavailable", "offline")
 _FED_TO_DEVICE = "federation_to_device"
+# Answers to transactions are kept this long for retries, then pruned (every
+# PRUNE_EVERY transactions), so the ledger stays small.
+KEEP_TRANSACTIONS_MS = 24 * 3600 * 1000
+PRUNE_EVERY = 100
 
 
 def _domain(user_id: str) -> str:
@@ -82,6 +86,7 @@ class TransactionHandler:
         self.typing = typing
         self.receipts = receipts
         self._origin_locks: dict[str, trio.Lock] = {}
+        self._since_prune = 0
 
     async def on_transaction(self, origin: str, txn_id: str, body: Any) -> dict[str, Any]:
         """``PUT /_matrix/federation/v1/send/{txnId}``: the answer's body
@@ -115,9 +120,18 @@ class TransactionHandler:
                     except MatrixError as e:
                         log.info("EDU from %s dropped: %s", origin, e)
                 answer = {"pdus": results}
-                await self.db.write(
-                    graph.put_received_transaction, origin, txn_id, answer, self.clock.time_ms()
-                )
+                now = self.clock.time_ms()
+                self._since_prune += 1
+                prune = self._since_prune >= PRUNE_EVERY
+                if prune:
+                    self._since_prune = 0
+
+                def record(conn: Conn) -> None:
+                    graph.put_received_transaction(conn, origin, txn_id, answer, now)
+                    if prune:
+                        graph.delete_old_received_transactions(conn, now - KEEP_TRANSACTIONS_MS)
+
+                await self.db.write(record)
                 return answer
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:

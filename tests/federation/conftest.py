@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pocketserver.federation.hosting import RoomHosting
+from pocketserver.federation.hosting import RoomHosting, build_room_federation
 from pocketserver.federation.intake import PduIntake
 from pocketserver.federation.transactions import TransactionHandler
 from pocketserver.server import RunningServer
@@ -60,19 +60,5 @@ async def fed(server: RunningServer, http: httpx.AsyncClient) -> Fed:
     s = server.services
     keys = FakeKeys((REMOTE, key_for(REMOTE)), ("other.test", key_for("other.test")))
     requester = FakeRequester()
-    intake = PduIntake(
-        s.db,
-        s.clock,
-        s.notifier,
-        requester,
-        keys,
-        s.config.server_name,
-        s.signing_key,
-        room_lock=s.pipeline.room_lock,
-        forget_cached=s.pipeline.cache.pop,
-    )
-    transactions = TransactionHandler(
-        s.db, s.clock, s.notifier, intake, requester, s.config.server_name, typing=s.typing, receipts=s.receipts
-    )
-    hosting = RoomHosting(s.db, s.clock, s.notifier, intake, s.config.server_name, s.signing_key)
-    return Fed(server, http, keys, requester, intake, transactions, hosting)
+    built = build_room_federation(s, requester, keys)
+    return Fed(server, http, keys, requester, built.intake, built.transactions, built.hosting)
