@@ -32,7 +32,7 @@ def _sign(template: dict[str, Any], rv: Any, server: str = REMOTE) -> dict[str, 
 
 async def remote_join(fed: Fed, room_id: str, user: str = BOB, *, omit: bool = False) -> tuple[RemoteRoom, dict[str, Any]]:
     """make_join + send_join as remote.test does it; the remote's view of the room."""
-    made = await fed.hosting.make_join(REMOTE, room_id, user, ["1", "9", "10", "11", "12"])
+    made = await fed.hosting.make_join(REMOTE, room_id, user, [str(v) for v in range(1, 13)])
     rv = KNOWN_ROOM_VERSIONS[made["room_version"]]
     pdu = _sign(made["event"], rv)
     eid = Event.from_pdu(pdu, rv).event_id
@@ -247,3 +247,53 @@ async def test_invite_v2_signed_and_shown_in_sync(fed: Fed) -> None:
     other = remote.build(BOB, "m.room.member", {"membership": "invite"}, state_key="@z:other.test", advance=False)
     with pytest.raises(MatrixError):
         await fed.hosting.on_invite(REMOTE, remote.room_id, remote.event_id(other), dict(body, event=other))
+
+
+@pytest.mark.parametrize("version", ["1", "2", "3", "5", "6", "8", "10", "11", "12"])
+async def test_join_and_chat_in_every_room_version(fed: Fed, version: str) -> None:
+    room_id, alice, token = await fed.local_room(room_version=version)
+    first = await sync(fed.http, token)
+    remote, _ = await remote_join(fed, room_id)
+    msg = remote.build(BOB, "m.room.message", {"msgtype": "m.text", "body": f"v{version}"})
+    answer = await fed.transactions.on_transaction(REMOTE, f"v{version}", {"pdus": [msg]})
+    assert answer == {"pdus": {remote.event_id(msg): {}}}
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    assert bodies(resp, room_id) == [f"v{version}"]
+    # a local message now follows the remote one, and the remote server can fetch it
+    r = await fed.http.put(
+        f"{V3}/rooms/{room_id}/send/m.room.message/after{version}",
+        json={"msgtype": "m.text", "body": "reply"},
+        headers=auth_headers(token),
+    )
+    reply = await fed.hosting.get_event(REMOTE, r.json()["event_id"])
+    assert remote.event_id(msg) in str(reply["pdus"][0]["prev_events"])
+
+
+async def test_concurrent_branches_are_merged(fed: Fed) -> None:
+    """A remote event on an older part of the graph forks the room; both branches stay
+    (two forward extremities), the state is resolved, and the next local event merges
+    them."""
+    room_id, alice, token = await fed.local_room()
+    remote, _ = await remote_join(fed, room_id)
+    fork = list(remote.extremities)
+    state_at_fork = dict(remote.state)
+    r = await fed.http.put(
+        f"{V3}/rooms/{room_id}/state/m.room.topic/", json={"topic": "local topic"}, headers=auth_headers(token)
+    )
+    assert r.status_code == 200
+    first = await sync(fed.http, token)
+    msg = remote.build(BOB, "m.room.message", {"body": "from the old branch"}, prev_events=fork, auth_state=state_at_fork)
+    assert await fed.intake.receive_pdu(REMOTE, msg) is None
+    from pocketserver.storage import events as ev_store
+
+    extremities = {e for e, _ in await fed.services.db.read(ev_store.forward_extremities, room_id)}
+    assert remote.event_id(msg) in extremities and len(extremities) == 2
+    topic = await fed.services.rooms.current_state_event(room_id, "m.room.topic")
+    assert topic["topic"] == "local topic"
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    assert bodies(resp, room_id) == ["from the old branch"]
+    r = await fed.http.put(
+        f"{V3}/rooms/{room_id}/send/m.room.message/merge", json={"body": "merged"}, headers=auth_headers(token)
+    )
+    merged = await fed.hosting.get_event(REMOTE, r.json()["event_id"])
+    assert set(merged["pdus"][0]["prev_events"]) == extremities

@@ -96,3 +96,40 @@ async def test_typing_and_to_device_edus(fed: Fed) -> None:
     resp = await sync(fed.http, utoken, since=base["next_batch"], timeout=0)
     events = resp["to_device"]["events"]
     assert [(e["sender"], e["content"]) for e in events] == [(BOB, {"hello": "there"})]
+
+
+async def test_receipt_presence_and_device_list_edus(fed: Fed) -> None:
+    room_id, token, remote = await _joined(fed)
+    msg = remote.build(BOB, "m.room.message", {"body": "read me"})
+    await fed.transactions.on_transaction("remote.test", "r0", {"pdus": [msg]})
+    first = await sync(fed.http, token)
+    receipt = {
+        "edu_type": "m.receipt",
+        "content": {room_id: {"m.read": {BOB: {"event_ids": [remote.event_id(msg)], "data": {"ts": 1}}}}},
+    }
+    presence = {
+        "edu_type": "m.presence",
+        "content": {"push": [{"user_id": BOB, "presence": "online", "last_active_ago": 10, "currently_active": True}]},
+    }
+    await fed.transactions.on_transaction("remote.test", "r1", {"pdus": [], "edus": [receipt, presence]})
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    receipts = [e for e in resp["rooms"]["join"][room_id]["ephemeral"]["events"] if e["type"] == "m.receipt"]
+    assert BOB in str(receipts) and remote.event_id(msg) in str(receipts)
+    assert [p["content"]["presence"] for p in resp["presence"]["events"] if p["sender"] == BOB] == ["online"]
+
+    # A device-list update with a gap (nothing known of bob's list): resync by /user/devices.
+    devices = {
+        "user_id": BOB,
+        "stream_id": 7,
+        "devices": [{"device_id": "PHONE", "keys": {"user_id": BOB, "device_id": "PHONE", "keys": {}}}],
+    }
+    fed.requester.other["/_matrix/federation/v1/user/devices/%40bob%3Aremote.test"] = devices
+    update = {"edu_type": "m.device_list_update", "content": {"user_id": BOB, "device_id": "PHONE", "stream_id": 7, "prev_id": [5]}}
+    await fed.transactions.on_transaction("remote.test", "d1", {"pdus": [], "edus": [update]})
+    assert ("GET", "remote.test", "/_matrix/federation/v1/user/devices/%40bob%3Aremote.test") in fed.requester.requests
+    resp2 = await sync(fed.http, token, since=resp["next_batch"], timeout=0)
+    assert BOB in resp2["device_lists"]["changed"]
+    row = await fed.services.db.read(
+        lambda c: c.execute("SELECT stream_id, stale FROM remote_device_lists WHERE user_id = ?", (BOB,)).fetchone()
+    )
+    assert tuple(row) == (7, 0)
