@@ -229,7 +229,12 @@ class RoomHosting:
 
         def read(conn: Conn) -> JsonDict:
             before = state_store.state_before_event(conn, event.event_id) or {}
-            servers = sorted(state_store.servers_in_room(conn, room_id) - {_domain(event.sender)} | {self.server_name})
+            # The servers in the room before the join: the joiner's only if another of
+            # its users was already there.
+            servers = state_store.servers_in_room(conn, room_id)
+            joiner = _domain(event.sender)
+            if graph.joined_users_of_server(conn, room_id, joiner, 2) < 2:
+                servers.discard(joiner)
             kept = before
             omitted = False
             if omit_members:
@@ -251,7 +256,7 @@ class RoomHosting:
                 "members_omitted": omitted,
             }
             if omitted:
-                answer["servers_in_room"] = servers
+                answer["servers_in_room"] = sorted(servers)
             return answer
 
         return await self.db.read(read)
@@ -519,7 +524,7 @@ class RoomHosting:
         return info
 
     def _check_origin_in_room(self, conn: Conn, room_id: str, origin: str) -> None:
-        if origin not in state_store.servers_in_room(conn, room_id):
+        if not graph.server_in_room(conn, room_id, origin):
             raise Forbidden("The requesting server has no member in the room")
 
     def _event_in_room(self, conn: Conn, room_id: str, event_id: str, origin: str) -> EventRecord:

@@ -152,13 +152,16 @@ class TransactionHandler:
             return eid, f"this server is not in room {room_id}"
         if not await self._origin_may_send(origin, info.room_id, pdu):
             return eid, f"{origin} has no member in room {room_id}"
-        return eid, await self.intake.receive_pdu(origin, pdu)
+        try:
+            return eid, await self.intake.receive_pdu(origin, pdu)
+        except Exception:  # one PDU's failure must not fail the others of the transaction
+            log.exception("PDU %s from %s failed", eid, origin)
+            return eid, "internal error while handling the event"
 
     async def _origin_may_send(self, origin: str, room_id: str, pdu: Mapping[str, Any]) -> bool:
         if pdu.get("type") == "m.room.member" and _domain(str(pdu.get("state_key", ""))) == origin:
             return True  # its own users' joins, leaves and knocks
-        servers = await self.db.read(state_store.servers_in_room, room_id)
-        return origin in servers
+        return await self.db.read(graph.server_in_room, room_id, origin)
 
     # -- EDUs ---------------------------------------------------------------------------
 

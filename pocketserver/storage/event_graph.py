@@ -124,6 +124,23 @@ def walk_back(
     return out
 
 
+def server_in_room(conn: Conn, room_id: str, server_name: str) -> bool:
+    """Whether any user of ``server_name`` is joined to the room (one query in SQLite,
+    not a list of the room's members)."""
+    return joined_users_of_server(conn, room_id, server_name, 1) > 0
+
+
+def joined_users_of_server(conn: Conn, room_id: str, server_name: str, upto: int) -> int:
+    """How many users of ``server_name`` are joined to the room, counted up to ``upto``."""
+    suffix = ":" + server_name
+    row = conn.execute(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid"
+        " WHERE r.room_id = ? AND m.membership = 'join' AND substr(m.user_id, -?) = ? LIMIT ?)",
+        (room_id, len(suffix), suffix, upto),
+    ).fetchone()
+    return int(row[0])
+
+
 # -- writing ------------------------------------------------------------------------------
 
 
