@@ -115,7 +115,7 @@ class RoomHosting:
     ) -> JsonDict:
         if not is_valid_user_id(user_id) or _domain(user_id) != origin:
             raise Forbidden("The user must belong to the requesting server")
-        info = await self._hosted(room_id)
+        info = await self._hosted(room_id, origin)
         rv = info.room_version
         if versions is not None and rv.identifier not in versions:
             raise MatrixError(
@@ -223,7 +223,7 @@ class RoomHosting:
         self, origin: str, room_id: str, event_id: str, pdu: Any, *, omit_members: bool = False
     ) -> JsonDict:
         """``PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}?omit_members=``"""
-        info = await self._hosted(room_id)
+        info = await self._hosted(room_id, origin)
         pdu = self._countersign_restricted(info, pdu)
         event = await self._accept(origin, info, event_id, pdu, "join")
 
@@ -263,13 +263,13 @@ class RoomHosting:
 
     async def send_leave(self, origin: str, room_id: str, event_id: str, pdu: Any) -> JsonDict:
         """``PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}``"""
-        info = await self._hosted(room_id)
+        info = await self._hosted(room_id, origin)
         await self._accept(origin, info, event_id, pdu, "leave")
         return {}
 
     async def send_knock(self, origin: str, room_id: str, event_id: str, pdu: Any) -> JsonDict:
         """``PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}``"""
-        info = await self._hosted(room_id)
+        info = await self._hosted(room_id, origin)
         if not info.room_version.knock_join_rule:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This room version has no knocking",
                               room_version=info.room_version.identifier)
@@ -367,6 +367,8 @@ class RoomHosting:
         if info is not None and info.room_version.identifier != rv.identifier:
             raise MatrixError(400, "M_INVALID_PARAM", "The room version does not match the room")
         if info is not None and info.has_state:
+            if not await self.db.read(graph.acl_allows, room_id, origin):
+                raise Forbidden("The server ACL of the room denies the requesting server")
             m = await self.db.read(state_store.get_membership, room_id, event.state_key)
             if m is not None and m[0] in ("join", "ban"):
                 raise Forbidden(f"The user is already {m[0]}")
@@ -507,10 +509,12 @@ class RoomHosting:
 
     # -- checks on the requesting server ----------------------------------------------------
 
-    async def _hosted(self, room_id: str) -> RoomInfo:
+    async def _hosted(self, room_id: str, origin: str) -> RoomInfo:
         info = await self.db.read(ev_store.get_room, room_id)
         if info is None or not info.has_state:
             raise NotFound("This server is not in that room")
+        if not await self.db.read(graph.acl_allows, room_id, origin):
+            raise Forbidden("The server ACL of the room denies the requesting server")
         locals_ = await self.db.read(state_store.local_members, room_id)
         if not locals_:
             raise NotFound("This server has no member in that room")
@@ -520,6 +524,8 @@ class RoomHosting:
         info = ev_store.get_room(conn, room_id)
         if info is None or not info.has_state:
             raise NotFound("Unknown room")
+        if not graph.acl_allows(conn, room_id, origin):
+            raise Forbidden("The server ACL of the room denies the requesting server")
         self._check_origin_in_room(conn, room_id, origin)
         return info
 

@@ -150,6 +150,8 @@ class TransactionHandler:
             return None, None
         if info is None or not info.has_state:
             return eid, f"this server is not in room {room_id}"
+        if not await self.db.read(graph.acl_allows, info.room_id, origin):
+            return eid, f"{origin} is denied by the server ACL of room {room_id}"
         if not await self._origin_may_send(origin, info.room_id, pdu):
             return eid, f"{origin} has no member in room {room_id}"
         try:
@@ -187,7 +189,7 @@ class TransactionHandler:
         room_id, user_id, typing = content.get("room_id"), content.get("user_id"), content.get("typing")
         if not (isinstance(room_id, str) and isinstance(user_id, str) and isinstance(typing, bool)):
             return
-        if _domain(user_id) != origin:
+        if _domain(user_id) != origin or not await self.db.read(graph.acl_allows, room_id, origin):
             return
         m = await self.db.read(state_store.get_membership, room_id, user_id)
         if m is None or m[0] != "join":
@@ -196,7 +198,7 @@ class TransactionHandler:
 
     async def _receipts(self, origin: str, content: dict[str, Any]) -> None:
         for room_id, by_type in content.items():
-            if not isinstance(by_type, dict):
+            if not isinstance(by_type, dict) or not await self.db.read(graph.acl_allows, room_id, origin):
                 continue
             for rtype, by_user in by_type.items():
                 if rtype != "m.read" or not isinstance(by_user, dict):

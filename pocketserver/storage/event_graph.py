@@ -14,8 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pocketserver.protocol.server_acl import server_allowed
 from pocketserver.storage.database import Conn
-from pocketserver.storage.events import _index_content, event_nid, get_events, room_nid
+from pocketserver.storage.events import _index_content, event_nid, get_event, get_events, room_nid
+from pocketserver.storage.state import get_current_state_ids
 
 _BATCH = 256
 
@@ -139,6 +141,14 @@ def joined_users_of_server(conn: Conn, room_id: str, server_name: str, upto: int
         (room_id, len(suffix), suffix, upto),
     ).fetchone()
     return int(row[0])
+
+
+def acl_allows(conn: Conn, room_id: str, server_name: str) -> bool:
+    """The room's current ``m.room.server_acl`` lets ``server_name`` take part."""
+    ids = get_current_state_ids(conn, room_id, [("m.room.server_acl", "")])
+    eid = ids.get(("m.room.server_acl", ""))
+    rec = get_event(conn, eid) if eid is not None else None
+    return server_allowed(rec.event.content if rec is not None else None, server_name)
 
 
 # -- writing ------------------------------------------------------------------------------

@@ -297,3 +297,31 @@ async def test_concurrent_branches_are_merged(fed: Fed) -> None:
     )
     merged = await fed.hosting.get_event(REMOTE, r.json()["event_id"])
     assert set(merged["pdus"][0]["prev_events"]) == extremities
+
+
+async def test_server_acl_denies_a_server(fed: Fed) -> None:
+    room_id, alice, token = await fed.local_room()
+    remote, _ = await remote_join(fed, room_id)
+    r = await fed.http.put(
+        f"{V3}/rooms/{room_id}/state/m.room.server_acl/",
+        json={"allow": ["*"], "deny": ["remote.test"]},
+        headers=auth_headers(token),
+    )
+    assert r.status_code == 200, r.text
+    first = await sync(fed.http, token)
+    msg = remote.build(BOB, "m.room.message", {"body": "denied"})
+    typing = {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": BOB, "typing": True}}
+    answer = await fed.transactions.on_transaction(REMOTE, "acl", {"pdus": [msg], "edus": [typing]})
+    assert "error" in answer["pdus"][remote.event_id(msg)]
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    room = resp["rooms"]["join"].get(room_id, {})
+    assert "denied" not in str(room) and BOB not in str(room.get("ephemeral", {}))
+    for call in (
+        fed.hosting.backfill(REMOTE, room_id, [remote.extremities[0]], 10),
+        fed.hosting.make_join(REMOTE, room_id, "@carol:remote.test", ["12"]),
+        fed.hosting.make_leave(REMOTE, room_id, BOB),
+        fed.hosting.get_state_ids(REMOTE, room_id, remote.extremities[0]),
+    ):
+        with pytest.raises(MatrixError) as e:
+            await call
+        assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
