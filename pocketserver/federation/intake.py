@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 
 StateMap = dict[StateKey, str]
 PersistedHook = Callable[[EventRecord], Awaitable[None]]
+# (rejected reason, soft failed, the state before the event (all of it, or only the keys
+# the checks read when it equals a stored state group), that group)
+Verdict = tuple[str | None, bool, StateMap | None, int | None]
 
 # Bounds on what one PDU may make this server fetch.
 MAX_GAP_EVENTS = 20
@@ -121,26 +124,24 @@ class PduIntake:
 
     # -- entry points --------------------------------------------------------------------
 
-    async def receive_pdu(self, origin: str, pdu_json: Any) -> str | None:
+    async def receive_pdu(self, origin: str, pdu_json: Any, info: RoomInfo | None = None) -> str | None:
         """Check and store one PDU of a transaction. None when accepted (which includes
         rejected and soft-failed events: the sender did nothing wrong by sending them),
-        else the error for the transaction's per-PDU result."""
+        else the error for the transaction's per-PDU result. ``info``: the room, when
+        the caller has read it already."""
         if not isinstance(pdu_json, dict):
             return "PDU is not an object"
         room_id = pdu_json.get("room_id")
         if not isinstance(room_id, str):
             return "PDU has no room_id"
-        info = await self.db.read(ev_store.get_room, room_id)
+        if info is None or info.room_id != room_id:
+            info = await self.db.read(ev_store.get_room, room_id)
         if info is None or not info.has_state:
             return f"this server is not in room {room_id}"
         try:
             event = await self.check_event(pdu_json, info.room_version)
         except IntakeError as e:
             return str(e)
-        known = await self.db.read(graph.known_events, [event.event_id])
-        k = known.get(event.event_id)
-        if k is not None and not k.outlier:
-            return None
         async with self._room_lock(room_id):
             try:
                 await self._handle(origin, info, event, fetch_gaps=True)
@@ -202,8 +203,15 @@ class PduIntake:
 
     async def _handle(self, origin: str, info: RoomInfo, event: Event, *, fetch_gaps: bool) -> None:
         rv = info.room_version
+        # The usual case in one read: nothing missing, the checks decided at once.
+        first = await self.db.read(self._try_decide, event, rv)
+        if first is None:
+            return  # stored already
+        if isinstance(first, tuple):
+            await self._store(origin, event, rv, first, [])
+            return
+        known = first
         # 4. Its auth events: fetched as outliers if any is unknown.
-        known = await self.db.read(graph.known_events, list(event.auth_event_ids) + list(event.prev_event_ids))
         if any(a not in known for a in event.auth_event_ids):
             await self._fetch_auth_chain(origin, info, event)
             known = await self.db.read(
@@ -221,6 +229,24 @@ class PduIntake:
         for p in missing:
             fetched_states.append(await self._state_after_remote(origin, info, p))
         verdict = await self.db.read(self._decide, event, rv, missing, fetched_states)
+        await self._store(origin, event, rv, verdict, missing)
+
+    def _try_decide(self, conn: Conn, event: Event, rv: RoomVersion) -> Verdict | dict[str, graph.Known] | None:
+        """None if the event is in the graph already; its verdict when its auth events
+        and the state at its prev_events are all known here; else what is known."""
+        known = graph.known_events(conn, [event.event_id, *event.auth_event_ids, *event.prev_event_ids])
+        mine = known.get(event.event_id)
+        if mine is not None and not mine.outlier:
+            return None
+        if all(a in known for a in event.auth_event_ids) and all(
+            p in known and known[p].has_state for p in event.prev_event_ids
+        ):
+            return self._decide(conn, event, rv, [], [])
+        return known
+
+    async def _store(
+        self, origin: str, event: Event, rv: RoomVersion, verdict: Verdict, missing: list[str]
+    ) -> None:
         rejected, soft_failed, before, before_group = verdict
         if rejected is not None:
             log.info("rejected %s from %s: %s", event.event_id, origin, rejected)
@@ -249,7 +275,7 @@ class PduIntake:
         rv: RoomVersion,
         missing: list[str],
         fetched_states: list[StateMap],
-    ) -> tuple[str | None, bool, StateMap | None, int | None]:
+    ) -> Verdict:
         """Steps 4-6 (read transaction): (rejected reason, soft failed, the state before
         the event when it had to be computed, or the state group it equals)."""
         cache: dict[str, Event | None] = {}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -44,6 +43,7 @@ from pocketserver.storage import presence as presence_store
 from pocketserver.storage import state as state_store
 from pocketserver.storage import to_device as td_store
 from pocketserver.storage.database import Conn, Database
+from pocketserver.storage.events import RoomInfo
 from pocketserver.storage.streams import next_stream_pos
 
 log = logging.getLogger(__name__)
@@ -143,27 +143,33 @@ class TransactionHandler:
         if not isinstance(pdu, dict):
             return None, None
         room_id = pdu.get("room_id")
-        info = await self.db.read(ev_store.get_room, room_id) if isinstance(room_id, str) else None
+
+        def read(conn: Conn) -> tuple[RoomInfo | None, bool, bool]:
+            info = ev_store.get_room(conn, room_id) if isinstance(room_id, str) else None
+            if info is None or not info.has_state:
+                return info, False, False
+            allowed = graph.acl_allows(conn, info.room_id, origin)
+            # An origin with no member in the room may send only its own users'
+            # membership events (joins, leaves, knocks).
+            own_member = pdu.get("type") == "m.room.member" and _domain(str(pdu.get("state_key", ""))) == origin
+            return info, allowed, own_member or graph.server_in_room(conn, info.room_id, origin)
+
+        info, allowed, in_room = await self.db.read(read)
         rv = info.room_version if info is not None else _guess_version(room_id)
         eid = _event_id(pdu, rv)
         if eid is None:
             return None, None
         if info is None or not info.has_state:
             return eid, f"this server is not in room {room_id}"
-        if not await self.db.read(graph.acl_allows, info.room_id, origin):
+        if not allowed:
             return eid, f"{origin} is denied by the server ACL of room {room_id}"
-        if not await self._origin_may_send(origin, info.room_id, pdu):
+        if not in_room:
             return eid, f"{origin} has no member in room {room_id}"
         try:
-            return eid, await self.intake.receive_pdu(origin, pdu)
+            return eid, await self.intake.receive_pdu(origin, pdu, info)
         except Exception:  # one PDU's failure must not fail the others of the transaction
             log.exception("PDU %s from %s failed", eid, origin)
             return eid, "internal error while handling the event"
-
-    async def _origin_may_send(self, origin: str, room_id: str, pdu: Mapping[str, Any]) -> bool:
-        if pdu.get("type") == "m.room.member" and _domain(str(pdu.get("state_key", ""))) == origin:
-            return True  # its own users' joins, leaves and knocks
-        return await self.db.read(graph.server_in_room, room_id, origin)
 
     # -- EDUs ---------------------------------------------------------------------------
 
