@@ -151,3 +151,21 @@ async def test_gap_filled_with_state_ids(fed: Fed) -> None:
     assert ("m.room.topic", "") not in current
     # carol's join came only through the state at the gap: she is a member now
     assert carol in await fed.services.db.read(state_store.room_members, room_id)
+
+
+async def test_remote_redactions_apply_only_when_allowed(fed: Fed) -> None:
+    room_id, token, remote = await _joined(fed)
+    mine = remote.build(BOB, "m.room.message", {"body": "oops"})
+    assert await fed.intake.receive_pdu("remote.test", mine) is None
+    r = await fed.http.put(
+        f"{V3}/rooms/{room_id}/send/m.room.message/alice1", json={"body": "alice's"}, headers=auth_headers(token)
+    )
+    alices = r.json()["event_id"]
+    # bob (power 0) may not redact alice's message; his own, yes
+    for target in (alices, remote.event_id(mine)):
+        red = remote.build(BOB, "m.room.redaction", {"redacts": target})
+        assert await fed.intake.receive_pdu("remote.test", red) is None
+    assert (await _stored(fed, alices)).event.content == {"body": "alice's"}
+    assert (await _stored(fed, remote.event_id(mine))).event.content == {}
+    r = await fed.http.get(f"{V3}/rooms/{room_id}/event/{remote.event_id(mine)}", headers=auth_headers(token))
+    assert r.status_code == 200 and r.json()["content"] == {}
