@@ -36,6 +36,8 @@ class RemoteRoom:
         # the state before each event (what /state_ids answers)
         self.state_before: dict[str, dict[tuple[str, str], str]] = {}
         self.extremities: list[str] = []
+        # every event taken into the timeline, in order
+        self.timeline: list[str] = []
         self.ts = 1_700_000_000_000
         self.counter = 0
 
@@ -92,6 +94,7 @@ class RemoteRoom:
         if ev.state_key is not None:
             self.state[ev.state_tuple] = ev.event_id
         self.extremities = [e for e in self.extremities if e not in ev.prev_event_ids] + [ev.event_id]
+        self.timeline.append(ev.event_id)
         return ev
 
     # -- building ---------------------------------------------------------------------
