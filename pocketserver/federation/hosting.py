@@ -345,13 +345,11 @@ class RoomHosting:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", f"Unknown room version {version}", room_version=version)
         if not isinstance(pdu, dict):
             raise MatrixError(400, "M_MISSING_PARAM", "event is required")
-        stripped = body.get("invite_room_state", [])
-        if not isinstance(stripped, list) or not all(isinstance(s, dict) for s in stripped):
-            raise MatrixError(400, "M_BAD_JSON", "invite_room_state must be a list of events")
         try:
             event = await self.intake.check_event(pdu, rv)
         except IntakeError as e:
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+        stripped = await self._invite_room_state(body.get("invite_room_state", []), room_id, rv)
         if event.event_id != event_id or event.room_id != room_id:
             raise MatrixError(400, "M_INVALID_PARAM", "The event does not match the path")
         if event.type != "m.room.member" or event.membership != "invite" or event.state_key is None:
@@ -378,13 +376,51 @@ class RoomHosting:
         out["signatures"] = signed["signatures"]
         stored = dict(out)
         unsigned = dict(stored.get("unsigned") or {})
-        unsigned["invite_room_state"] = stripped[:50]
+        unsigned["invite_room_state"] = stripped
         stored["unsigned"] = unsigned
         stored_event = Event.from_pdu(stored, rv, event_id=event.event_id)
         pos = await self.db.write(self._store_invite, stored_event, rv)
         if pos is not None:
             self.notifier.notify(pos)
         return {"event": out}
+
+    async def _invite_room_state(self, entries: Any, room_id: str, rv: RoomVersion) -> list[JsonDict]:
+        """``invite_room_state`` as stripped state for the invitee's client. Since v1.16
+        its entries are the room's events, the create event among them: checked like
+        any PDU (format, signatures, same room). Room version 12 refuses an entry that
+        fails (M_INVALID_PARAM); older versions, where servers are still migrating, keep
+        what reads as stripped state and drop the rest (the spec's "MAY")."""
+        if not isinstance(entries, list):
+            raise MatrixError(400, "M_BAD_JSON", "invite_room_state must be a list of events")
+        strict = rv.room_id_is_create_event_hash
+        out: list[JsonDict] = []
+        has_create = False
+        for entry in entries[:50]:
+            if not isinstance(entry, dict):
+                raise MatrixError(400, "M_BAD_JSON", "invite_room_state must be a list of events")
+            try:
+                ev = await self.intake.check_event(entry, rv)
+                if ev.room_id != room_id or ev.state_key is None:
+                    raise IntakeError("not a state event of the room")
+                item: JsonDict = {
+                    "type": ev.type, "state_key": ev.state_key, "sender": ev.sender, "content": dict(ev.content),
+                }
+            except IntakeError as e:
+                if strict:
+                    raise MatrixError(400, "M_INVALID_PARAM", f"invite_room_state: {e}") from None
+                log.info("invite_room_state entry kept as stripped state: %s", e)
+                if not (
+                    isinstance(entry.get("type"), str)
+                    and isinstance(entry.get("state_key"), str)
+                    and isinstance(entry.get("content"), dict)
+                ):
+                    continue
+                item = {k: entry[k] for k in ("type", "state_key", "sender", "content") if k in entry}
+            has_create = has_create or item["type"] == "m.room.create"
+            out.append(item)
+        if strict and not has_create:
+            raise MatrixError(400, "M_INVALID_PARAM", "invite_room_state must hold the m.room.create event")
+        return out
 
     def _store_invite(self, conn: Conn, event: Event, rv: RoomVersion) -> int | None:
         now = self.clock.time_ms()

@@ -74,6 +74,7 @@ Verdict = tuple[str | None, bool, StateMap | None, int | None]
 
 # Bounds on what one PDU may make this server fetch.
 MAX_GAP_EVENTS = 20
+MAX_AUTH_EVENTS = 10  # auth events selection names at most a handful
 MAX_STATE_IDS = 100_000
 FETCH_TIMEOUT_S = 30.0
 
@@ -214,6 +215,11 @@ class PduIntake:
         # 4. Its auth events: fetched as outliers if any is unknown.
         if any(a not in known for a in event.auth_event_ids):
             await self._fetch_auth_chain(origin, info, event)
+            known = await self.db.read(graph.known_events, event.auth_event_ids)
+            lacking = [a for a in event.auth_event_ids if a not in known]
+            if lacking:  # no /event_auth answer: the auth events one by one
+                fetched = [await self._fetch_event(origin, info.room_id, a) for a in lacking[:MAX_AUTH_EVENTS]]
+                await self.store_outliers(info, [p for p in fetched if p is not None])
             known = await self.db.read(
                 graph.known_events, list(event.auth_event_ids) + list(event.prev_event_ids)
             )

@@ -325,3 +325,31 @@ async def test_server_acl_denies_a_server(fed: Fed) -> None:
         with pytest.raises(MatrixError) as e:
             await call
         assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+
+
+async def test_invite_v2_room_state_of_a_v12_room(fed: Fed) -> None:
+    user, token, _ = await register(fed.http)
+    first = await sync(fed.http, token)
+    remote = RemoteRoom.create(REMOTE, BOB, KNOWN_ROOM_VERSIONS["12"])
+    remote.build(BOB, "m.room.name", {"name": "Twelve"}, state_key="")
+    invite = remote.build(BOB, "m.room.member", {"membership": "invite"}, state_key=user, advance=False)
+    eid = remote.event_id(invite)
+    full_state = [remote.events[remote.state[k]].pdu for k in (("m.room.create", ""), ("m.room.name", ""))]
+    no_create = {"room_version": "12", "event": invite, "invite_room_state": full_state[1:]}
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.on_invite(REMOTE, remote.room_id, eid, no_create)
+    assert e.value.errcode == "M_INVALID_PARAM"
+    tampered = dict(full_state[1], content={"name": "forged"})
+    tampered["origin_server_ts"] += 1  # changes the signed part: the signature fails
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.on_invite(
+            REMOTE, remote.room_id, eid, {"room_version": "12", "event": invite, "invite_room_state": [full_state[0], tampered]}
+        )
+    assert e.value.errcode == "M_INVALID_PARAM"
+    await fed.hosting.on_invite(
+        REMOTE, remote.room_id, eid, {"room_version": "12", "event": invite, "invite_room_state": full_state}
+    )
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    shown = resp["rooms"]["invite"][remote.room_id]["invite_state"]["events"]
+    assert {"type": "m.room.name", "state_key": "", "sender": BOB, "content": {"name": "Twelve"}} in shown
+    assert any(e["type"] == "m.room.create" and "signatures" not in e for e in shown)

@@ -169,3 +169,18 @@ async def test_remote_redactions_apply_only_when_allowed(fed: Fed) -> None:
     assert (await _stored(fed, remote.event_id(mine))).event.content == {}
     r = await fed.http.get(f"{V3}/rooms/{room_id}/event/{remote.event_id(mine)}", headers=auth_headers(token))
     assert r.status_code == 200 and r.json()["content"] == {}
+
+
+async def test_missing_auth_events_are_fetched(fed: Fed) -> None:
+    """Carol's join reaches us only as the auth event of her message (and through the
+    gap): /event_auth brings it, stored as an outlier."""
+    room_id, token, remote = await _joined(fed)
+    first = await sync(fed.http, token)
+    carol = "@carol:remote.test"
+    join = remote.build(carol, "m.room.member", {"membership": "join"}, state_key=carol)
+    msg = remote.build(carol, "m.room.message", {"body": "carol here"})
+    assert await fed.intake.receive_pdu("remote.test", msg) is None
+    assert any("event_auth" in p[2] for p in fed.requester.requests)
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    assert bodies(resp, room_id) == ["carol here"]
+    assert (await _stored(fed, remote.event_id(join))).stream_pos is not None  # then joined the graph
