@@ -75,6 +75,8 @@ Verdict = tuple[str | None, bool, StateMap | None, int | None]
 # Bounds on what one PDU may make this server fetch.
 MAX_GAP_EVENTS = 20
 MAX_AUTH_EVENTS = 10  # auth events selection names at most a handful
+MAX_STATE_FETCHES = 5  # prev_events whose state is asked for with /state_ids
+FETCH_CONCURRENCY = 8  # /event requests in flight at once
 MAX_STATE_IDS = 100_000
 FETCH_TIMEOUT_S = 30.0
 
@@ -231,6 +233,8 @@ class PduIntake:
             await self._fill_gap(origin, info, event)
             known = await self.db.read(graph.known_events, event.prev_event_ids)
             missing = [p for p in event.prev_event_ids if not (p in known and known[p].has_state)]
+        if len(missing) > MAX_STATE_FETCHES:
+            raise IntakeError(f"{len(missing)} prev_events are unknown here; at most {MAX_STATE_FETCHES} are fetched")
         fetched_states: list[StateMap] = []
         for p in missing:
             fetched_states.append(await self._state_after_remote(origin, info, p))
@@ -568,12 +572,17 @@ class PduIntake:
         wanted = list(dict.fromkeys([*chain_ids, *pdu_ids, prev_id]))
         known = await self.db.read(graph.known_events, wanted)
         fetched: list[Any] = []
-        for eid in wanted:
-            if eid in known:
-                continue
-            pdu = await self._fetch_event(origin, room_id, eid)
-            if pdu is not None:
-                fetched.append(pdu)
+        todo = iter([eid for eid in wanted if eid not in known])
+
+        async def worker() -> None:  # a few workers, not a task per event
+            for eid in todo:
+                pdu = await self._fetch_event(origin, room_id, eid)
+                if pdu is not None:
+                    fetched.append(pdu)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(FETCH_CONCURRENCY):
+                nursery.start_soon(worker)
         if fetched:
             await self.store_outliers(info, fetched)
 
