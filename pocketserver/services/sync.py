@@ -727,6 +727,16 @@ class SyncService:
         return summary
 
     def _stripped(self, conn: Conn, room_id: str, user_id: str) -> list[JsonDict]:
+        if state_store.current_state_group(conn, room_id) is None:
+            # An invite over federation to a room this server is not in: the state the
+            # inviting server sent with it (server-server "Inviting to a room").
+            m = state_store.get_membership(conn, room_id, user_id)
+            rec = ev_store.get_event(conn, m[1]) if m is not None else None
+            if rec is None:
+                return []
+            sent = (rec.event.pdu.get("unsigned") or {}).get("invite_room_state")
+            extra = [s for s in sent if isinstance(s, dict)] if isinstance(sent, list) else []
+            return [*extra, stripped_state(rec)]
         keys = [(t, "") for t in INVITE_STATE_TYPES] + [("m.room.member", user_id)]
         ids = state_store.get_current_state_ids(conn, room_id, keys)
         recs = ev_store.get_events(conn, ids.values())

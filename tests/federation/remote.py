@@ -1,0 +1,281 @@
+"""A second, in-process "server" for federation tests: it builds and signs events with
+the protocol core and its own key, keeps its view of a room's event graph, and answers
+the federation requests the intake makes (a fake FederationRequester) from that graph.
+A fake KeyLookup hands out its verify keys."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from pocketserver.federation.interfaces import FederationError, FederationUnreachable, Query
+from pocketserver.protocol.auth_rules import auth_types_for_event
+from pocketserver.protocol.events import Event
+from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from pocketserver.protocol.signing import SigningKey, sign_event, signing_key_from_seed
+
+JsonDict = dict[str, Any]
+
+
+def key_for(name: str) -> SigningKey:
+    seed = (name.encode() * 32)[:32]
+    return signing_key_from_seed(seed, "remote1")
+
+
+class RemoteRoom:
+    """One room as a remote server sees it: its events, state and extremities."""
+
+    def __init__(self, server: str, room_id: str, rv: RoomVersion) -> None:
+        self.server = server
+        self.key = key_for(server)
+        self.room_id = room_id
+        self.rv = rv
+        self.events: dict[str, Event] = {}
+        self.state: dict[tuple[str, str], str] = {}
+        # the state before each event (what /state_ids answers)
+        self.state_before: dict[str, dict[tuple[str, str], str]] = {}
+        self.extremities: list[str] = []
+        # every event taken into the timeline, in order
+        self.timeline: list[str] = []
+        self.ts = 1_700_000_000_000
+        self.counter = 0
+
+    @classmethod
+    def create(
+        cls, server: str, creator: str, rv: RoomVersion, *, join_rule: str = "public"
+    ) -> RemoteRoom:
+        """A new room hosted by ``server``: create, the creator's join, power levels
+        and join rules."""
+        room = cls(server, f"!remote:{server}", rv)
+        content: JsonDict = {"room_version": rv.identifier}
+        if not rv.implicit_room_creator:
+            content["creator"] = creator
+        pdu: JsonDict = {
+            "type": "m.room.create",
+            "state_key": "",
+            "sender": creator,
+            "content": content,
+            "origin_server_ts": room.ts,
+            "depth": 1,
+            "prev_events": [],
+            "auth_events": [],
+        }
+        if not rv.room_id_is_create_event_hash:
+            pdu["room_id"] = room.room_id
+        if not rv.updated_redaction_rules:
+            pdu["origin"] = server
+        if rv.uses_event_id_in_pdu:
+            pdu["event_id"] = f"$create:{server}"
+        signed = sign_event(pdu, server, room.key, rv)
+        ev = Event.from_pdu(signed, rv)
+        room.room_id = ev.room_id
+        room.learn_timeline(signed)
+        room.build(creator, "m.room.member", {"membership": "join"}, state_key=creator)
+        pl: JsonDict = {"users": {} if rv.privileged_creators else {creator: 100}}
+        room.build(creator, "m.room.power_levels", pl, state_key="")
+        room.build(creator, "m.room.join_rules", {"join_rule": join_rule}, state_key="")
+        return room
+
+    # -- learning our events ----------------------------------------------------------
+
+    def learn(self, pdus: Iterable[JsonDict], *, state: bool = False) -> None:
+        """Take events another server sent (a send_join answer, say)."""
+        for pdu in pdus:
+            ev = Event.from_pdu(pdu, self.rv)
+            self.events[ev.event_id] = ev
+            if state and ev.state_key is not None:
+                self.state[ev.state_tuple] = ev.event_id
+
+    def learn_timeline(self, pdu: JsonDict) -> Event:
+        ev = Event.from_pdu(pdu, self.rv)
+        self.state_before[ev.event_id] = dict(self.state)
+        self.events[ev.event_id] = ev
+        if ev.state_key is not None:
+            self.state[ev.state_tuple] = ev.event_id
+        self.extremities = [e for e in self.extremities if e not in ev.prev_event_ids] + [ev.event_id]
+        self.timeline.append(ev.event_id)
+        return ev
+
+    # -- building ---------------------------------------------------------------------
+
+    def build(
+        self,
+        sender: str,
+        etype: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+        prev_events: list[str] | None = None,
+        auth_state: Mapping[tuple[str, str], str] | None = None,
+        advance: bool = True,
+        extra: Mapping[str, Any] | None = None,
+    ) -> JsonDict:
+        """A signed PDU on the room's extremities (or ``prev_events``); with ``advance``
+        it becomes part of this server's view."""
+        prevs = list(prev_events if prev_events is not None else self.extremities)
+        state = auth_state if auth_state is not None else self.state
+        fields: JsonDict = {"type": etype, "sender": sender, "content": dict(content)}
+        if state_key is not None:
+            fields["state_key"] = state_key
+        wanted = auth_types_for_event(fields, self.rv)
+        auth = sorted(state[k] for k in wanted if k in state)
+        depth = max((self.events[p].depth for p in prevs if p in self.events), default=0) + 1
+        self.ts += 1
+        pdu: JsonDict = {
+            **fields,
+            "room_id": self.room_id,
+            "origin_server_ts": self.ts,
+            "depth": depth,
+            "prev_events": self._refs(prevs),
+            "auth_events": self._refs(auth),
+        }
+        if not self.rv.updated_redaction_rules:
+            pdu["origin"] = self.server
+        if self.rv.uses_event_id_in_pdu:
+            self.counter += 1
+            pdu["event_id"] = f"${self.counter}x{self.ts}:{self.server}"
+        if extra:
+            pdu.update(extra)
+        signed = sign_event(pdu, self.server, self.key, self.rv)
+        if advance:
+            self.learn_timeline(signed)
+        else:
+            ev = Event.from_pdu(signed, self.rv)
+            self.events[ev.event_id] = ev
+            self.state_before[ev.event_id] = dict(state)
+        return signed
+
+    def _refs(self, ids: list[str]) -> list[Any]:
+        if not self.rv.uses_event_id_in_pdu:
+            return list(ids)
+        return [[i, self.events[i].pdu.get("hashes", {}) if i in self.events else {}] for i in ids]
+
+    def event_id(self, pdu: JsonDict) -> str:
+        return Event.from_pdu(pdu, self.rv).event_id
+
+    # -- what the remote server answers -------------------------------------------------
+
+    def auth_chain(self, event_ids: Iterable[str]) -> list[str]:
+        seen: set[str] = set()
+        todo = list(event_ids)
+        while todo:
+            eid = todo.pop()
+            ev = self.events.get(eid)
+            if ev is None:
+                continue
+            for a in ev.auth_event_ids:
+                if a not in seen:
+                    seen.add(a)
+                    todo.append(a)
+        return sorted(seen)
+
+
+class FakeKeys:
+    """A KeyLookup over a fixed set of servers' keys."""
+
+    def __init__(self, *keys: tuple[str, SigningKey]) -> None:
+        self.keys = {name: key for name, key in keys}
+        self.asked: list[str] = []
+
+    async def verify_keys(
+        self, server_name: str, key_ids: Collection[str], *, minimum_valid_until_ts: int
+    ) -> dict[str, bytes]:
+        self.asked.append(server_name)
+        key = self.keys.get(server_name)
+        if key is None:
+            return {}
+        return {k: bytes(key.verify_key) for k in key_ids if k == key.key_id}
+
+
+class FakeRequester:
+    """Answers /event, /event_auth, /state_ids and /get_missing_events from remote
+    rooms' graphs; records every request; refuses anything else."""
+
+    def __init__(self, *rooms: RemoteRoom) -> None:
+        self.rooms = {r.room_id: r for r in rooms}
+        self.requests: list[tuple[str, str, str]] = []
+        self.answer_missing_events = True
+        self.offline = False
+        self.other: dict[str, Any] = {}
+
+    def _event(self, eid: str) -> tuple[RemoteRoom, Event] | None:
+        for room in self.rooms.values():
+            ev = room.events.get(eid)
+            if ev is not None:
+                return room, ev
+        return None
+
+    async def get_json(
+        self, destination: str, path: str, query: Query | None = None, *, timeout_s: float = 60.0
+    ) -> Any:
+        self.requests.append(("GET", destination, path))
+        if self.offline:
+            raise FederationUnreachable("offline")
+        parts = [urllib.parse.unquote(p) for p in path.split("/")]
+        # ['', '_matrix', 'federation', 'v1', name, ...]
+        name = parts[4]
+        if name == "event":
+            found = self._event(parts[5])
+            if found is None:
+                raise FederationError(404, "M_NOT_FOUND", "no such event")
+            return {"origin": destination, "origin_server_ts": 0, "pdus": [found[1].pdu]}
+        if name == "event_auth":
+            room = self.rooms[parts[5]]
+            ids = room.auth_chain([parts[6]])
+            return {"auth_chain": [room.events[i].pdu for i in ids]}
+        if name == "state_ids":
+            room = self.rooms[parts[5]]
+            q = dict(query or {})
+            eid = q["event_id"]
+            assert isinstance(eid, str)
+            before = room.state_before[eid]
+            return {"pdu_ids": sorted(before.values()), "auth_chain_ids": room.auth_chain(before.values())}
+        if path in self.other:
+            return self.other[path]
+        raise FederationError(404, "M_UNRECOGNIZED", path)
+
+    async def put_json(
+        self, destination: str, path: str, body: Any, query: Query | None = None, *, timeout_s: float = 60.0
+    ) -> Any:
+        self.requests.append(("PUT", destination, path))
+        if path in self.other:
+            return self.other[path]
+        raise FederationError(404, "M_UNRECOGNIZED", path)
+
+    async def post_json(
+        self, destination: str, path: str, body: Any, query: Query | None = None, *, timeout_s: float = 60.0
+    ) -> Any:
+        self.requests.append(("POST", destination, path))
+        if self.offline:
+            raise FederationUnreachable("offline")
+        parts = [urllib.parse.unquote(p) for p in path.split("/")]
+        if parts[4] == "get_missing_events":
+            if not self.answer_missing_events:
+                raise FederationError(500, "M_UNKNOWN", "not today")
+            room = self.rooms[parts[5]]
+            earliest = set(body.get("earliest_events", []))
+            limit = int(body.get("limit", 10))
+            out: list[Event] = []
+            seen = set(earliest)
+            todo = list(body.get("latest_events", []))
+            seen.update(todo)
+            while todo and len(out) < limit:
+                eid = todo.pop(0)
+                ev = room.events.get(eid)
+                if ev is None:
+                    continue
+                for p in ev.prev_event_ids:
+                    if p not in seen and p in room.events:
+                        seen.add(p)
+                        out.append(room.events[p])
+                        todo.append(p)
+            out.sort(key=lambda e: e.depth)
+            return {"events": [e.pdu for e in out[:limit]]}
+        if path in self.other:
+            return self.other[path]
+        raise FederationError(404, "M_UNRECOGNIZED", path)
+
+
+def room_version(v: str) -> RoomVersion:
+    return KNOWN_ROOM_VERSIONS[v]
