@@ -378,4 +378,24 @@ def _take_batch(rows: list[tuple[int, str, bytes]]) -> tuple[list[int], list[Any
         except orjson.JSONDecodeError:
             log.error("dropping an undecodable outbox item %d", item_id)
         ids.append(item_id)
-    return ids, pdus, edus
+    return ids, pdus, _merge_receipts(edus)
+
+
+def _merge_receipts(edus: list[Any]) -> list[Any]:
+    """One ``m.receipt`` per transaction: its receipts merged room by room (a later
+    receipt of the same user and type replaces the earlier one)."""
+    merged: dict[str, Any] | None = None
+    out: list[Any] = []
+    for edu in edus:
+        content = edu.get("content") if isinstance(edu, dict) else None
+        if not isinstance(content, dict) or edu.get("edu_type") != "m.receipt":
+            out.append(edu)
+            continue
+        if merged is None:
+            merged = {"edu_type": "m.receipt", "content": {}}
+            out.append(merged)
+        for room_id, by_type in content.items():
+            room = merged["content"].setdefault(room_id, {})
+            for receipt_type, by_user in by_type.items():
+                room.setdefault(receipt_type, {}).update(by_user)
+    return out
