@@ -132,15 +132,18 @@ class FederationSender:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start a task for each destination with queued items, then serve wake-ups."""
         async with trio.open_nursery() as nursery:
-            self._token = trio.lowlevel.current_trio_token()
             self._txn_base = self.clock.time_ms()
-            work, backoffs = await self.db.read(_startup)
-            for dest, (last_ts, interval) in backoffs.items():
-                self._retry[dest] = (last_ts + interval, interval)
-                self._failing.add(dest)
+            # From here on, every queued item wakes its destination; the read below (on
+            # the writer, so after any write in flight) finds what was queued before.
             self._nursery = nursery
+            self._token = trio.lowlevel.current_trio_token()
+            work, backoffs = await self.db.write(_startup)
+            for dest, (last_ts, interval) in backoffs.items():
+                self._retry.setdefault(dest, (last_ts + interval, interval))
+                self._failing.add(dest)
             for dest in work:
-                self._start(dest)
+                if dest not in self._queues:
+                    self._start(dest)
             task_status.started()
             await trio.sleep_forever()
 
@@ -167,14 +170,14 @@ class FederationSender:
 
     def wake(self, destinations: Iterable[str]) -> None:
         """Tell the destinations' tasks there is new work; callable from any thread."""
+        token = self._token
+        if token is None:
+            return  # not running yet: run() starts every destination with work
         with self._handover_lock:
             was_empty = not self._handover
             self._handover.update(destinations)
         if not was_empty:
             return  # a hand-over is already scheduled
-        token = self._token
-        if token is None:
-            return  # not running yet: run() starts every destination with work
         try:
             if _on_loop():
                 self._take_handover()
