@@ -182,10 +182,11 @@ class FederatedKeys:
         plan: dict[str, str] = {}
         for user_id in users:
             if not store.is_tracked(conn, user_id):
+                # (A list cached earlier is ignored: we no longer hear of their changes.)
                 plan[user_id] = "forward"
                 continue
             lst = store.get_list(conn, user_id)
-            plan[user_id] = "cached" if lst is not None and not lst.stale else "resync"
+            plan[user_id] = "cached" if _current(conn, user_id, lst) else "resync"
         return plan
 
     @staticmethod
@@ -389,7 +390,7 @@ class FederatedKeys:
         if not store.is_tracked(conn, user_id):
             return "ignored", None
         lst = store.get_list(conn, user_id)
-        if lst is None or lst.stale or lst.stream_id is None:
+        if lst is None or lst.stream_id is None or not _current(conn, user_id, lst):
             store.mark_stale(conn, user_id)
             return "resync", None
         if stream_id <= lst.stream_id:
@@ -503,6 +504,16 @@ class FederatedKeys:
         }
         answer = await self.e2ee.claim_keys(local)
         return {"one_time_keys": answer["one_time_keys"]}
+
+
+def _current(conn: Conn, user_id: str, lst: store.RemoteList | None) -> bool:
+    """A cached list that can be trusted: not stale, and fetched while the user was in a
+    room with us (so no change of theirs went unheard since)."""
+    return (
+        lst is not None
+        and not lst.stale
+        and store.tracked_since(conn, user_id, lst.fetched_ts)
+    )
 
 
 def _timeout(timeout_s: float | None) -> float:

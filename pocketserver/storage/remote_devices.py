@@ -24,6 +24,7 @@ class RemoteList:
     stale: bool
     master_key: JsonDict | None
     self_signing_key: JsonDict | None
+    fetched_ts: int
 
 
 def _dump(obj: Mapping[str, Any] | None) -> str | None:
@@ -47,15 +48,31 @@ def is_tracked(conn: Conn, user_id: str) -> bool:
 
 def get_list(conn: Conn, user_id: str) -> RemoteList | None:
     row = conn.execute(
-        "SELECT stream_id, stale, master_key_json, self_signing_key_json"
+        "SELECT stream_id, stale, master_key_json, self_signing_key_json, fetched_ts"
         " FROM remote_device_lists WHERE user_id = ?",
         (user_id,),
     ).fetchone()
     if row is None:
         return None
     return RemoteList(
-        None if row[0] is None else int(row[0]), bool(row[1]), _load(row[2]), _load(row[3])
+        None if row[0] is None else int(row[0]),
+        bool(row[1]),
+        _load(row[2]),
+        _load(row[3]),
+        int(row[4]),
     )
+
+
+def tracked_since(conn: Conn, user_id: str, ts_ms: int) -> bool:
+    """Whether ``user_id`` has been in a room we are in since before ``ts_ms`` (their
+    current join arrived by then): then their server told us of every change since.
+    Otherwise they left and came back, and a list cached before may have missed some."""
+    row = conn.execute(
+        "SELECT 1 FROM room_memberships m JOIN events e ON e.event_nid = m.event_nid"
+        " WHERE m.user_id = ? AND m.membership = 'join' AND e.received_ts <= ? LIMIT 1",
+        (user_id, ts_ms),
+    ).fetchone()
+    return row is not None
 
 
 def get_devices(

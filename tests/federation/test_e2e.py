@@ -224,3 +224,24 @@ async def test_other_servers_get_our_users_devices_and_keys(tmp_path: Path) -> N
         assert first["one_time_keys"][alice.user_id]["DEV"]
         second = await keys.claim_local("a.remote", wanted)
         assert second["one_time_keys"] == {}  # each one-time key is given out once
+
+
+async def test_a_list_cached_before_the_users_current_join_is_fetched_again(tmp_path: Path) -> None:
+    """bob left every room we share (his server stopped telling us of changes) and came
+    back: what was cached before cannot be trusted."""
+    a = RemoteA()
+    remotes = FakeRemotes(handler=a)
+    async with running_services(tmp_path, remotes) as svc:
+        alice, room_id = await _shared_room(svc)
+        await svc.e2ee.query_keys(alice.user_id, {BOB: []})
+        await remote_join(svc, room_id, BOB, "leave")
+        a.devices["B5"] = FakeDevice(BOB, "B5")  # unheard of: we share no room
+        got = await svc.e2ee.query_keys(alice.user_id, {BOB: []})  # asked directly
+        assert sorted(got["device_keys"][BOB]) == ["B1", "B5"]
+        await svc.rooms.send_event(alice, room_id, "m.room.message", {"body": "welcome back"})
+        await remote_join(svc, room_id, BOB)  # his new join arrived after the cached list
+        await svc.db.write(lambda conn: conn.execute(
+            "UPDATE remote_device_lists SET fetched_ts = fetched_ts - 60000"))
+        got = await svc.e2ee.query_keys(alice.user_id, {BOB: []})
+        assert sorted(got["device_keys"][BOB]) == ["B1", "B5"]
+        assert key_requests(remotes)[-1].startswith("/_matrix/federation/v1/user/devices/")
