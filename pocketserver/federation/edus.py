@@ -31,6 +31,11 @@ from pocketserver.storage.database import Conn, Database
 
 JsonDict = dict[str, Any]
 
+# An online user's unchanged presence is sent again this often: other servers mark a
+# remote user offline when they have heard nothing for a while (Synapse: 30 minutes).
+PRESENCE_REFRESH_MS = 25 * 60_000
+PRESENCE_MEMORY = 10_000
+
 # Receipt types other servers hear of (private receipts and read markers stay here).
 FEDERATED_RECEIPTS = ("m.read",)
 
@@ -44,6 +49,9 @@ class FederationEdus:
         self.db = db
         self.sender = sender
         self.server_name = server_name
+        # user -> when their presence last went out (ms); bounded, a loss only means an
+        # early refresh.
+        self._presence_sent: dict[str, int] = {}
 
     def attach(self, pipeline: Any, typing: Any, receipts: Any, presence: Any, e2ee: Any) -> None:
         """Hook into the local services that produce what other servers must hear of."""
@@ -124,12 +132,20 @@ class FederationEdus:
         self, conn: Conn, user_id: str, content: Mapping[str, Any], changed: bool
     ) -> None:
         """A local user's presence changed (``changed``: state or status, not only the
-        last-active time): to the servers sharing a room with them."""
-        if not changed:
+        last-active time): to the servers sharing a room with them. An unchanged online
+        presence goes again every :data:`PRESENCE_REFRESH_MS`, so they keep it."""
+        now = self.sender.clock.time_ms()
+        if not changed and (
+            content.get("presence") != "online"
+            or now - self._presence_sent.get(user_id, 0) < PRESENCE_REFRESH_MS
+        ):
             return
         servers = outbox.remote_servers_sharing_rooms(conn, user_id)
         if not servers:
             return
+        if len(self._presence_sent) >= PRESENCE_MEMORY:
+            self._presence_sent.clear()
+        self._presence_sent[user_id] = now
         push = {"user_id": user_id, **content}
         self.sender.queue_in_txn(
             conn, sorted(servers), outbox.EDU, {"edu_type": "m.presence", "content": {"push": [push]}}

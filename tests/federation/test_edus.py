@@ -110,6 +110,14 @@ async def test_presence_goes_out_when_it_changes(tmp_path: Path) -> None:
             (alice.user_id, "online", "here"),
             (alice.user_id, "unavailable", None),
         ]
+        # Online and unchanged for 26 minutes: sent again, so other servers keep it.
+        await svc.presence.set_status(alice.user_id, alice.user_id, {"presence": "online"})
+        real = svc.clock.time_ms
+        svc.clock.time_ms = lambda: real() + 26 * 60_000  # type: ignore[method-assign]
+        await svc.presence.touch(alice.user_id, "online")
+        await _flush(svc)
+        pushes = [p for e in remotes.edus("a.remote", "m.presence") for p in e["content"]["push"]]
+        assert [p["presence"] for p in pushes] == ["online", "unavailable", "online", "online"]
 
 
 async def test_to_device_messages_for_remote_users_are_sent_once_with_an_id(tmp_path: Path) -> None:
