@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.config import Config
+from pocketserver.federation.e2e import FederatedKeys
+from pocketserver.federation.edus import FederationEdus
+from pocketserver.federation.sender import FederationSender, UnconfiguredRequester
 from pocketserver.services.accounts import AccountsService
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
@@ -70,6 +73,8 @@ class Services:
     voip: VoipService
     push: PushService
     openid: OpenIdService
+    federation_sender: FederationSender | None
+    federation_keys: FederatedKeys | None
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -120,6 +125,14 @@ def build_services(
     rooms.on_membership.append(upgrades.on_membership)
     accounts.on_profile_changed.append(member_profiles.on_profile_changed)
     accounts.on_deactivate.append(member_profiles.on_deactivate)
+    background: list[Any] = [("media", media.run), ("push", push.run)]
+    sender = fed_keys = None
+    if config.federation.enabled:  # fed-transport's FederationClient replaces this requester
+        requester = UnconfiguredRequester()
+        sender = FederationSender(db, clock, requester, config.server_name)
+        FederationEdus(db, sender, config.server_name).attach(pipeline, typing, receipts, presence, e2ee)
+        e2ee.remote_keys = fed_keys = FederatedKeys(db, clock, notifier, requester, config.server_name, e2ee)
+        background += [("federation-sender", sender.run), ("federation-keys", fed_keys.run)]
     return Services(
         config=config,
         db=db,
@@ -148,5 +161,7 @@ def build_services(
         voip=VoipService(config.turn, clock),
         push=push,
         openid=OpenIdService(db, clock, config.server_name),
-        background=[("media", media.run), ("push", push.run)],
+        federation_sender=sender,
+        federation_keys=fed_keys,
+        background=background,
     )

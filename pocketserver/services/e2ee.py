@@ -20,10 +20,11 @@ Hooks for the accounts service: :meth:`on_device_created`, :meth:`on_device_dele
 :meth:`on_device_updated`; each writes a device-list change, so that everyone sharing a
 room with the user re-queries their devices (a new login, a device gone, a new name).
 
-Remote users: until federation key queries exist, /keys/query and /keys/claim report
-remote servers in ``failures`` (as the spec says for unreachable servers); to-device
-messages for remote users are queued as ``m.direct_to_device`` EDUs in
-``federation_outbox`` for the federation sender.
+Remote users: /keys/query and /keys/claim hand remote users to :attr:`remote_keys`
+(federation/e2e.py), and without one report their servers in ``failures`` (as the spec
+says for unreachable servers). Key and device changes, and to-device messages for remote
+users, are handed to :attr:`federation` (federation/edus.py) inside the transaction that
+makes them, so other servers hear of them even across a crash.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pocketserver import limits
 from pocketserver.errors import (
@@ -196,6 +197,52 @@ def _check_device_keys(dk: Any, user_id: str, device_id: str) -> JsonDict:
     return dk
 
 
+class RemoteKeys(Protocol):
+    """Keys of other servers' users (federation/e2e.py)."""
+
+    async def query(
+        self, requester: str, users: Mapping[str, list[str] | None], timeout_s: float | None = None
+    ) -> tuple[JsonDict, JsonDict]: ...
+
+    async def claim(
+        self, wanted: Mapping[str, Mapping[str, str]], timeout_s: float | None = None
+    ) -> tuple[JsonDict, JsonDict]: ...
+
+
+class KeyChangeOutbox(Protocol):
+    """What other servers must hear of (federation/edus.py); called inside the write."""
+
+    def device_list_update_in_txn(
+        self, conn: Conn, stream_id: int, user_id: str, device_id: str, *, deleted: bool = False
+    ) -> None: ...
+
+    def signing_key_update_in_txn(
+        self,
+        conn: Conn,
+        user_id: str,
+        master_key: Mapping[str, Any] | None,
+        self_signing_key: Mapping[str, Any] | None,
+    ) -> None: ...
+
+    def to_device_in_txn(
+        self,
+        conn: Conn,
+        destination: str,
+        sender: str,
+        event_type: str,
+        message_id: str,
+        messages: Mapping[str, Any],
+    ) -> None: ...
+
+
+def _timeout_s(timeout_ms: Any) -> float | None:
+    if timeout_ms is None:
+        return None
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float) or timeout_ms < 0:
+        raise BadJson("'timeout' must be a non-negative integer (milliseconds)")
+    return timeout_ms / 1000
+
+
 class E2eeService:
     def __init__(
         self,
@@ -212,6 +259,8 @@ class E2eeService:
         # A RateLimiter (services/ratelimit.py) or None; "to_device" costs one token per
         # target device.
         self.ratelimiter = ratelimiter
+        self.remote_keys: RemoteKeys | None = None
+        self.federation: KeyChangeOutbox | None = None
 
     # -- /keys/upload ------------------------------------------------------------------
 
@@ -291,6 +340,8 @@ class E2eeService:
             if changed:
                 pos = next_stream_pos(conn)
                 device_lists.add_change(conn, pos, user_id)
+                if self.federation is not None:
+                    self.federation.device_list_update_in_txn(conn, pos, user_id, device_id)
             return e2e_keys.count_one_time_keys(conn, user_id, device_id), pos
 
         counts, pos = await self.db.write(txn)
@@ -301,8 +352,11 @@ class E2eeService:
 
     # -- /keys/query ------------------------------------------------------------------------
 
-    async def query_keys(self, requester: str, device_keys: Any) -> JsonDict:
-        """POST /keys/query for local users; remote servers are listed in ``failures``.
+    async def query_keys(
+        self, requester: str, device_keys: Any, timeout_ms: Any = None
+    ) -> JsonDict:
+        """POST /keys/query; remote users through :attr:`remote_keys` (their servers
+        listed in ``failures`` when they cannot be asked or do not answer).
 
         Visible to everyone: device keys (with the owner's self-signing signatures),
         master and self-signing keys. The user-signing key only to its owner. Signatures
@@ -312,7 +366,9 @@ class E2eeService:
             raise BadJson("'device_keys' must be an object")
         if len(device_keys) > MAX_QUERY_USERS:
             raise InvalidParam(f"At most {MAX_QUERY_USERS} users per query")
+        timeout_s = _timeout_s(timeout_ms)
         local: dict[str, list[str] | None] = {}
+        remote: dict[str, list[str] | None] = {}
         failures: JsonDict = {}
         for user_id, devices in device_keys.items():
             domain = _user_domain(user_id, "device_keys")
@@ -321,6 +377,9 @@ class E2eeService:
             if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
                 raise BadJson("device_keys values must be lists of device IDs")
             if domain != self.server_name:
+                if self.remote_keys is not None:
+                    remote[user_id] = devices or None
+                    continue
                 failures[domain] = {
                     "status": 503,
                     "message": "Querying keys of other servers is not available",
@@ -340,6 +399,11 @@ class E2eeService:
             return out
 
         result = await self.db.read(read)
+        if remote and self.remote_keys is not None:
+            found, remote_failures = await self.remote_keys.query(requester, remote, timeout_s)
+            for section in ("device_keys", "master_keys", "self_signing_keys"):
+                result[section].update(found.get(section, {}))
+            failures.update(remote_failures)
         result["failures"] = failures
         return result
 
@@ -377,11 +441,14 @@ class E2eeService:
 
     # -- /keys/claim -----------------------------------------------------------------------
 
-    async def claim_keys(self, one_time_keys: Any) -> JsonDict:
-        """POST /keys/claim: each one-time key is given out once; then the fallback key."""
+    async def claim_keys(self, one_time_keys: Any, timeout_ms: Any = None) -> JsonDict:
+        """POST /keys/claim: each one-time key is given out once; then the fallback key.
+        Remote users' keys are claimed through :attr:`remote_keys`."""
         if not isinstance(one_time_keys, dict):
             raise BadJson("'one_time_keys' must be an object")
+        timeout_s = _timeout_s(timeout_ms)
         wanted: list[tuple[str, str, str]] = []
+        remote: dict[str, dict[str, str]] = {}
         failures: JsonDict = {}
         for user_id, devices in one_time_keys.items():
             domain = _user_domain(user_id, "one_time_keys")
@@ -390,13 +457,16 @@ class E2eeService:
             ):
                 raise BadJson("one_time_keys values must map device IDs to algorithms")
             if domain != self.server_name:
+                if self.remote_keys is not None:
+                    remote[user_id] = devices
+                    continue
                 failures[domain] = {
                     "status": 503,
                     "message": "Claiming keys of other servers is not available",
                 }
                 continue
             wanted.extend((user_id, d, a) for d, a in devices.items())
-        if len(wanted) > MAX_QUERY_USERS:
+        if len(wanted) + sum(len(d) for d in remote.values()) > MAX_QUERY_USERS:
             raise InvalidParam(f"At most {MAX_QUERY_USERS} keys per claim")
 
         def txn(conn: Conn) -> JsonDict:
@@ -410,6 +480,10 @@ class E2eeService:
             return out
 
         claimed = await self.db.write(txn) if wanted else {}
+        if remote and self.remote_keys is not None:
+            remote_claimed, remote_failures = await self.remote_keys.claim(remote, timeout_s)
+            claimed.update(remote_claimed)
+            failures.update(remote_failures)
         return {"one_time_keys": claimed, "failures": failures}
 
     # -- /keys/changes --------------------------------------------------------------------
@@ -507,6 +581,13 @@ class E2eeService:
             # Only the owner ever sees a user-signing key (/keys/query), so a change to it
             # alone is news to the owner's other devices, not to everyone sharing a room.
             device_lists.add_change(conn, pos, user_id, None if public_change else user_id)
+            if public_change and self.federation is not None:
+                self.federation.signing_key_update_in_txn(
+                    conn,
+                    user_id,
+                    e2e_keys.get_cross_signing_key(conn, user_id, "master"),
+                    e2e_keys.get_cross_signing_key(conn, user_id, "self_signing"),
+                )
             return pos
 
         pos = await self.db.write(txn)
@@ -535,6 +616,7 @@ class E2eeService:
         def txn(conn: Conn) -> tuple[JsonDict, int | None]:
             failures: JsonDict = {}
             changes: set[tuple[str, str | None]] = set()
+            signed_devices: list[str] = []
             for target_user, key_id, obj in items:
                 try:
                     stored, only_for = self._store_signature(
@@ -548,11 +630,21 @@ class E2eeService:
                     continue
                 if stored:
                     changes.add((target_user, only_for))
+                    if target_user == user_id and e2e_keys.device_exists(conn, user_id, key_id):
+                        signed_devices.append(key_id)
             pos = None
             if changes:
                 pos = next_stream_pos(conn)
                 for target_user, only_for in sorted(changes, key=str):
                     device_lists.add_change(conn, pos, target_user, only_for)
+            if self.federation is not None:
+                # Other servers hear of each newly signed device as its own update.
+                for i, device in enumerate(dict.fromkeys(signed_devices)):
+                    if i:
+                        pos = next_stream_pos(conn)
+                        device_lists.add_change(conn, pos, user_id)
+                    assert pos is not None
+                    self.federation.device_list_update_in_txn(conn, pos, user_id, device)
             return failures, pos
 
         failures, pos = await self.db.write(txn)
@@ -697,9 +789,14 @@ class E2eeService:
                     message_id,
                 )
             for destination, per_user in remote.items():
-                _queue_remote_to_device(
-                    conn, destination, user_id, event_type, message_id, per_user, now
-                )
+                if self.federation is not None:
+                    self.federation.to_device_in_txn(
+                        conn, destination, user_id, event_type, message_id, per_user
+                    )
+                else:
+                    _queue_remote_to_device(
+                        conn, destination, user_id, event_type, message_id, per_user, now
+                    )
             to_device.put_txn_response(conn, user_id, device_id, endpoint, txn_id, {}, now)
             return pos
 
@@ -791,18 +888,26 @@ class E2eeService:
     async def on_device_created(self, user_id: str, device_id: str) -> None:
         """A new login: others' clients re-query the user's devices (as Synapse tells
         them, before the device has uploaded keys; the upload tells them again)."""
-        pos = await self.db.write(device_created_in_txn, user_id, device_id)
+        pos = await self.db.write(self._device_txn, device_created_in_txn, user_id, device_id)
         self.notifier.notify(pos)
 
     async def on_device_deleted(self, user_id: str, device_id: str) -> None:
         """Forget a deleted device's keys and pending messages; tell those who track it."""
-        pos = await self.db.write(device_deleted_in_txn, user_id, device_id)
+        pos = await self.db.write(self._device_txn, device_deleted_in_txn, user_id, device_id)
         self.notifier.notify(pos)
 
     async def on_device_updated(self, user_id: str, device_id: str) -> None:
         """A device's display name changed: others see it in /keys/query's unsigned."""
-        pos = await self.db.write(device_updated_in_txn, user_id, device_id)
+        pos = await self.db.write(self._device_txn, device_updated_in_txn, user_id, device_id)
         self.notifier.notify(pos)
+
+    def _device_txn(self, conn: Conn, fn: Any, user_id: str, device_id: str) -> int:
+        pos: int = fn(conn, user_id, device_id)
+        if self.federation is not None:
+            self.federation.device_list_update_in_txn(
+                conn, pos, user_id, device_id, deleted=fn is device_deleted_in_txn
+            )
+        return pos
 
 
 def device_created_in_txn(conn: Conn, user_id: str, device_id: str) -> int:

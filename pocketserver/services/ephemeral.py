@@ -11,7 +11,9 @@ on a database worker thread, only reads. One lock guards the tracker's state.
 from __future__ import annotations
 
 import threading
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pocketserver.errors import BadJson, Forbidden, NotFound
 from pocketserver.services.clock import Clock
@@ -52,13 +54,26 @@ class TypingTracker:
         self.notifier = notifier
         self._rooms: dict[str, _RoomTyping] = {}
         self._lock = threading.Lock()
+        # Told of each local typing call that others should hear of (room, user,
+        # typing): the federation sender.
+        self.on_typing: list[Callable[[str, str, bool], Awaitable[None]]] = []
 
-    def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+    async def update(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+        """PUT /rooms/{roomId}/typing/{userId}: :meth:`set_typing`, then tell the
+        listeners (a renewed ``typing: true`` too: other servers expire it themselves)."""
+        changed = self.set_typing(room_id, user_id, typing, timeout_ms)
+        if typing or changed:
+            for hook in self.on_typing:
+                await hook(room_id, user_id, typing)
+
+    def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> bool:
+        """Whether the room's typing set changed."""
         self.expire()
         with self._lock:
             changed = self._set_typing(room_id, user_id, typing, timeout_ms)
         if changed:
             self.notifier.notify()
+        return changed
 
     def _set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> bool:
         room = self._rooms.setdefault(room_id, _RoomTyping())
@@ -140,6 +155,11 @@ class ReceiptService:
         self.db = db
         self.clock = clock
         self.notifier = notifier
+        # Called inside the receipt's write transaction (room, type, user, event, data):
+        # the federation sender queues public receipts there.
+        self.in_receipt_txn: list[
+            Callable[[Conn, str, str, str, str, Mapping[str, Any]], None]
+        ] = []
 
     async def send_receipt(
         self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None
@@ -175,4 +195,6 @@ class ReceiptService:
         if thread_id:
             data["thread_id"] = thread_id
         room_store.upsert_receipt(conn, room_id, receipt_type, user_id, thread_id, event_id, data, pos)
+        for hook in self.in_receipt_txn:
+            hook(conn, room_id, receipt_type, user_id, event_id, data)
         return pos

@@ -41,6 +41,9 @@ MAX_PREV_EVENTS = 10
 MAX_DEPTH = 2**63 - 1
 
 PersistedHook = Callable[[EventRecord], Awaitable[None]]
+# Called inside the write transaction that persists a local timeline event (the
+# federation sender queues it there, so a crash cannot keep it from other servers).
+PersistTxnHook = Callable[[Conn, Event], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,7 @@ class EventPipeline:
         self.cache: LruCache[str, EventRecord] = LruCache(cache_size)
         # Called after each persisted timeline event (push, federation, ...).
         self.on_persisted: list[PersistedHook] = []
+        self.in_persist_txn: list[PersistTxnHook] = []
 
     def room_lock(self, room_id: str) -> trio.Lock:
         lock = self._locks.get(room_id)
@@ -293,6 +297,8 @@ class EventPipeline:
         ev_store.set_forward_extremities(conn, event.room_id, event.event_id)
         if event.type == "m.room.redaction":
             self._apply_redaction(conn, event)
+        for hook in self.in_persist_txn:
+            hook(conn, event)
         return pos, replaces
 
     def _apply_redaction(self, conn: Conn, redaction: Event) -> None:

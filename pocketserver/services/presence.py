@@ -12,6 +12,7 @@ room with.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pocketserver.errors import BadJson, Forbidden, MatrixError, NotFound
@@ -19,7 +20,7 @@ from pocketserver.services.clock import Clock
 from pocketserver.services.notifier import Notifier
 from pocketserver.storage import accounts
 from pocketserver.storage import presence as store
-from pocketserver.storage.database import Database
+from pocketserver.storage.database import Conn, Database
 
 STATES = ("online", "unavailable", "offline")
 MAX_STATUS_MSG = 1024
@@ -59,6 +60,9 @@ class PresenceService:
         # user_id -> (state, ms) of the last write made here: every presence write goes
         # through _write, so a /sync whose set_presence changes nothing needs no read.
         self._written: dict[str, tuple[str, int]] = {}
+        # Called inside each presence write (user, content, whether the state or status
+        # changed rather than only the last-active time): the federation sender.
+        self.in_presence_txn: list[Callable[[Conn, str, dict[str, Any], bool], None]] = []
 
     async def set_status(
         self, requester_user_id: str, user_id: str, body: dict[str, Any]
@@ -83,13 +87,30 @@ class PresenceService:
     async def _write(self, user_id: str, state: str, status_msg: str | None) -> None:
         now = self.clock.time_ms()
         self._written.pop(user_id, None)
-        pos = await self.db.write(
-            store.set_presence, user_id, state, status_msg, now, state == "online"
-        )
+        pos = await self.db.write(self._write_txn, user_id, state, status_msg, now)
         if len(self._written) >= TOUCH_MEMORY:
             self._written.clear()
         self._written[user_id] = (state, now)
         self.notifier.notify(pos)
+
+    def _write_txn(
+        self, conn: Conn, user_id: str, state: str, status_msg: str | None, now: int
+    ) -> int:
+        before = store.get_presence(conn, user_id) if self.in_presence_txn else None
+        pos = store.set_presence(conn, user_id, state, status_msg, now, state == "online")
+        if self.in_presence_txn:
+            after = store.get_presence(conn, user_id)
+            assert after is not None
+            changed = (
+                before is None
+                or before.state != state
+                or before.status_msg != status_msg
+                or before.currently_active != after.currently_active
+            )
+            content = presence_content(after, now)
+            for hook in self.in_presence_txn:
+                hook(conn, user_id, content, changed)
+        return pos
 
     async def touch(self, user_id: str, state: str) -> None:
         """/sync's ``set_presence``: keep the status message, write only on a change."""

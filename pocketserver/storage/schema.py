@@ -603,7 +603,36 @@ def _migration_2(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_V2)
 
 
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1, _migration_2]
+# The federation sender (federation/sender.py, edus.py, e2e.py):
+# * servers with joined members in a room, read for every local event and EDU: a partial
+#   index over remote joined members only, so a room without remote members costs one
+#   empty index probe, whatever its size;
+# * remote users' devices and cross-signing keys, cached from /user/devices and
+#   /user/keys/query while we share a room with them (remote_device_lists says whether
+#   the cache is current);
+# * each outbox row's kind says how it is capped ('pdu' rows beyond the backlog cap are
+#   dropped oldest first).
+SCHEMA_V3 = """
+CREATE INDEX room_memberships_remote_joined ON room_memberships (room_nid)
+    WHERE is_local = 0 AND membership = 'join';
+CREATE TABLE remote_devices (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    keys_json TEXT,                      -- the device's signed keys (NULL: none published)
+    display_name TEXT,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+ALTER TABLE remote_device_lists ADD COLUMN master_key_json TEXT;
+ALTER TABLE remote_device_lists ADD COLUMN self_signing_key_json TEXT;
+ALTER TABLE remote_device_lists ADD COLUMN fetched_ts INTEGER NOT NULL DEFAULT 0;
+"""
+
+
+def _migration_3(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_V3)
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 class DatabaseTooNewError(RuntimeError):

@@ -62,7 +62,9 @@ async def keys_query() -> Response:
     body = await json_body()
     if "device_keys" not in body:
         raise MissingParam("Missing 'device_keys'")
-    return json_response(await services().e2ee.query_keys(req.user_id, body["device_keys"]))
+    return json_response(
+        await services().e2ee.query_keys(req.user_id, body["device_keys"], body.get("timeout"))
+    )
 
 
 @client_route("/keys/claim", ["POST"])
@@ -72,7 +74,9 @@ async def keys_claim() -> Response:
     body = await json_body()
     if "one_time_keys" not in body:
         raise MissingParam("Missing 'one_time_keys'")
-    return json_response(await services().e2ee.claim_keys(body["one_time_keys"]))
+    return json_response(
+        await services().e2ee.claim_keys(body["one_time_keys"], body.get("timeout"))
+    )
 
 
 @client_route("/keys/changes", ["GET"])

@@ -326,7 +326,7 @@ async def typing(room_id: str, user_id: str) -> Response:
         raise BadJson("timeout must be an integer")
     svc = services()
     await svc.rooms.require_joined(requester, _room_id(room_id))
-    svc.typing.set_typing(room_id, requester.user_id, is_typing, timeout)
+    await svc.typing.update(room_id, requester.user_id, is_typing, timeout)
     return json_response({})
 
 
