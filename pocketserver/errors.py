@@ -14,6 +14,8 @@
       +-- TooLarge            413 M_TOO_LARGE
       +-- UnknownToken        401 M_UNKNOWN_TOKEN (soft_logout)
       +-- MissingToken        401 M_MISSING_TOKEN
+      +-- UserSuspended       403 M_USER_SUSPENDED
+      +-- InviteBlocked       403 M_INVITE_BLOCKED
 
 Services raise these; ``protocol/`` raises its own exceptions which services translate.
 Anything else reaching the app's handler becomes 500 ``M_UNKNOWN`` with the traceback
@@ -93,3 +95,17 @@ class UnknownToken(MatrixError):
 class MissingToken(MatrixError):
     def __init__(self, message: str = "Missing access token") -> None:
         super().__init__(401, "M_MISSING_TOKEN", message)
+
+
+class UserSuspended(MatrixError):
+    """An action a suspended account may not take ("Account suspension")."""
+
+    def __init__(self, message: str = "You cannot perform this action while suspended.") -> None:
+        super().__init__(403, "M_USER_SUSPENDED", message)
+
+
+class InviteBlocked(MatrixError):
+    """The invitee blocks invites (modules/invite_permission.md)."""
+
+    def __init__(self, message: str = "This user does not accept invites") -> None:
+        super().__init__(403, "M_INVITE_BLOCKED", message)
