@@ -14,6 +14,7 @@
       +-- TooLarge            413 M_TOO_LARGE
       +-- UnknownToken        401 M_UNKNOWN_TOKEN (soft_logout)
       +-- MissingToken        401 M_MISSING_TOKEN
+      +-- UserLocked          401 M_USER_LOCKED (soft_logout)
       +-- UserSuspended       403 M_USER_SUSPENDED
       +-- InviteBlocked       403 M_INVITE_BLOCKED
 
@@ -95,6 +96,13 @@ class UnknownToken(MatrixError):
 class MissingToken(MatrixError):
     def __init__(self, message: str = "Missing access token") -> None:
         super().__init__(401, "M_MISSING_TOKEN", message)
+
+
+class UserLocked(MatrixError):
+    """A locked account ("Account locking"): everything but /logout and /logout/all."""
+
+    def __init__(self, message: str = "This account has been locked") -> None:
+        super().__init__(401, "M_USER_LOCKED", message, soft_logout=True)
 
 
 class UserSuspended(MatrixError):

@@ -35,6 +35,7 @@ from pocketserver.errors import (
     MissingParam,
     NotFound,
     TooLarge,
+    UserLocked,
 )
 from pocketserver.protocol.canonical_json import JsonParseError, parse_json
 from pocketserver.protocol.identifiers import (
@@ -513,6 +514,8 @@ class AccountsService:
             raise Forbidden("Invalid username or password")
         if user["deactivated"]:
             raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+        if user["locked"]:
+            raise UserLocked()
         device = device_id or new_device_id()
         _s, args, make = self._session_args(device, display, want_refresh, ip, user_agent)
         created = await self.db.write(_create_session_txn, user_id, *args)
@@ -538,6 +541,8 @@ class AccountsService:
         user = await self.db.read(accounts.get_user, info.user_id)
         if user is None or user["deactivated"]:
             raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown refresh token", soft_logout=False)
+        if user["locked"]:
+            raise UserLocked()  # the refresh token stays valid for when the lock lifts
         access, ah, refresh, rh, lifetime = self._mint(True)
         assert refresh is not None and rh is not None and lifetime is not None
         now = self.clock.time_ms()

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from pocketserver.errors import MatrixError, MissingToken, UnknownToken, UserSuspended
+from pocketserver.errors import MatrixError, MissingToken, UnknownToken, UserLocked, UserSuspended
 from pocketserver.services.clock import Clock
 from pocketserver.services.lru import LruCache
 from pocketserver.storage import accounts
@@ -96,7 +96,7 @@ class AuthService:
         # "Account locking": every API but /logout and /logout/all answers 401
         # M_USER_LOCKED with soft_logout; the tokens stay valid for when the lock lifts.
         if info.locked and not allow_locked:
-            raise MatrixError(401, "M_USER_LOCKED", "This account has been locked", soft_logout=True)
+            raise UserLocked()
         if info.is_guest and not allow_guest:
             raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
         return Requester(

@@ -75,6 +75,12 @@ async def test_locked_user_is_soft_logged_out_until_unlocked(
         r = await http.request(method, path, json={} if method == "POST" else None, headers=auth_headers(token))
         assert r.status_code == 401, path
         assert r.json()["errcode"] == "M_USER_LOCKED" and r.json()["soft_logout"] is True
+    # Nor can a new session be made with the password.
+    r = await http.post(
+        f"{V3}/login",
+        json={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": uid}, "password": "pw-lena"},
+    )
+    assert (r.status_code, r.json()["errcode"]) == (401, "M_USER_LOCKED")
     # The session is kept: unlocking gives it back.
     r = await _set(http, admin, "lock", uid, False)
     assert r.json() == {"locked": False}
