@@ -14,6 +14,9 @@
       +-- TooLarge            413 M_TOO_LARGE
       +-- UnknownToken        401 M_UNKNOWN_TOKEN (soft_logout)
       +-- MissingToken        401 M_MISSING_TOKEN
+      +-- UserLocked          401 M_USER_LOCKED (soft_logout)
+      +-- UserSuspended       403 M_USER_SUSPENDED
+      +-- InviteBlocked       403 M_INVITE_BLOCKED
 
 Services raise these; ``protocol/`` raises its own exceptions which services translate.
 Anything else reaching the app's handler becomes 500 ``M_UNKNOWN`` with the traceback
@@ -93,3 +96,24 @@ class UnknownToken(MatrixError):
 class MissingToken(MatrixError):
     def __init__(self, message: str = "Missing access token") -> None:
         super().__init__(401, "M_MISSING_TOKEN", message)
+
+
+class UserLocked(MatrixError):
+    """A locked account ("Account locking"): everything but /logout and /logout/all."""
+
+    def __init__(self, message: str = "This account has been locked") -> None:
+        super().__init__(401, "M_USER_LOCKED", message, soft_logout=True)
+
+
+class UserSuspended(MatrixError):
+    """An action a suspended account may not take ("Account suspension")."""
+
+    def __init__(self, message: str = "You cannot perform this action while suspended.") -> None:
+        super().__init__(403, "M_USER_SUSPENDED", message)
+
+
+class InviteBlocked(MatrixError):
+    """The invitee blocks invites (modules/invite_permission.md)."""
+
+    def __init__(self, message: str = "This user does not accept invites") -> None:
+        super().__init__(403, "M_INVITE_BLOCKED", message)

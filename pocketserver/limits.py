@@ -60,6 +60,8 @@ MAX_PROFILE_BYTES = 64 * KIB
 MAX_DISPLAYNAME_CHARS = 256
 MAX_AVATAR_URL_CHARS = 1000
 MAX_DEVICE_NAME_CHARS = 256
+# The reason of a user report (event and room reports keep theirs inside the 8 MiB body).
+MAX_REPORT_REASON_CHARS = 10_000
 
 # -- push -------------------------------------------------------------------------------------
 

@@ -195,6 +195,7 @@ async def require_auth(*, allow_guest: bool = False, allow_locked: bool = False)
     return await svc.auth.authenticate(
         access_token_from_request(),
         allow_guest=allow_guest,
+        allow_locked=allow_locked,
         ip=request.remote_addr,
         user_agent=request.headers.get("User-Agent"),
     )

@@ -27,9 +27,22 @@ from typing import Any
 
 from pocketserver import limits
 from pocketserver.config import Config
-from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam, NotFound, TooLarge
+from pocketserver.errors import (
+    BadJson,
+    Forbidden,
+    InvalidParam,
+    MatrixError,
+    MissingParam,
+    NotFound,
+    TooLarge,
+    UserLocked,
+)
 from pocketserver.protocol.canonical_json import JsonParseError, parse_json
-from pocketserver.protocol.identifiers import MAX_IDENTIFIER_BYTES, is_valid_localpart
+from pocketserver.protocol.identifiers import (
+    MAX_IDENTIFIER_BYTES,
+    is_valid_localpart,
+    is_valid_user_id,
+)
 from pocketserver.services import filtering
 from pocketserver.services.auth import Requester, hash_token, new_device_id, new_token
 from pocketserver.services.clock import Clock
@@ -50,6 +63,8 @@ from pocketserver.services.uia import (
 )
 from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import accounts
+from pocketserver.storage import rooms as room_store
+from pocketserver.storage import state as state_store
 from pocketserver.storage.database import Conn, Database
 
 log = logging.getLogger("pocketserver.accounts")
@@ -499,6 +514,8 @@ class AccountsService:
             raise Forbidden("Invalid username or password")
         if user["deactivated"]:
             raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+        if user["locked"]:
+            raise UserLocked()
         device = device_id or new_device_id()
         _s, args, make = self._session_args(device, display, want_refresh, ip, user_agent)
         created = await self.db.write(_create_session_txn, user_id, *args)
@@ -524,6 +541,8 @@ class AccountsService:
         user = await self.db.read(accounts.get_user, info.user_id)
         if user is None or user["deactivated"]:
             raise MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown refresh token", soft_logout=False)
+        if user["locked"]:
+            raise UserLocked()  # the refresh token stays valid for when the lock lifts
         access, ah, refresh, rh, lifetime = self._mint(True)
         assert refresh is not None and rh is not None and lifetime is not None
         now = self.clock.time_ms()
@@ -660,6 +679,7 @@ class AccountsService:
         """PUT /profile/{userId}/{keyName} with ``body`` holding ``keyName``."""
         if requester.user_id != user_id and not requester.is_admin:
             raise Forbidden("You can only change your own profile")
+        requester.refuse_if_suspended()
         self._check_profile_key(key)
         if key not in body:
             raise MissingParam(f"Missing {key!r}")
@@ -692,6 +712,7 @@ class AccountsService:
         """DELETE /profile/{userId}/{keyName}"""
         if requester.user_id != user_id and not requester.is_admin:
             raise Forbidden("You can only change your own profile")
+        requester.refuse_if_suspended()
         self._check_profile_key(key)
         await self.get_profile(user_id)  # M_NOT_FOUND for unknown users
         await self.db.write(_set_profile_txn, user_id, key, None, True)
@@ -853,3 +874,53 @@ class AccountsService:
                 connections.append(conn)
             out[d.device_id] = {"sessions": [{"connections": connections}]}
         return {"user_id": user_id, "devices": out}
+
+    # -- account moderation (v1.18 "Account locking", "Account suspension") ------------
+
+    async def _moderation_target(self, requester: Requester, user_id: str) -> dict[str, Any]:
+        """The local, active, non-admin account an admin moderates; the requester is
+        checked first so that non-admins learn nothing about who exists."""
+        if not requester.is_admin:
+            raise Forbidden("Requesting user is not a server administrator")
+        if not is_valid_user_id(user_id) or user_id.split(":", 1)[1] != self.server_name:
+            raise InvalidParam("User does not belong to the local server")
+        user = await self.db.read(accounts.get_user, user_id)
+        if user is None or user["deactivated"]:
+            raise NotFound("User not found")
+        if user["is_admin"]:
+            raise Forbidden("Server administrators cannot be locked or suspended")
+        return user
+
+    async def get_moderation_flag(self, requester: Requester, user_id: str, flag: str) -> bool:
+        """GET /admin/lock/{userId} or /admin/suspend/{userId}: ``flag`` is locked or suspended."""
+        user = await self._moderation_target(requester, user_id)
+        return bool(user[flag])
+
+    async def set_moderation_flag(self, requester: Requester, user_id: str, flag: str, value: bool) -> bool:
+        """PUT /admin/lock/{userId} or /admin/suspend/{userId}."""
+        await self._moderation_target(requester, user_id)
+        await self.db.write(accounts.set_moderation_flag, user_id, flag, value)
+        log.info("%s set %s=%s on %s", requester.user_id, flag, value, user_id)
+        return value
+
+    # -- reports (v1.14 "Reporting content") ---------------------------------------------
+
+    async def report_user(self, requester: Requester, user_id: str, reason: str) -> None:
+        """POST /users/{userId}/report: kept for the server's admins. 404 for a user this
+        server has never seen (no account here, and in no room with anyone here)."""
+        if not is_valid_user_id(user_id):
+            raise InvalidParam("Invalid user ID")
+        if len(reason) > limits.MAX_REPORT_REASON_CHARS:
+            raise TooLarge(f"A reason is at most {limits.MAX_REPORT_REASON_CHARS} characters")
+
+        def run(conn: Conn) -> None:
+            known = accounts.user_exists(conn, user_id) or bool(
+                state_store.rooms_for_user(
+                    conn, user_id, ("join", "invite", "leave", "ban", "knock"), include_forgotten=True
+                )
+            )
+            if not known:
+                raise NotFound("The user was not found")
+            room_store.insert_user_report(conn, user_id, requester.user_id, reason, self.clock.time_ms())
+
+        await self.db.write(run)

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from pocketserver.errors import MatrixError, MissingToken, UnknownToken
+from pocketserver.errors import MatrixError, MissingToken, UnknownToken, UserLocked, UserSuspended
 from pocketserver.services.clock import Clock
 from pocketserver.services.lru import LruCache
 from pocketserver.storage import accounts
@@ -23,6 +23,14 @@ class Requester:
     is_guest: bool = False
     is_admin: bool = False
     token_hash: bytes = b""
+    is_suspended: bool = False
+
+    def refuse_if_suspended(self) -> None:
+        """403 M_USER_SUSPENDED ("Account suspension"): a suspended account reads, leaves,
+        redacts its own events and manages its devices and keys, but does not join, knock,
+        invite, send, change state or its profile, or redact others' events."""
+        if self.is_suspended:
+            raise UserSuspended()
 
 
 def hash_token(token: str) -> bytes:
@@ -73,6 +81,7 @@ class AuthService:
         token: str | None,
         *,
         allow_guest: bool = False,
+        allow_locked: bool = False,
         ip: str | None = None,
         user_agent: str | None = None,
     ) -> Requester:
@@ -84,8 +93,12 @@ class AuthService:
             raise UnknownToken()
         if info.valid_until_ms is not None and info.valid_until_ms <= self.clock.time_ms():
             raise UnknownToken("Access token has expired", soft_logout=True)
-        if info.locked:
-            raise MatrixError(401, "M_USER_LOCKED", "This account has been locked", soft_logout=True)
+        # "Account locking": every API but /logout and /logout/all answers 401
+        # M_USER_LOCKED with soft_logout; the tokens stay valid for when the lock lifts.
+        if info.locked and not allow_locked:
+            raise UserLocked()
         if info.is_guest and not allow_guest:
             raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
-        return Requester(info.user_id, info.device_id, info.is_guest, info.is_admin, th)
+        return Requester(
+            info.user_id, info.device_id, info.is_guest, info.is_admin, th, info.suspended
+        )

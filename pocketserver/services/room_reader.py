@@ -22,6 +22,7 @@ from pocketserver.services.client_events import serialize_event, serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
+from pocketserver.services.invite_permission import blocks_invites
 from pocketserver.services.params import parse_int
 from pocketserver.services.sync import parse_stream_token, presence_event, receipt_event
 from pocketserver.services.visibility import VisibilityChecker
@@ -386,11 +387,14 @@ class RoomReader:
             wanted = ("join", "invite", "leave", "ban") if archived else ("join", "invite")
             rooms_out: list[JsonDict] = []
             memberships = state_store.rooms_for_user(conn, requester.user_id, wanted)
+            invites_blocked = blocks_invites(conn, requester.user_id)
             for room_id in sorted(memberships):
                 m = state_store.get_membership(conn, room_id, requester.user_id)
                 if m is None:
                     continue
                 if m[0] == "invite":
+                    if invites_blocked:
+                        continue  # invite_permission.md: not served while blocked
                     rec = ev_store.get_event(conn, m[1])
                     info = ev_store.get_room(conn, room_id)
                     entry: JsonDict = {

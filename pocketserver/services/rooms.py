@@ -14,7 +14,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pocketserver.config import Config
-from pocketserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
+from pocketserver.errors import (
+    BadJson,
+    Forbidden,
+    InvalidParam,
+    InviteBlocked,
+    MatrixError,
+    NotFound,
+)
 from pocketserver.protocol.identifiers import (
     InvalidIdentifier,
     RoomAlias,
@@ -28,6 +35,7 @@ from pocketserver.protocol.room_versions import (
 from pocketserver.services.auth import Requester
 from pocketserver.services.clock import Clock
 from pocketserver.services.events import EventPipeline, Persisted
+from pocketserver.services.invite_permission import blocks_invites
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.params import get_choice, get_str
 from pocketserver.storage import accounts
@@ -136,6 +144,7 @@ class RoomService:
         state_key: str | None = None,
         txn_id: str | None = None,
     ) -> Persisted:
+        requester.refuse_if_suspended()
         txn_key = None
         if txn_id is not None:
             txn_key = f"{requester.user_id}|{requester.device_id or ''}|{txn_id}"
@@ -268,6 +277,7 @@ class RoomService:
         if target is not None:
             # "Handling redactions": one's own events, or with the redact power level.
             if target.event.sender != requester.user_id:
+                requester.refuse_if_suspended()
                 pl = await self.current_state_event(room_id, "m.room.power_levels") or {}
                 if await self._user_power(room_id, info, requester.user_id, pl) < _int(pl.get("redact"), 50):
                     raise Forbidden("You may not redact other users' events")
@@ -317,6 +327,15 @@ class RoomService:
             raise InvalidParam(f"Unknown membership {membership!r}")
         if not is_valid_user_id(target):
             raise InvalidParam("Invalid user ID")
+        if membership != "leave" or target != requester.user_id:
+            requester.refuse_if_suspended()  # a suspended user may still leave
+        if (
+            membership == "invite"
+            and target != requester.user_id
+            and target.split(":", 1)[1] == self.server_name
+            and await self.db.read(blocks_invites, target)
+        ):
+            raise InviteBlocked()
         info = await self.db.read(ev_store.get_room, room_id)
         if info is None:
             if membership == "join":
@@ -429,6 +448,7 @@ class RoomService:
     # -- creation ----------------------------------------------------------------------------
 
     async def create_room(self, requester: Requester, body: JsonDict) -> tuple[str, str | None]:
+        requester.refuse_if_suspended()
         version_id = get_str(body, "room_version", default=DEFAULT_ROOM_VERSION)
         assert version_id is not None
         rv = KNOWN_ROOM_VERSIONS.get(version_id)
@@ -560,7 +580,12 @@ class RoomService:
         if "topic" in body:
             await self.send_event(requester, room_id, "m.room.topic", {"topic": body["topic"]}, state_key="")
         for u in invites:
-            await self.update_membership(requester, room_id, u, "invite", is_direct=is_direct or None)
+            try:
+                await self.update_membership(requester, room_id, u, "invite", is_direct=is_direct or None)
+            except InviteBlocked:
+                # invite_permission.md: one invitee refusing invites does not fail the
+                # creation; the room is made without their invite.
+                continue
         if visibility == "public":
             await self.db.write(room_store.set_room_public, room_id, True)
         return room_id, alias

@@ -38,6 +38,7 @@ from pocketserver.services.clock import Clock
 from pocketserver.services.ephemeral import TypingSnapshot, TypingTracker
 from pocketserver.services.filtering import Filter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
+from pocketserver.services.invite_permission import blocks_invites
 from pocketserver.services.lru import LruCache
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.params import parse_int
@@ -293,7 +294,13 @@ class SyncService:
             # Rooms left before ``start`` have nothing more to show; one left since, its
             # events up to the leave.
             mine = state_store.rooms_for_user(conn, user_id, ("join", "invite", "leave", "ban"))
-            rooms = {rid for rid, (m, mpos) in mine.items() if m in ("join", "invite") or mpos > start}
+            # Invites are left out while the user blocks them (invite_permission.md).
+            blocked = blocks_invites(conn, user_id)
+            rooms = {
+                rid
+                for rid, (m, mpos) in mine.items()
+                if m == "join" or (m == "invite" and not blocked) or (m in ("leave", "ban") and mpos > start)
+            }
             joined = [rid for rid, (m, _) in mine.items() if m == "join"]
         changed = ev_store.rooms_with_events_between(conn, rooms, start, upto) if start < upto else set()
         ignored = ignored_users(conn, user_id)
@@ -353,6 +360,7 @@ class SyncService:
         rooms_invite: JsonDict = {}
         rooms_leave: JsonDict = {}
         rooms_knock: JsonDict = {}
+        invites_blocked = blocks_invites(conn, user_id)
 
         memberships = state_store.rooms_for_user(
             conn, user_id, ("join", "invite", "leave", "ban", "knock")
@@ -427,7 +435,7 @@ class SyncService:
                     continue
                 rooms_join[room_id] = room
             elif membership == "invite" and newly:
-                if self._invited_by_ignored(conn, room_id, user_id):
+                if invites_blocked or self._invited_by_ignored(conn, room_id, user_id):
                     continue
                 rooms_invite[room_id] = {"invite_state": {"events": self._stripped(conn, room_id, user_id)}}
             elif membership == "knock" and newly:

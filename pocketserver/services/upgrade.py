@@ -73,6 +73,7 @@ class UpgradeService:
         new_version: str,
         additional_creators: Sequence[str] | None = None,
     ) -> str:
+        requester.refuse_if_suspended()
         rv = KNOWN_ROOM_VERSIONS.get(new_version)
         if rv is None:
             raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", "This server does not support that room version")

@@ -62,6 +62,14 @@ def get_user(conn: Conn, user_id: str) -> dict[str, object] | None:
     return dict(zip(keys, row, strict=True))
 
 
+def set_moderation_flag(conn: Conn, user_id: str, flag: str, value: bool) -> None:
+    """Set ``locked`` or ``suspended`` on a user (the auth generation trigger drops the
+    cached tokens, so the next request sees it)."""
+    if flag not in ("locked", "suspended"):
+        raise ValueError(flag)
+    conn.execute(f"UPDATE users SET {flag} = ? WHERE user_id = ?", (int(value), user_id))
+
+
 def upgrade_guest(conn: Conn, user_id: str, password_hash: str) -> bool:
     """Turn a guest account into a full one with this password; False if not a guest."""
     conn.execute(

@@ -117,3 +117,22 @@ def insert_report(
         " VALUES (?, ?, ?, ?, ?, ?)",
         (room_id, event_id, user_id, reason, score, now),
     )
+
+
+def insert_user_report(conn: Conn, target_user_id: str, user_id: str, reason: str, now: int) -> None:
+    conn.execute(
+        "INSERT INTO user_reports (target_user_id, user_id, reason, received_ts) VALUES (?, ?, ?, ?)",
+        (target_user_id, user_id, reason, now),
+    )
+
+
+def get_user_reports(conn: Conn, target_user_id: str) -> list[tuple[str, str, int]]:
+    """(reporter, reason, received_ts) of every report about a user, oldest first."""
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            "SELECT user_id, reason, received_ts FROM user_reports WHERE target_user_id = ?"
+            " ORDER BY report_id",
+            (target_user_id,),
+        )
+    ]

@@ -628,11 +628,30 @@ ALTER TABLE remote_device_lists ADD COLUMN fetched_ts INTEGER NOT NULL DEFAULT 0
 """
 
 
+# Reports about users (POST /users/{userId}/report, v1.14), kept beside event_reports
+# (which names a room, so it cannot hold them) for the server's admins to read.
+SCHEMA_V4 = """
+CREATE TABLE user_reports (
+    report_id INTEGER PRIMARY KEY,
+    target_user_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    received_ts INTEGER NOT NULL
+);
+"""
+
+
 def _migration_3(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_V3)
 
 
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_V4)
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
+    _migration_1, _migration_2, _migration_3, _migration_4,
+]
 
 
 class DatabaseTooNewError(RuntimeError):

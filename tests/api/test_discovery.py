@@ -72,3 +72,19 @@ async def test_cors_preflight_on_every_path(http: httpx.AsyncClient) -> None:
     r = await http.get("/_matrix/client/v3/no_such_thing/at/all")
     assert r.status_code == 404 and r.json()["errcode"] == "M_UNRECOGNIZED"
     assert r.headers["access-control-allow-origin"] == "*"
+
+
+async def test_versions_up_to_v1_19(http: httpx.AsyncClient) -> None:
+    """Clients (Element) turn features on by these: every version up to v1.19 is served."""
+    r = await http.get("/_matrix/client/versions")
+    versions = r.json()["versions"]
+    assert [f"v1.{i}" for i in range(1, 20)] == [v for v in versions if v.startswith("v1.")]
+    assert "v1.20" not in versions
+
+
+async def test_auth_metadata_without_the_oauth_api(http: httpx.AsyncClient) -> None:
+    """No OAuth 2.0 API here: /auth_metadata answers 404 M_UNRECOGNIZED, which tells a
+    v1.15 client to use the legacy login API."""
+    r = await http.get("/_matrix/client/v1/auth_metadata")
+    assert r.status_code == 404
+    assert r.json()["errcode"] == "M_UNRECOGNIZED"

@@ -444,3 +444,22 @@ async def test_user_signing_key_change_is_news_to_its_owner_only(
     assert r.json()["changed"] == []
     r = await http.get("/_matrix/client/v3/keys/changes", params=params, headers=alice.headers())
     assert r.json()["changed"] == [alice.user_id]
+
+
+async def test_oldest_one_time_keys_are_claimed_first(http: httpx.AsyncClient) -> None:
+    """v1.13 (MSC4225): keys are handed out in the order they were uploaded, so a
+    client that drops its oldest private keys never has them claimed."""
+    alice = await device(http)
+    bob = await device(http)
+    first, second = alice.one_time_keys(3), alice.one_time_keys(3)
+    r = await post(http, alice, UPLOAD, {"device_keys": alice.device_keys(), "one_time_keys": first})
+    assert r.status_code == 200
+    r = await post(http, alice, UPLOAD, {"one_time_keys": second})
+    assert r.status_code == 200
+    names = []
+    for _ in range(6):
+        r = await post(
+            http, bob, CLAIM, {"one_time_keys": {alice.user_id: {alice.device_id: "signed_curve25519"}}}
+        )
+        names.append(next(iter(r.json()["one_time_keys"][alice.user_id][alice.device_id])))
+    assert set(names[:3]) == set(first) and set(names[3:]) == set(second)

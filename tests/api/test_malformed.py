@@ -258,6 +258,9 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         },
         ("POST", "/rooms/<room_id>/report/<event_id>"): {"reason": "r", "score": -100},
         ("POST", "/rooms/<room_id>/report"): {"reason": "r"},
+        ("POST", "/users/<user_id>/report"): {"reason": "r"},
+        ("PUT", "/admin/lock/<user_id>"): {"locked": False},
+        ("PUT", "/admin/suspend/<user_id>"): {"suspended": False},
         ("POST", "/keys/upload"): {
             "device_keys": {
                 "user_id": user,

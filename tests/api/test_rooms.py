@@ -540,3 +540,23 @@ async def test_joining_an_upgraded_room_brings_the_users_tags(http: httpx.AsyncC
     r = await http.get(f"{V3}/user/{bob}/rooms/{new_room}/tags", headers=auth_headers(btok))
     assert r.status_code == 200, r.text
     assert r.json()["tags"] == {"test_tag": {"order": 0.5}}
+
+
+async def test_replaced_state_names_the_event_it_replaced(http: httpx.AsyncClient) -> None:
+    """v1.19: a state event that replaced another carries unsigned.replaces_state (and
+    prev_content) in /sync, /messages and GET state?format=event."""
+    _alice, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    h = auth_headers(atok)
+    first = (await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "one"}, headers=h)).json()
+    second = (await http.put(f"{V3}/rooms/{room}/state/m.room.topic", json={"topic": "two"}, headers=h)).json()
+    timeline = (await sync(http, atok))["rooms"]["join"][room]["timeline"]["events"]
+    topics = {e["event_id"]: e for e in timeline if e["type"] == "m.room.topic"}
+    assert "replaces_state" not in topics[first["event_id"]].get("unsigned", {})
+    assert topics[second["event_id"]]["unsigned"]["replaces_state"] == first["event_id"]
+    assert topics[second["event_id"]]["unsigned"]["prev_content"] == {"topic": "one"}
+    r = await http.get(f"{V3}/rooms/{room}/messages", params={"dir": "b", "limit": 1}, headers=h)
+    assert r.json()["chunk"][0]["unsigned"]["replaces_state"] == first["event_id"]
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.topic", params={"format": "event"}, headers=h)
+    assert r.json()["event_id"] == second["event_id"]
+    assert r.json()["unsigned"]["replaces_state"] == first["event_id"]

@@ -1,5 +1,6 @@
 """Accounts over HTTP: registration, login, logout, refresh, whoami, password,
-deactivation, devices, capabilities' account parts, and /admin/whois.
+deactivation, devices, capabilities' account parts, /admin/whois, the account moderation
+endpoints (/admin/lock, /admin/suspend) and user reports.
 
 Thin: parse, call :class:`~pocketserver.services.accounts.AccountsService`, answer.
 Every path is served under ``/_matrix/client/v3`` and the older ``r0`` prefix.
@@ -101,16 +102,16 @@ async def login() -> Response:
 
 @client_route(bp, "/logout", ["POST"])
 async def logout() -> Response:
-    """POST /_matrix/client/v3/logout"""
-    requester = await require_auth(allow_guest=True)
+    """POST /_matrix/client/v3/logout (a locked account may still log out)"""
+    requester = await require_auth(allow_guest=True, allow_locked=True)
     await services().accounts.logout(requester)
     return json_response({})
 
 
 @client_route(bp, "/logout/all", ["POST"])
 async def logout_all() -> Response:
-    """POST /_matrix/client/v3/logout/all"""
-    requester = await require_auth(allow_guest=True)
+    """POST /_matrix/client/v3/logout/all (a locked account may still log out)"""
+    requester = await require_auth(allow_guest=True, allow_locked=True)
     await services().accounts.logout_all(requester)
     return json_response({})
 
@@ -221,6 +222,67 @@ async def whois(user_id: str) -> Response:
     """GET /_matrix/client/v3/admin/whois/{userId}"""
     requester = await require_auth()
     return json_response(await services().accounts.whois(requester, user_id))
+
+
+V1 = ("/_matrix/client/v1",)
+
+
+async def _get_moderation(user_id: str, flag: str) -> Response:
+    requester = await require_auth()
+    value = await services().accounts.get_moderation_flag(requester, user_id, flag)
+    return json_response({flag: value})
+
+
+async def _set_moderation(user_id: str, flag: str) -> Response:
+    requester = await require_auth()
+    body = await json_body()
+    if flag not in body:
+        raise MissingParam(f"Missing {flag!r}")
+    if not isinstance(body[flag], bool):
+        raise BadJson(f"{flag!r} must be a boolean")
+    value = await services().accounts.set_moderation_flag(requester, user_id, flag, body[flag])
+    return json_response({flag: value})
+
+
+@client_route(bp, "/admin/lock/<user_id>", ["GET"], V1)
+async def get_lock(user_id: str) -> Response:
+    """GET /_matrix/client/v1/admin/lock/{userId}"""
+    return await _get_moderation(user_id, "locked")
+
+
+@client_route(bp, "/admin/lock/<user_id>", ["PUT"], V1)
+async def set_lock(user_id: str) -> Response:
+    """PUT /_matrix/client/v1/admin/lock/{userId}"""
+    return await _set_moderation(user_id, "locked")
+
+
+@client_route(bp, "/admin/suspend/<user_id>", ["GET"], V1)
+async def get_suspend(user_id: str) -> Response:
+    """GET /_matrix/client/v1/admin/suspend/{userId}"""
+    return await _get_moderation(user_id, "suspended")
+
+
+@client_route(bp, "/admin/suspend/<user_id>", ["PUT"], V1)
+async def set_suspend(user_id: str) -> Response:
+    """PUT /_matrix/client/v1/admin/suspend/{userId}"""
+    return await _set_moderation(user_id, "suspended")
+
+
+# -- reports ---------------------------------------------------------------------------
+
+
+@client_route(bp, "/users/<user_id>/report", ["POST"])
+async def report_user(user_id: str) -> Response:
+    """POST /_matrix/client/v3/users/{userId}/report"""
+    requester = await require_auth()
+    body = await json_body()
+    reason = body.get("reason")
+    if reason is None:
+        raise MissingParam("Missing 'reason'")
+    if not isinstance(reason, str):
+        raise BadJson("'reason' must be a string")
+    await services().accounts.report_user(requester, user_id, reason)
+    return json_response({})
 
 
 __all__ = ["bp", "client_route"]

@@ -13,8 +13,8 @@ from pocketserver.protocol.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM
 bp = Blueprint("client_capabilities", __name__)
 
 
-def capabilities() -> dict[str, Any]:
-    return {
+def capabilities(*, is_admin: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "m.change_password": {"enabled": True},
         "m.room_versions": {
             "default": DEFAULT_ROOM_VERSION,
@@ -26,10 +26,14 @@ def capabilities() -> dict[str, Any]:
         "m.get_login_token": {"enabled": False},
         "m.profile_fields": {"enabled": True},
     }
+    if is_admin:
+        # v1.18: present only for those who may use /admin/lock and /admin/suspend.
+        out["m.account_moderation"] = {"suspend": True, "lock": True}
+    return out
 
 
 @client_route(bp, "/capabilities", ["GET"])
 async def get_capabilities() -> Response:
     """GET /_matrix/client/v3/capabilities"""
-    await require_auth(allow_guest=True)
-    return json_response({"capabilities": capabilities()})
+    requester = await require_auth(allow_guest=True)
+    return json_response({"capabilities": capabilities(is_admin=requester.is_admin)})
