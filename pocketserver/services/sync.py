@@ -33,6 +33,7 @@ from pocketserver.services.client_events import (
     federation_format,
     serialize_events,
     stripped_state,
+    v1_format,
 )
 from pocketserver.services.clock import Clock
 from pocketserver.services.ephemeral import TypingSnapshot, TypingTracker
@@ -312,7 +313,10 @@ class SyncService:
             picked = picked[:EVENT_STREAM_LIMIT]
             end = picked[-1].stream_pos or end
         now = self.clock.time_ms()
-        chunk = serialize_events(conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=now)
+        chunk = [
+            v1_format(e)
+            for e in serialize_events(conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=now)
+        ]
         chunk.extend(_stream_extras(conn, user_id, room_id, joined, start, end, typing, typing_from, now))
         return start, end, chunk, upto
 
