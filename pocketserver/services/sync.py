@@ -410,9 +410,15 @@ class SyncService:
                     now, state_after_key, newly and since is not None,
                 )
                 eph: list[JsonDict] = []
-                # An empty typing list tells a client that typing stopped; a room it
-                # has just joined has nothing to stop.
-                if typing_users is not None and (typing_users or (token is not None and not newly)):
+                # An empty typing list tells a client that typing stopped: after its
+                # token, or, in an initial sync, since the server started (a client
+                # that restarts its sync must not keep showing someone typing). A room
+                # it has just joined has nothing to stop.
+                if typing_users is not None and (
+                    typing_users
+                    or (token is not None and not newly)
+                    or (token is None and room_id in typing.rooms)
+                ):
                     eph.append({"type": "m.typing", "content": {"user_ids": typing_users}})
                 if room_id in receipts:
                     eph.append(receipt_event(receipts[room_id]))
