@@ -540,3 +540,34 @@ async def test_joining_an_upgraded_room_brings_the_users_tags(http: httpx.AsyncC
     r = await http.get(f"{V3}/user/{bob}/rooms/{new_room}/tags", headers=auth_headers(btok))
     assert r.status_code == 200, r.text
     assert r.json()["tags"] == {"test_tag": {"order": 0.5}}
+
+
+async def test_presets_set_the_specs_state_and_public_chat_needs_no_guest_access_event(
+    http: httpx.AsyncClient,
+) -> None:
+    """createRoom's presets (create_room.yaml): public_chat's guest_access "forbidden" is
+    what a room without m.room.guest_access already has, so no event is sent for it, as
+    other servers do (SyTest 31sync/15lazy-members compares the whole state)."""
+    _, tok, _ = await register(http)
+    h = auth_headers(tok)
+    expected = {
+        "public_chat": ("public", "shared", None),
+        "private_chat": ("invite", "shared", "can_join"),
+        "trusted_private_chat": ("invite", "shared", "can_join"),
+    }
+    for preset, (join_rule, visibility, guest_access) in expected.items():
+        room = await create_room(http, tok, preset=preset)
+        r = await http.get(f"{V3}/rooms/{room}/state", headers=h)
+        assert r.status_code == 200, r.text
+        state = {e["type"]: e["content"] for e in r.json() if e["state_key"] == ""}
+        assert state["m.room.join_rules"] == {"join_rule": join_rule}
+        assert state["m.room.history_visibility"] == {"history_visibility": visibility}
+        got = state.get("m.room.guest_access", {}).get("guest_access")
+        assert got == guest_access, preset
+    # initial_state still wins over the preset, and may set forbidden explicitly.
+    room = await create_room(
+        http, tok, preset="private_chat",
+        initial_state=[{"type": "m.room.guest_access", "content": {"guest_access": "forbidden"}}],
+    )
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.guest_access", headers=h)
+    assert r.json() == {"guest_access": "forbidden"}
