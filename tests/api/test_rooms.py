@@ -571,3 +571,50 @@ async def test_presets_set_the_specs_state_and_public_chat_needs_no_guest_access
     )
     r = await http.get(f"{V3}/rooms/{room}/state/m.room.guest_access", headers=h)
     assert r.json() == {"guest_access": "forbidden"}
+
+
+async def test_messages_lazy_loads_the_senders_and_ends_at_the_rooms_start(http: httpx.AsyncClient) -> None:
+    """GET /messages with lazy_load_members brings the members who sent the page, and
+    no one else; paging back, the page that reaches the room's creation has no ``end``
+    (message_pagination.yaml: omitted when no further events are available), and a
+    sync timeline holding the whole room gives a ``prev_batch`` before its first event,
+    from which nothing earlier comes back (not the timeline again)."""
+    from tests.api.helpers import join
+
+    _, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    _, ctok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await join(http, btok, room)
+    await join(http, ctok, room)
+    for i in range(3):
+        await send(http, btok, room, {"msgtype": "m.text", "body": f"b{i}"})
+    lazy = '{"lazy_load_members": true}'
+    r = await http.get(
+        f"{V3}/rooms/{room}/messages", params={"dir": "b", "limit": 3, "filter": lazy}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert [e["content"]["body"] for e in page["chunk"]] == ["b2", "b1", "b0"]
+    assert [(e["type"], e["state_key"]) for e in page["state"]] == [("m.room.member", bob)]
+    assert "end" in page
+    # Page back to the start: the last page carries m.room.create and no end.
+    token, pages = page["end"], 0
+    while True:
+        pages += 1
+        assert pages < 20
+        r = await http.get(
+            f"{V3}/rooms/{room}/messages", params={"dir": "b", "limit": 4, "from": token}, headers=auth_headers(atok)
+        )
+        body = r.json()
+        if "end" not in body:
+            break
+        token = body["end"]
+    assert body["chunk"] and body["chunk"][-1]["type"] == "m.room.create"
+
+    timeline = (await sync(http, atok))["rooms"]["join"][room]["timeline"]
+    assert timeline["limited"] is False and timeline["events"][0]["type"] == "m.room.create"
+    r = await http.get(
+        f"{V3}/rooms/{room}/messages", params={"dir": "b", "from": timeline["prev_batch"]}, headers=auth_headers(atok)
+    )
+    assert r.json()["chunk"] == [] and "end" not in r.json()
