@@ -46,6 +46,25 @@ def client_format(rec: EventRecord, now_ms: int) -> JsonDict:
     return out
 
 
+# What the pre-r0 ("v1") event format lifted out of ``unsigned`` to the top level.
+_V1_LIFTED = ("age", "prev_content", "replaces_state", "redacted_because")
+
+
+def v1_format(event: JsonDict) -> JsonDict:
+    """The event as the deprecated ``/initialSync``, ``/rooms/{roomId}/initialSync``,
+    ``/events`` and ``/events/{eventId}`` have always given it, for the clients and bots
+    written against them: the ClientEvent plus the old ``user_id`` (the sender) and
+    ``age``, ``prev_content``, ``replaces_state`` and ``redacted_because`` also at the
+    top level. Extra keys only, so a client reading the ClientEvent shape still can."""
+    out = dict(event)
+    out["user_id"] = event["sender"]
+    unsigned = event.get("unsigned") or {}
+    for key in _V1_LIFTED:
+        if key in unsigned:
+            out[key] = unsigned[key]
+    return out
+
+
 def serialize_events(
     conn: Conn,
     records: Iterable[EventRecord],

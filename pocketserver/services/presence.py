@@ -88,10 +88,13 @@ class PresenceService:
         now = self.clock.time_ms()
         self._written.pop(user_id, None)
         pos = await self.db.write(self._write_txn, user_id, state, status_msg, now)
+        self._remember(user_id, state, now)
+        self.notifier.notify(pos)
+
+    def _remember(self, user_id: str, state: str, ms: int) -> None:
         if len(self._written) >= TOUCH_MEMORY:
             self._written.clear()
-        self._written[user_id] = (state, now)
-        self.notifier.notify(pos)
+        self._written[user_id] = (state, ms)
 
     def _write_txn(
         self, conn: Conn, user_id: str, state: str, status_msg: str | None, now: int
@@ -113,16 +116,27 @@ class PresenceService:
         return pos
 
     async def touch(self, user_id: str, state: str) -> None:
-        """/sync's ``set_presence``: keep the status message, write only on a change."""
+        """/sync's ``set_presence``: keep the status message, write only on a change.
+
+        ``offline`` changes no presence the user has: sync.yaml has it mean the client
+        "is not marked as being online" by polling, so a bot or a background sync that
+        asks for it leaves what the user set (``unavailable``, a status message) as it
+        was. A user with no presence yet gets a stored ``offline`` (what they already
+        count as), so the people they share rooms with are told of them."""
         if state not in STATES:
             raise MatrixError(400, "M_INVALID_PARAM", "set_presence must be online, unavailable or offline")
         now = self.clock.time_ms()
         known = self._written.get(user_id)
+        if state == "offline" and known is not None:
+            return
         if known is not None and known[0] == state and (
             state != "online" or now - known[1] < TOUCH_INTERVAL_MS
         ):
             return
         current = await self.db.read(store.get_presence, user_id)
+        if state == "offline" and current is not None:
+            self._remember(user_id, current.state, current.last_active_ts)
+            return
         if current is not None and current.state == state and (
             state != "online" or now - current.last_active_ts < TOUCH_INTERVAL_MS
         ):

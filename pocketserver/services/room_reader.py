@@ -18,7 +18,7 @@ from typing import Any
 
 from pocketserver.errors import BadJson, Forbidden, InvalidParam, NotFound
 from pocketserver.services.auth import Requester
-from pocketserver.services.client_events import serialize_event, serialize_events
+from pocketserver.services.client_events import serialize_event, serialize_events, v1_format
 from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
@@ -403,10 +403,10 @@ class RoomReader:
                         "visibility": "public" if info is not None and info.is_public else "private",
                     }
                     if rec is not None:
-                        entry["invite"] = serialize_event(
+                        entry["invite"] = v1_format(serialize_event(
                             conn, rec, user_id=requester.user_id, device_id=requester.device_id,
                             now_ms=now, bundle=False,
-                        )
+                        ))
                     rooms_out.append(entry)
                     continue
                 rooms_out.append(self._snapshot(conn, requester, room_id, m[0], m[1], limit, now))
@@ -473,7 +473,7 @@ class RoomReader:
         # ``start`` pages back from the first event; from the room's start that finds
         # nothing, which is how a client learns it has everything.
         messages: JsonDict = {
-            "chunk": serialize_events(conn, picked, **kw),
+            "chunk": [v1_format(e) for e in serialize_events(conn, picked, **kw)],
             "start": f"t{cursor - 1}" if picked or not exhausted else f"t{upto}",
             "end": f"t{upto}",
         }
@@ -484,7 +484,10 @@ class RoomReader:
         out: JsonDict = {
             "room_id": room_id,
             "messages": messages,
-            "state": serialize_events(conn, [recs[e] for e in state.values() if e in recs], bundle=False, **kw),
+            "state": [
+                v1_format(e)
+                for e in serialize_events(conn, [recs[e] for e in state.values() if e in recs], bundle=False, **kw)
+            ],
             "visibility": "public" if info is not None and info.is_public else "private",
             "account_data": ad_store.to_events(room_ad),
             # A former member learns nothing of who is around now.
@@ -522,10 +525,10 @@ class RoomReader:
                 raise NotFound("Event not found")
             if not VisibilityChecker(conn, rec.event.room_id, requester.user_id).can_see(rec):
                 raise Forbidden("You don't have permission to access that event")
-            return serialize_event(
+            return v1_format(serialize_event(
                 conn, rec, user_id=requester.user_id, device_id=requester.device_id,
                 now_ms=self.clock.time_ms(),
-            )
+            ))
 
         return await self.db.read(run)
 

@@ -565,8 +565,13 @@ class RoomService:
         preset_state = {
             ("m.room.join_rules", ""): {"join_rule": p["join_rule"]},
             ("m.room.history_visibility", ""): {"history_visibility": p["history_visibility"]},
-            ("m.room.guest_access", ""): {"guest_access": p["guest_access"]},
         }
+        # A room without m.room.guest_access is "forbidden" (m.room.guest_access schema:
+        # servers act as if it were present with that value), so public_chat's
+        # "forbidden" needs no event: one event less in every public room's state, and
+        # the state other servers and clients (and SyTest) expect of it.
+        if p["guest_access"] != "forbidden":
+            preset_state[("m.room.guest_access", "")] = {"guest_access": p["guest_access"]}
         initial = {(i["type"], i.get("state_key", "")): i["content"] for i in initial_state}
         for pkey, pcontent in preset_state.items():
             if pkey not in initial:

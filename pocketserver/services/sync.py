@@ -33,6 +33,7 @@ from pocketserver.services.client_events import (
     federation_format,
     serialize_events,
     stripped_state,
+    v1_format,
 )
 from pocketserver.services.clock import Clock
 from pocketserver.services.ephemeral import TypingSnapshot, TypingTracker
@@ -319,7 +320,10 @@ class SyncService:
             picked = picked[:EVENT_STREAM_LIMIT]
             end = picked[-1].stream_pos or end
         now = self.clock.time_ms()
-        chunk = serialize_events(conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=now)
+        chunk = [
+            v1_format(e)
+            for e in serialize_events(conn, picked, user_id=user_id, device_id=requester.device_id, now_ms=now)
+        ]
         chunk.extend(_stream_extras(conn, user_id, room_id, joined, start, end, typing, typing_from, now))
         return start, end, chunk, upto
 
@@ -414,9 +418,15 @@ class SyncService:
                     now, state_after_key, newly and since is not None,
                 )
                 eph: list[JsonDict] = []
-                # An empty typing list tells a client that typing stopped; a room it
-                # has just joined has nothing to stop.
-                if typing_users is not None and (typing_users or (token is not None and not newly)):
+                # An empty typing list tells a client that typing stopped: after its
+                # token, or, in an initial sync, since the server started (a client
+                # that restarts its sync must not keep showing someone typing). A room
+                # it has just joined has nothing to stop.
+                if typing_users is not None and (
+                    typing_users
+                    or (token is not None and not newly)
+                    or (token is None and room_id in typing.rooms)
+                ):
                     eph.append({"type": "m.typing", "content": {"user_ids": typing_users}})
                 if room_id in receipts:
                     eph.append(receipt_event(receipts[room_id]))

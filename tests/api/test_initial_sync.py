@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from pocketserver.config import Config
-from tests.api.helpers import V3, auth_headers, create_room, join, register, send
+from tests.api.helpers import V3, auth_headers, create_room, join, register, send, sync
 from tests.conftest import make_config
 
 
@@ -293,3 +293,41 @@ async def test_guests_follow_rooms_not_a_global_stream_and_presence_names_its_us
     assert r.status_code == 200, r.text
     mine = [e for e in r.json()["presence"] if e["sender"] == alice]
     assert mine and mine[0]["content"]["user_id"] == alice and mine[0]["content"]["presence"] == "online"
+
+
+async def test_deprecated_endpoints_give_events_in_the_old_format(http: httpx.AsyncClient) -> None:
+    """Bots written against /initialSync and /events read ``user_id`` (the sender) and a
+    top-level ``age`` and ``prev_content``, as these endpoints have always given them
+    (SyTest 30rooms/01state 'Room initialSync')."""
+    alice, atok, _ = await register(http)
+    room = await create_room(http, atok, name="Old", preset="public_chat")
+    r = await http.put(f"{V3}/rooms/{room}/state/m.room.name", json={"name": "Older"}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    eid = await send(http, atok, room, {"msgtype": "m.text", "body": "hi"})
+
+    r = await http.get(f"{V3}/rooms/{room}/initialSync", headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    mine = [e for e in body["state"] if e["type"] == "m.room.member" and e["state_key"] == alice]
+    assert mine and mine[0]["user_id"] == alice and mine[0]["content"]["membership"] == "join"
+    name = next(e for e in body["state"] if e["type"] == "m.room.name")
+    assert name["content"] == {"name": "Older"} and name["prev_content"] == {"name": "Old"}
+    assert name["unsigned"]["prev_content"] == {"name": "Old"}  # the ClientEvent shape stays
+    assert all(e["user_id"] == e["sender"] and "age" in e for e in body["messages"]["chunk"])
+
+    r = await http.get(f"{V3}/initialSync", headers=auth_headers(atok))
+    snap = next(x for x in r.json()["rooms"] if x["room_id"] == room)
+    assert all(e["user_id"] == e["sender"] for e in snap["state"] + snap["messages"]["chunk"])
+
+    r = await http.get(f"{V3}/events/{eid}", headers=auth_headers(atok))
+    assert r.json()["user_id"] == alice and r.json()["content"]["body"] == "hi"
+
+    r = await http.get(f"{V3}/events", params={"timeout": 0}, headers=auth_headers(atok))
+    end = r.json()["end"]
+    eid2 = await send(http, atok, room, {"msgtype": "m.text", "body": "again"})
+    r = await http.get(f"{V3}/events", params={"from": end, "timeout": 0}, headers=auth_headers(atok))
+    [ev] = [e for e in r.json()["chunk"] if e.get("event_id") == eid2]
+    assert ev["user_id"] == alice and ev["sender"] == alice
+    # /sync keeps the spec's ClientEvent without the old fields.
+    timeline = (await sync(http, atok))["rooms"]["join"][room]["timeline"]["events"]
+    assert all("user_id" not in e for e in timeline)

@@ -560,3 +560,81 @@ async def test_replaced_state_names_the_event_it_replaced(http: httpx.AsyncClien
     r = await http.get(f"{V3}/rooms/{room}/state/m.room.topic", params={"format": "event"}, headers=h)
     assert r.json()["event_id"] == second["event_id"]
     assert r.json()["unsigned"]["replaces_state"] == first["event_id"]
+
+
+async def test_presets_set_the_specs_state_and_public_chat_needs_no_guest_access_event(
+    http: httpx.AsyncClient,
+) -> None:
+    """createRoom's presets (create_room.yaml): public_chat's guest_access "forbidden" is
+    what a room without m.room.guest_access already has, so no event is sent for it, as
+    other servers do (SyTest 31sync/15lazy-members compares the whole state)."""
+    _, tok, _ = await register(http)
+    h = auth_headers(tok)
+    expected = {
+        "public_chat": ("public", "shared", None),
+        "private_chat": ("invite", "shared", "can_join"),
+        "trusted_private_chat": ("invite", "shared", "can_join"),
+    }
+    for preset, (join_rule, visibility, guest_access) in expected.items():
+        room = await create_room(http, tok, preset=preset)
+        r = await http.get(f"{V3}/rooms/{room}/state", headers=h)
+        assert r.status_code == 200, r.text
+        state = {e["type"]: e["content"] for e in r.json() if e["state_key"] == ""}
+        assert state["m.room.join_rules"] == {"join_rule": join_rule}
+        assert state["m.room.history_visibility"] == {"history_visibility": visibility}
+        got = state.get("m.room.guest_access", {}).get("guest_access")
+        assert got == guest_access, preset
+    # initial_state still wins over the preset, and may set forbidden explicitly.
+    room = await create_room(
+        http, tok, preset="private_chat",
+        initial_state=[{"type": "m.room.guest_access", "content": {"guest_access": "forbidden"}}],
+    )
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.guest_access", headers=h)
+    assert r.json() == {"guest_access": "forbidden"}
+
+
+async def test_messages_lazy_loads_the_senders_and_ends_at_the_rooms_start(http: httpx.AsyncClient) -> None:
+    """GET /messages with lazy_load_members brings the members who sent the page, and
+    no one else; paging back, the page that reaches the room's creation has no ``end``
+    (message_pagination.yaml: omitted when no further events are available), and a
+    sync timeline holding the whole room gives a ``prev_batch`` before its first event,
+    from which nothing earlier comes back (not the timeline again)."""
+    from tests.api.helpers import join
+
+    _, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    _, ctok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await join(http, btok, room)
+    await join(http, ctok, room)
+    for i in range(3):
+        await send(http, btok, room, {"msgtype": "m.text", "body": f"b{i}"})
+    lazy = '{"lazy_load_members": true}'
+    r = await http.get(
+        f"{V3}/rooms/{room}/messages", params={"dir": "b", "limit": 3, "filter": lazy}, headers=auth_headers(atok)
+    )
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert [e["content"]["body"] for e in page["chunk"]] == ["b2", "b1", "b0"]
+    assert [(e["type"], e["state_key"]) for e in page["state"]] == [("m.room.member", bob)]
+    assert "end" in page
+    # Page back to the start: the last page carries m.room.create and no end.
+    token, pages = page["end"], 0
+    while True:
+        pages += 1
+        assert pages < 20
+        r = await http.get(
+            f"{V3}/rooms/{room}/messages", params={"dir": "b", "limit": 4, "from": token}, headers=auth_headers(atok)
+        )
+        body = r.json()
+        if "end" not in body:
+            break
+        token = body["end"]
+    assert body["chunk"] and body["chunk"][-1]["type"] == "m.room.create"
+
+    timeline = (await sync(http, atok))["rooms"]["join"][room]["timeline"]
+    assert timeline["limited"] is False and timeline["events"][0]["type"] == "m.room.create"
+    r = await http.get(
+        f"{V3}/rooms/{room}/messages", params={"dir": "b", "from": timeline["prev_batch"]}, headers=auth_headers(atok)
+    )
+    assert r.json()["chunk"] == [] and "end" not in r.json()

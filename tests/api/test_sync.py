@@ -425,3 +425,25 @@ async def test_member_list_filters_and_a_former_members_view(http: httpx.AsyncCl
     outsider, otok, _ = await register(http)
     r = await http.get(f"{V3}/rooms/{room}/members", headers=auth_headers(otok))
     assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+
+
+async def test_an_initial_sync_tells_that_typing_stopped(http: httpx.AsyncClient) -> None:
+    """A client that starts its sync over (no token) after someone stopped typing learns
+    that no one types, instead of nothing (SyTest 30rooms/20typing 'Typing can be
+    explicitly stopped'); a room where no one ever typed carries no typing at all."""
+    alice, atok, _ = await register(http)
+    _, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    quiet = await create_room(http, atok, preset="public_chat")
+    await join(http, btok, room)
+    await join(http, btok, quiet)
+    typing_url = f"{V3}/rooms/{room}/typing/{alice}"
+    r = await http.put(typing_url, json={"typing": True, "timeout": 30000}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    eph = (await sync(http, btok))["rooms"]["join"][room]["ephemeral"]["events"]
+    assert eph == [{"type": "m.typing", "content": {"user_ids": [alice]}}]
+    r = await http.put(typing_url, json={"typing": False}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    body = await sync(http, btok)
+    assert body["rooms"]["join"][room]["ephemeral"]["events"] == [{"type": "m.typing", "content": {"user_ids": []}}]
+    assert body["rooms"]["join"][quiet]["ephemeral"]["events"] == []
