@@ -34,10 +34,11 @@ def insert_user(
 ) -> bool:
     """Create a user; False if the ID is taken.
 
-    A new account's display name is its localpart unless one is given (guests get
-    none), as other servers do: clients otherwise show the full user ID everywhere.
+    A new account's display name is its localpart unless one is given, guests' too, as
+    other servers do: clients otherwise show the full user ID everywhere, and a guest
+    reading its own ``displayname`` before setting one gets a value, not a 404.
     """
-    if displayname is None and not is_guest:
+    if displayname is None:
         displayname = user_id[1:].split(":", 1)[0]
     cur = conn.execute(
         "INSERT OR IGNORE INTO users (user_id, password_hash, created_ts, is_admin, is_guest,"
