@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pocketserver.protocol.redaction import redact_client_event
+from pocketserver.services.visibility import VisibilityChecker
+from pocketserver.storage import accounts as accounts_store
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import relations
 from pocketserver.storage.database import Conn
@@ -71,13 +73,40 @@ def serialize_events(
         [r.replaces_event_id for r in records if r.replaces_event_id is not None]
         + [r.redacted_by for r in records if r.redacted_by is not None],
     )
+    erasures = Erasures(conn, user_id, {r.event.sender for r in records})
     return [
         serialize_event(
             conn, rec, user_id=user_id, device_id=device_id, now_ms=now_ms, bundle=bundle,
-            ignored=ignored, present_relations=present, linked=linked,
+            ignored=ignored, present_relations=present, linked=linked, erasures=erasures,
         )
         for rec in records
     ]
+
+
+class Erasures:
+    """Which events a viewer is served redacted because their sender was erased
+    (account_deactivation.yaml, ``erase``: users who join the room after the erasure
+    get redacted copies, users who had visibility before keep the events). The senders
+    of a page are looked up once; a viewer's history in a room is read only when an
+    erased sender's event is there."""
+
+    def __init__(self, conn: Conn, viewer: str | None, senders: Iterable[str]) -> None:
+        self.conn = conn
+        self.viewer = viewer
+        self.erased = accounts_store.erased_since(conn, senders)
+        self._checkers: dict[str, VisibilityChecker] = {}
+
+    def hides(self, rec: EventRecord) -> bool:
+        sender = rec.event.sender
+        if sender == self.viewer:
+            return False
+        if sender not in self.erased:
+            return False
+        room_id = rec.event.room_id
+        checker = self._checkers.get(room_id)
+        if checker is None:
+            checker = self._checkers[room_id] = VisibilityChecker(self.conn, room_id, self.viewer)
+        return not checker.could_see_before(rec, self.erased[sender])
 
 
 def serialize_event(
@@ -91,13 +120,21 @@ def serialize_event(
     ignored: frozenset[str] = frozenset(),
     present_relations: Mapping[str, set[str]] | None = None,
     linked: Mapping[str, EventRecord] | None = None,
+    erasures: Erasures | None = None,
 ) -> JsonDict:
     """``ignored``: users whose child events are left out of the aggregations.
     ``present_relations`` (from :func:`serialize_events`): the relation types each
     event has children of; events missing from it have none. ``linked``: events
-    already read (the replaced state events, the redactions), by ID."""
+    already read (the replaced state events, the redactions), by ID. ``erasures``: the
+    page's erased senders (looked up for this event alone when not given)."""
     out = client_format(rec, now_ms)
     unsigned = out["unsigned"]
+    if erasures is None:
+        erasures = Erasures(conn, user_id, (rec.event.sender,))
+    if erasures.hides(rec):
+        hidden = redact_client_event(out, rec.event.room_version)
+        hidden["unsigned"]["age"] = unsigned["age"]
+        return hidden
     if rec.txn_key is not None and user_id is not None and device_id is not None:
         prefix = f"{user_id}|{device_id}|"
         if rec.txn_key.startswith(prefix):

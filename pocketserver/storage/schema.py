@@ -603,7 +603,22 @@ def _migration_2(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_V2)
 
 
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1, _migration_2]
+# Erased users (POST /account/deactivate with ``erase: true``): the stream position of
+# the erasure request. Users who join a room after it are served redacted copies of the
+# user's events there; those who could see them before keep seeing them.
+SCHEMA_V3 = """
+CREATE TABLE erased_users (
+    user_id TEXT PRIMARY KEY,
+    stream_pos INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _migration_3(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_V3)
+
+
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 class DatabaseTooNewError(RuntimeError):
