@@ -33,6 +33,7 @@ from pocketserver.services.rooms import RoomService
 from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
 from pocketserver.services.sync import SyncService, e2ee_extension
+from pocketserver.services.third_party_invites import IdentityClient, ThirdPartyInviteService
 from pocketserver.services.uia import UIAService
 from pocketserver.services.upgrade import UpgradeService
 from pocketserver.services.user_directory import UserDirectoryService
@@ -70,6 +71,7 @@ class Services:
     voip: VoipService
     push: PushService
     openid: OpenIdService
+    third_party_invites: ThirdPartyInviteService
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -148,5 +150,8 @@ def build_services(
         voip=VoipService(config.turn, clock),
         push=push,
         openid=OpenIdService(db, clock, config.server_name),
+        third_party_invites=ThirdPartyInviteService(
+            config, rooms, IdentityClient(outbound, config.federation.allowed_ip_ranges)
+        ),
         background=[("media", media.run), ("push", push.run)],
     )
