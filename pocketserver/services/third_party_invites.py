@@ -157,7 +157,11 @@ class ThirdPartyInviteService:
 
     # -- inviting ----------------------------------------------------------------------
 
-    async def invite(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> None:
+    @staticmethod
+    def check_invite_body(body: Any) -> dict[str, str]:
+        """The four fields of an invite by third-party identifier (invite_3pid.yaml)."""
+        if not isinstance(body, Mapping):
+            raise BadJson("A third-party invite must be an object")
         fields: dict[str, str] = {}
         for key in ("id_server", "id_access_token", "medium", "address"):
             value = body.get(key)
@@ -166,6 +170,11 @@ class ThirdPartyInviteService:
             if not isinstance(value, str) or not value:
                 raise BadJson(f"{key!r} must be a non-empty string")
             fields[key] = value
+        _identity_url(fields["id_server"], "/")
+        return fields
+
+    async def invite(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> None:
+        fields = self.check_invite_body(body)
         if await self.rooms.membership(room_id, requester.user_id) != "join":
             raise Forbidden("You are not in this room")
         id_server, token = fields["id_server"], fields["id_access_token"]

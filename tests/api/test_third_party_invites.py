@@ -218,3 +218,22 @@ async def test_bad_requests_and_an_unreachable_identity_server(http: httpx.Async
     r = await http.post(f"{V3}/join/{room}", json={"third_party_signed": {"mxid": "@a:b", "sender": "@c:d", "token": "t",
                                                                           "signatures": {}}}, headers=auth_headers(btok))
     assert r.status_code == 403
+
+
+async def test_create_room_with_invite_3pid(http: httpx.AsyncClient, ids: IdentityServer) -> None:
+    _, atok, _ = await register(http)
+    bob, _, _ = await register(http)
+    ids.bindings["bob@example.org"] = bob
+    r = await http.post(f"{V3}/createRoom", json={"invite_3pid": [invite_body(ids, "bob@example.org"),
+                                                                  invite_body(ids, "new@example.org")]},
+                        headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    room = r.json()["room_id"]
+    events = await state(http, atok, room)
+    assert [e["content"]["membership"] for e in events if e["type"] == "m.room.member" and e["state_key"] == bob] == ["invite"]
+    assert [e["state_key"] for e in events if e["type"] == "m.room.third_party_invite"] == ["tok1"]
+    # A malformed entry is refused before any room is made.
+    r = await http.post(f"{V3}/createRoom", json={"invite_3pid": [{"medium": "email"}]}, headers=auth_headers(atok))
+    assert r.status_code == 400 and r.json()["errcode"] == "M_MISSING_PARAM"
+    r = await http.get(f"{V3}/joined_rooms", headers=auth_headers(atok))
+    assert r.json()["joined_rooms"] == [room]

@@ -41,7 +41,17 @@ async def create_room() -> Response:
     body = await json_body()
     svc = services()
     svc.ratelimiter.check("messages", requester.user_id)
+    invite_3pid = body.get("invite_3pid")
+    if invite_3pid is not None:
+        # Checked before the room exists; each invite goes to its identity server after.
+        if not isinstance(invite_3pid, list):
+            raise BadJson("invite_3pid must be a list")
+        for item in invite_3pid:
+            svc.third_party_invites.check_invite_body(item)
+        body = {k: v for k, v in body.items() if k != "invite_3pid"}
     room_id, alias = await svc.rooms.create_room(requester, body)
+    for item in invite_3pid or []:
+        await svc.third_party_invites.invite(requester, room_id, item)
     out: dict[str, Any] = {"room_id": room_id}
     if alias:
         out["room_alias"] = alias
