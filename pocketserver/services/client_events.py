@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pocketserver.protocol.redaction import redact_client_event
+from pocketserver.protocol.redaction import redact, redact_client_event
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import accounts as accounts_store
 from pocketserver.storage import events as ev_store
@@ -265,7 +265,11 @@ def federation_format(rec: EventRecord, client_event: JsonDict) -> JsonDict:
     """The event as servers exchange it (a filter's ``event_format: federation``): the
     stored PDU (redacted when the event was) with its ID, and the ``unsigned`` data
     computed for the client form."""
-    out = dict(rec.event.pdu)
+    ev = rec.event
+    out = dict(ev.pdu)
+    if rec.redacted_by is None and ev.redacts is None and client_event.get("content") != ev.content:
+        # Served redacted to this viewer (an erased sender's event, see Erasures).
+        out = redact(out, ev.room_version)
     out["event_id"] = rec.event.event_id
     out["unsigned"] = {**(out.get("unsigned") or {}), **client_event.get("unsigned", {})}
     return out

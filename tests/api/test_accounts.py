@@ -394,6 +394,10 @@ async def test_erased_users_messages_are_redacted_for_later_joiners(http: httpx.
     assert [e["content"] for e in r.json()["chunk"] if e["event_id"] == msg] == [{}]
     r = await http.get(f"{V3}/rooms/{room}/event/{msg}", headers=auth_headers(mtok))
     assert r.json()["content"]["body"] == "body1"
+    fed = message(await sync(http, ltok, filter='{"event_format": "federation"}'))
+    assert fed["content"] == {} and "hashes" in fed
+    fed = message(await sync(http, mtok, filter='{"event_format": "federation"}'))
+    assert fed["content"]["body"] == "body1"
     # The profile went with the erasure.
     r = await http.get(f"{V3}/profile/{creator}/displayname", headers=auth_headers(mtok))
     assert r.status_code == 404
