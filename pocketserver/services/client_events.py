@@ -90,16 +90,20 @@ class Erasures:
     of a page are looked up once; a viewer's history in a room is read only when an
     erased sender's event is there."""
 
-    def __init__(self, conn: Conn, viewer: str | None, senders: Iterable[str]) -> None:
+    def __init__(self, conn: Conn, viewer: str | None, senders: Iterable[str] = ()) -> None:
         self.conn = conn
         self.viewer = viewer
-        self.erased = accounts_store.erased_since(conn, senders)
+        self._looked_up = set(senders)
+        self.erased = accounts_store.erased_since(conn, self._looked_up)
         self._checkers: dict[str, VisibilityChecker] = {}
 
     def hides(self, rec: EventRecord) -> bool:
         sender = rec.event.sender
         if sender == self.viewer:
             return False
+        if sender not in self._looked_up:
+            self._looked_up.add(sender)
+            self.erased.update(accounts_store.erased_since(self.conn, (sender,)))
         if sender not in self.erased:
             return False
         room_id = rec.event.room_id

@@ -394,6 +394,10 @@ async def test_erased_users_messages_are_redacted_for_later_joiners(http: httpx.
     assert [e["content"] for e in r.json()["chunk"] if e["event_id"] == msg] == [{}]
     r = await http.get(f"{V3}/rooms/{room}/event/{msg}", headers=auth_headers(mtok))
     assert r.json()["content"]["body"] == "body1"
+    for token, hits in ((ltok, []), (mtok, [msg])):
+        r = await http.post(f"{V3}/search", json={"search_categories": {"room_events": {"search_term": "body1"}}},
+                            headers=auth_headers(token))
+        assert [x["result"]["event_id"] for x in r.json()["search_categories"]["room_events"]["results"]] == hits
     fed = message(await sync(http, ltok, filter='{"event_format": "federation"}'))
     assert fed["content"] == {} and "hashes" in fed
     fed = message(await sync(http, mtok, filter='{"event_format": "federation"}'))
