@@ -606,7 +606,7 @@ def _migration_2(conn: apsw.Connection) -> None:
 # Erased users (POST /account/deactivate with ``erase: true``): the stream position of
 # the erasure request. Users who join a room after it are served redacted copies of the
 # user's events there; those who could see them before keep seeing them.
-SCHEMA_V3 = """
+SCHEMA_ERASED_USERS = """
 CREATE TABLE erased_users (
     user_id TEXT PRIMARY KEY,
     stream_pos INTEGER NOT NULL
@@ -614,11 +614,12 @@ CREATE TABLE erased_users (
 """
 
 
-def _migration_3(conn: apsw.Connection) -> None:
-    conn.execute(SCHEMA_V3)
+def _migration_erased_users(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_ERASED_USERS)
 
 
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1, _migration_2, _migration_3]
+# Append-only: a merge that brings other migrations puts this one after them.
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migration_1, _migration_2, _migration_erased_users]
 
 
 class DatabaseTooNewError(RuntimeError):
