@@ -66,12 +66,12 @@ class Services:
     relations: RelationsService
     search: SearchService
     upgrades: UpgradeService
+    third_party_invites: ThirdPartyInviteService
     hierarchy: HierarchyService
     user_directory: UserDirectoryService
     voip: VoipService
     push: PushService
     openid: OpenIdService
-    third_party_invites: ThirdPartyInviteService
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -145,13 +145,13 @@ def build_services(
         relations=relations,
         search=SearchService(db, clock),
         upgrades=upgrades,
+        third_party_invites=ThirdPartyInviteService(
+            config, rooms, IdentityClient(outbound, config.federation.allowed_ip_ranges)
+        ),
         hierarchy=HierarchyService(db),
         user_directory=UserDirectoryService(db),
         voip=VoipService(config.turn, clock),
         push=push,
         openid=OpenIdService(db, clock, config.server_name),
-        third_party_invites=ThirdPartyInviteService(
-            config, rooms, IdentityClient(outbound, config.federation.allowed_ip_ranges)
-        ),
         background=[("media", media.run), ("push", push.run)],
     )
