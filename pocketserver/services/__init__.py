@@ -36,6 +36,7 @@ from pocketserver.services.rooms import RoomService
 from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
 from pocketserver.services.sync import SyncService, e2ee_extension
+from pocketserver.services.third_party_invites import IdentityClient, ThirdPartyInviteService
 from pocketserver.services.uia import UIAService
 from pocketserver.services.upgrade import UpgradeService
 from pocketserver.services.user_directory import UserDirectoryService
@@ -68,6 +69,7 @@ class Services:
     relations: RelationsService
     search: SearchService
     upgrades: UpgradeService
+    third_party_invites: ThirdPartyInviteService
     hierarchy: HierarchyService
     user_directory: UserDirectoryService
     voip: VoipService
@@ -156,6 +158,9 @@ def build_services(
         relations=relations,
         search=SearchService(db, clock),
         upgrades=upgrades,
+        third_party_invites=ThirdPartyInviteService(
+            config, rooms, IdentityClient(outbound, config.federation.allowed_ip_ranges)
+        ),
         hierarchy=HierarchyService(db),
         user_directory=UserDirectoryService(db),
         voip=VoipService(config.turn, clock),

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pocketserver.protocol.redaction import redact_client_event
+from pocketserver.protocol.redaction import redact, redact_client_event
+from pocketserver.services.visibility import VisibilityChecker
+from pocketserver.storage import accounts as accounts_store
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import relations
 from pocketserver.storage.database import Conn
@@ -90,13 +92,44 @@ def serialize_events(
         [r.replaces_event_id for r in records if r.replaces_event_id is not None]
         + [r.redacted_by for r in records if r.redacted_by is not None],
     )
+    erasures = Erasures(conn, user_id, {r.event.sender for r in records})
     return [
         serialize_event(
             conn, rec, user_id=user_id, device_id=device_id, now_ms=now_ms, bundle=bundle,
-            ignored=ignored, present_relations=present, linked=linked,
+            ignored=ignored, present_relations=present, linked=linked, erasures=erasures,
         )
         for rec in records
     ]
+
+
+class Erasures:
+    """Which events a viewer is served redacted because their sender was erased
+    (account_deactivation.yaml, ``erase``: users who join the room after the erasure
+    get redacted copies, users who had visibility before keep the events). The senders
+    of a page are looked up once; a viewer's history in a room is read only when an
+    erased sender's event is there."""
+
+    def __init__(self, conn: Conn, viewer: str | None, senders: Iterable[str] = ()) -> None:
+        self.conn = conn
+        self.viewer = viewer
+        self._looked_up = set(senders)
+        self.erased = accounts_store.erased_since(conn, self._looked_up)
+        self._checkers: dict[str, VisibilityChecker] = {}
+
+    def hides(self, rec: EventRecord) -> bool:
+        sender = rec.event.sender
+        if sender == self.viewer:
+            return False
+        if sender not in self._looked_up:
+            self._looked_up.add(sender)
+            self.erased.update(accounts_store.erased_since(self.conn, (sender,)))
+        if sender not in self.erased:
+            return False
+        room_id = rec.event.room_id
+        checker = self._checkers.get(room_id)
+        if checker is None:
+            checker = self._checkers[room_id] = VisibilityChecker(self.conn, room_id, self.viewer)
+        return not checker.could_see_before(rec, self.erased[sender])
 
 
 def serialize_event(
@@ -110,13 +143,21 @@ def serialize_event(
     ignored: frozenset[str] = frozenset(),
     present_relations: Mapping[str, set[str]] | None = None,
     linked: Mapping[str, EventRecord] | None = None,
+    erasures: Erasures | None = None,
 ) -> JsonDict:
     """``ignored``: users whose child events are left out of the aggregations.
     ``present_relations`` (from :func:`serialize_events`): the relation types each
     event has children of; events missing from it have none. ``linked``: events
-    already read (the replaced state events, the redactions), by ID."""
+    already read (the replaced state events, the redactions), by ID. ``erasures``: the
+    page's erased senders (looked up for this event alone when not given)."""
     out = client_format(rec, now_ms)
     unsigned = out["unsigned"]
+    if erasures is None:
+        erasures = Erasures(conn, user_id, (rec.event.sender,))
+    if erasures.hides(rec):
+        hidden = redact_client_event(out, rec.event.room_version)
+        hidden["unsigned"]["age"] = unsigned["age"]
+        return hidden
     if rec.txn_key is not None and user_id is not None and device_id is not None:
         prefix = f"{user_id}|{device_id}|"
         if rec.txn_key.startswith(prefix):
@@ -247,7 +288,11 @@ def federation_format(rec: EventRecord, client_event: JsonDict) -> JsonDict:
     """The event as servers exchange it (a filter's ``event_format: federation``): the
     stored PDU (redacted when the event was) with its ID, and the ``unsigned`` data
     computed for the client form."""
-    out = dict(rec.event.pdu)
+    ev = rec.event
+    out = dict(ev.pdu)
+    if rec.redacted_by is None and ev.redacts is None and client_event.get("content") != ev.content:
+        # Served redacted to this viewer (an erased sender's event, see Erasures).
+        out = redact(out, ev.room_version)
     out["event_id"] = rec.event.event_id
     out["unsigned"] = {**(out.get("unsigned") or {}), **client_event.get("unsigned", {})}
     return out

@@ -43,7 +43,7 @@ from pocketserver.storage import events as ev_store
 from pocketserver.storage import rooms as room_store
 from pocketserver.storage import state as state_store
 from pocketserver.storage.database import Database
-from pocketserver.storage.events import RoomInfo
+from pocketserver.storage.events import EventRecord, RoomInfo
 
 JsonDict = dict[str, Any]
 
@@ -111,12 +111,15 @@ class RoomService:
         return info
 
     async def current_state_event(self, room_id: str, etype: str, state_key: str = "") -> JsonDict | None:
+        rec = await self.current_state_record(room_id, etype, state_key)
+        return None if rec is None else dict(rec.event.content)
+
+    async def current_state_record(self, room_id: str, etype: str, state_key: str = "") -> EventRecord | None:
         ids = await self.db.read(state_store.get_current_state_ids, room_id, [(etype, state_key)])
         eid = ids.get((etype, state_key))
         if eid is None:
             return None
-        rec = await self.pipeline.get_event(eid)
-        return None if rec is None else dict(rec.event.content)
+        return await self.pipeline.get_event(eid)
 
     async def resolve_room_id_or_alias(self, room_id_or_alias: str) -> str:
         if room_id_or_alias.startswith("#"):

@@ -19,7 +19,7 @@ from typing import Any
 
 from pocketserver.errors import BadJson, InvalidParam, MissingParam
 from pocketserver.services.auth import Requester
-from pocketserver.services.client_events import serialize_event, serialize_events
+from pocketserver.services.client_events import Erasures, serialize_event, serialize_events
 from pocketserver.services.clock import Clock
 from pocketserver.services.filtering import InvalidFilter, RoomEventFilter
 from pocketserver.services.ignored_users import ignored_users, is_hidden
@@ -200,12 +200,15 @@ class SearchService:
             ranges[rid] = checkers[rid].visible_ranges()
         scope = dataclasses.replace(scope, rooms=ranges)
 
+        # An erased sender's words are not found by those served them redacted.
+        erasures = Erasures(conn, user_id)
+
         def visible(rec: EventRecord) -> bool:
             rid = rec.event.room_id
             checker = checkers.get(rid)
             if checker is None:
                 checker = checkers[rid] = VisibilityChecker(conn, rid, user_id)
-            if not checker.can_see(rec) or is_hidden(rec, ignored):
+            if not checker.can_see(rec) or is_hidden(rec, ignored) or erasures.hides(rec):
                 return False
             return flt.matches(
                 {"type": rec.event.type, "sender": rec.event.sender, "room_id": rid, "content": rec.event.content}

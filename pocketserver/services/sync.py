@@ -222,13 +222,22 @@ class SyncService:
     # -- the deprecated event stream ---------------------------------------------------------
 
     async def event_stream(
-        self, requester: Requester, *, from_token: str | None, timeout_ms: int, room_id: str | None
+        self,
+        requester: Requester,
+        *,
+        from_token: str | None,
+        timeout_ms: int,
+        room_id: str | None,
+        limit: int = EVENT_STREAM_LIMIT,
     ) -> JsonDict:
         """GET /events: what happened after ``from`` (now, when absent) in the user's
         rooms, or in one room the user may see (a peek into a world-readable room, as
         matrix-js-sdk does after a room initialSync), waiting up to the timeout for
         something. Room events, then the same ephemeral and account data /sync gives:
         presence, receipts and typing (with their ``room_id``), account data and tags.
+
+        At most ``limit`` room events come in one answer (``end`` then stops after the
+        last one given, so the next call picks up the rest).
 
         Tokens are sync tokens ``s{pos}_{typing}_0``, so that typing changes, which live
         in memory, are not given twice; ``t{pos}`` tokens from /messages and
@@ -252,7 +261,7 @@ class SyncService:
             # moves on without waiting.
             for _ in range(100):
                 start, end, chunk, upto = await self.db.read(
-                    self._stream_now, requester, pos, room_id, typing, typing_from
+                    self._stream_now, requester, pos, room_id, typing, typing_from, limit
                 )
                 first = start if first is None else first
                 pos = end
@@ -276,6 +285,7 @@ class SyncService:
         room_id: str | None,
         typing: TypingSnapshot,
         typing_from: int,
+        limit: int = EVENT_STREAM_LIMIT,
     ) -> tuple[int, int, list[JsonDict], int]:
         """(start, end, events in (start, end], position now): ``end`` is short of now
         when more than a slice of events arrived."""
@@ -310,14 +320,14 @@ class SyncService:
         for rid in changed:
             checker = VisibilityChecker(conn, rid, user_id)
             page = ev_store.room_timeline(
-                conn, rid, from_pos=start, to_pos=upto, backwards=False, limit=EVENT_STREAM_LIMIT
+                conn, rid, from_pos=start, to_pos=upto, backwards=False, limit=limit
             )
-            if len(page) == EVENT_STREAM_LIMIT and page[-1].stream_pos is not None:
+            if len(page) == limit and page[-1].stream_pos is not None:
                 end = min(end, page[-1].stream_pos)  # this room may have more: stop there
             picked.extend(r for r in page if checker.can_see(r) and not is_hidden(r, ignored))
         picked = sorted((r for r in picked if (r.stream_pos or 0) <= end), key=lambda r: r.stream_pos or 0)
-        if len(picked) > EVENT_STREAM_LIMIT:
-            picked = picked[:EVENT_STREAM_LIMIT]
+        if len(picked) > limit:
+            picked = picked[:limit]
             end = picked[-1].stream_pos or end
         now = self.clock.time_ms()
         chunk = [

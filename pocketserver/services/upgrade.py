@@ -121,6 +121,11 @@ class UpgradeService:
         self, requester: Requester, room_id: str, rv: RoomVersion, extra_creators: list[str]
     ) -> str:
         user_id = requester.user_id
+        if await self.db.read(ev_store.get_room, room_id) is None:
+            # room_upgrades.yaml's 403 is for a room one may not upgrade; a room this
+            # server has never heard of is simply not there (room IDs are not guessable,
+            # so this tells a prober nothing).
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown room")
         info = await self.rooms.get_room_for_sender(room_id)
         if await self.rooms.membership(room_id, user_id) != "join":
             raise Forbidden("You are not joined to this room")

@@ -95,6 +95,25 @@ class VisibilityChecker:
             return True
         return False
 
+    def could_see_before(self, rec: EventRecord, cutoff: int) -> bool:
+        """Whether the user could see ``rec`` before stream position ``cutoff`` (an
+        erasure, account_deactivation.yaml: users who join after it are served redacted
+        copies, those who had visibility before keep the event): the rules above, with
+        the membership the user had at ``cutoff`` standing for "joined now", and a
+        ``world_readable`` room counting only its members (anyone could have peeked)."""
+        pos = rec.stream_pos
+        if pos is None or self.user_id is None:
+            return False
+        vis = self.visibility_at(pos)
+        if vis not in ("world_readable", "shared", "invited", "joined"):
+            vis = "shared"  # unset or not understood
+        membership = self.membership_at(pos)
+        if membership == "join":
+            return True
+        if vis == "invited" and membership == "invite":
+            return True
+        return vis in ("shared", "world_readable") and self.membership_at(cutoff) == "join"
+
     def visible_ranges(self) -> list[tuple[int | None, int | None]]:
         """The half-open ranges ``[lo, hi)`` of stream positions whose (accepted) events
         this user may see, oldest first; ``None`` is unbounded. Equivalent to

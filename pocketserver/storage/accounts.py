@@ -5,9 +5,11 @@ Tokens are stored only as SHA-256 hashes: a stolen database file gives no sessio
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pocketserver.storage.database import Conn
+from pocketserver.storage.streams import current_stream_pos
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +36,11 @@ def insert_user(
 ) -> bool:
     """Create a user; False if the ID is taken.
 
-    A new account's display name is its localpart unless one is given (guests get
-    none), as other servers do: clients otherwise show the full user ID everywhere.
+    A new account's display name is its localpart unless one is given, guests' too, as
+    other servers do: clients otherwise show the full user ID everywhere, and a guest
+    reading its own ``displayname`` before setting one gets a value, not a 404.
     """
-    if displayname is None and not is_guest:
+    if displayname is None:
         displayname = user_id[1:].split(":", 1)[0]
     cur = conn.execute(
         "INSERT OR IGNORE INTO users (user_id, password_hash, created_ts, is_admin, is_guest,"
@@ -199,7 +202,8 @@ def deactivate_user(conn: Conn, user_id: str, *, erase: bool = False) -> list[st
     """Mark the user deactivated and remove every credential; return the removed device IDs.
 
     The user row stays (a user ID is never reused). Account data goes too: it can hold
-    secrets (SSSS keys) and nothing can read it any more.
+    secrets (SSSS keys) and nothing can read it any more. ``erase`` also clears the
+    profile and records the erasure's stream position (see :func:`erased_since`).
     """
     devices = [r[0] for r in conn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,))]
     conn.execute(
@@ -210,6 +214,10 @@ def deactivate_user(conn: Conn, user_id: str, *, erase: bool = False) -> list[st
             "UPDATE users SET displayname = NULL, avatar_url = NULL WHERE user_id = ?", (user_id,)
         )
         conn.execute("DELETE FROM profile_fields WHERE user_id = ?", (user_id,))
+        conn.execute(
+            "INSERT OR IGNORE INTO erased_users (user_id, stream_pos) VALUES (?, ?)",
+            (user_id, current_stream_pos(conn)),
+        )
     conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM refresh_tokens WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
@@ -217,6 +225,21 @@ def deactivate_user(conn: Conn, user_id: str, *, erase: bool = False) -> list[st
     conn.execute("DELETE FROM filters WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM user_threepids WHERE user_id = ?", (user_id,))
     return devices
+
+
+def erased_since(conn: Conn, user_ids: Iterable[str]) -> dict[str, int]:
+    """{user_id: stream position of the erasure} for those of ``user_ids`` who were
+    deactivated with ``erase: true``."""
+    ids = list(set(user_ids))
+    out: dict[str, int] = {}
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        marks = ",".join("?" * len(part))
+        for uid, pos in conn.execute(
+            f"SELECT user_id, stream_pos FROM erased_users WHERE user_id IN ({marks})", part
+        ):
+            out[uid] = int(pos)
+    return out
 
 
 # -- devices -------------------------------------------------------------------

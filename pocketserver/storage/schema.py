@@ -649,8 +649,24 @@ def _migration_4(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_V4)
 
 
+# Erased users (POST /account/deactivate with ``erase: true``): the stream position of
+# the erasure request. Users who join a room after it are served redacted copies of the
+# user's events there; those who could see them before keep seeing them.
+SCHEMA_ERASED_USERS = """
+CREATE TABLE erased_users (
+    user_id TEXT PRIMARY KEY,
+    stream_pos INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _migration_erased_users(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_ERASED_USERS)
+
+
+# Append-only: each merge that brings migrations puts them after the ones already here.
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
-    _migration_1, _migration_2, _migration_3, _migration_4,
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_erased_users,
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from pocketserver.server import RunningServer
-from tests.api.helpers import auth_headers, login, register
+from tests.api.helpers import auth_headers, create_room, join, login, register, send, sync
 
 V3 = "/_matrix/client/v3"
 
@@ -359,3 +359,49 @@ async def test_delete_device_refuses_another_users_password(http: httpx.AsyncCli
     assert r.status_code == 200, r.text
     r = await http.get(f"{V3}/account/whoami", headers=auth_headers(str(second["access_token"])))
     assert r.status_code == 401
+
+
+async def test_erased_users_messages_are_redacted_for_later_joiners(http: httpx.AsyncClient) -> None:
+    """Deactivation with ``erase: true``: members who could see the messages keep them;
+    someone who joins afterwards gets redacted copies, on every read path."""
+    creator, ctok, _ = await register(http)
+    _, mtok, _ = await register(http)
+    _, ltok, _ = await register(http)
+    room = await create_room(http, ctok, preset="public_chat")
+    await join(http, mtok, room)
+    msg = await send(http, ctok, room, {"msgtype": "m.text", "body": "body1"})
+    r = await http.post(f"{V3}/account/deactivate", json={"erase": True}, headers=auth_headers(ctok))
+    if r.status_code == 401:
+        auth = {"type": "m.login.password", "session": r.json()["session"],
+                "identifier": {"type": "m.id.user", "user": creator}, "password": f"pw-{creator[1:].split(':')[0]}"}
+        r = await http.post(f"{V3}/account/deactivate", json={"erase": True, "auth": auth},
+                            headers=auth_headers(ctok))
+    assert r.status_code == 200, r.text
+    await join(http, ltok, room)
+
+    def message(body: dict[str, Any]) -> dict[str, Any]:
+        events = body["rooms"]["join"][room]["timeline"]["events"]
+        return next(e for e in events if e["event_id"] == msg)
+
+    member_view = message(await sync(http, mtok))
+    assert member_view["content"]["body"] == "body1"
+    late_view = message(await sync(http, ltok))
+    assert late_view["type"] == "m.room.message" and late_view["content"] == {}
+    r = await http.get(f"{V3}/rooms/{room}/event/{msg}", headers=auth_headers(ltok))
+    assert r.status_code == 200 and r.json()["content"] == {}
+    r = await http.get(f"{V3}/rooms/{room}/messages", params={"dir": "b", "limit": 20},
+                       headers=auth_headers(ltok))
+    assert [e["content"] for e in r.json()["chunk"] if e["event_id"] == msg] == [{}]
+    r = await http.get(f"{V3}/rooms/{room}/event/{msg}", headers=auth_headers(mtok))
+    assert r.json()["content"]["body"] == "body1"
+    for token, hits in ((ltok, []), (mtok, [msg])):
+        r = await http.post(f"{V3}/search", json={"search_categories": {"room_events": {"search_term": "body1"}}},
+                            headers=auth_headers(token))
+        assert [x["result"]["event_id"] for x in r.json()["search_categories"]["room_events"]["results"]] == hits
+    fed = message(await sync(http, ltok, filter='{"event_format": "federation"}'))
+    assert fed["content"] == {} and "hashes" in fed
+    fed = message(await sync(http, mtok, filter='{"event_format": "federation"}'))
+    assert fed["content"]["body"] == "body1"
+    # The profile went with the erasure.
+    r = await http.get(f"{V3}/profile/{creator}/displayname", headers=auth_headers(mtok))
+    assert r.status_code == 404

@@ -197,6 +197,27 @@ async def test_event_stream_shows_a_kick_to_its_target_and_nothing_after(http: h
     assert r.json()["chunk"] == []
 
 
+async def test_event_stream_limit_pages_through_the_events(http: httpx.AsyncClient) -> None:
+    """A ``limit`` gives at most that many events, and ``end`` picks up the rest; a
+    limit that is not a positive integer is M_INVALID_PARAM."""
+    _, atok, _ = await register(http)
+    room = await create_room(http, atok)
+    r = await http.get(f"{V3}/events", params={"timeout": 0}, headers=auth_headers(atok))
+    start = r.json()["end"]
+    for i in range(3):
+        await send(http, atok, room, {"msgtype": "m.text", "body": f"m{i}"})
+    r = await http.get(f"{V3}/events", params={"from": start, "timeout": 0, "limit": 2}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    assert [e["content"].get("body") for e in r.json()["chunk"]] == ["m0", "m1"]
+    r = await http.get(
+        f"{V3}/events", params={"from": r.json()["end"], "timeout": 0, "limit": 2}, headers=auth_headers(atok)
+    )
+    assert [e["content"].get("body") for e in r.json()["chunk"] if e["type"] == "m.room.message"] == ["m2"]
+    for bad in ("hello", "-2", "0"):
+        r = await http.get(f"{V3}/events", params={"from": start, "timeout": 0, "limit": bad}, headers=auth_headers(atok))
+        assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", (bad, r.text)
+
+
 async def _events(http: httpx.AsyncClient, token: str, **params: object) -> dict[str, object]:
     r = await http.get(f"{V3}/events", params={"timeout": 0, **params}, headers=auth_headers(token))
     assert r.status_code == 200, r.text

@@ -226,6 +226,22 @@ async def test_room_rule_and_master_rule_change_counts(http: httpx.AsyncClient) 
     assert unread(await sync(http, atok), room)["notification_count"] == 0
 
 
+async def test_muted_room_notifies_only_intentional_mentions(http: httpx.AsyncClient) -> None:
+    """A room muted with a ``dont_notify`` room rule stays quiet, also for a body that
+    merely contains the user's ID (the spec dropped the body-mention default rules in
+    v1.17, so SyTest's "Don't get pushed for rooms you've muted" cannot pass); an
+    ``m.mentions`` mention is an override rule and still notifies."""
+    (alice, atok), (_, btok), room = await three_people(http)
+    r = await http.put(f"{V3}/pushrules/global/room/{quote(room)}", json={"actions": ["dont_notify"]},
+                       headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    await send(http, btok, room, text("plain"))
+    await send(http, btok, room, text(f"Second message - {alice}"))
+    assert unread(await sync(http, atok), room) == {"notification_count": 0, "highlight_count": 0}
+    await send(http, btok, room, text("hey you", mentions=[alice]))
+    assert unread(await sync(http, atok), room) == {"notification_count": 1, "highlight_count": 1}
+
+
 async def test_keyword_rule_highlights_and_one_to_one(http: httpx.AsyncClient) -> None:
     _, atok, _ = await register(http)
     _, btok, _ = await register(http)

@@ -167,3 +167,29 @@ async def test_guests_join_only_can_join_rooms_and_leave_when_revoked(
     assert r.status_code == 200
     r = await http.get(f"{V3}/rooms/{room}/state/m.room.member/{guest}", headers=h)
     assert r.json()["membership"] == "leave"
+
+
+@pytest.mark.parametrize("config_extra", [{"registration": {"allow_guests": True}}])
+async def test_guest_has_a_display_name_and_can_change_it(http: httpx.AsyncClient) -> None:
+    """A guest starts with its localpart as display name, like any account, and a
+    new one it sets shows in the rooms it is in."""
+    r = await http.post(f"{V3}/register", json={"username": "hostess", "password": "pw",
+                                                 "auth": {"type": "m.login.dummy"}})
+    h = auth_headers(r.json()["access_token"])
+    r = await http.post(f"{V3}/register?kind=guest", json={})
+    guest, gh = r.json()["user_id"], auth_headers(r.json()["access_token"])
+    r = await http.get(f"{V3}/profile/{guest}/displayname", headers=gh)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"displayname": guest[1:].split(":")[0]}
+    r = await http.post(f"{V3}/createRoom", json={"preset": "public_chat",
+                        "initial_state": [{"type": "m.room.guest_access", "state_key": "",
+                                           "content": {"guest_access": "can_join"}}]}, headers=h)
+    room = r.json()["room_id"]
+    r = await http.post(f"{V3}/rooms/{room}/join", json={}, headers=gh)
+    assert r.status_code == 200, r.text
+    r = await http.put(f"{V3}/profile/{guest}/displayname", json={"displayname": "creeper"}, headers=gh)
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/profile/{guest}/displayname", headers=gh)
+    assert r.json() == {"displayname": "creeper"}
+    r = await http.get(f"{V3}/rooms/{room}/state/m.room.member/{guest}", headers=h)
+    assert r.json()["displayname"] == "creeper"

@@ -498,9 +498,13 @@ async def test_upgrade_links_rooms_through_the_tombstone(
     assert r.json() == {alice: [old, new]}
     r = await http.get(f"{V3}/user/{alice}/rooms/{new}/tags", headers=h)
     assert r.json() == {"tags": {"u.work": {"order": 0.5}}}
-    # An unknown room cannot be upgraded (403, as for rooms one is not in).
+    # A room one is not in cannot be upgraded (403); one the server does not know is
+    # not found (404), as SyTest's "/upgrade of a bogus room fails gracefully" expects.
+    _, btok, _ = await register(http)
+    r = await http.post(f"{V3}/rooms/{new}/upgrade", json={"new_version": "10"}, headers=auth_headers(btok))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
     r = await http.post(f"{V3}/rooms/!nope:unknown/upgrade", json={"new_version": "10"}, headers=h)
-    assert r.status_code == 403
+    assert r.status_code == 404 and r.json()["errcode"] == "M_NOT_FOUND"
 
 
 

@@ -19,6 +19,7 @@ from pocketserver.api.common import (
 )
 from pocketserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
 from pocketserver.protocol.identifiers import is_valid_room_id
+from pocketserver.services.auth import Requester
 
 bp = Blueprint("client_rooms", __name__)
 
@@ -40,7 +41,17 @@ async def create_room() -> Response:
     body = await json_body()
     svc = services()
     svc.ratelimiter.check("messages", requester.user_id)
+    invite_3pid = body.get("invite_3pid")
+    if invite_3pid is not None:
+        # Checked before the room exists; each invite goes to its identity server after.
+        if not isinstance(invite_3pid, list):
+            raise BadJson("invite_3pid must be a list")
+        for item in invite_3pid:
+            svc.third_party_invites.check_invite_body(item)
+        body = {k: v for k, v in body.items() if k != "invite_3pid"}
     room_id, alias = await svc.rooms.create_room(requester, body)
+    for item in invite_3pid or []:
+        await svc.third_party_invites.invite(requester, room_id, item)
     out: dict[str, Any] = {"room_id": room_id}
     if alias:
         out["room_alias"] = alias
@@ -55,9 +66,7 @@ async def join_room_by_id(room_id: str) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/join"""
     requester = await require_auth(allow_guest=True)
     body = await json_body(allow_empty=True)
-    rid = await services().rooms.join(
-        requester, _room_id(room_id), reason=_reason(body), content=body
-    )
+    rid = await _join(requester, _room_id(room_id), body)
     return json_response({"room_id": rid})
 
 
@@ -66,10 +75,18 @@ async def join_room(room_id_or_alias: str) -> Response:
     """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
     requester = await require_auth(allow_guest=True)
     body = await json_body(allow_empty=True)
-    rid = await services().rooms.join(
-        requester, room_id_or_alias, reason=_reason(body), content=body
-    )
+    rid = await _join(requester, room_id_or_alias, body)
     return json_response({"room_id": rid})
+
+
+async def _join(requester: Requester, room_id_or_alias: str, body: dict[str, Any]) -> str:
+    svc = services()
+    if body.get("third_party_signed") is not None:
+        # Accepting a third-party invite: exchanged for an invite first.
+        room_id = await svc.rooms.resolve_room_id_or_alias(room_id_or_alias)
+        await svc.third_party_invites.accept(requester, room_id, body["third_party_signed"])
+        room_id_or_alias = room_id
+    return await svc.rooms.join(requester, room_id_or_alias, reason=_reason(body), content=body)
 
 
 @client_route(bp, "/knock/<room_id_or_alias>", ["POST"])
@@ -104,6 +121,10 @@ async def forget(room_id: str) -> Response:
 async def _membership_of_other(room_id: str, membership: str) -> Response:
     requester = await require_auth()
     body = await json_body()
+    if membership == "invite" and "user_id" not in body and "medium" in body:
+        # By third-party identifier (third_party_membership.yaml).
+        await services().third_party_invites.invite(requester, _room_id(room_id), body)
+        return json_response({})
     target = get_str(body, "user_id", required=True)
     assert target is not None
     rooms = services().rooms

@@ -1,0 +1,335 @@
+"""Third-party invites (client-server-api modules/third_party_invites.md): inviting
+someone by an e-mail address through an identity server, and joining with the signed
+proof the identity server hands the invitee.
+
+``POST /rooms/{roomId}/invite`` with ``id_server``, ``id_access_token``, ``medium`` and
+``address``:
+
+1. look the address up (identity-service ``GET /v2/hash_details``, then
+   ``POST /v2/lookup``, hashed with sha256 and the server's pepper when offered);
+2. a Matrix user ID bound to it gets an ordinary invite;
+3. otherwise ``POST /v2/store-invite`` stores the invitation, and its token and public
+   keys go into an ``m.room.third_party_invite`` state event (key: the token).
+
+``POST /join`` with ``third_party_signed`` (``mxid``, ``sender``, ``token`` and the
+identity server's signatures): the signature must verify with one of the invite
+event's public keys, and that key must still be valid at its ``key_validity_url``
+(the server already in the room checks it: "MUST validate that the public key used for
+signing is still valid"). The invite is then exchanged for an ``m.room.member`` invite
+with ``content.third_party_invite``, sent as the original inviter, which auth rule
+5.4.1 checks again; the join follows as usual. Inviters on other servers are not
+supported (that exchange goes over federation).
+
+The identity server is named by the client, so every address it resolves to must be
+public (or in ``federation.allowed_ip_ranges``): no client can make this server call
+into its own network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import h11
+import trio
+from unpaddedbase64 import encode_base64
+
+from pocketserver.config import Config
+from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam
+from pocketserver.protocol.auth_rules import verify_third_party_signed
+from pocketserver.services.auth import Requester
+from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound
+from pocketserver.services.rooms import RoomService
+from pocketserver.storage import accounts as accounts_store
+
+log = logging.getLogger("pocketserver.third_party_invites")
+
+JsonDict = dict[str, Any]
+
+IDENTITY_TIMEOUT_S = 15
+MAX_IDENTITY_RESPONSE = 64 * 1024
+
+
+class IdentityServerError(Exception):
+    """The identity server could not be reached or gave no usable answer."""
+
+
+def _upstream_error(what: str) -> MatrixError:
+    return MatrixError(502, "M_UNKNOWN", f"The identity server failed: {what}")
+
+
+class IdentityClient:
+    """JSON over HTTPS to identity servers, at public addresses only."""
+
+    def __init__(self, outbound: Outbound, allowed_ip_ranges: tuple[str, ...]) -> None:
+        self.outbound = outbound
+        self._allow = [ipaddress.ip_network(c, strict=False) for c in allowed_ip_ranges]
+
+    def ip_allowed(self, ip: str) -> bool:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if any(addr in net for net in self._allow):
+            return True
+        return addr.is_global and not addr.is_multicast
+
+    async def request(
+        self, method: str, url: str, *, token: str | None = None, body: JsonDict | None = None
+    ) -> tuple[int, Any]:
+        """(status, decoded JSON body or None); fails with :class:`IdentityServerError`."""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise IdentityServerError("not an https URL")
+        host = parts.hostname
+        try:
+            port = parts.port or 443
+        except ValueError:
+            raise IdentityServerError("bad port") from None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = [
+            ("Host", parts.netloc.rsplit("@", 1)[-1]),
+            ("User-Agent", "pocketserver"),
+            ("Connection", "close"),
+            ("Content-Length", str(len(payload))),
+        ]
+        if body is not None:
+            headers.append(("Content-Type", "application/json"))
+        if token is not None:
+            headers.append(("Authorization", f"Bearer {token}"))
+        status = 0
+        raw = bytearray()
+        try:
+            with trio.fail_after(IDENTITY_TIMEOUT_S):
+                infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+                ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
+                if not ips or not all(self.ip_allowed(ip) for ip in ips):
+                    raise IdentityServerError(f"{host} does not resolve to a public address")
+                stream = await self.outbound.open_stream(ips[0], port, tls=True, server_hostname=host)
+                async with stream:
+                    conn = h11.Connection(h11.CLIENT)
+                    await stream.send_all(conn.send(h11.Request(method=method, target=target, headers=headers)) or b"")
+                    if payload:
+                        await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
+                    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+                    for _ in range(10_000):
+                        event = conn.next_event()
+                        if event is h11.NEED_DATA:
+                            conn.receive_data(bytes(await stream.receive_some(65536)))
+                        elif isinstance(event, h11.Response):
+                            status = event.status_code
+                        elif isinstance(event, h11.Data):
+                            raw += event.data
+                            if len(raw) > MAX_IDENTITY_RESPONSE:
+                                raise IdentityServerError("response too large")
+                        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                            break
+        except OUTBOUND_ERRORS as e:  # getaddrinfo's failures are OSErrors too
+            raise IdentityServerError(f"{host}: {e}") from None
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, None
+
+
+def _identity_url(id_server: str, path: str) -> str:
+    # id_server is a host name with an optional port ("matrix.org", "localhost:8090").
+    if not id_server or any(c in id_server for c in "/?#@ \\"):
+        raise MatrixError(400, "M_INVALID_PARAM", "'id_server' must be a host name")
+    return f"https://{id_server}{path}"
+
+
+def _hashed(address: str, medium: str, pepper: str) -> str:
+    digest = hashlib.sha256(f"{address} {medium} {pepper}".encode()).digest()
+    return encode_base64(digest, urlsafe=True)
+
+
+class ThirdPartyInviteService:
+    def __init__(self, config: Config, rooms: RoomService, client: IdentityClient) -> None:
+        self.server_name = config.server_name
+        self.rooms = rooms
+        self.client = client
+
+    # -- inviting ----------------------------------------------------------------------
+
+    @staticmethod
+    def check_invite_body(body: Any) -> dict[str, str]:
+        """The four fields of an invite by third-party identifier (invite_3pid.yaml)."""
+        if not isinstance(body, Mapping):
+            raise BadJson("A third-party invite must be an object")
+        fields: dict[str, str] = {}
+        for key in ("id_server", "id_access_token", "medium", "address"):
+            value = body.get(key)
+            if value is None:
+                raise MissingParam(f"Missing {key!r}")
+            if not isinstance(value, str) or not value:
+                raise BadJson(f"{key!r} must be a non-empty string")
+            fields[key] = value
+        _identity_url(fields["id_server"], "/")
+        return fields
+
+    async def invite(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> None:
+        fields = self.check_invite_body(body)
+        if await self.rooms.membership(room_id, requester.user_id) != "join":
+            raise Forbidden("You are not in this room")
+        id_server, token = fields["id_server"], fields["id_access_token"]
+        medium, address = fields["medium"], fields["address"]
+        mxid = await self._lookup(id_server, token, medium, address)
+        if mxid is not None:
+            if await self.rooms.membership(room_id, mxid) == "join":
+                raise Forbidden("That user is already in the room")
+            await self.rooms.update_membership(requester, room_id, mxid, "invite")
+            return
+        stored = await self._store_invite(requester, room_id, id_server, token, medium, address)
+        await self.rooms.send_state(
+            requester, room_id, "m.room.third_party_invite", stored.pop("token"), stored
+        )
+
+    async def _call(self, method: str, url: str, token: str, body: JsonDict | None = None) -> JsonDict:
+        try:
+            status, answer = await self.client.request(method, url, token=token, body=body)
+        except IdentityServerError as e:
+            log.info("identity server request %s failed: %s", url, e)
+            raise _upstream_error("it could not be reached") from None
+        if status in (401, 403):
+            raise Forbidden("The identity server refused the id_access_token")
+        if not 200 <= status < 300 or not isinstance(answer, dict):
+            raise _upstream_error(f"HTTP {status}")
+        return answer
+
+    async def _lookup(self, id_server: str, token: str, medium: str, address: str) -> str | None:
+        details = await self._call("GET", _identity_url(id_server, "/_matrix/identity/v2/hash_details"), token)
+        algorithms = details.get("algorithms")
+        pepper = details.get("lookup_pepper")
+        if not isinstance(algorithms, list) or not isinstance(pepper, str):
+            raise _upstream_error("bad hash_details")
+        if "sha256" in algorithms:
+            query, algorithm = _hashed(address, medium, pepper), "sha256"
+        elif "none" in algorithms:
+            query, algorithm = f"{address} {medium}", "none"
+        else:
+            raise _upstream_error("no lookup algorithm this server knows")
+        answer = await self._call(
+            "POST", _identity_url(id_server, "/_matrix/identity/v2/lookup"), token,
+            {"addresses": [query], "algorithm": algorithm, "pepper": pepper},
+        )
+        mappings = answer.get("mappings")
+        mxid = mappings.get(query) if isinstance(mappings, dict) else None
+        return mxid if isinstance(mxid, str) and mxid.startswith("@") else None
+
+    async def _store_invite(
+        self, requester: Requester, room_id: str, id_server: str, token: str, medium: str, address: str
+    ) -> JsonDict:
+        """The ``m.room.third_party_invite`` content, plus its ``token``."""
+        request: JsonDict = {
+            "medium": medium, "address": address, "room_id": room_id, "sender": requester.user_id,
+        }
+        for state_type, key, field in (
+            ("m.room.name", "name", "room_name"),
+            ("m.room.avatar", "url", "room_avatar_url"),
+            ("m.room.join_rules", "join_rule", "room_join_rules"),
+            ("m.room.canonical_alias", "alias", "room_alias"),
+        ):
+            content = await self.rooms.current_state_event(room_id, state_type) or {}
+            if isinstance(content.get(key), str):
+                request[field] = content[key]
+        profile = await self.rooms.db.read(accounts_store.get_user, requester.user_id) or {}
+        if isinstance(profile.get("displayname"), str):
+            request["sender_display_name"] = profile["displayname"]
+        if isinstance(profile.get("avatar_url"), str):
+            request["sender_avatar_url"] = profile["avatar_url"]
+        answer = await self._call(
+            "POST", _identity_url(id_server, "/_matrix/identity/v2/store-invite"), token, request
+        )
+        invite_token = answer.get("token")
+        public_keys = answer.get("public_keys")
+        display_name = answer.get("display_name")
+        if (
+            not isinstance(invite_token, str) or not invite_token
+            or not isinstance(display_name, str)
+            or not isinstance(public_keys, list) or not public_keys
+            or not all(
+                isinstance(k, dict) and isinstance(k.get("public_key"), str)
+                and isinstance(k.get("key_validity_url"), str)
+                for k in public_keys
+            )
+        ):
+            raise _upstream_error("bad store-invite answer")
+        first = public_keys[0]
+        return {
+            "token": invite_token,
+            "display_name": display_name,
+            "key_validity_url": first["key_validity_url"],
+            "public_key": first["public_key"],
+            "public_keys": [
+                {"public_key": k["public_key"], "key_validity_url": k["key_validity_url"]}
+                for k in public_keys
+            ],
+        }
+
+    # -- accepting ---------------------------------------------------------------------
+
+    async def accept(self, requester: Requester, room_id: str, signed: Any) -> None:
+        """Exchange the invite ``signed`` proves for an invite membership of the
+        requester (nothing to do when the requester is invited or joined already)."""
+        if not isinstance(signed, dict):
+            raise BadJson("'third_party_signed' must be an object")
+        for key in ("mxid", "sender", "token"):
+            if not isinstance(signed.get(key), str):
+                raise BadJson(f"'third_party_signed.{key}' must be a string")
+        if not isinstance(signed.get("signatures"), dict):
+            raise BadJson("'third_party_signed.signatures' must be an object")
+        if signed["mxid"] != requester.user_id:
+            raise Forbidden("This third-party invite is for someone else")
+        if await self.rooms.membership(room_id, requester.user_id) in ("join", "invite"):
+            return
+        record = await self.rooms.current_state_record(room_id, "m.room.third_party_invite", signed["token"])
+        if record is None:
+            raise Forbidden("No such third-party invite in this room")
+        inviter = record.event.sender
+        if signed["sender"] != inviter:
+            raise Forbidden("This third-party invite was sent by someone else")
+        if not inviter.endswith(f":{self.server_name}"):
+            raise MatrixError(400, "M_UNRECOGNIZED", "Third-party invites from other servers are not supported yet")
+        await self._check_signature(signed, record.event.content)
+        tpi = {"display_name": record.event.content.get("display_name"), "signed": signed}
+        await self.rooms.update_membership(
+            Requester(inviter, None), room_id, requester.user_id, "invite",
+            content={"third_party_invite": tpi},
+        )
+
+    async def _check_signature(self, signed: Mapping[str, Any], content: Mapping[str, Any]) -> None:
+        """A public key of the invite that verifies ``signed`` and that its identity
+        server still holds valid."""
+        entries: list[tuple[str, str | None]] = []
+        more = content.get("public_keys")
+        if isinstance(more, list):
+            for item in more:
+                if isinstance(item, Mapping) and isinstance(item.get("public_key"), str):
+                    url = item.get("key_validity_url")
+                    entries.append((item["public_key"], url if isinstance(url, str) else None))
+        pk = content.get("public_key")
+        if isinstance(pk, str) and all(k != pk for k, _ in entries):
+            url = content.get("key_validity_url")
+            entries.append((pk, url if isinstance(url, str) else None))
+        verified = [(k, url) for k, url in entries if verify_third_party_signed(signed, [k])]
+        if not verified:
+            raise Forbidden("The third-party invite's signature does not verify")
+        for key, url in verified:
+            if url is None:
+                continue
+            sep = "&" if "?" in url else "?"
+            try:
+                status, answer = await self.client.request("GET", f"{url}{sep}{urlencode({'public_key': key})}")
+            except IdentityServerError as e:
+                log.info("key validity check %s failed: %s", url, e)
+                continue
+            if 200 <= status < 300 and isinstance(answer, dict) and answer.get("valid") is True:
+                return
+        raise Forbidden("The identity server no longer vouches for the invite's key")
+
