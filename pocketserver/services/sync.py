@@ -734,7 +734,9 @@ class SyncService:
             rec = ev_store.get_event(conn, m[1]) if m is not None else None
             if rec is None:
                 return []
-            sent = (rec.event.pdu.get("unsigned") or {}).get("invite_room_state")
+            unsigned = rec.event.pdu.get("unsigned") or {}
+            # What the inviting server sent, or what the room's server answered a knock.
+            sent = unsigned.get("invite_room_state", unsigned.get("knock_room_state"))
             extra = [s for s in sent if isinstance(s, dict)] if isinstance(sent, list) else []
             return [*extra, stripped_state(rec)]
         keys = [(t, "") for t in INVITE_STATE_TYPES] + [("m.room.member", user_id)]
