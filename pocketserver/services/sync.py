@@ -91,8 +91,12 @@ class SyncToken:
 
 
 def parse_stream_token(raw: str) -> int:
-    """A /messages-style token: a sync token or ``t{pos}``/``b{pos}``."""
-    if raw.startswith(("t", "b")):
+    """A /messages-style token: a sync token or ``t{pos}``/``b{pos}``. Positions of
+    ``t`` tokens may be negative: history backfilled from other servers lies before
+    position 0."""
+    if raw.startswith("t"):
+        return parse_int(raw[1:], "pagination token")
+    if raw.startswith("b"):
         return parse_int(raw[1:], "pagination token", minimum=0)
     return SyncToken.parse(raw).pos
 
