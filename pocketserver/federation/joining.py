@@ -334,7 +334,6 @@ class RemoteRooms:
         stored = self.intake.persist_outliers(conn, rv, room_id, events)
         rejected = {eid for eid, reason in stored.items() if reason is not None}
         before = {k: v for k, v in state.items() if v not in rejected}
-        events.clear()
         # The state before the join, the join, the state after it.
         before_group = state_store.create_state_group(conn, room_id, None, before)
         pos = next_stream_pos(conn)
@@ -353,10 +352,10 @@ class RemoteRooms:
         changes: dict[StateKey, str | None] = {k: v for k, v in after.items() if old.get(k) != v}
         changes.update({k: None for k in old if k not in after})
         state_store.set_current_state(conn, room_id, after_group, changes)
-        member_ids = [v for (t, _), v in changes.items() if t == "m.room.member" and v is not None]
-        for rec in ev_store.get_events(conn, member_ids).values():
-            ev = rec.event
-            if ev.membership is not None and ev.state_key is not None:
+        events[join.event_id] = join
+        for (etype, _), eid in changes.items():
+            ev = events.get(eid) if etype == "m.room.member" and eid is not None else None
+            if ev is not None and ev.membership is not None and ev.state_key is not None:
                 state_store.set_membership(
                     conn, room_id, ev.state_key, ev.membership, ev.event_id, pos,
                     ev.state_key.endswith(":" + self.server_name),

@@ -235,6 +235,13 @@ async def test_leaving_a_remote_room(host: Host) -> None:
     answer = await host.transactions.on_transaction(REMOTE, "late", body)
     assert "not in room" in answer["pdus"][room.event_id(msg)]["error"]
     assert await db.read(ev_store.get_event, room.event_id(msg)) is None
+    # and back: a rejoin goes through the room's server again, and sees what was said
+    assert (await _join(host, token, room.room_id.replace("!", "%21"))).status_code == 200
+    assert host.requester.asked("GET", "make_join") == [REMOTE, REMOTE]
+    assert await host.services.rooms.membership(room.room_id, alice) == "join"
+    reply = room.build(BOB, "m.room.message", {"body": "welcome back"})
+    await host.deliver(reply)
+    assert (await db.read(ev_store.get_event, room.event_id(reply))).stream_pos is not None
 
 
 async def test_knocking_on_a_remote_room(host: Host) -> None:
@@ -300,3 +307,35 @@ async def test_remote_directory_and_alias(host: Host) -> None:
     host.requester.down.add("down.test")
     r = await host.http.get(f"{V3}/publicRooms", params={"server": "down.test"}, headers=auth_headers(token))
     assert r.status_code == 502
+
+
+async def test_joins_we_accept_for_our_room_are_relayed_to_its_other_servers(host: Host) -> None:
+    alice, token = await host.user()
+    room_id = await create_room(host.http, token, preset="public_chat")
+    info = await host.services.db.read(ev_store.get_room, room_id)
+    recs = await host.services.db.read(
+        lambda c: ev_store.room_timeline(c, room_id, from_pos=None, to_pos=None, backwards=False, limit=100)
+    )
+    view = RemoteRoom(REMOTE, room_id, info.room_version)
+    for rec in recs:
+        view.learn_timeline(rec.event.pdu)
+    host.requester.rooms[room_id] = view
+    bob_join = view.build(BOB, "m.room.member", {"membership": "join"}, state_key=BOB)
+    await host.deliver(bob_join)
+    # carol of other.test joins through our send_join
+    fed = build_room_federation(host.services, host.requester, FakeKeys(
+        (REMOTE, key_for(REMOTE)), ("other.test", key_for("other.test"))))
+    carol = "@carol:other.test"
+    template = (await fed.hosting.make_join("other.test", room_id, carol, [info.room_version.identifier]))["event"]
+    from pocketserver.protocol.signing import sign_event
+
+    signed = sign_event(dict(template), "other.test", key_for("other.test"), info.room_version)
+    join_id = view.event_id(signed)
+    await fed.hosting.send_join("other.test", room_id, join_id, signed)
+    await poll(lambda: any(view.event_id(p) == join_id for p in host.requester.sent_pdus(REMOTE)))
+    # the joiner's server has it; what arrived by /send goes back to no one
+    assert not any(view.event_id(p) == join_id for p in host.requester.sent_pdus("other.test"))
+    await send(host.http, token, room_id, {"body": "hi all"})
+    await poll(lambda: any(p.get("content", {}).get("body") == "hi all" for p in host.requester.sent_pdus("other.test")))
+    assert not any(view.event_id(p) == view.event_id(bob_join) for d in (REMOTE, "other.test")
+                   for p in host.requester.sent_pdus(d))
