@@ -38,9 +38,12 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import trio
 
 from pocketserver.errors import Forbidden, MatrixError, NotFound
 from pocketserver.federation.intake import IntakeError, PduIntake
@@ -60,7 +63,7 @@ from pocketserver.storage import event_graph as graph
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import state as state_store
 from pocketserver.storage.database import Conn, Database
-from pocketserver.storage.events import NewEvent
+from pocketserver.storage.events import NewEvent, RoomInfo
 from pocketserver.storage.streams import next_backfill_pos, next_stream_pos
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,7 @@ class RemoteRooms:
         self.requester = requester
         self.server_name = server_name
         self.signing_key = signing_key
+        self._backfill_turn = 0
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -123,8 +127,7 @@ class RemoteRooms:
         if refused is not None and 400 <= refused.status < 500 and refused.status != 429:
             errcode = refused.errcode if refused.errcode.startswith("M_") else "M_FORBIDDEN"
             status = refused.status if refused.status in (400, 403, 404) else 403
-            extra: JsonDict = {}
-            return MatrixError(status, errcode, f"The room's server refused the {what}", **extra)
+            return MatrixError(status, errcode, f"The room's server refused the {what}")
         return MatrixError(502, "M_UNKNOWN", f"No server in the room could be reached to {what}")
 
     def candidates(self, servers: Iterable[str]) -> list[str]:
@@ -282,10 +285,14 @@ class RemoteRooms:
         if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):
             raise JoinFailed("send_join answered no state or auth_chain")
         # Steps 1-3 for every event; the lists' dicts are wrapped, not copied.
+        t0 = time.perf_counter()
         events: dict[str, Event] = {}
         state: StateMap = {}
         for which, pdus in (("auth_chain", chain_pdus), ("state", state_pdus)):
             for i, pdu in enumerate(pdus):
+                if i % 64 == 63:
+                    # A big room's checks take seconds of CPU: let other requests in.
+                    await trio.lowlevel.checkpoint()
                 try:
                     ev = await self.intake.check_event(pdu, rv)
                 except IntakeError as e:
@@ -314,8 +321,13 @@ class RemoteRooms:
         except AuthError as e:
             raise JoinFailed(f"the join is not allowed by the room's state: {e}") from None
         del auth_state
+        t1 = time.perf_counter()
         pos = await self.db.write(self._persist_join, event, rv, events, state, create)
         self.notifier.notify(pos)
+        log.info(
+            "joined %s through %s: %d events checked in %.2f s, stored in %.2f s",
+            room_id, server, len(events), t1 - t0, time.perf_counter() - t1,
+        )
 
     def _persist_join(
         self,
@@ -515,7 +527,7 @@ class RemoteRooms:
         the room; each event through the intake's checks (steps 1-4) and stored as
         history before what we have (stream_pos < 0). Returns how many were stored."""
 
-        def read(conn: Conn) -> tuple[list[str], list[str], RoomVersionLike | None]:
+        def read(conn: Conn) -> tuple[list[str], list[str], RoomInfo | None]:
             info = ev_store.get_room(conn, room_id)
             extremities = graph.backward_extremities(conn, room_id)
             servers = sorted(state_store.servers_in_room(conn, room_id) - {self.server_name})
@@ -526,37 +538,46 @@ class RemoteRooms:
             return 0
         rv = info.room_version
         limit = max(1, min(limit, MAX_BACKFILL))
+        # One request a call: to the server that answered last, else the next one in
+        # turn (a failing server is skipped by the next call).
+        server = servers[self._backfill_turn % len(servers)]
         path = f"/_matrix/federation/v1/backfill/{_q(room_id)}"
-        for server in servers[:3]:
+        try:
+            answer = await self.requester.get_json(
+                server, path, {"v": extremities[:20], "limit": str(limit)}, timeout_s=REQUEST_TIMEOUT_S
+            )
+        except (FederationError, FederationUnreachable) as e:
+            log.info("backfill of %s from %s failed: %s", room_id, server, e)
+            self._backfill_turn += 1
+            return 0
+        pdus = answer.get("pdus") if isinstance(answer, dict) else None
+        if not isinstance(pdus, list):
+            self._backfill_turn += 1
+            return 0
+        checked: dict[str, Event] = {}
+        for pdu in pdus[:limit]:
             try:
-                answer = await self.requester.get_json(
-                    server, path, {"v": extremities[:20], "limit": str(limit)}, timeout_s=REQUEST_TIMEOUT_S
-                )
-            except (FederationError, FederationUnreachable) as e:
-                log.info("backfill of %s from %s failed: %s", room_id, server, e)
+                ev = await self.intake.check_event(pdu, rv)
+            except IntakeError as e:
+                log.info("backfilled event dropped: %s", e)
                 continue
-            pdus = answer.get("pdus") if isinstance(answer, dict) else None
-            if not isinstance(pdus, list):
-                continue
-            checked: dict[str, Event] = {}
-            for pdu in pdus[:limit]:
-                try:
-                    ev = await self.intake.check_event(pdu, rv)
-                except IntakeError as e:
-                    log.info("backfilled event dropped: %s", e)
-                    continue
-                if ev.room_id == room_id:
-                    checked[ev.event_id] = ev
-            if not checked:
-                return 0
-            return await self.db.write(self._persist_backfill, rv, room_id, checked)
-        return 0
+            if ev.room_id == room_id:
+                checked[ev.event_id] = ev
+        if not checked:
+            return 0
+        return await self.db.write(self._persist_backfill, rv, room_id, checked)
 
     def _persist_backfill(self, conn: Conn, rv: RoomVersion, room_id: str, checked: dict[str, Event]) -> int:
         # Newest first: each later event gets an older (more negative) position.
         order = sorted(checked.values(), key=lambda e: (e.depth, e.origin_server_ts), reverse=True)
         known = graph.known_events(conn, checked)
-        fresh = {e.event_id: e for e in order if e.event_id not in known or known[e.event_id].outlier}
+        # New events, and outliers (state we were given at the join) taking their place
+        # in history; what was rejected stays out.
+        fresh = {
+            e.event_id: e
+            for e in order
+            if e.event_id not in known or (known[e.event_id].outlier and not known[e.event_id].rejected)
+        }
         reasons = self.intake.persist_outliers(conn, rv, room_id, fresh)
         stored = 0
         for ev in order:
@@ -597,9 +618,6 @@ class RemoteRooms:
             stored = await self.intake.store_outliers(info, pdus)
             return event_id in stored
         return False
-
-
-RoomVersionLike = Any
 
 
 def _stripped(entry: Any) -> JsonDict | None:
