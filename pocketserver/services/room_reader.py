@@ -88,13 +88,18 @@ class RoomReader:
         # start of what is held here, /context and /event fetch an event we lack.
         self.remote: RemoteHistory | None = None
 
-    async def _fetch_missing(self, room_id: str, event_id: str) -> None:
-        """An event of a room we are in that we lack: fetched from a server in it
-        (the caller then checks, as for any event, whether the user may see it)."""
+    async def _fetch_missing(self, requester: Requester, room_id: str, event_id: str) -> None:
+        """An event of a room we are in that we lack: fetched from a server in it, for a
+        member of the room only (the caller then checks, as for any event, whether the
+        user may see it)."""
         if self.remote is None:
             return
-        rec = await self.db.read(ev_store.get_event, event_id)
-        if rec is None:
+
+        def read(conn: Conn) -> bool:
+            m = state_store.get_membership(conn, room_id, requester.user_id)
+            return m is not None and m[0] == "join" and ev_store.event_nid(conn, event_id) is None
+
+        if await self.db.read(read):
             await self.remote.fetch_event(room_id, event_id)
 
     # -- access --------------------------------------------------------------------------
@@ -216,7 +221,7 @@ class RoomReader:
     # -- events --------------------------------------------------------------------------------
 
     async def event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
-        await self._fetch_missing(room_id, event_id)
+        await self._fetch_missing(requester, room_id, event_id)
 
         def run(conn: Conn) -> JsonDict:
             rec = ev_store.get_event(conn, event_id)
@@ -328,7 +333,7 @@ class RoomReader:
         self, requester: Requester, room_id: str, event_id: str, limit: int, raw_filter: str | None
     ) -> JsonDict:
         flt = _parse_room_filter(raw_filter)
-        await self._fetch_missing(room_id, event_id)
+        await self._fetch_missing(requester, room_id, event_id)
 
         def run(conn: Conn) -> JsonDict:
             # As /messages: someone who was never in a room that is not world-readable

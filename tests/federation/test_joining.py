@@ -339,3 +339,24 @@ async def test_joins_we_accept_for_our_room_are_relayed_to_its_other_servers(hos
     await poll(lambda: any(p.get("content", {}).get("body") == "hi all" for p in host.requester.sent_pdus("other.test")))
     assert not any(view.event_id(p) == view.event_id(bob_join) for d in (REMOTE, "other.test")
                    for p in host.requester.sent_pdus(d))
+
+
+async def test_event_we_lack_is_fetched_from_the_room(host: Host) -> None:
+    room = host.room()
+    old = room.build(BOB, "m.room.message", {"msgtype": "m.text", "body": "before you came"})
+    _alice, token = await host.user()
+    assert (await _join(host, token, room.room_id.replace("!", "%21"))).status_code == 200
+    old_id = room.event_id(old)
+    r = await host.http.get(f"{V3}/rooms/{room.room_id}/event/{old_id}", headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    assert r.json()["content"]["body"] == "before you came"
+    assert host.requester.asked("GET", "event") == [REMOTE]
+    # an event the room's server does not have either
+    r = await host.http.get(f"{V3}/rooms/{room.room_id}/event/$nothing:remote.test", headers=auth_headers(token))
+    assert r.status_code == 404 and r.json()["errcode"] == "M_NOT_FOUND"
+    # someone outside the room learns nothing, and makes us fetch nothing
+    _eve, eve_token = await host.user()
+    asked = len(host.requester.requests)
+    r = await host.http.get(f"{V3}/rooms/{room.room_id}/event/$other:remote.test", headers=auth_headers(eve_token))
+    assert r.status_code == 404
+    assert len(host.requester.requests) == asked
