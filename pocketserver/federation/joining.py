@@ -277,7 +277,8 @@ class RemoteRooms:
                 signed = await self.intake.check_event(theirs, rv)
             except IntakeError as e:
                 raise JoinFailed(f"the countersigned join: {e}") from None
-            if signed.event_id == event.event_id:
+            # Only their signature may differ from ours (a redacted copy, same ID, would not).
+            if signed.event_id == event.event_id and signed.pdu.get("content") == event.pdu.get("content"):
                 event = signed
         state_pdus = answer.pop("state", None)
         chain_pdus = answer.pop("auth_chain", None)

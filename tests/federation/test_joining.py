@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pocketserver.federation.hosting import build_room_federation
+from pocketserver.federation.hosting import RoomHosting, build_room_federation
 from pocketserver.federation.transactions import TransactionHandler
 from pocketserver.server import RunningServer
 from pocketserver.storage import events as ev_store
@@ -29,6 +29,7 @@ class Host:
     http: httpx.AsyncClient
     requester: HostingRequester
     transactions: TransactionHandler
+    hosting: RoomHosting
 
     @property
     def services(self) -> Any:
@@ -58,7 +59,7 @@ async def host(server: RunningServer, http: httpx.AsyncClient) -> Host:
     built = build_room_federation(s, requester, keys)
     assert s.federation_sender is not None
     s.federation_sender.requester = requester
-    return Host(server, http, requester, built.transactions)
+    return Host(server, http, requester, built.transactions, built.hosting)
 
 
 def timeline(resp: dict[str, Any], room_id: str, section: str = "join") -> list[dict[str, Any]]:
@@ -180,9 +181,8 @@ async def test_invite_a_remote_user_is_countersigned_and_kept(host: Host) -> Non
 
 async def _invited(host: Host, room: RemoteRoom, user: str) -> None:
     invite = room.build(BOB, "m.room.member", {"membership": "invite"}, state_key=user)
-    hosting = build_room_federation(host.services, host.requester, FakeKeys((REMOTE, key_for(REMOTE)))).hosting
     create = room.events[room.state[("m.room.create", "")]].pdu
-    await hosting.on_invite(
+    await host.hosting.on_invite(
         REMOTE, room.room_id, room.event_id(invite),
         {"event": invite, "room_version": room.rv.identifier, "invite_room_state": [create]},
     )
@@ -323,15 +323,13 @@ async def test_joins_we_accept_for_our_room_are_relayed_to_its_other_servers(hos
     bob_join = view.build(BOB, "m.room.member", {"membership": "join"}, state_key=BOB)
     await host.deliver(bob_join)
     # carol of other.test joins through our send_join
-    fed = build_room_federation(host.services, host.requester, FakeKeys(
-        (REMOTE, key_for(REMOTE)), ("other.test", key_for("other.test"))))
     carol = "@carol:other.test"
-    template = (await fed.hosting.make_join("other.test", room_id, carol, [info.room_version.identifier]))["event"]
+    template = (await host.hosting.make_join("other.test", room_id, carol, [info.room_version.identifier]))["event"]
     from pocketserver.protocol.signing import sign_event
 
     signed = sign_event(dict(template), "other.test", key_for("other.test"), info.room_version)
     join_id = view.event_id(signed)
-    await fed.hosting.send_join("other.test", room_id, join_id, signed)
+    await host.hosting.send_join("other.test", room_id, join_id, signed)
     await poll(lambda: any(view.event_id(p) == join_id for p in host.requester.sent_pdus(REMOTE)))
     # the joiner's server has it; what arrived by /send goes back to no one
     assert not any(view.event_id(p) == join_id for p in host.requester.sent_pdus("other.test"))
