@@ -260,6 +260,8 @@ class RemoteRooms:
                 if e.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
                     raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "The room's version is not supported here") from None
                 refused = e
+                if e.status in (400, 403):
+                    break  # the room refuses (as Synapse: no other server is asked)
             except FederationUnreachable as e:
                 log.info("joining %s through %s: unreachable: %s", room_id, server, e)
             except JoinFailed as e:
@@ -315,6 +317,8 @@ class RemoteRooms:
             raise JoinFailed("the create event names another room version than make_join")
         if rv.room_id_is_create_event_hash and room_id != "!" + create.event_id[1:]:
             raise JoinFailed("the create event is not the room's")
+        if any(e.type == "m.room.create" and e.event_id != create.event_id for e in events.values()):
+            raise JoinFailed("the answer holds a second create event")
         # The join against the state before it (the resident server accepted it there).
         auth_state = {k: events[state[k]] for k in auth_types_for_event(event, rv) | {CREATE} if k in state}
         try:

@@ -122,8 +122,9 @@ async def test_join_errors(host: Host) -> None:
     r = await _join(host, token, "%23nothing:remote.test")
     assert r.status_code == 404 and r.json()["errcode"] == "M_NOT_FOUND"
     room = host.room(join_rule="invite")
-    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    r = await _join(host, token, room.room_id.replace("!", "%21"), REMOTE, "other.test")
     assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", r.text
+    assert host.requester.asked("GET", "make_join") == [REMOTE]  # a refusal is final
     host.requester.down.add(REMOTE)
     open_room = host.room()
     r = await _join(host, token, open_room.room_id.replace("!", "%21"))
