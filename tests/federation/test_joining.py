@@ -359,3 +359,21 @@ async def test_event_we_lack_is_fetched_from_the_room(host: Host) -> None:
     r = await host.http.get(f"{V3}/rooms/{room.room_id}/event/$other:remote.test", headers=auth_headers(eve_token))
     assert r.status_code == 404
     assert len(host.requester.requests) == asked
+
+
+@pytest.mark.parametrize("version", ["1", "3", "11", "12"])
+async def test_join_and_talk_in_each_event_format(host: Host, version: str) -> None:
+    room = host.room(version)
+    alice, token = await host.user()
+    r = await _join(host, token, room.room_id.replace("!", "%21"), REMOTE)
+    assert r.status_code == 200, r.text
+    first = await sync(host.http, token)
+    assert room.room_id in first["rooms"]["join"]
+    join_pdu = room.events[room.state[("m.room.member", alice)]].pdu
+    assert set(join_pdu["signatures"]) == {"test.local"}
+    eid = await send(host.http, token, room.room_id, {"msgtype": "m.text", "body": f"v{version}"})
+    await poll(lambda: any(room.event_id(p) == eid for p in host.requester.sent_pdus(REMOTE)))
+    room.learn_timeline(next(p for p in host.requester.sent_pdus(REMOTE) if room.event_id(p) == eid))
+    await host.deliver(room.build(BOB, "m.room.message", {"msgtype": "m.text", "body": "reply"}))
+    resp = await sync(host.http, token, since=first["next_batch"], timeout=5000)
+    assert bodies(timeline(resp, room.room_id)) == [f"v{version}", "reply"]
