@@ -26,6 +26,7 @@ from typing import Any
 from pocketserver.errors import Forbidden, MatrixError, NotFound
 from pocketserver.federation.intake import IntakeError, PduIntake
 from pocketserver.federation.interfaces import FederationRequester, KeyLookup
+from pocketserver.federation.joining import RemoteRooms
 from pocketserver.federation.transactions import TransactionHandler
 from pocketserver.protocol.auth_rules import (
     CREATE,
@@ -46,6 +47,7 @@ from pocketserver.services.clock import Clock
 from pocketserver.services.notifier import Notifier
 from pocketserver.storage import event_graph as graph
 from pocketserver.storage import events as ev_store
+from pocketserver.storage import outbox
 from pocketserver.storage import state as state_store
 from pocketserver.storage.database import Conn, Database
 from pocketserver.storage.events import EventRecord, NewEvent, RoomInfo
@@ -648,6 +650,7 @@ class RoomFederation:
     intake: PduIntake
     transactions: TransactionHandler
     hosting: RoomHosting
+    remote: RemoteRooms
 
 
 def build_room_federation(services: Any, requester: FederationRequester, keys: KeyLookup) -> RoomFederation:
@@ -670,4 +673,31 @@ def build_room_federation(services: Any, requester: FederationRequester, keys: K
         s.db, s.clock, s.notifier, intake, requester, s.config.server_name, typing=s.typing, receipts=s.receipts
     )
     hosting = RoomHosting(s.db, s.clock, s.notifier, intake, s.config.server_name, s.signing_key)
-    return RoomFederation(intake, transactions, hosting)
+    remote = RemoteRooms(s.db, s.clock, s.notifier, intake, requester, s.config.server_name, s.signing_key)
+    # Our users in rooms held elsewhere: the client API's joins, invites, leaves,
+    # knocks, directory and history go through it.
+    s.rooms.remote = remote
+    s.reader.remote = remote
+    sender = s.federation_sender
+    if sender is not None:
+        hosting.on_accepted.append(_relay_accepted(s.db, sender, s.config.server_name))
+    return RoomFederation(intake, transactions, hosting, remote)
+
+
+def _relay_accepted(db: Database, sender: Any, server_name: str) -> AcceptedHook:
+    """A join, leave or knock another server handed us through send_join / send_leave /
+    send_knock: the room's other servers hear of it from us (the resident server), not
+    the server that sent it, which has it already."""
+
+    async def relay(rec: EventRecord) -> None:
+        event = rec.event
+        origin = _domain(event.sender)
+
+        def txn(conn: Conn) -> None:
+            servers = outbox.remote_servers_in_room(conn, event.room_id) - {origin, server_name}
+            if servers:
+                sender.queue_in_txn(conn, sorted(servers), outbox.PDU, _pdu(rec))
+
+        await db.write(txn)
+
+    return relay

@@ -173,6 +173,26 @@ class PduIntake:
         used, _ok = pc.check_hashes(event)
         return used
 
+    async def verify_keys_of(
+        self, server: str, key_ids: list[str], event: Event
+    ) -> dict[str, dict[str, nacl.signing.VerifyKey]]:
+        """``server``'s verify keys among ``key_ids`` valid when ``event`` was sent."""
+        if server == self.server_name:
+            k = self.signing_key
+            return {server: {k.key_id: k.verify_key} if k.key_id in key_ids else {}}
+        at = event.origin_server_ts if event.room_version.enforce_key_validity else 0
+        try:
+            raw = await self.keys.verify_keys(server, key_ids, minimum_valid_until_ts=at)
+        except (FederationError, FederationUnreachable) as e:
+            raise IntakeError(f"could not get the keys of {server}: {e}") from None
+        out: dict[str, nacl.signing.VerifyKey] = {}
+        for kid, vk in raw.items():
+            try:
+                out[kid] = nacl.signing.VerifyKey(vk)
+            except (ValueError, TypeError):
+                continue
+        return {server: out}
+
     async def verify_signatures(self, event: Event) -> None:
         rv = event.room_version
         sigs = event.pdu.get("signatures") or {}
@@ -635,7 +655,14 @@ class PduIntake:
         return await self.db.write(self._persist_outliers, info, checked)
 
     def _persist_outliers(self, conn: Conn, info: RoomInfo, checked: Mapping[str, Event]) -> list[str]:
-        rv = info.room_version
+        return list(self.persist_outliers(conn, info.room_version, info.room_id, checked))
+
+    def persist_outliers(
+        self, conn: Conn, rv: RoomVersion, room_id: str, checked: Mapping[str, Event]
+    ) -> dict[str, str | None]:
+        """Store checked events (steps 1-3 done) as outliers inside the caller's write
+        transaction, each against its own auth events (step 4): {event ID: rejected
+        reason or None} of those stored now (known ones are skipped)."""
         now = self.clock.time_ms()
         known = graph.known_events(conn, checked)
         batch: dict[str, Event] = {}
@@ -646,12 +673,11 @@ class PduIntake:
             rec = ev_store.get_event(conn, eid)
             return _with_rejection(rec) if rec is not None else None
 
-        stored: list[str] = []
-        # Auth events come before the events they authorise: by depth, then a second
-        # pass for any whose auth events came later in the batch (bounded: events
-        # whose auth events are nowhere are stored as rejected).
+        stored: dict[str, str | None] = {}
+        # Auth events come before the events they authorise: by depth (events whose
+        # auth events are nowhere are stored as rejected).
         order = sorted(checked.values(), key=lambda e: (e.depth, e.origin_server_ts))
-        create_id = "$" + info.room_id[1:] if rv.room_id_is_create_event_hash else None
+        create_id = "$" + room_id[1:] if rv.room_id_is_create_event_hash else None
         for ev in order:
             if ev.event_id in known:
                 continue
@@ -667,7 +693,7 @@ class PduIntake:
             if reason is not None:
                 ev = _rejected_copy(ev, reason)
             batch[ev.event_id] = ev
-            stored.append(ev.event_id)
+            stored[ev.event_id] = reason
         return stored
 
 

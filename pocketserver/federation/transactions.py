@@ -146,8 +146,9 @@ class TransactionHandler:
 
         def read(conn: Conn) -> tuple[RoomInfo | None, bool, bool]:
             info = ev_store.get_room(conn, room_id) if isinstance(room_id, str) else None
-            if info is None or not info.has_state:
-                return info, False, False
+            if info is None or not info.has_state or not state_store.has_local_member(conn, info.room_id):
+                # Unknown, or every local user left: this server is not in the room.
+                return None, False, False
             allowed = graph.acl_allows(conn, info.room_id, origin)
             # An origin with no member in the room may send only its own users'
             # membership events (joins, leaves, knocks).

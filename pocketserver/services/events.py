@@ -107,6 +107,7 @@ class EventPipeline:
         txn_key: str | None = None,
         redacts: str | None = None,
         before_persist: Callable[[str], Awaitable[None]] | None = None,
+        exchange: Callable[[Event], Awaitable[Event]] | None = None,
     ) -> Persisted:
         """Build, authorise and persist one event in an existing room.
 
@@ -114,6 +115,10 @@ class EventPipeline:
         it is stored (still under the room's lock, so it must not send to this room); if
         it raises, the event is dropped. A room upgrade uses it to name the tombstone in
         the new room's create event before the tombstone is visible.
+
+        ``exchange(event)`` likewise, and returns the event to persist instead (an
+        invite of a remote user, countersigned by the invitee's server); if it raises,
+        the event is dropped.
         """
         async with self.room_lock(room_id):
             pdu_base: dict[str, Any] = {
@@ -138,6 +143,8 @@ class EventPipeline:
                 raise Forbidden(str(e)) from None
             if before_persist is not None:
                 await before_persist(event.event_id)
+            if exchange is not None:
+                event = await exchange(event)
             record = EventRecord(event, None, False, None, None, None, txn_key)
             pos, replaces = await self.db.write(self._persist_local, event, txn_key)
             record.stream_pos = pos

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from pocketserver.errors import BadJson, Forbidden, InvalidParam, NotFound
 from pocketserver.services.auth import Requester
@@ -27,6 +27,7 @@ from pocketserver.services.params import parse_int
 from pocketserver.services.sync import parse_stream_token, presence_event, receipt_event
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
+from pocketserver.storage import event_graph as graph
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import presence as presence_store
 from pocketserver.storage import rooms as room_store
@@ -61,10 +62,46 @@ def _v1_presence(p: presence_store.Presence, now: int) -> JsonDict:
     return event
 
 
+def _outlier_visible(conn: Conn, checker: VisibilityChecker, rec: EventRecord) -> bool:
+    """An event held outside the timeline (fetched by /event, or part of the state we
+    were given at a join): its place in history is unknown, so it is shown only to a
+    member of the room while its history is shared with members."""
+    if rec.stream_pos is not None or rec.rejected_reason is not None:
+        return False
+    if checker.current_membership != "join":
+        return False
+    return checker.visibility_at(current_stream_pos(conn) + 1) in ("shared", "world_readable")
+
+
+class RemoteHistory(Protocol):
+    """History of rooms held elsewhere (federation/joining.py's RemoteRooms)."""
+
+    async def backfill(self, room_id: str, limit: int) -> int: ...
+
+    async def fetch_event(self, room_id: str, event_id: str) -> bool: ...
+
+
 class RoomReader:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
+        # Set when federation is wired: /messages backfills from other servers at the
+        # start of what is held here, /context and /event fetch an event we lack.
+        self.remote: RemoteHistory | None = None
+
+    async def _fetch_missing(self, requester: Requester, room_id: str, event_id: str) -> None:
+        """An event of a room we are in that we lack: fetched from a server in it, for a
+        member of the room only (the caller then checks, as for any event, whether the
+        user may see it)."""
+        if self.remote is None:
+            return
+
+        def read(conn: Conn) -> bool:
+            m = state_store.get_membership(conn, room_id, requester.user_id)
+            return m is not None and m[0] == "join" and ev_store.event_nid(conn, event_id) is None
+
+        if await self.db.read(read):
+            await self.remote.fetch_event(room_id, event_id)
 
     # -- access --------------------------------------------------------------------------
 
@@ -185,6 +222,8 @@ class RoomReader:
     # -- events --------------------------------------------------------------------------------
 
     async def event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
+        await self._fetch_missing(requester, room_id, event_id)
+
         def run(conn: Conn) -> JsonDict:
             rec = ev_store.get_event(conn, event_id)
             if rec is None or rec.event.room_id != room_id or rec.rejected_reason is not None:
@@ -192,7 +231,7 @@ class RoomReader:
             if ev_store.get_room(conn, room_id) is None:
                 raise NotFound("Event not found")
             checker = VisibilityChecker(conn, room_id, requester.user_id)
-            if not checker.can_see(rec):
+            if not checker.can_see(rec) and not _outlier_visible(conn, checker, rec):
                 raise NotFound("Event not found")
             return serialize_event(
                 conn, rec, user_id=requester.user_id, device_id=requester.device_id,
@@ -278,12 +317,24 @@ class RoomReader:
                 )
             return out
 
-        return await self.db.read(run)
+        out = await self.db.read(run)
+        if (
+            backwards
+            and self.remote is not None
+            and len(out["chunk"]) < limit
+            and bool(await self.db.read(graph.backward_extremities, room_id))
+        ):
+            # The start of what is held here: one /backfill from a server in the room
+            # (bounded: one request per call, at most 100 events), then read again.
+            if await self.remote.backfill(room_id, min(max(limit, 10), 100)):
+                out = await self.db.read(run)
+        return out
 
     async def context(
         self, requester: Requester, room_id: str, event_id: str, limit: int, raw_filter: str | None
     ) -> JsonDict:
         flt = _parse_room_filter(raw_filter)
+        await self._fetch_missing(requester, room_id, event_id)
 
         def run(conn: Conn) -> JsonDict:
             # As /messages: someone who was never in a room that is not world-readable

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from pocketserver.config import Config
 from pocketserver.errors import (
@@ -22,6 +22,7 @@ from pocketserver.errors import (
     MatrixError,
     NotFound,
 )
+from pocketserver.protocol.events import Event
 from pocketserver.protocol.identifiers import (
     InvalidIdentifier,
     RoomAlias,
@@ -69,6 +70,28 @@ SERVER_SET_MEMBER_KEYS = frozenset(
 )
 
 
+class RemoteMembership(Protocol):
+    """Taking part in rooms hosted elsewhere (federation/joining.py's RemoteRooms)."""
+
+    async def resolve_alias(self, alias: str) -> tuple[str, list[str]]: ...
+
+    async def join(
+        self, user_id: str, room_id: str, servers: Iterable[str], content: Mapping[str, Any] | None = None
+    ) -> str: ...
+
+    async def leave(self, user_id: str, room_id: str, servers: Iterable[str], reason: str | None = None) -> int: ...
+
+    async def knock(self, user_id: str, room_id: str, servers: Iterable[str], reason: str | None = None) -> None: ...
+
+    async def exchange_invite(self, event: Event) -> Event: ...
+
+    async def public_rooms(self, server: str, query: Mapping[str, str], body: JsonDict | None) -> JsonDict: ...
+
+
+def _domain(identifier: str) -> str:
+    return identifier.split(":", 1)[1] if ":" in identifier else ""
+
+
 class RoomService:
     def __init__(
         self,
@@ -89,6 +112,8 @@ class RoomService:
         # Called with (sender, room_id, type, content) before a client's non-state event
         # is built; raises to refuse it (relations: duplicate annotations, threads).
         self.before_send: list[Callable[[str, str, str, Mapping[str, Any]], Awaitable[None]]] = []
+        # Rooms on other servers (set when federation is wired; None: local rooms only).
+        self.remote: RemoteMembership | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -359,6 +384,11 @@ class RoomService:
                     body.setdefault("avatar_url", profile["avatar_url"])
         if membership == "join" and target == requester.user_id:
             await self._maybe_authorise_restricted_join(room_id, info, target, body)
+        # An invite of another server's user is countersigned by that server first
+        # (server-server "Inviting to a room").
+        exchange = None
+        if membership == "invite" and _domain(target) != self.server_name and self.remote is not None:
+            exchange = self.remote.exchange_invite
         persisted = await self.pipeline.create_room_event(
             room_id,
             info.room_version,
@@ -367,6 +397,7 @@ class RoomService:
             body,
             state_key=target,
             txn_key=f"{requester.user_id}|{requester.device_id or ''}|{txn_id}" if txn_id else None,
+            exchange=exchange,
         )
         for hook in self.on_membership:
             await hook(room_id, target, membership)
@@ -405,6 +436,55 @@ class RoomService:
                 return
         raise Forbidden("No member of this server can authorise the join")
 
+    async def _remote_only(self, room_id: str) -> bool:
+        """Whether a membership change must go through another server: the room is
+        not held here (unknown, or only an invite or knock), or no local user is in it
+        any more while other servers are (our copy of its state may be stale)."""
+
+        def read(conn: Any) -> bool:
+            info = ev_store.get_room(conn, room_id)
+            if info is None or not info.has_state:
+                return True
+            if state_store.local_members(conn, room_id):
+                return False
+            return bool(state_store.servers_in_room(conn, room_id) - {self.server_name})
+
+        return await self.db.read(read)
+
+    async def _servers_for(self, room_id: str, user_id: str, via: Iterable[str]) -> list[str]:
+        """Servers to ask about a room: the client's ``via``, the server of the user's
+        pending invite's sender, the servers in the room we know of, the room ID's own
+        server (pre-v12 IDs)."""
+
+        def read(conn: Any) -> list[str]:
+            out: list[str] = []
+            m = state_store.get_membership(conn, room_id, user_id)
+            if m is not None and m[0] in ("invite", "knock"):
+                rec = ev_store.get_event(conn, m[1])
+                if rec is not None:
+                    if m[0] == "invite":
+                        out.append(_domain(rec.event.sender))
+                    sent = (rec.event.pdu.get("unsigned") or {}).get("invite_room_state")
+                    for s in sent if isinstance(sent, list) else []:
+                        if isinstance(s, dict) and isinstance(s.get("sender"), str):
+                            out.append(_domain(s["sender"]))
+            out.extend(sorted(state_store.servers_in_room(conn, room_id)))
+            return out
+
+        known = await self.db.read(read)
+        servers = [*via, *known, _domain(room_id)]
+        return [s for s in dict.fromkeys(servers) if s and s != self.server_name]
+
+    async def _resolve_with_servers(self, room_id_or_alias: str) -> tuple[str, list[str]]:
+        if room_id_or_alias.startswith("#") and self.remote is not None:
+            try:
+                alias = RoomAlias.parse(room_id_or_alias)
+            except InvalidIdentifier:
+                raise InvalidParam("Invalid room alias") from None
+            if alias.domain != self.server_name:
+                return await self.remote.resolve_alias(room_id_or_alias)
+        return await self.resolve_room_id_or_alias(room_id_or_alias), []
+
     async def join(
         self,
         requester: Requester,
@@ -412,18 +492,35 @@ class RoomService:
         *,
         reason: str | None = None,
         content: Mapping[str, Any] | None = None,
+        via: Iterable[str] = (),
     ) -> str:
         """Join; ``content`` holds extra keys the client put in the join request, kept in
-        the membership event (those the server sets itself are dropped)."""
-        room_id = await self.resolve_room_id_or_alias(room_id_or_alias)
+        the membership event (those the server sets itself are dropped). A room held
+        elsewhere is joined through ``via``, the alias's servers, or the inviter's."""
+        room_id, alias_servers = await self._resolve_with_servers(room_id_or_alias)
         current = await self.membership(room_id, requester.user_id)
         if current == "join":
+            return room_id
+        extra = {k: v for k, v in (content or {}).items() if k not in SERVER_SET_MEMBER_KEYS}
+        if self.remote is not None and await self._remote_only(room_id):
+            if requester.is_guest:
+                raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests may not join rooms on other servers")
+            servers = await self._servers_for(room_id, requester.user_id, [*via, *alias_servers])
+            body: JsonDict = dict(extra)
+            if reason is not None:
+                body["reason"] = reason
+            profile = await self.db.read(accounts.get_user, requester.user_id)
+            for key in ("displayname", "avatar_url"):
+                if profile is not None and profile.get(key) is not None:
+                    body.setdefault(key, profile[key])
+            await self.remote.join(requester.user_id, room_id, servers, body)
+            for hook in self.on_membership:
+                await hook(room_id, requester.user_id, "join")
             return room_id
         if requester.is_guest and not await self._guests_can_join(room_id):
             # modules/guest_access.md "Server behaviour": guests join only rooms whose
             # m.room.guest_access is can_join.
             raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests may not join this room")
-        extra = {k: v for k, v in (content or {}).items() if k not in SERVER_SET_MEMBER_KEYS}
         await self.update_membership(
             requester, room_id, requester.user_id, "join", reason=reason, content=extra
         )
@@ -432,11 +529,33 @@ class RoomService:
             self.notifier.notify(pos)
         return room_id
 
+    async def knock(
+        self, requester: Requester, room_id_or_alias: str, *, reason: str | None = None, via: Iterable[str] = ()
+    ) -> str:
+        room_id, alias_servers = await self._resolve_with_servers(room_id_or_alias)
+        if self.remote is not None and await self._remote_only(room_id):
+            if await self.membership(room_id, requester.user_id) in ("join", "ban"):
+                raise Forbidden("You cannot knock on a room you are in or banned from")
+            servers = await self._servers_for(room_id, requester.user_id, [*via, *alias_servers])
+            await self.remote.knock(requester.user_id, room_id, servers, reason)
+            for hook in self.on_membership:
+                await hook(room_id, requester.user_id, "knock")
+            return room_id
+        await self.update_membership(requester, room_id, requester.user_id, "knock", reason=reason)
+        return room_id
+
     async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
         current = await self.membership(room_id, requester.user_id)
         if current is None or current in ("leave",):
             if current is None:
                 raise Forbidden("You are not in this room")
+            return
+        if current in ("invite", "knock") and self.remote is not None and await self._remote_only(room_id):
+            # Rejecting an invite or rescinding a knock of a room held elsewhere.
+            servers = await self._servers_for(room_id, requester.user_id, [])
+            await self.remote.leave(requester.user_id, room_id, servers, reason)
+            for hook in self.on_membership:
+                await hook(room_id, requester.user_id, "leave")
             return
         await self.update_membership(requester, room_id, requester.user_id, "leave", reason=reason)
 
@@ -652,7 +771,20 @@ class RoomService:
         except MatrixError as e:
             log.info("alias %s deleted; %s's canonical alias left as is: %s", alias, room_id, e.message)
 
+    async def remote_public_rooms(self, server: str, query: Mapping[str, str], body: JsonDict | None) -> JsonDict:
+        """Another server's public room directory (``/publicRooms?server=``)."""
+        if self.remote is None:
+            raise NotFound("Room directories of other servers are not available")
+        return await self.remote.public_rooms(server, query, body)
+
     async def get_alias(self, alias: str) -> tuple[str, list[str]]:
+        if self.remote is not None and alias.startswith("#"):
+            try:
+                parsed = RoomAlias.parse(alias)
+            except InvalidIdentifier:
+                raise InvalidParam("Invalid room alias") from None
+            if parsed.domain != self.server_name:
+                return await self.remote.resolve_alias(alias)
         row = await self.db.read(room_store.get_alias, alias)
         if row is None:
             raise NotFound(f"Room alias {alias} not found")

@@ -93,8 +93,12 @@ class SyncToken:
 
 
 def parse_stream_token(raw: str) -> int:
-    """A /messages-style token: a sync token or ``t{pos}``/``b{pos}``."""
-    if raw.startswith(("t", "b")):
+    """A /messages-style token: a sync token or ``t{pos}``/``b{pos}``. Positions of
+    ``t`` tokens may be negative: history backfilled from other servers lies before
+    position 0."""
+    if raw.startswith("t"):
+        return parse_int(raw[1:], "pagination token")
+    if raw.startswith("b"):
         return parse_int(raw[1:], "pagination token", minimum=0)
     return SyncToken.parse(raw).pos
 
@@ -762,7 +766,9 @@ class SyncService:
             rec = ev_store.get_event(conn, m[1]) if m is not None else None
             if rec is None:
                 return []
-            sent = (rec.event.pdu.get("unsigned") or {}).get("invite_room_state")
+            unsigned = rec.event.pdu.get("unsigned") or {}
+            # What the inviting server sent, or what the room's server answered a knock.
+            sent = unsigned.get("invite_room_state", unsigned.get("knock_room_state"))
             extra = [s for s in sent if isinstance(s, dict)] if isinstance(sent, list) else []
             return [*extra, stripped_state(rec)]
         keys = [(t, "") for t in INVITE_STATE_TYPES] + [("m.room.member", user_id)]

@@ -169,6 +169,15 @@ def promote_outlier(conn: Conn, event_id: str, stream_pos: int | None, rejected_
             _index_content(conn, nid, rec.event)
 
 
+def replace_forward_extremities(conn: Conn, room_id: str, event_id: str) -> None:
+    """The room's only forward extremity is now ``event_id`` (a join through another
+    server: what this server held before is superseded by the state it was given)."""
+    rnid = room_nid(conn, room_id)
+    nid = event_nid(conn, event_id)
+    conn.execute("DELETE FROM forward_extremities WHERE room_nid = ?", (rnid,))
+    conn.execute("INSERT INTO forward_extremities (room_nid, event_nid) VALUES (?, ?)", (rnid, nid))
+
+
 def update_backward_extremities(conn: Conn, room_id: str, event_id: str, missing_prevs: Iterable[str]) -> None:
     rnid = room_nid(conn, room_id)
     conn.execute("DELETE FROM backward_extremities WHERE room_nid = ? AND event_id = ?", (rnid, event_id))

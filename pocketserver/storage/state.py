@@ -409,6 +409,16 @@ def local_members(conn: Conn, room_id: str) -> list[str]:
     ]
 
 
+def has_local_member(conn: Conn, room_id: str) -> bool:
+    """Whether a user of this server is joined to the room (this server is in it)."""
+    row = conn.execute(
+        "SELECT 1 FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid"
+        " WHERE r.room_id = ? AND m.membership = 'join' AND m.is_local = 1 LIMIT 1",
+        (room_id,),
+    ).fetchone()
+    return row is not None
+
+
 def servers_in_room(conn: Conn, room_id: str) -> set[str]:
     return {
         uid.split(":", 1)[1]

@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from pocketserver.federation.interfaces import FederationError, FederationUnreachable, Query
-from pocketserver.protocol.auth_rules import auth_types_for_event
+from pocketserver.protocol.auth_rules import AuthError, auth_types_for_event, check_auth
 from pocketserver.protocol.events import Event
 from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.protocol.signing import SigningKey, sign_event, signing_key_from_seed
@@ -146,6 +146,14 @@ class RemoteRoom:
             self.state_before[ev.event_id] = dict(state)
         return signed
 
+    def template(self, user_id: str, membership: str) -> JsonDict:
+        """What make_join / make_leave / make_knock answer: the unsigned event."""
+        pdu = self.build(user_id, "m.room.member", {"membership": membership}, state_key=user_id, advance=False)
+        del self.events[self.event_id(pdu)]
+        for key in ("signatures", "hashes", "event_id"):
+            pdu.pop(key, None)
+        return pdu
+
     def _refs(self, ids: list[str]) -> list[Any]:
         if not self.rv.uses_event_id_in_pdu:
             return list(ids)
@@ -279,3 +287,142 @@ class FakeRequester:
 
 def room_version(v: str) -> RoomVersion:
     return KNOWN_ROOM_VERSIONS[v]
+
+
+class HostingRequester(FakeRequester):
+    """Other servers that *host* rooms our users take part in: on top of the readers of
+    :class:`FakeRequester`, make/send join, leave and knock, /backfill, invites of their
+    users (signed with the invitee server's key), query/directory and /publicRooms, and
+    transactions from us (recorded). A server in ``down`` is unreachable."""
+
+    def __init__(self, *rooms: RemoteRoom) -> None:
+        super().__init__(*rooms)
+        self.down: set[str] = set()
+        self.aliases: dict[str, tuple[str, list[str]]] = {}
+        self.public: dict[str, list[JsonDict]] = {}
+        self.received: list[tuple[str, JsonDict]] = []  # (destination, transaction body)
+        self.bodies: list[tuple[str, str, str, Any]] = []  # (method, destination, path, body)
+        # Tamper with a send_join answer before it goes out (forgery tests).
+        self.tamper_send_join: Any = None
+
+    def _check_up(self, destination: str) -> None:
+        if destination in self.down:
+            raise FederationUnreachable(f"{destination} is down")
+
+    def sent_pdus(self, destination: str) -> list[JsonDict]:
+        return [p for d, body in self.received if d == destination for p in body.get("pdus", [])]
+
+    def asked(self, method: str, name: str) -> list[str]:
+        """Destinations asked ``/…/{name}/…`` with ``method``, in order."""
+        return [d for m, d, p in self.requests if m == method and f"/{name}/" in p + "/"]
+
+    async def get_json(
+        self, destination: str, path: str, query: Query | None = None, *, timeout_s: float = 60.0
+    ) -> Any:
+        parts = [urllib.parse.unquote(p) for p in path.split("/")]
+        name = parts[4] if len(parts) > 4 else ""
+        if name in ("make_join", "make_leave", "make_knock", "backfill", "query", "publicRooms"):
+            self.requests.append(("GET", destination, path))
+            self._check_up(destination)
+            q = dict(query or {})
+            if name == "query":
+                alias = q.get("room_alias")
+                if alias not in self.aliases:
+                    raise FederationError(404, "M_NOT_FOUND", "no such alias")
+                room_id, servers = self.aliases[str(alias)]
+                return {"room_id": room_id, "servers": servers}
+            if name == "publicRooms":
+                return {"chunk": self.public.get(destination, []), "total_room_count_estimate": 1}
+            room = self.rooms.get(parts[5])
+            if room is None:
+                raise FederationError(404, "M_NOT_FOUND", "unknown room")
+            if name == "backfill":
+                v = q.get("v", [])
+                return self._backfill(room, [v] if isinstance(v, str) else list(v), int(str(q.get("limit", "10"))))
+            membership = name.split("_", 1)[1]
+            template = room.template(parts[6], membership)
+            probe = Event.from_pdu(dict(template, signatures={}, hashes={}), room.rv, event_id="$probe")
+            state = {k: room.events[room.state[k]] for k in auth_types_for_event(probe, room.rv) if k in room.state}
+            if room.rv.room_id_is_create_event_hash:
+                state[("m.room.create", "")] = room.events[room.state[("m.room.create", "")]]
+            try:
+                check_auth(probe, state)
+            except AuthError as e:
+                raise FederationError(403, "M_FORBIDDEN", str(e)) from None
+            return {"event": template, "room_version": room.rv.identifier}
+        return await super().get_json(destination, path, query, timeout_s=timeout_s)
+
+    def _backfill(self, room: RemoteRoom, start: list[str], limit: int) -> JsonDict:
+        seen = set(start)
+        todo = [e for e in start if e in room.events]
+        out: list[Event] = []
+        while todo and len(out) < limit:
+            todo.sort(key=lambda e: room.events[e].depth)
+            ev = room.events[todo.pop()]
+            out.append(ev)
+            for p in ev.prev_event_ids:
+                if p not in seen and p in room.events:
+                    seen.add(p)
+                    todo.append(p)
+        return {"origin": room.server, "origin_server_ts": 0, "pdus": [e.pdu for e in out]}
+
+    async def put_json(
+        self, destination: str, path: str, body: Any, query: Query | None = None, *, timeout_s: float = 60.0
+    ) -> Any:
+        parts = [urllib.parse.unquote(p) for p in path.split("/")]
+        name = parts[4] if len(parts) > 4 else ""
+        self.bodies.append(("PUT", destination, path, body))
+        if name == "send":
+            self.requests.append(("PUT", destination, path))
+            self._check_up(destination)
+            self.received.append((destination, body))
+            return {"pdus": {}}
+        if name in ("send_join", "send_leave", "send_knock", "invite"):
+            self.requests.append(("PUT", destination, path))
+            self._check_up(destination)
+            room = self.rooms.get(parts[5])
+            if name == "invite":
+                return self._sign_invite(destination, body)
+            if room is None:
+                raise FederationError(404, "M_NOT_FOUND", "unknown room")
+            before = dict(room.state)
+            room.learn_timeline(body)
+            if name == "send_leave":
+                return {}
+            if name == "send_knock":
+                return {"knock_room_state": [
+                    {k: room.events[e].pdu[k] for k in ("type", "state_key", "sender", "content")}
+                    for e in before.values()
+                    if room.events[e].type in ("m.room.create", "m.room.join_rules", "m.room.name")
+                ]}
+            answer = {
+                "origin": room.server,
+                "members_omitted": False,
+                "state": [room.events[e].pdu for e in before.values()],
+                "auth_chain": [room.events[e].pdu for e in room.auth_chain([*before.values(), room.event_id(body)])],
+                "event": body,
+            }
+            if self.tamper_send_join is not None:
+                self.tamper_send_join(answer)
+            return answer
+        return await super().put_json(destination, path, body, query, timeout_s=timeout_s)
+
+    def _sign_invite(self, destination: str, body: JsonDict) -> JsonDict:
+        from pocketserver.protocol.redaction import redact
+        from pocketserver.protocol.signing import sign_json
+
+        rv = KNOWN_ROOM_VERSIONS[body["room_version"]]
+        pdu = dict(body["event"])
+        signed = sign_json(redact(pdu, rv), destination, key_for(destination), strict=rv.strict_canonicaljson)
+        pdu["signatures"] = signed["signatures"]
+        self.invites = [*getattr(self, "invites", []), body]
+        return {"event": pdu}
+
+    async def post_json(
+        self, destination: str, path: str, body: Any, query: Query | None = None, *, timeout_s: float = 60.0
+    ) -> Any:
+        if path == "/_matrix/federation/v1/publicRooms":
+            self.requests.append(("POST", destination, path))
+            self._check_up(destination)
+            return {"chunk": self.public.get(destination, []), "total_room_count_estimate": 1}
+        return await super().post_json(destination, path, body, query, timeout_s=timeout_s)

@@ -34,6 +34,16 @@ def _reason(body: dict[str, Any]) -> str | None:
     return get_str(body, "reason")
 
 
+def _via() -> list[str]:
+    """The servers to join or knock through: ``via`` (v1.12+) and the older
+    ``server_name``, both repeatable query parameters."""
+    servers = [*request.args.getlist("via"), *request.args.getlist("server_name")]
+    for s in servers:
+        if not s or len(s) > 255 or any(c in s for c in "/ @#!$"):
+            raise InvalidParam(f"Invalid server name {s!r}")
+    return servers
+
+
 @client_route(bp, "/createRoom", ["POST"])
 async def create_room() -> Response:
     """POST /_matrix/client/v3/createRoom"""
@@ -86,7 +96,9 @@ async def _join(requester: Requester, room_id_or_alias: str, body: dict[str, Any
         room_id = await svc.rooms.resolve_room_id_or_alias(room_id_or_alias)
         await svc.third_party_invites.accept(requester, room_id, body["third_party_signed"])
         room_id_or_alias = room_id
-    return await svc.rooms.join(requester, room_id_or_alias, reason=_reason(body), content=body)
+    return await svc.rooms.join(
+        requester, room_id_or_alias, reason=_reason(body), content=body, via=_via()
+    )
 
 
 @client_route(bp, "/knock/<room_id_or_alias>", ["POST"])
@@ -94,9 +106,7 @@ async def knock(room_id_or_alias: str) -> Response:
     """POST /_matrix/client/v3/knock/{roomIdOrAlias}"""
     requester = await require_auth()
     body = await json_body(allow_empty=True)
-    rooms = services().rooms
-    rid = await rooms.resolve_room_id_or_alias(room_id_or_alias)
-    await rooms.update_membership(requester, rid, requester.user_id, "knock", reason=_reason(body))
+    rid = await services().rooms.knock(requester, room_id_or_alias, reason=_reason(body), via=_via())
     return json_response({"room_id": rid})
 
 
@@ -459,7 +469,12 @@ async def public_rooms() -> Response:
         raise BadJson("limit must be a non-negative integer")
     svc = services()
     if server is not None and server != svc.config.server_name:
-        raise MatrixError(404, "M_NOT_FOUND", "Room directories of other servers are not available yet")
+        if request.method == "POST":
+            fed_body: dict[str, Any] = {k: body[k] for k in ("limit", "since", "filter", "include_all_networks",
+                                                             "third_party_instance_id") if k in body}
+            return json_response(await svc.rooms.remote_public_rooms(server, {}, fed_body))
+        query = {k: str(v) for k, v in (("limit", limit), ("since", since)) if v is not None}
+        return json_response(await svc.rooms.remote_public_rooms(server, query, None))
     out = await svc.reader.public_rooms(limit=limit, since=since, search=term)
     return json_response(out)
 

@@ -1,0 +1,634 @@
+"""This server's users in rooms hosted elsewhere: joining, inviting remote users,
+leaving and rejecting invites, knocking, backfill and the remote room directory.
+
+Spec: server-server-api.md "Joining Rooms" (make_join, send_join v2), "Inviting to a
+room" (invite v2), "Leaving Rooms (Rejecting Invites)" (make_leave, send_leave v2),
+"Knocking upon a room" (make_knock, send_knock), "Backfilling and retrieving missing
+events" (/backfill, /event), "Querying for information" (query/directory) and "Public
+Room Directory"; shapes in data/api/server-server/.
+
+Joining, step by step (:meth:`RemoteRooms.join`):
+
+1. ``make_join`` with the room versions this server knows, on each candidate server in
+   turn until one answers (one that cannot be reached or refuses is skipped);
+2. the template filled in (our timestamp and content, ``join_authorised_via_users_server``
+   kept as given), hashed and signed with our key, its event ID per the room version;
+3. ``send_join`` v2 to the same server;
+4. the answer checked: every state and auth-chain event's format, signatures and
+   content hash (the intake's steps 1-3; one that fails refuses the whole answer), the
+   create event of the state names the room version make_join gave, and the join
+   itself is allowed by the state;
+5. one write transaction: the auth chain and state as outliers (each checked against
+   its own auth events, rejected ones kept out of the state), the state before the join
+   as a state group, the join in the timeline, the room's current state and
+   memberships, the forward extremity (the join) and the backward extremities (its
+   prev_events, where backfill goes on).
+
+Memory: a send_join answer of a big room is tens of MB of JSON. Its lists are consumed
+in place (each PDU dict becomes an :class:`~pocketserver.protocol.events.Event` around
+the same dict, never copied) and the answer itself is dropped before the write; the
+state map is of event IDs.
+
+What it must never know: how requests are signed or routed (a
+:class:`~pocketserver.federation.interfaces.FederationRequester`), HTTP, or the client
+API's shapes beyond the directory's pass-through.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import trio
+
+from pocketserver.errors import Forbidden, MatrixError, NotFound
+from pocketserver.federation.intake import IntakeError, PduIntake
+from pocketserver.federation.interfaces import (
+    FederationError,
+    FederationRequester,
+    FederationUnreachable,
+)
+from pocketserver.protocol import pdu_checks as pc
+from pocketserver.protocol.auth_rules import CREATE, AuthError, auth_types_for_event, check_auth
+from pocketserver.protocol.events import Event, EventFormatError, StateKey
+from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from pocketserver.protocol.signing import SigningKey, sign_event
+from pocketserver.services.clock import Clock
+from pocketserver.services.notifier import Notifier
+from pocketserver.storage import event_graph as graph
+from pocketserver.storage import events as ev_store
+from pocketserver.storage import state as state_store
+from pocketserver.storage.database import Conn, Database
+from pocketserver.storage.events import NewEvent, RoomInfo
+from pocketserver.storage.streams import next_backfill_pos, next_stream_pos
+
+log = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+StateMap = dict[StateKey, str]
+
+REQUEST_TIMEOUT_S = 30.0
+SEND_JOIN_TIMEOUT_S = 300.0  # a big room's state takes a while to gather and send
+MAX_CANDIDATES = 10
+MAX_BACKFILL = 100
+# The state an invitee's server is sent with an invite (and shown before joining).
+INVITE_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
+
+
+def _q(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+def _domain(identifier: str) -> str:
+    return identifier.split(":", 1)[1] if ":" in identifier else ""
+
+
+class JoinFailed(Exception):
+    """One server could not complete the join (its answer was unusable)."""
+
+
+class RemoteRooms:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        notifier: Notifier,
+        intake: PduIntake,
+        requester: FederationRequester,
+        server_name: str,
+        signing_key: SigningKey,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.notifier = notifier
+        self.intake = intake
+        self.requester = requester
+        self.server_name = server_name
+        self.signing_key = signing_key
+        self._backfill_turn = 0
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _client_error(self, refused: FederationError | None, what: str) -> MatrixError:
+        """The client's answer when no server completed ``what``: the refusal of the
+        last server that refused (its errcode, never its body), else 502 (as Synapse)."""
+        if refused is not None and 400 <= refused.status < 500 and refused.status != 429:
+            errcode = refused.errcode if refused.errcode.startswith("M_") else "M_FORBIDDEN"
+            status = refused.status if refused.status in (400, 403, 404) else 403
+            return MatrixError(status, errcode, f"The room's server refused the {what}")
+        return MatrixError(502, "M_UNKNOWN", f"No server in the room could be reached to {what}")
+
+    def candidates(self, servers: Iterable[str]) -> list[str]:
+        out = [s for s in dict.fromkeys(servers) if isinstance(s, str) and s and s != self.server_name]
+        return out[:MAX_CANDIDATES]
+
+    # -- the room directory ----------------------------------------------------------------
+
+    async def resolve_alias(self, alias: str) -> tuple[str, list[str]]:
+        """``GET /_matrix/federation/v1/query/directory?room_alias=`` on the alias's
+        server: (room ID, servers to join through)."""
+        server = _domain(alias)
+        try:
+            body = await self.requester.get_json(
+                server, "/_matrix/federation/v1/query/directory", {"room_alias": alias},
+                timeout_s=REQUEST_TIMEOUT_S,
+            )
+        except FederationError as e:
+            if e.status == 404:
+                raise NotFound(f"Room alias {alias} not found") from None
+            raise MatrixError(502, "M_UNKNOWN", f"{server} could not resolve the alias") from None
+        except FederationUnreachable:
+            raise MatrixError(502, "M_UNKNOWN", f"{server} could not be reached") from None
+        room_id = body.get("room_id") if isinstance(body, dict) else None
+        servers = body.get("servers") if isinstance(body, dict) else None
+        if not isinstance(room_id, str) or not room_id.startswith("!"):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} gave no room for the alias")
+        found = [s for s in servers if isinstance(s, str)] if isinstance(servers, list) else []
+        return room_id, [server, *found] if server not in found else found
+
+    async def public_rooms(self, server: str, query: Mapping[str, str], body: JsonDict | None) -> JsonDict:
+        """``/_matrix/federation/v1/publicRooms`` on ``server`` (GET, or POST with a
+        filter); the answer checked for shape, never passed on as it came."""
+        path = "/_matrix/federation/v1/publicRooms"
+        try:
+            if body is None:
+                answer = await self.requester.get_json(server, path, dict(query), timeout_s=REQUEST_TIMEOUT_S)
+            else:
+                answer = await self.requester.post_json(server, path, body, timeout_s=REQUEST_TIMEOUT_S)
+        except FederationError as e:
+            if e.status == 404:
+                raise NotFound(f"{server} has no public room directory") from None
+            raise MatrixError(502, "M_UNKNOWN", f"{server} did not answer the directory request") from None
+        except FederationUnreachable:
+            raise MatrixError(502, "M_UNKNOWN", f"{server} could not be reached") from None
+        chunk = answer.get("chunk") if isinstance(answer, dict) else None
+        if not isinstance(chunk, list):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} gave no room list")
+        out: JsonDict = {"chunk": [c for c in chunk if isinstance(c, dict) and isinstance(c.get("room_id"), str)]}
+        for key in ("next_batch", "prev_batch"):
+            if isinstance(answer.get(key), str):
+                out[key] = answer[key]
+        if type(answer.get("total_room_count_estimate")) is int:
+            out["total_room_count_estimate"] = answer["total_room_count_estimate"]
+        return out
+
+    # -- building our membership events from a template -------------------------------------
+
+    async def _make(
+        self, server: str, kind: str, room_id: str, user_id: str, with_versions: bool
+    ) -> tuple[JsonDict, RoomVersion]:
+        path = f"/_matrix/federation/v1/make_{kind}/{_q(room_id)}/{_q(user_id)}"
+        query = {"ver": sorted(KNOWN_ROOM_VERSIONS)} if with_versions else None
+        answer = await self.requester.get_json(server, path, query, timeout_s=REQUEST_TIMEOUT_S)
+        if not isinstance(answer, dict) or not isinstance(answer.get("event"), dict):
+            raise JoinFailed(f"make_{kind} from {server} gave no event")
+        version = answer.get("room_version", "1")
+        rv = KNOWN_ROOM_VERSIONS.get(version) if isinstance(version, str) else None
+        if rv is None:
+            raise JoinFailed(f"make_{kind} from {server}: unknown room version {version!r}")
+        return answer["event"], rv
+
+    def _fill(
+        self, template: JsonDict, rv: RoomVersion, room_id: str, user_id: str, membership: str,
+        content: Mapping[str, Any] | None,
+    ) -> Event:
+        """The template as our event: checked to be the membership asked for, our
+        timestamp and content added, hashed and signed."""
+        t_content = template.get("content")
+        if (
+            template.get("type") != "m.room.member"
+            or template.get("room_id") != room_id
+            or template.get("sender") != user_id
+            or template.get("state_key") != user_id
+            or not isinstance(t_content, dict)
+            or t_content.get("membership") != membership
+        ):
+            raise JoinFailed(f"the make_{membership} template is not a {membership} of {user_id}")
+        pdu = {k: v for k, v in template.items() if k not in ("signatures", "hashes", "unsigned", "event_id")}
+        new_content = dict(content or {})
+        if "join_authorised_via_users_server" in t_content:
+            new_content["join_authorised_via_users_server"] = t_content["join_authorised_via_users_server"]
+        new_content["membership"] = membership
+        pdu["content"] = new_content
+        pdu["origin_server_ts"] = self.clock.time_ms()
+        if rv.updated_redaction_rules:
+            pdu.pop("origin", None)
+        else:
+            pdu["origin"] = self.server_name
+        if rv.uses_event_id_in_pdu:
+            pdu["event_id"] = f"${secrets.token_urlsafe(18)}:{self.server_name}"
+        try:
+            signed = sign_event(pdu, self.server_name, self.signing_key, rv)
+            event = pc.check_format(signed, rv)
+        except (ValueError, EventFormatError) as e:
+            raise JoinFailed(f"the make_{membership} template is not a valid event: {e}") from None
+        return event
+
+    # -- joining -----------------------------------------------------------------------------
+
+    async def join(
+        self, user_id: str, room_id: str, servers: Iterable[str], content: Mapping[str, Any] | None = None
+    ) -> str:
+        """Join ``room_id`` through the first of ``servers`` that lets us. Raises the
+        client's error when none does."""
+        refused: FederationError | None = None
+        tried = self.candidates(servers)
+        if not tried:
+            raise NotFound("No server to join the room through is known")
+        for server in tried:
+            try:
+                template, rv = await self._make(server, "join", room_id, user_id, True)
+                event = self._fill(template, rv, room_id, user_id, "join", content)
+                path = f"/_matrix/federation/v2/send_join/{_q(room_id)}/{_q(event.event_id)}"
+                answer = await self.requester.put_json(server, path, event.pdu, timeout_s=SEND_JOIN_TIMEOUT_S)
+                await self._complete_join(server, event, rv, answer)
+                return room_id
+            except FederationError as e:
+                log.info("joining %s through %s refused: %s", room_id, server, e)
+                if e.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
+                    raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "The room's version is not supported here") from None
+                refused = e
+                if e.status in (400, 403):
+                    break  # the room refuses (as Synapse: no other server is asked)
+            except FederationUnreachable as e:
+                log.info("joining %s through %s: unreachable: %s", room_id, server, e)
+            except JoinFailed as e:
+                log.warning("joining %s through %s failed: %s", room_id, server, e)
+        raise self._client_error(refused, "join")
+
+    async def _complete_join(self, server: str, event: Event, rv: RoomVersion, answer: Any) -> None:
+        if not isinstance(answer, dict):
+            raise JoinFailed("send_join answered no object")
+        room_id = event.room_id
+        # The resident server may have countersigned a restricted join: its copy.
+        theirs = answer.pop("event", None)
+        if isinstance(theirs, dict):
+            try:
+                signed = await self.intake.check_event(theirs, rv)
+            except IntakeError as e:
+                raise JoinFailed(f"the countersigned join: {e}") from None
+            # Only their signature may differ from ours (a redacted copy, same ID, would not).
+            if signed.event_id == event.event_id and signed.pdu.get("content") == event.pdu.get("content"):
+                event = signed
+        state_pdus = answer.pop("state", None)
+        chain_pdus = answer.pop("auth_chain", None)
+        del answer
+        if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):
+            raise JoinFailed("send_join answered no state or auth_chain")
+        # Steps 1-3 for every event; the lists' dicts are wrapped, not copied.
+        t0 = time.perf_counter()
+        events: dict[str, Event] = {}
+        state: StateMap = {}
+        for which, pdus in (("auth_chain", chain_pdus), ("state", state_pdus)):
+            for i, pdu in enumerate(pdus):
+                if i % 64 == 63:
+                    # A big room's checks take seconds of CPU: let other requests in.
+                    await trio.lowlevel.checkpoint()
+                try:
+                    ev = await self.intake.check_event(pdu, rv)
+                except IntakeError as e:
+                    raise JoinFailed(f"a {which} event of the answer: {e}") from None
+                if ev.room_id != room_id:
+                    raise JoinFailed(f"a {which} event of the answer is of another room")
+                events[ev.event_id] = ev
+                if which == "state":
+                    if ev.state_key is None:
+                        raise JoinFailed("a state event of the answer has no state_key")
+                    state[ev.state_tuple] = ev.event_id
+                pdus[i] = None  # the Event holds the dict now
+        del state_pdus, chain_pdus
+        create_id = state.get(CREATE)
+        create = events.get(create_id) if create_id is not None else None
+        if create is None:
+            raise JoinFailed("the state has no create event")
+        if create.content.get("room_version", "1") != rv.identifier:
+            raise JoinFailed("the create event names another room version than make_join")
+        if rv.room_id_is_create_event_hash and room_id != "!" + create.event_id[1:]:
+            raise JoinFailed("the create event is not the room's")
+        if any(e.type == "m.room.create" and e.event_id != create.event_id for e in events.values()):
+            raise JoinFailed("the answer holds a second create event")
+        # The join against the state before it (the resident server accepted it there).
+        auth_state = {k: events[state[k]] for k in auth_types_for_event(event, rv) | {CREATE} if k in state}
+        try:
+            check_auth(event, auth_state)
+        except AuthError as e:
+            raise JoinFailed(f"the join is not allowed by the room's state: {e}") from None
+        del auth_state
+        t1 = time.perf_counter()
+        pos = await self.db.write(self._persist_join, event, rv, events, state, create)
+        self.notifier.notify(pos)
+        log.info(
+            "joined %s through %s: %d events checked in %.2f s, stored in %.2f s",
+            room_id, server, len(events), t1 - t0, time.perf_counter() - t1,
+        )
+
+    def _persist_join(
+        self,
+        conn: Conn,
+        join: Event,
+        rv: RoomVersion,
+        events: dict[str, Event],
+        state: StateMap,
+        create: Event,
+    ) -> int:
+        room_id = join.room_id
+        now = self.clock.time_ms()
+        if ev_store.get_room(conn, room_id) is None:
+            ev_store.insert_room(conn, room_id, rv.identifier, create.sender, now)
+        # The auth chain and state as outliers, each against its own auth events.
+        stored = self.intake.persist_outliers(conn, rv, room_id, events)
+        rejected = {eid for eid, reason in stored.items() if reason is not None}
+        before = {k: v for k, v in state.items() if v not in rejected}
+        # The state before the join, the join, the state after it.
+        before_group = state_store.create_state_group(conn, room_id, None, before)
+        pos = next_stream_pos(conn)
+        known = graph.known_events(conn, [join.event_id]).get(join.event_id)
+        if known is None:
+            ev_store.insert_event(conn, NewEvent(join, pos, received_ts=now), now)
+        else:
+            graph.promote_outlier(conn, join.event_id, pos, None)
+        key = join.state_tuple
+        after = dict(before)
+        after[key] = join.event_id
+        after_group = state_store.create_state_group(conn, room_id, before_group, {key: join.event_id})
+        state_store.set_event_state(conn, join.event_id, after_group, before.get(key))
+        # Current state: what the room's state is now (a rejoin replaces what we held).
+        old = state_store.get_current_state_ids(conn, room_id) if state_store.current_state_group(conn, room_id) else {}
+        changes: dict[StateKey, str | None] = {k: v for k, v in after.items() if old.get(k) != v}
+        changes.update({k: None for k in old if k not in after})
+        state_store.set_current_state(conn, room_id, after_group, changes)
+        events[join.event_id] = join
+        for (etype, _), eid in changes.items():
+            ev = events.get(eid) if etype == "m.room.member" and eid is not None else None
+            if ev is not None and ev.membership is not None and ev.state_key is not None:
+                state_store.set_membership(
+                    conn, room_id, ev.state_key, ev.membership, ev.event_id, pos,
+                    ev.state_key.endswith(":" + self.server_name),
+                )
+        graph.replace_forward_extremities(conn, room_id, join.event_id)
+        have = graph.known_events(conn, join.prev_event_ids)
+        missing = [p for p in join.prev_event_ids if not (p in have and have[p].in_timeline)]
+        graph.update_backward_extremities(conn, room_id, join.event_id, missing)
+        return pos
+
+    # -- leaving a room we are not in (rejecting an invite, rescinding a knock) ------------
+
+    async def leave(self, user_id: str, room_id: str, servers: Iterable[str], reason: str | None = None) -> int:
+        """``make_leave`` / ``send_leave`` v2 through the first server that answers; our
+        leave is kept (an outlier) as the user's membership, so /sync shows the room
+        under ``leave``. Returns its stream position."""
+        refused: FederationError | None = None
+        content = {"reason": reason} if reason is not None else None
+        for server in self.candidates(servers):
+            try:
+                template, rv = await self._make(server, "leave", room_id, user_id, False)
+                event = self._fill(template, rv, room_id, user_id, "leave", content)
+                path = f"/_matrix/federation/v2/send_leave/{_q(room_id)}/{_q(event.event_id)}"
+                await self.requester.put_json(server, path, event.pdu, timeout_s=REQUEST_TIMEOUT_S)
+            except FederationError as e:
+                log.info("leaving %s through %s refused: %s", room_id, server, e)
+                refused = e
+                continue
+            except FederationUnreachable as e:
+                log.info("leaving %s through %s: unreachable: %s", room_id, server, e)
+                continue
+            except JoinFailed as e:
+                log.warning("leaving %s through %s failed: %s", room_id, server, e)
+                continue
+            pos = await self.db.write(self._store_own_outlier, event, rv, None)
+            self.notifier.notify(pos)
+            return pos
+        raise self._client_error(refused, "leave")
+
+    # -- knocking ----------------------------------------------------------------------------
+
+    async def knock(self, user_id: str, room_id: str, servers: Iterable[str], reason: str | None = None) -> None:
+        """``make_knock`` / ``send_knock``; the knock kept (an outlier) with the stripped
+        state the room's server answered, for /sync's ``knock`` section."""
+        refused: FederationError | None = None
+        content = {"reason": reason} if reason is not None else None
+        tried = self.candidates(servers)
+        if not tried:
+            raise NotFound("No server to knock through is known")
+        for server in tried:
+            try:
+                template, rv = await self._make(server, "knock", room_id, user_id, True)
+                if not rv.knock_join_rule:
+                    raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "The room's version has no knocking")
+                event = self._fill(template, rv, room_id, user_id, "knock", content)
+                path = f"/_matrix/federation/v1/send_knock/{_q(room_id)}/{_q(event.event_id)}"
+                answer = await self.requester.put_json(server, path, event.pdu, timeout_s=REQUEST_TIMEOUT_S)
+            except FederationError as e:
+                log.info("knocking on %s through %s refused: %s", room_id, server, e)
+                if e.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
+                    raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "The room's version is not supported here") from None
+                refused = e
+                continue
+            except FederationUnreachable as e:
+                log.info("knocking on %s through %s: unreachable: %s", room_id, server, e)
+                continue
+            except JoinFailed as e:
+                log.warning("knocking on %s through %s failed: %s", room_id, server, e)
+                continue
+            raw = answer.get("knock_room_state") if isinstance(answer, dict) else None
+            stripped = [_stripped(s) for s in raw[:50] if _stripped(s) is not None] if isinstance(raw, list) else []
+            pos = await self.db.write(self._store_own_outlier, event, rv, stripped)
+            self.notifier.notify(pos)
+            return
+        raise self._client_error(refused, "knock")
+
+    def _store_own_outlier(self, conn: Conn, event: Event, rv: RoomVersion, stripped: list[Any] | None) -> int:
+        """Our own leave or knock in a room we are not in: an outlier, the user's
+        membership row pointing at it (the room's state stays as it was, if any)."""
+        room_id = event.room_id
+        now = self.clock.time_ms()
+        if ev_store.get_room(conn, room_id) is None:
+            ev_store.insert_room(conn, room_id, rv.identifier, None, now)
+        if stripped is not None:
+            pdu = dict(event.pdu)
+            unsigned = dict(pdu.get("unsigned") or {})
+            unsigned["knock_room_state"] = [s for s in stripped if s is not None]
+            pdu["unsigned"] = unsigned
+            event = Event.from_pdu(pdu, rv, event_id=event.event_id)
+        if ev_store.event_nid(conn, event.event_id) is None:
+            ev_store.insert_event(conn, NewEvent(event, None, outlier=True, received_ts=now), now)
+        pos = next_stream_pos(conn)
+        assert event.state_key is not None and event.membership is not None
+        state_store.set_membership(conn, room_id, event.state_key, event.membership, event.event_id, pos, True)
+        return pos
+
+    # -- inviting a remote user ----------------------------------------------------------------
+
+    async def invite_room_state(self, room_id: str) -> list[JsonDict]:
+        def read(conn: Conn) -> list[JsonDict]:
+            ids = state_store.get_current_state_ids(conn, room_id, [(t, "") for t in INVITE_STATE_TYPES])
+            recs = ev_store.get_events(conn, ids.values())
+            out = []
+            for rec in recs.values():
+                pdu = dict(rec.event.pdu)
+                pdu.pop("unsigned", None)
+                out.append(pdu)
+            return out
+
+        return await self.db.read(read)
+
+    async def exchange_invite(self, event: Event) -> Event:
+        """``PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`` to the invitee's
+        server: the invite back with its signature added (checked), ready to persist."""
+        rv = event.room_version
+        assert event.state_key is not None
+        server = _domain(event.state_key)
+        body = {
+            "event": event.pdu,
+            "room_version": rv.identifier,
+            "invite_room_state": await self.invite_room_state(event.room_id),
+        }
+        path = f"/_matrix/federation/v2/invite/{_q(event.room_id)}/{_q(event.event_id)}"
+        try:
+            answer = await self.requester.put_json(server, path, body, timeout_s=REQUEST_TIMEOUT_S)
+        except FederationError as e:
+            log.info("invite of %s refused by %s: %s", event.state_key, server, e)
+            if e.status == 404:
+                raise NotFound("The invited user's server does not know that user") from None
+            if e.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
+                raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "The invitee's server does not support this room's version") from None
+            raise Forbidden("The invited user's server refused the invite") from None
+        except FederationUnreachable:
+            raise MatrixError(502, "M_UNKNOWN", f"{server} could not be reached") from None
+        returned = answer.get("event") if isinstance(answer, dict) else None
+        if not isinstance(returned, dict):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} answered the invite without the event")
+        theirs = (returned.get("signatures") or {}).get(server) if isinstance(returned.get("signatures"), dict) else None
+        if not isinstance(theirs, dict) or not theirs:
+            raise MatrixError(502, "M_UNKNOWN", f"{server} did not sign the invite")
+        signatures = {k: dict(v) for k, v in (event.pdu.get("signatures") or {}).items()}
+        signatures[server] = dict(theirs)
+        pdu = dict(event.pdu)
+        pdu["signatures"] = signatures
+        signed = Event.from_pdu(pdu, rv, event_id=event.event_id)
+        keys = await self.intake.verify_keys_of(server, list(theirs), signed)
+        try:
+            pc.verify_signatures(signed, keys, {server})
+        except pc.SignatureError as e:
+            raise MatrixError(502, "M_UNKNOWN", f"{server}'s signature on the invite does not verify: {e}") from None
+        return signed
+
+    # -- history ---------------------------------------------------------------------------------
+
+    async def backfill(self, room_id: str, limit: int) -> int:
+        """One ``/backfill`` request from the room's backward extremities to a server in
+        the room; each event through the intake's checks (steps 1-4) and stored as
+        history before what we have (stream_pos < 0). Returns how many were stored."""
+
+        def read(conn: Conn) -> tuple[list[str], list[str], RoomInfo | None]:
+            info = ev_store.get_room(conn, room_id)
+            extremities = graph.backward_extremities(conn, room_id)
+            servers = sorted(state_store.servers_in_room(conn, room_id) - {self.server_name})
+            return extremities, servers, info
+
+        extremities, servers, info = await self.db.read(read)
+        if not extremities or not servers or info is None or not info.has_state:
+            return 0
+        rv = info.room_version
+        limit = max(1, min(limit, MAX_BACKFILL))
+        # One request a call: to the server that answered last, else the next one in
+        # turn (a failing server is skipped by the next call).
+        server = servers[self._backfill_turn % len(servers)]
+        path = f"/_matrix/federation/v1/backfill/{_q(room_id)}"
+        try:
+            answer = await self.requester.get_json(
+                server, path, {"v": extremities[:20], "limit": str(limit)}, timeout_s=REQUEST_TIMEOUT_S
+            )
+        except (FederationError, FederationUnreachable) as e:
+            log.info("backfill of %s from %s failed: %s", room_id, server, e)
+            self._backfill_turn += 1
+            return 0
+        pdus = answer.get("pdus") if isinstance(answer, dict) else None
+        if not isinstance(pdus, list):
+            self._backfill_turn += 1
+            return 0
+        checked: dict[str, Event] = {}
+        for pdu in pdus[:limit]:
+            try:
+                ev = await self.intake.check_event(pdu, rv)
+            except IntakeError as e:
+                log.info("backfilled event dropped: %s", e)
+                continue
+            if ev.room_id == room_id:
+                checked[ev.event_id] = ev
+        if not checked:
+            return 0
+        return await self.db.write(self._persist_backfill, rv, room_id, checked)
+
+    def _persist_backfill(self, conn: Conn, rv: RoomVersion, room_id: str, checked: dict[str, Event]) -> int:
+        # Newest first: each later event gets an older (more negative) position.
+        order = sorted(checked.values(), key=lambda e: (e.depth, e.origin_server_ts), reverse=True)
+        known = graph.known_events(conn, checked)
+        # New events, and outliers (state we were given at the join) taking their place
+        # in history; what was rejected stays out.
+        fresh = {
+            e.event_id: e
+            for e in order
+            if e.event_id not in known or (known[e.event_id].outlier and not known[e.event_id].rejected)
+        }
+        reasons = self.intake.persist_outliers(conn, rv, room_id, fresh)
+        stored = 0
+        for ev in order:
+            if ev.event_id not in fresh:
+                continue
+            reason = reasons.get(ev.event_id)
+            pos = next_backfill_pos(conn) if reason is None else None
+            graph.promote_outlier(conn, ev.event_id, pos, reason)
+            if reason is None:
+                stored += 1
+            have = graph.known_events(conn, ev.prev_event_ids)
+            missing = [p for p in ev.prev_event_ids if not (p in have and not have[p].outlier)]
+            graph.update_backward_extremities(conn, room_id, ev.event_id, missing)
+        return stored
+
+    async def fetch_event(self, room_id: str, event_id: str) -> bool:
+        """An event of a room we are in that we lack: ``/event`` from a server in the
+        room, checked and stored as an outlier. Whether it is stored now."""
+
+        def read(conn: Conn) -> tuple[Any, list[str]]:
+            return ev_store.get_room(conn, room_id), sorted(
+                state_store.servers_in_room(conn, room_id) - {self.server_name}
+            )
+
+        info, servers = await self.db.read(read)
+        if info is None or not info.has_state:
+            return False
+        for server in servers[:3]:
+            try:
+                body = await self.requester.get_json(
+                    server, f"/_matrix/federation/v1/event/{_q(event_id)}", timeout_s=REQUEST_TIMEOUT_S
+                )
+            except (FederationError, FederationUnreachable):
+                continue
+            pdus = body.get("pdus") if isinstance(body, dict) else None
+            if not isinstance(pdus, list) or len(pdus) != 1:
+                continue
+            stored = await self.intake.store_outliers(info, pdus)
+            return event_id in stored
+        return False
+
+
+def _stripped(entry: Any) -> JsonDict | None:
+    if not isinstance(entry, dict):
+        return None
+    if not (isinstance(entry.get("type"), str) and isinstance(entry.get("state_key"), str)
+            and isinstance(entry.get("content"), dict)):
+        return None
+    return {k: entry[k] for k in ("type", "state_key", "sender", "content") if k in entry}
