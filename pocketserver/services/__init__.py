@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.config import Config
+from pocketserver.federation.client import FederationClient
+from pocketserver.federation.keyring import KeyRing
+from pocketserver.federation.profiles import RemoteProfiles
 from pocketserver.services.accounts import AccountsService
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
@@ -70,6 +73,9 @@ class Services:
     voip: VoipService
     push: PushService
     openid: OpenIdService
+    federation_client: FederationClient
+    keyring: KeyRing
+    remote_profiles: RemoteProfiles
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -116,6 +122,10 @@ def build_services(
     relations = RelationsService(db, clock)
     rooms.before_send.append(relations.check_new_relation)
     member_profiles = MemberProfiles(db, rooms)
+    federation_client = FederationClient(config.server_name, signing_key, outbound, config.federation)
+    keyring = KeyRing(
+        db, clock, config.server_name, signing_key, federation_client, config.federation.trusted_key_servers
+    )
     upgrades = UpgradeService(db, rooms, pipeline)
     rooms.on_membership.append(upgrades.on_membership)
     accounts.on_profile_changed.append(member_profiles.on_profile_changed)
@@ -148,5 +158,8 @@ def build_services(
         voip=VoipService(config.turn, clock),
         push=push,
         openid=OpenIdService(db, clock, config.server_name),
+        federation_client=federation_client,
+        keyring=keyring,
+        remote_profiles=RemoteProfiles(federation_client, clock),
         background=[("media", media.run), ("push", push.run)],
     )
