@@ -7,12 +7,9 @@ There is no god object: :class:`Services` is only the bag the API layer reads fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pocketserver.config import Config
-from pocketserver.federation.client import FederationClient
-from pocketserver.federation.keyring import KeyRing
-from pocketserver.federation.profiles import RemoteProfiles
 from pocketserver.services.accounts import AccountsService
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
@@ -42,6 +39,11 @@ from pocketserver.services.user_directory import UserDirectoryService
 from pocketserver.services.voip import VoipService
 from pocketserver.storage import events as ev_store
 from pocketserver.storage.database import Database
+
+if TYPE_CHECKING:  # federation/ imports services.outbound: imported in build_services
+    from pocketserver.federation.client import FederationClient
+    from pocketserver.federation.keyring import KeyRing
+    from pocketserver.federation.profiles import RemoteProfiles
 
 
 @dataclass
@@ -83,6 +85,10 @@ class Services:
 def build_services(
     config: Config, db: Database, signing_key: ServerSigningKey, clock: Clock | None = None
 ) -> Services:
+    from pocketserver.federation.client import FederationClient
+    from pocketserver.federation.keyring import KeyRing
+    from pocketserver.federation.profiles import RemoteProfiles
+
     clock = clock or Clock()
     notifier = Notifier()
     auth = AuthService(db, clock)
