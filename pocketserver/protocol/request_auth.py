@@ -15,7 +15,8 @@ Signing a request (the sender):
 Parsing (the receiver): the scheme, one or more spaces, then comma-separated
 ``name=value`` pairs with optional spaces or tabs around the commas; names are
 case-insensitive; a value is a token or a quoted string whose backslash escapes are
-undone; colons are accepted in unquoted values (older servers send them); unknown
+undone; an unquoted value may hold more than token characters (colons from older
+servers, base64's ``/``) and ends at a comma or a space; unknown
 names are ignored. ``origin``, ``key`` and ``sig`` are required, ``destination`` is
 optional (added in v1.3). Several headers carry several signatures.
 """
@@ -57,8 +58,11 @@ def format_header(origin: str, destination: str, key_id: str, sig: str) -> str:
     return f'{SCHEME} origin="{origin}",destination="{destination}",key="{key_id}",sig="{sig}"'
 
 
-# RFC 9110 token characters, plus ":" for older servers' unquoted values.
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ:")
+# RFC 9110 token characters (parameter names).
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# An unquoted value runs to the next comma or space: tokens, and more (":" from older
+# servers, unpadded base64's "/").
+_VALUE_END = frozenset(', \t"')
 
 
 def _params(text: str) -> dict[str, str]:
@@ -70,7 +74,7 @@ def _params(text: str) -> dict[str, str]:
         if i >= n:
             raise AuthHeaderError("expected a parameter")
         start = i
-        while i < n and text[i] in _TOKEN and text[i] != ":":
+        while i < n and text[i] in _TOKEN:
             i += 1
         name = text[start:i].lower()
         if not name or i >= n or text[i] != "=":
@@ -97,7 +101,7 @@ def _params(text: str) -> dict[str, str]:
             value = "".join(chars)
         else:
             start = i
-            while i < n and text[i] in _TOKEN:
+            while i < n and text[i] not in _VALUE_END:
                 i += 1
             value = text[start:i]
             if not value:
