@@ -113,7 +113,7 @@ class HttpConnection:
                 response = event
                 declared = dict(event.headers).get(b"content-length")
                 if declared is not None and declared.isdigit() and int(declared) > max_size:
-                    raise ResponseTooLarge(f"response of {int(declared)} bytes is over {max_size}")
+                    raise ResponseTooLarge(f"response of {int(declared)} bytes is over {max_size} bytes")
             elif isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > max_size:
