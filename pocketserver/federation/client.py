@@ -208,6 +208,9 @@ class FederationClient:
                 await conn.aclose()
                 if conn.received_any:
                     raise
+            except BaseException:  # cancelled (a timeout): the connection is mid-exchange
+                await conn.aclose()
+                raise
             else:
                 await self._give_back(target, conn)
                 return response

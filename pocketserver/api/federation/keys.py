@@ -54,7 +54,8 @@ async def query_many() -> Response:
     for server_name, key_criteria in criteria.items():
         if not isinstance(key_criteria, dict):
             raise BadJson(f"server_keys.{server_name} must be an object")
-        minimum = now
+        # The latest time any of the keys asked about must be valid at (now if none says).
+        asked: list[int] = []
         for key_id, c in key_criteria.items():
             if not isinstance(c, dict):
                 raise BadJson(f"server_keys.{server_name}.{key_id} must be an object")
@@ -62,7 +63,8 @@ async def query_many() -> Response:
             if ts is not None:
                 if not isinstance(ts, int) or isinstance(ts, bool):
                     raise BadJson("minimum_valid_until_ts must be an integer")
-                minimum = max(minimum, ts) if minimum != now else ts
+                asked.append(ts)
+        minimum = max(asked) if asked else now
         if not is_valid_server_name(server_name):
             continue
         out.extend(await svc.keyring.notary_responses(server_name, minimum))
