@@ -256,12 +256,16 @@ class KeyRing:
         kept = self._responses.get(server_name)
         if kept is None or kept.get("valid_until_ts", 0) < minimum_valid_until_ts:
             running = self._fetching.get(server_name)
+            last = self._attempted.get(server_name)
             if running is not None:
                 await running.wait()
-            else:
+            elif last is None or self.clock.monotonic() - last >= RETRY_AFTER_S:
                 done = self._fetching[server_name] = trio.Event()
                 try:
-                    await self._fetch_direct(server_name)
+                    if await self._fetch_direct(server_name):
+                        self._attempted.pop(server_name, None)
+                    else:
+                        self._attempted[server_name] = self.clock.monotonic()
                 finally:
                     del self._fetching[server_name]
                     done.set()

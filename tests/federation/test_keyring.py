@@ -240,5 +240,7 @@ async def test_the_notary_side_signs_what_it_serves(db: Database) -> None:
     await ring.notary_responses("remote.org", NOW_MS + 10 * 3600_000)
     assert fake.calls[("remote.org", "/_matrix/key/v2/server")] == 2
     assert await ring.notary_responses("down.org", NOW_MS) == []
+    assert await ring.notary_responses("down.org", NOW_MS) == []  # not asked again at once
+    assert fake.calls[("down.org", "/_matrix/key/v2/server")] == 1
     (own,) = await ring.notary_responses("me.org", NOW_MS)
     verify_json(own, "me.org", ME.key_id, ME.verify_key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 from quart import Blueprint, Response
 
 from pocketserver.api.common import json_body, json_response, query_int, services
@@ -19,6 +20,7 @@ bp = Blueprint("federation_keys", __name__)
 
 # At most this many servers in one notary query (each may cost a fetch).
 MAX_QUERIED_SERVERS = 100
+CONCURRENT_FETCHES = 8
 
 
 @bp.route("/_matrix/key/v2/server", methods=["GET"])
@@ -50,7 +52,7 @@ async def query_many() -> Response:
     if len(criteria) > MAX_QUERIED_SERVERS:
         raise InvalidParam(f"At most {MAX_QUERIED_SERVERS} servers per query")
     now = svc.clock.time_ms()
-    out: list[dict[str, Any]] = []
+    wanted: list[tuple[str, int]] = []
     for server_name, key_criteria in criteria.items():
         if not isinstance(key_criteria, dict):
             raise BadJson(f"server_keys.{server_name} must be an object")
@@ -65,7 +67,18 @@ async def query_many() -> Response:
                     raise BadJson("minimum_valid_until_ts must be an integer")
                 asked.append(ts)
         minimum = max(asked) if asked else now
-        if not is_valid_server_name(server_name):
-            continue
-        out.extend(await svc.keyring.notary_responses(server_name, minimum))
+        if is_valid_server_name(server_name):
+            wanted.append((server_name, minimum))
+    # Asked of the servers a few at a time: one that does not answer holds up only its slot.
+    results: dict[int, list[dict[str, Any]]] = {}
+    limiter = trio.CapacityLimiter(CONCURRENT_FETCHES)
+
+    async def one(i: int, server_name: str, minimum: int) -> None:
+        async with limiter:
+            results[i] = await svc.keyring.notary_responses(server_name, minimum)
+
+    async with trio.open_nursery() as nursery:
+        for i, (server_name, minimum) in enumerate(wanted):
+            nursery.start_soon(one, i, server_name, minimum)
+    out = [r for i in range(len(wanted)) for r in results.get(i, [])]
     return json_response({"server_keys": out})
