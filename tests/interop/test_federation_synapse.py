@@ -2,7 +2,8 @@
 
 Both directions of a profile look-up (Synapse -> pocketserver exercises our key serving
 and inbound request checks; pocketserver -> Synapse our discovery, request signing and
-key fetching), our notary answering for Synapse's keys, and ``check-federation``.
+key fetching), our notary answering for Synapse's keys, Synapse's notary accepting ours,
+and ``check-federation``.
 """
 
 from __future__ import annotations
@@ -100,11 +101,28 @@ def test_our_notary_answers_for_synapse_keys(pair: Pair) -> None:
     ours = httpx.get(f"{pair.pocket.federation_url}/_matrix/key/v2/server", verify=False, timeout=30).json()
     for key_id, entry in ours["verify_keys"].items():
         verify_json(response, pair.pocket.server_name, key_id, decode_verify_key_base64(entry["key"]))
-    # The GET form, and Synapse's own key query of ours through its notary API.
+    # The GET form.
     r = httpx.get(
         f"{pair.pocket.federation_url}/_matrix/key/v2/query/{synapse_name}", verify=False, timeout=60
     )
     assert [k["server_name"] for k in r.json()["server_keys"]] == [synapse_name]
+
+
+def test_synapse_as_notary_accepts_our_keys(pair: Pair) -> None:
+    from pocketserver.protocol.signing import decode_verify_key_base64, verify_json
+
+    synapse_fed = f"https://127.0.0.1:{pair.synapse.extra['federation_port']}"
+    r = httpx.post(
+        f"{synapse_fed}/_matrix/key/v2/query",
+        json={"server_keys": {pair.pocket.server_name: {}}}, verify=False, timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    (response,) = r.json()["server_keys"]
+    ours = httpx.get(f"{pair.pocket.federation_url}/_matrix/key/v2/server", verify=False, timeout=30).json()
+    assert response["verify_keys"] == ours["verify_keys"]
+    synapse_keys = httpx.get(f"{synapse_fed}/_matrix/key/v2/server", verify=False, timeout=30).json()
+    for key_id, entry in synapse_keys["verify_keys"].items():
+        verify_json(response, pair.synapse.server_name, key_id, decode_verify_key_base64(entry["key"]))
 
 
 def test_check_federation_says_synapse_works(pair: Pair) -> None:
