@@ -61,6 +61,7 @@ class FederationClient:
         resolver: ServerResolver | None = None,
     ) -> None:
         cfg = config or FederationConfig()
+        self.enabled = cfg.enabled
         self.server_name = server_name
         self.signing_key = signing_key
         self.outbound = outbound
@@ -144,6 +145,8 @@ class FederationClient:
         max_size: int = DEFAULT_MAX_RESPONSE,
         signed: bool = True,
     ) -> Any:
+        if not self.enabled:
+            raise FederationUnreachable("federation is turned off ([federation] enabled = false)")
         uri = path
         if query:
             uri += "?" + urlencode(

@@ -113,3 +113,13 @@ async def test_a_server_that_never_answers_times_out(nursery: trio.Nursery) -> N
         await client.get_json(f"127.0.0.1:{port}", "/_matrix/federation/v1/version", timeout_s=0.5)
     assert held  # it did connect
     nursery.cancel_scope.cancel()
+
+
+async def test_federation_turned_off_refuses_both_ways(nursery: trio.Nursery, tmp_path: Path) -> None:
+    on = await start_federating_server(nursery, tmp_path / "on")
+    off = await start_federating_server(nursery, tmp_path / "off", {"enabled": False})
+    with pytest.raises(FederationUnreachable, match="turned off"):
+        await off.services.federation_client.get_json(name(on), "/_matrix/federation/v1/version")
+    with pytest.raises(FederationError) as e:
+        await on.services.federation_client.get_json(name(off), PROFILE, {"user_id": f"@a:{name(off)}"})
+    assert (e.value.status, e.value.errcode) == (403, "M_FORBIDDEN")

@@ -3,7 +3,8 @@
 Spec: shared/spec/content/server-server-api.md, "Request Authentication" and "Server
 Access Control Lists (ACLs)".
 
-:func:`authenticated_origin`, called first by every route that needs a signed request:
+:func:`authenticated_origin`, called first by every route that needs a signed request
+(403 ``M_FORBIDDEN`` at once when ``[federation] enabled = false``):
 
 1. collect the ``Authorization: X-Matrix ...`` headers (several are several
    signatures; one that verifies is enough); none -> 401 ``M_UNAUTHORIZED``;
@@ -59,6 +60,9 @@ def request_uri() -> str:
 
 async def authenticated_origin() -> str:
     """The origin server of this request, its X-Matrix signature verified (steps 1-5)."""
+    svc = services()
+    if not svc.config.federation.enabled:
+        raise Forbidden("Federation is turned off on this server")
     values = [v for v in request.headers.getlist("Authorization") if is_x_matrix(v)]
     if not values:  # 1
         raise Unauthorized("Missing X-Matrix authorization")
@@ -71,7 +75,6 @@ async def authenticated_origin() -> str:
     origin = parsed[0].origin
     if any(p.origin != origin for p in parsed) or not is_valid_server_name(origin):
         raise Unauthorized("Invalid origin in X-Matrix authorization")
-    svc = services()
     me = svc.config.server_name
     for p in parsed:  # 3
         if p.destination is not None and p.destination != me:
