@@ -51,6 +51,10 @@ class Services:
     config: Config
     db: Database
     signing_key: ServerSigningKey
+    # fed-transport: signed requests out, other servers' keys, remote users' profiles.
+    federation_client: FederationClient
+    keyring: KeyRing
+    remote_profiles: RemoteProfiles
     clock: Clock
     notifier: Notifier
     auth: AuthService
@@ -75,9 +79,6 @@ class Services:
     voip: VoipService
     push: PushService
     openid: OpenIdService
-    federation_client: FederationClient
-    keyring: KeyRing
-    remote_profiles: RemoteProfiles
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
 
@@ -99,6 +100,10 @@ def build_services(
     presence = PresenceService(db, clock, notifier)
     # The one opener of outbound connections: one TLS context from [federation].
     outbound = Outbound(config.federation)
+    federation_client = FederationClient(config.server_name, signing_key, outbound, config.federation)
+    keyring = KeyRing(
+        db, clock, config.server_name, signing_key, federation_client, config.federation.trusted_key_servers
+    )
     media = MediaService(config, db, clock, outbound=outbound)
     e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
     accounts.on_device_created.append(e2ee.on_device_created)
@@ -128,10 +133,6 @@ def build_services(
     relations = RelationsService(db, clock)
     rooms.before_send.append(relations.check_new_relation)
     member_profiles = MemberProfiles(db, rooms)
-    federation_client = FederationClient(config.server_name, signing_key, outbound, config.federation)
-    keyring = KeyRing(
-        db, clock, config.server_name, signing_key, federation_client, config.federation.trusted_key_servers
-    )
     upgrades = UpgradeService(db, rooms, pipeline)
     rooms.on_membership.append(upgrades.on_membership)
     accounts.on_profile_changed.append(member_profiles.on_profile_changed)
@@ -140,6 +141,9 @@ def build_services(
         config=config,
         db=db,
         signing_key=signing_key,
+        federation_client=federation_client,
+        keyring=keyring,
+        remote_profiles=RemoteProfiles(federation_client, clock),
         clock=clock,
         notifier=notifier,
         auth=auth,
@@ -164,8 +168,5 @@ def build_services(
         voip=VoipService(config.turn, clock),
         push=push,
         openid=OpenIdService(db, clock, config.server_name),
-        federation_client=federation_client,
-        keyring=keyring,
-        remote_profiles=RemoteProfiles(federation_client, clock),
         background=[("media", media.run), ("push", push.run)],
     )
