@@ -7,7 +7,7 @@ There is no god object: :class:`Services` is only the bag the API layer reads fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pocketserver.config import Config
 from pocketserver.federation.e2e import FederatedKeys
@@ -43,12 +43,21 @@ from pocketserver.services.voip import VoipService
 from pocketserver.storage import events as ev_store
 from pocketserver.storage.database import Database
 
+if TYPE_CHECKING:  # federation/ imports services.outbound: imported in build_services
+    from pocketserver.federation.client import FederationClient
+    from pocketserver.federation.keyring import KeyRing
+    from pocketserver.federation.profiles import RemoteProfiles
+
 
 @dataclass
 class Services:
     config: Config
     db: Database
     signing_key: ServerSigningKey
+    # fed-transport: signed requests out, other servers' keys, remote users' profiles.
+    federation_client: FederationClient
+    keyring: KeyRing
+    remote_profiles: RemoteProfiles
     clock: Clock
     notifier: Notifier
     auth: AuthService
@@ -82,6 +91,10 @@ class Services:
 def build_services(
     config: Config, db: Database, signing_key: ServerSigningKey, clock: Clock | None = None
 ) -> Services:
+    from pocketserver.federation.client import FederationClient
+    from pocketserver.federation.keyring import KeyRing
+    from pocketserver.federation.profiles import RemoteProfiles
+
     clock = clock or Clock()
     notifier = Notifier()
     auth = AuthService(db, clock)
@@ -92,6 +105,10 @@ def build_services(
     presence = PresenceService(db, clock, notifier)
     # The one opener of outbound connections: one TLS context from [federation].
     outbound = Outbound(config.federation)
+    federation_client = FederationClient(config.server_name, signing_key, outbound, config.federation)
+    keyring = KeyRing(
+        db, clock, config.server_name, signing_key, federation_client, config.federation.trusted_key_servers
+    )
     media = MediaService(config, db, clock, outbound=outbound)
     e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
     accounts.on_device_created.append(e2ee.on_device_created)
@@ -137,6 +154,9 @@ def build_services(
         config=config,
         db=db,
         signing_key=signing_key,
+        federation_client=federation_client,
+        keyring=keyring,
+        remote_profiles=RemoteProfiles(federation_client, clock),
         clock=clock,
         notifier=notifier,
         auth=auth,

@@ -331,6 +331,10 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         ("PUT", "/presence/<user_id>/status"): {"presence": "online", "status_msg": "hi"},
         ("PUT", "/profile/<user_id>/<key>"): {"displayname": "A"},
         ("POST", "/_matrix/media/v1/create"): {"a": 1},
+        # The notary; loopback is not an allowed address here, so nothing is fetched.
+        ("POST", "/_matrix/key/v2/query"): {
+            "server_keys": {"localhost:1": {"ed25519:a": {"minimum_valid_until_ts": 1}}}
+        },
         # One route serves every push-rule path; ``rest`` is a rule's (global/override/sweep).
         ("PUT", "/pushrules/<path:rest>"): {
             "actions": ["notify", {"set_tweak": "highlight", "value": False}],
