@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pocketserver.config import Config
 from pocketserver.federation.e2e import FederatedKeys
 from pocketserver.federation.edus import FederationEdus
-from pocketserver.federation.sender import FederationSender, UnconfiguredRequester
+from pocketserver.federation.sender import FederationSender
 from pocketserver.services.accounts import AccountsService
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
@@ -45,6 +45,7 @@ from pocketserver.storage.database import Database
 
 if TYPE_CHECKING:  # federation/ imports services.outbound: imported in build_services
     from pocketserver.federation.client import FederationClient
+    from pocketserver.federation.hosting import RoomFederation
     from pocketserver.federation.keyring import KeyRing
     from pocketserver.federation.profiles import RemoteProfiles
 
@@ -86,6 +87,9 @@ class Services:
     federation_keys: FederatedKeys | None
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
+    # fed-rooms: the inbound room services (intake, transactions, hosting) the
+    # federation routes call; None when federation is off.
+    room_federation: RoomFederation | None = None
 
 
 def build_services(
@@ -144,13 +148,14 @@ def build_services(
     accounts.on_deactivate.append(member_profiles.on_deactivate)
     background: list[Any] = [("media", media.run), ("push", push.run)]
     sender = fed_keys = None
-    if config.federation.enabled:  # fed-transport's FederationClient replaces this requester
-        requester = UnconfiguredRequester()
-        sender = FederationSender(db, clock, requester, config.server_name)
+    if config.federation.enabled:
+        sender = FederationSender(db, clock, federation_client, config.server_name)
         FederationEdus(db, sender, config.server_name).attach(pipeline, typing, receipts, presence, e2ee)
-        e2ee.remote_keys = fed_keys = FederatedKeys(db, clock, notifier, requester, config.server_name, e2ee)
+        e2ee.remote_keys = fed_keys = FederatedKeys(
+            db, clock, notifier, federation_client, config.server_name, e2ee
+        )
         background += [("federation-sender", sender.run), ("federation-keys", fed_keys.run)]
-    return Services(
+    svc = Services(
         config=config,
         db=db,
         signing_key=signing_key,
@@ -185,3 +190,10 @@ def build_services(
         federation_keys=fed_keys,
         background=background,
     )
+    if fed_keys is not None:
+        from pocketserver.federation.hosting import build_room_federation
+
+        rf = svc.room_federation = build_room_federation(svc, federation_client, keyring)
+        rf.transactions.device_list_edu = fed_keys.on_device_list_update
+        rf.transactions.signing_key_edu = fed_keys.on_signing_key_update
+    return svc

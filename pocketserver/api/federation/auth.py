@@ -102,6 +102,8 @@ async def authenticated_origin() -> str:
             verify_json(obj, origin, p.key, nacl.signing.VerifyKey(raw_key))
         except SignatureError:
             continue
+        if svc.federation_sender is not None:  # it reached us: end its back-off now
+            svc.federation_sender.mark_alive(origin)
         return origin
     raise Unauthorized(f"No valid signature from {origin}")
 
