@@ -8,11 +8,14 @@ and ``check-federation``.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -150,4 +153,122 @@ def test_check_federation_says_when_it_does_not_work(pair: Pair, tmp_path: Path)
     assert "refused by federation.allowed_ip_ranges" in r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith(
         f"federation with {pair.synapse.server_name}: NOT working"
+    )
+
+
+# -- rooms hosted by pocketserver, joined from Synapse -----------------------------------
+
+WAIT_S = 60.0
+
+
+def _api(base: str, method: str, path: str, token: str, body: object = None, **params: str) -> httpx.Response:
+    return httpx.request(
+        method, f"{base}/_matrix/client/v3{path}", json=body, params=params or None,
+        headers={"Authorization": f"Bearer {token}"}, timeout=60,
+    )
+
+
+def _ok(r: httpx.Response, *logs: str) -> dict:
+    assert r.status_code == 200, f"{r.status_code} {r.text}\n" + "\n".join(x[-4000:] for x in logs)
+    return r.json()
+
+
+class Syncer:
+    """One user's /sync, incrementally: polls until a predicate over the room's
+    timeline (or the whole answer) holds, bounded in time and rounds."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base, self.token = base, token
+        self.since: str | None = None
+        self.events: dict[str, list[dict]] = {}
+        self.ephemeral: dict[str, list[dict]] = {}
+        self.to_device: list[dict] = []
+        self.changed: set[str] = set()
+        self.invites: set[str] = set()
+
+    def once(self, timeout_ms: int = 2000) -> None:
+        params = {"timeout": str(timeout_ms)}
+        if self.since:
+            params["since"] = self.since
+        body = _ok(_api(self.base, "GET", "/sync", self.token, **params))
+        self.since = body["next_batch"]
+        for room_id, room in body.get("rooms", {}).get("join", {}).items():
+            self.events.setdefault(room_id, []).extend(room.get("timeline", {}).get("events", []))
+            self.ephemeral.setdefault(room_id, []).extend(room.get("ephemeral", {}).get("events", []))
+        self.invites |= set(body.get("rooms", {}).get("invite", {}))
+        self.to_device.extend(body.get("to_device", {}).get("events", []))
+        self.changed |= set(body.get("device_lists", {}).get("changed", []))
+
+    def wait(self, pred: Any, what: str, *logs: Any) -> None:
+        deadline = time.monotonic() + WAIT_S
+        for _ in range(200):
+            if pred(self):
+                return
+            if time.monotonic() > deadline:
+                break
+            self.once()
+        raise AssertionError(f"never saw {what}\n" + "\n".join(str(x)[-5000:] for x in logs))
+
+    def bodies(self, room_id: str) -> list[str]:
+        return [
+            e["content"]["body"] for e in self.events.get(room_id, [])
+            if e.get("type") == "m.room.message" and isinstance(e.get("content", {}).get("body"), str)
+        ]
+
+
+@dataclass
+class Hosted:
+    room_id: str
+    alias: str
+    alice: str
+    alice_token: str
+    bob: str
+    bob_token: str
+    alice_sync: Syncer
+    bob_sync: Syncer
+
+
+def _logs(pair: Pair) -> list[str]:
+    synapse_log = ""
+    with contextlib.suppress(Exception):
+        synapse_log = pair.synapse.log_tail(80)
+    return [pair.pocket.log(), synapse_log]
+
+
+@pytest.fixture(scope="module")
+def hosted(pair: Pair) -> Hosted:
+    """A public room on pocketserver (alice) that bob on Synapse joined by its alias."""
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    alice, alice_token = register(p, "hostalice")
+    bob, bob_token = register(s, "hostbob")
+    alias_local = "fedroom"
+    room_id = _ok(_api(p, "POST", "/createRoom", alice_token, {
+        "preset": "public_chat", "room_alias_name": alias_local, "name": "Federated",
+    }))["room_id"]
+    alias = f"#{alias_local}:{pair.pocket.server_name}"
+    _ok(_api(p, "PUT", f"/rooms/{quote(room_id)}/send/m.room.message/t0", alice_token,
+             {"msgtype": "m.text", "body": "before bob"}))
+    r = _api(s, "POST", f"/join/{quote(alias)}", bob_token, {})
+    assert _ok(r, *_logs(pair))["room_id"] == room_id
+    return Hosted(room_id, alias, alice, alice_token, bob, bob_token, Syncer(p, alice_token), Syncer(s, bob_token))
+
+
+def test_synapse_user_joins_our_room_by_alias_and_they_talk(pair: Pair, hosted: Hosted) -> None:
+    h = hosted
+    h.alice_sync.wait(
+        lambda sy: any(e.get("type") == "m.room.member" and e.get("state_key") == h.bob
+                       and e["content"].get("membership") == "join" for e in sy.events.get(h.room_id, [])),
+        "bob's join on pocketserver", *_logs(pair),
+    )
+    _ok(_api(pair.synapse.base_url, "PUT", f"/rooms/{quote(h.room_id)}/send/m.room.message/b1", h.bob_token,
+             {"msgtype": "m.text", "body": "hello from synapse"}))
+    h.alice_sync.wait(lambda sy: "hello from synapse" in sy.bodies(h.room_id), "bob's message", *_logs(pair))
+    _ok(_api(pair.pocket.base_url, "PUT", f"/rooms/{quote(h.room_id)}/send/m.room.message/a1", h.alice_token,
+             {"msgtype": "m.text", "body": "hello from pocketserver"}))
+    h.bob_sync.wait(lambda sy: "hello from pocketserver" in sy.bodies(h.room_id), "alice's message", *_logs(pair))
+    _ok(_api(pair.pocket.base_url, "PUT", f"/rooms/{quote(h.room_id)}/state/m.room.topic/", h.alice_token,
+             {"topic": "federated topic"}))
+    h.bob_sync.wait(
+        lambda sy: any(e.get("type") == "m.room.topic" and e["content"].get("topic") == "federated topic"
+                       for e in sy.events.get(h.room_id, [])), "the topic on Synapse", *_logs(pair),
     )

@@ -26,6 +26,8 @@ Access Control Lists (ACLs)".
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from quart import g, request
 
 from pocketserver.api.common import KEPT_BODY, read_body, services
@@ -41,6 +43,10 @@ from pocketserver.protocol.request_auth import (
 )
 from pocketserver.protocol.server_acl import server_allowed
 from pocketserver.protocol.signing import SignatureError, verify_json
+
+if TYPE_CHECKING:
+    from pocketserver.federation.e2e import FederatedKeys
+    from pocketserver.federation.hosting import RoomFederation
 
 
 class Unauthorized(MatrixError):
@@ -113,3 +119,19 @@ async def check_server_acl(room_id: str, origin: str) -> None:
     acl = await services().rooms.current_state_event(room_id, "m.room.server_acl", "")
     if not server_allowed(acl, origin):
         raise Forbidden(f"Server {origin} is denied by the room's server ACL")
+
+
+def room_federation() -> RoomFederation:
+    """The inbound room services (built whenever federation is on)."""
+    rf = services().room_federation
+    if rf is None:
+        raise Forbidden("Federation is turned off on this server")
+    return rf
+
+
+def federation_keys() -> FederatedKeys:
+    """End-to-end keys across servers (built whenever federation is on)."""
+    keys = services().federation_keys
+    if keys is None:
+        raise Forbidden("Federation is turned off on this server")
+    return keys
