@@ -72,11 +72,28 @@ def start_federating_synapse(workdir: Path) -> Iterator[harness.ServerProcess]:
         tls_files=(cert, key),
     )
     server.extra["federation_port"] = fed_port
+    server.extra["tls_files"] = (cert, key)
     try:
         harness.wait_ready(server, SYNAPSE_READY_DEADLINE_S)
         yield server
     finally:
         server.stop()
+
+
+def restart_federating_synapse(server: harness.ServerProcess) -> None:
+    """Start Synapse again on the same data and federation port (after ``stop()``); the
+    object is updated in place (its client port changes), so the caller's context
+    manager stops the new process."""
+    fresh = harness.start_synapse(
+        server.workdir,
+        server_name=server.server_name,
+        extra_config=SYNAPSE_FEDERATION_SETTINGS,
+        federation_port=server.extra["federation_port"],
+        tls_files=server.extra["tls_files"],
+    )
+    server.proc, server.base_url, server.spawned_at = fresh.proc, fresh.base_url, fresh.spawned_at
+    server.log_path = fresh.log_path
+    harness.wait_ready(server, SYNAPSE_READY_DEADLINE_S)
 
 
 @contextlib.contextmanager

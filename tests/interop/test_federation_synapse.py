@@ -23,7 +23,12 @@ import pytest
 
 from benchmarks import harness
 from tests.interop.conftest import REPO, ServerProcess
-from tests.interop.synapse import register, start_federating_pocketserver, start_federating_synapse
+from tests.interop.synapse import (
+    register,
+    restart_federating_synapse,
+    start_federating_pocketserver,
+    start_federating_synapse,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -427,3 +432,64 @@ def test_a_new_synapse_device_shows_in_device_lists_changed(pair: Pair, hosted: 
     h.alice_sync.wait(lambda sy: h.bob in sy.changed, "bob in device_lists.changed", *_logs(pair))
     q = _ok(_api(pair.pocket.base_url, "POST", "/keys/query", h.alice_token, {"device_keys": {h.bob: []}}))
     assert body["device_id"] in q["device_keys"][h.bob], (q, _logs(pair))
+
+
+async def _nio_scenario(pair: Pair, tmp: Path) -> None:
+    import nio
+
+    from tests.interop.test_e2ee_nio import ENCRYPTION, MAX_ROUNDS, _client, _send, _step, _texts
+
+    clients = []
+    for base, name in ((pair.pocket.base_url, "nioalice"), (pair.synapse.base_url, "niobob")):
+        user, token = register(base, name)
+        c = _client(base, user, tmp / name)
+        c.restore_login(user, _whoami_device(base, token), token)
+        clients.append(c)
+    alice, bob = clients
+    try:
+        await _step(alice)
+        await _step(bob)
+        r = await alice.room_create(initial_state=[ENCRYPTION], preset=nio.RoomPreset.public_chat)
+        assert isinstance(r, nio.RoomCreateResponse), r
+        room_id = r.room_id
+        r = _api(pair.synapse.base_url, "POST", f"/join/{quote(room_id)}", bob.access_token, {},
+                 server_name=pair.pocket.server_name)
+        _ok(r, *_logs(pair))
+        for _ in range(MAX_ROUNDS):
+            await _step(alice, 300)
+            await _step(bob, 300)
+            if room_id in alice.rooms and bob.user_id in alice.rooms[room_id].users and room_id in bob.rooms:
+                break
+        assert alice.rooms[room_id].encrypted and bob.rooms[room_id].encrypted
+        hello = "secret from pocketserver 🔐"
+        await _send(alice, room_id, hello)
+        assert (await _texts(bob, room_id, hello)).decrypted
+        reply = "secret from Synapse ✓"
+        await _send(bob, room_id, reply)
+        assert (await _texts(alice, room_id, reply)).decrypted
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def test_nio_encrypted_conversation_across_servers(pair: Pair, tmp_path: Path) -> None:
+    import asyncio
+
+    asyncio.run(_nio_scenario(pair, tmp_path))
+
+
+def test_zz_messages_sent_while_synapse_is_down_arrive_in_order(pair: Pair, hosted: Hosted) -> None:
+    """Recovery (last in the module: it restarts Synapse): our sender keeps what Synapse
+    could not take and sends it, in order, once Synapse is back."""
+    h = hosted
+    p = pair.pocket.base_url
+    h.bob_sync.once(0)
+    pair.synapse.stop()
+    texts = [f"while you were away {i}" for i in range(8)]
+    for text in texts:
+        _send(p, h.alice_token, h.room_id, text)  # our users keep talking
+    restart_federating_synapse(pair.synapse)
+    bob_sync = Syncer(pair.synapse.base_url, h.bob_token)
+    bob_sync.since = h.bob_sync.since
+    bob_sync.wait(lambda sy: all(t in sy.bodies(h.room_id) for t in texts), "the messages sent while down", *_logs(pair))
+    assert [b for b in bob_sync.bodies(h.room_id) if b in texts] == texts
