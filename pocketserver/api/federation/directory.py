@@ -1,11 +1,12 @@
-"""This server's published room directory, for other servers (server-server
-public_rooms.yaml): the client endpoint's answer, with its filter, limit and since."""
+"""This server's published room directory (server-server public_rooms.yaml: the client
+endpoint's answer, with its filter, limit and since) and its spaces' hierarchy
+(space_hierarchy.yaml), for other servers."""
 
 from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from pocketserver.api.common import json_body, json_response, query_int, services
+from pocketserver.api.common import json_body, json_response, query_bool, query_int, services
 from pocketserver.api.federation.auth import authenticated_origin
 from pocketserver.errors import BadJson
 from pocketserver.services.params import get_dict, get_int, get_str
@@ -31,3 +32,11 @@ async def public_rooms() -> Response:
         since = request.args.get("since") or None
     out = await services().reader.public_rooms(limit=limit, since=since, search=term)
     return json_response(out)
+
+
+@bp.route("/_matrix/federation/v1/hierarchy/<room_id>", methods=["GET"])
+async def hierarchy(room_id: str) -> Response:
+    """GET /_matrix/federation/v1/hierarchy/{roomId}?suggested_only="""
+    origin = await authenticated_origin()
+    suggested_only = query_bool("suggested_only")
+    return json_response(await services().hierarchy.federation_hierarchy(origin, room_id, suggested_only=suggested_only))

@@ -182,7 +182,8 @@ async def test_malformed_signed_requests_get_the_spec_errors(signed: Signed) -> 
         ("GET", f"{FED}/v1/query/directory?room_alias={_q('#x:' + s.target_name)}", None, 404, "M_NOT_FOUND"),
         ("POST", f"{FED}/v1/publicRooms", {"limit": "ten"}, 400, "M_BAD_JSON"),
         ("GET", f"{FED}/v1/publicRooms?limit=x", None, 400, "M_INVALID_PARAM"),
-        ("GET", f"{FED}/v1/hierarchy/{room}", None, 404, "M_UNRECOGNIZED"),
+        ("GET", f"{FED}/v1/hierarchy/{_q('!nosuch:x')}", None, 404, "M_NOT_FOUND"),
+        ("GET", f"{FED}/v1/hierarchy/{room}?suggested_only=perhaps", None, 400, "M_INVALID_PARAM"),
     ]
     problems = []
     for method, uri, body, status, errcode in cases:
@@ -201,3 +202,27 @@ async def test_malformed_signed_requests_get_the_spec_errors(signed: Signed) -> 
     assert r.status_code == 200 and [c["room_id"] for c in r.json()["chunk"]] == [s.room_id]
     r = await s.request("POST", f"{FED}/v1/publicRooms", {"filter": {"generic_search_term": "zzz"}})
     assert r.status_code == 200 and r.json()["chunk"] == []
+
+
+async def test_hierarchy_lists_the_space_children_a_server_may_join(signed: Signed) -> None:
+    s = signed
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
+        space = await create_room(http, s.alice_token, preset="public_chat", creation_content={"type": "m.space"})
+        private = await create_room(http, s.alice_token, preset="private_chat")
+        for child in (s.room_id, private):
+            r = await http.put(
+                f"/_matrix/client/v3/rooms/{_q(space)}/state/m.space.child/{_q(child)}",
+                json={"via": [s.target_name], "suggested": child == s.room_id}, headers=auth_headers(s.alice_token),
+            )
+            assert r.status_code == 200, r.text
+    r = await s.request("GET", f"{FED}/v1/hierarchy/{_q(space)}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["room"]["room_id"] == space and body["room"]["room_type"] == "m.space"
+    assert {c["state_key"] for c in body["room"]["children_state"]} == {s.room_id, private}
+    assert all("origin_server_ts" in c for c in body["room"]["children_state"])
+    assert [c["room_id"] for c in body["children"]] == [s.room_id]
+    assert body["inaccessible_children"] == [private]
+    r = await s.request("GET", f"{FED}/v1/hierarchy/{_q(space)}?suggested_only=true")
+    assert [c["state_key"] for c in r.json()["room"]["children_state"]] == [s.room_id]
+    assert (await s.request("GET", f"{FED}/v1/hierarchy/{_q(private)}")).status_code == 404
