@@ -226,3 +226,22 @@ async def test_hierarchy_lists_the_space_children_a_server_may_join(signed: Sign
     r = await s.request("GET", f"{FED}/v1/hierarchy/{_q(space)}?suggested_only=true")
     assert [c["state_key"] for c in r.json()["room"]["children_state"]] == [s.room_id]
     assert (await s.request("GET", f"{FED}/v1/hierarchy/{_q(private)}")).status_code == 404
+
+
+async def test_a_signed_request_ends_the_senders_back_off_for_its_origin(signed: Signed) -> None:
+    s = signed
+    sender = s.target.services.federation_sender
+    assert sender is not None
+    # As after failed sends to the origin: its next try an hour away.
+    sender._retry[s.origin_name] = (s.target.services.clock.time_ms() + 3_600_000, 3_600_000)
+    assert sender.statistics()["backing_off"] == 1
+    r = await s.request("GET", f"{FED}/v1/publicRooms")
+    assert r.status_code == 200, r.text
+    assert sender.statistics()["backing_off"] == 0
+    # A request that fails its signature check does not count.
+    sender._retry[s.origin_name] = (s.target.services.clock.time_ms() + 3_600_000, 3_600_000)
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
+        bad = f'X-Matrix origin="{s.origin_name}",destination="{s.target_name}",key="ed25519:x",sig="AAAA"'
+        r = await http.get(f"{FED}/v1/publicRooms", headers={"Authorization": bad})
+    assert r.status_code == 401
+    assert sender.statistics()["backing_off"] == 1
