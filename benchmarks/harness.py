@@ -12,7 +12,9 @@ interrupted (``servers()`` is a context manager; ``stop()`` sends SIGTERM, then 
 ``MatrixClient`` is an async httpx client (trio) speaking only the Matrix client-server
 API, so the same benchmark code drives either server.
 
-Never imported by the test-suite and never run in CI: benchmarks are run by hand.
+The benchmarks are run by hand, never in CI; the test-suite reuses only the Synapse
+start-up (``start_synapse``, ``wait_ready``, ``ServerProcess.stop``) for the federation
+interop tests (tests/interop/synapse.py).
 """
 
 from __future__ import annotations
@@ -330,8 +332,15 @@ _SYNAPSE_LOG_CONFIG = {
 
 
 def start_synapse(
-    workdir: Path, server_name: str = "synapse.test", extra_config: dict[str, Any] | None = None
+    workdir: Path,
+    server_name: str = "synapse.test",
+    extra_config: dict[str, Any] | None = None,
+    *,
+    federation_port: int | None = None,
+    tls_files: tuple[Path, Path] | None = None,
 ) -> ServerProcess:
+    """Spawn Synapse (not waited for: ``wait_ready``). With ``federation_port`` it also
+    serves federation over TLS on that loopback port with ``tls_files`` (cert, key)."""
     workdir.mkdir(parents=True, exist_ok=True)
     python = synapse_python()
     port = free_port()
@@ -341,9 +350,22 @@ def start_synapse(
     # JSON is YAML: no YAML library needed on pocketserver's side.
     (workdir / "log.yaml").write_text(json.dumps(log_cfg), encoding="utf-8")
     config = workdir / "homeserver.yaml"
-    config.write_text(
-        json.dumps({**synapse_config(workdir, server_name, port), **(extra_config or {})}, indent=1)
-    )
+    settings = synapse_config(workdir, server_name, port)
+    if federation_port is not None:
+        assert tls_files is not None, "a federation listener needs a certificate"
+        settings["listeners"].append(
+            {
+                "port": federation_port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": True,
+                "x_forwarded": False,
+                "resources": [{"names": ["federation"], "compress": False}],
+            }
+        )
+        settings["tls_certificate_path"] = str(tls_files[0])
+        settings["tls_private_key_path"] = str(tls_files[1])
+    config.write_text(json.dumps({**settings, **(extra_config or {})}, indent=1))
     subprocess.run(
         [python, "-m", "synapse.app.homeserver", "-c", str(config), "--generate-keys"],
         cwd=workdir,

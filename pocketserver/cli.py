@@ -1,7 +1,8 @@
 """The ``pocketserver`` command: ``main(argv) -> int``.
 
 ``pocketserver`` with no arguments serves a working homeserver on localhost.
-Subcommands: serve, init, register-user, create-registration-token.
+Subcommands: serve, init, register-user, create-registration-token, media,
+check-federation.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("create-registration-token", help="create a registration token")
     tok.add_argument("token", nargs="?", help="the token (random if omitted)")
     tok.add_argument("--uses", type=int, default=None, help="how many registrations it allows")
+    chk = sub.add_parser(
+        "check-federation", help="check whether other servers can federate with DOMAIN"
+    )
+    chk.add_argument("domain", help="a server name (example.org, matrix.example.org:8448)")
     _media_parser(sub)
     return p
 
@@ -71,12 +76,24 @@ def main(argv: list[str] | None = None) -> int:
             return _create_token(cfg, args)
         if args.command == "media":
             return _media(cfg, args)
+        if args.command == "check-federation":
+            return _check_federation(cfg, args)
     except ConfigError as e:
         print(f"pocketserver: configuration error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _check_federation(cfg: Config, args: argparse.Namespace) -> int:
+    import trio
+
+    from pocketserver.federation.checker import check_federation
+
+    logging.getLogger().setLevel(logging.WARNING)
+    ok = trio.run(check_federation, cfg, args.domain, lambda line: print(line, flush=True))
+    return 0 if ok else 1
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -87,6 +87,16 @@ class MediaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustedKeyServer:
+    """A notary asked for other servers' keys (``POST /_matrix/key/v2/query``)."""
+
+    server_name: str
+    # The notary's own keys, key ID -> unpadded base64: its answers must carry a
+    # signature by one of them. Empty: any key it publishes itself (trust on first use).
+    verify_keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class FederationConfig:
     enabled: bool = True
     # Apply to every outbound HTTPS request (push gateways, URL previews, federation).
@@ -94,6 +104,11 @@ class FederationConfig:
     extra_ca_file: str = ""
     # Private/loopback ranges outbound requests may reach (for loopback testing).
     allowed_ip_ranges: tuple[str, ...] = ()
+    # Nameservers ("1.2.3.4", "[::1]:5353") for server discovery; empty: the system's.
+    dns_servers: tuple[str, ...] = ()
+    # Notaries asked for a server's keys when the server itself cannot be reached.
+    # Synapse's default is matrix.org; pocketserver's is none (ask servers directly).
+    trusted_key_servers: tuple[TrustedKeyServer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +209,22 @@ class Config:
         return Path(xdg) / "pocketserver"
 
 
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``"1.2.3.4"``, ``"1.2.3.4:5353"``, ``"::1"`` or ``"[::1]:5353"`` -> (ip, port);
+    ValueError for anything else."""
+    if spec.startswith("["):
+        host, _, port = spec[1:].partition("]")
+        port = port.lstrip(":")
+    elif spec.count(":") == 1:
+        host, _, port = spec.partition(":")
+    else:
+        host, port = spec, ""
+    ipaddress.ip_address(host)
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"bad port in {spec!r}")
+    return host, int(port) if port else 53
+
+
 def _is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
@@ -225,6 +256,14 @@ def _build(cls: Any, data: Any, where: str) -> Any:
             kwargs[key] = _build(hints[key], value, name)
         return cls(**kwargs)  # type: ignore[operator]
     origin = typing.get_origin(cls)
+    if origin is dict:
+        (key_type, value_type) = typing.get_args(cls)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a table")
+        return {
+            _build(key_type, k, f"{where}"): _build(value_type, v, f"{where}.{k}")
+            for k, v in data.items()
+        }
     if origin is tuple:
         (item_type, _) = typing.get_args(cls)
         if not isinstance(data, list):
@@ -252,7 +291,16 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    from pocketserver.protocol.identifiers import InvalidIdentifier, parse_server_name
+    from pocketserver.protocol.identifiers import (
+        InvalidIdentifier,
+        is_valid_server_name,
+        parse_server_name,
+    )
+    from pocketserver.protocol.signing import (
+        KeyFormatError,
+        decode_verify_key_base64,
+        parse_key_id,
+    )
 
     try:
         parse_server_name(cfg.server_name)
@@ -277,6 +325,20 @@ def _validate(cfg: Config) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"federation.allowed_ip_ranges[{i}]: not a CIDR range") from None
+    for i, ns in enumerate(cfg.federation.dns_servers):
+        try:
+            parse_nameserver(ns)
+        except ValueError:
+            raise ConfigError(f"federation.dns_servers[{i}]: not an IP address (with an optional port)") from None
+    for i, tks in enumerate(cfg.federation.trusted_key_servers):
+        if not is_valid_server_name(tks.server_name):
+            raise ConfigError(f"federation.trusted_key_servers[{i}].server_name: not a server name")
+        for key_id, key in tks.verify_keys.items():
+            try:
+                parse_key_id(key_id)
+                decode_verify_key_base64(key)
+            except KeyFormatError:
+                raise ConfigError(f"federation.trusted_key_servers[{i}].verify_keys.{key_id}: not an ed25519 key") from None
     for i, cidr in enumerate(cfg.media.url_preview_ip_allowlist):
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -386,6 +448,10 @@ enabled = true
 verify_tls = true
 extra_ca_file = ""
 allowed_ip_ranges = []    # e.g. ["127.0.0.0/8", "::1/128"] to federate on loopback
+dns_servers = []          # e.g. ["127.0.0.1:5353"]; empty: the system's resolver
+# Notaries for other servers' keys (Synapse's default is matrix.org); none by default:
+# trusted_key_servers = [{ server_name = "matrix.org", verify_keys = { "ed25519:auto" = "Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw" } }]
+trusted_key_servers = []
 
 [well_known]
 # server = "matrix.example.org:443"           # delegation: /.well-known/matrix/server

@@ -248,3 +248,31 @@ def test_an_unusable_tls_certificate_is_one_line_naming_it(tmp_path: Path, conte
     ]
     assert "Traceback" not in r.stdout
     assert not (tmp_path / "data").exists()
+
+
+def test_check_federation_against_a_loopback_server(tmp_path: Path) -> None:
+    fed_port = free_port()
+    toml = '[federation]\nverify_tls = false\nallowed_ip_ranges = ["127.0.0.0/8"]\n'
+    with start_pocketserver(
+        tmp_path, server_name=f"localhost:{fed_port}", fed_port=fed_port, extra_toml=toml
+    ) as sp:
+        r = _cli("--config", str(sp.config_path), "check-federation", sp.server_name)
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.strip().splitlines()
+        assert lines[-1] == f"federation with {sp.server_name}: working"
+        assert any("step 2: explicit port" in line for line in lines)
+        assert any("certificate NOT valid" in line for line in lines)  # self-signed
+        assert any(line.startswith("Keys: ed25519:") for line in lines)
+        assert "Version: pocketserver 0.1.0" in lines
+        # With certificates verified (the default), a self-signed server does not work.
+        strict = tmp_path / "strict.toml"
+        strict.write_text(
+            f'data_dir = "{tmp_path / "strict"}"\n[federation]\nallowed_ip_ranges = ["127.0.0.0/8"]\n',
+            encoding="utf-8",
+        )
+        r = _cli("--config", str(strict), "check-federation", sp.server_name)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "NOT working" in r.stdout.strip().splitlines()[-1]
+    r = _cli("check-federation", "not a name")
+    assert r.returncode == 1
+    assert r.stdout.strip().splitlines()[-1] == "federation with not a name: NOT working"

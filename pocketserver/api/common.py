@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from quart import Response, current_app, request
+from quart import Response, current_app, g, request
 
 from pocketserver import limits
 from pocketserver.errors import BadJson, InvalidParam, NotJson, TooLarge
@@ -34,6 +34,10 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
     "Access-Control-Expose-Headers": "Content-Disposition",
 }
+
+
+# Where a body read before the route (by api/federation/auth.py) waits for read_body.
+KEPT_BODY = "pocketserver_request_body"
 
 
 def services() -> Services:
@@ -124,6 +128,11 @@ async def read_body(limit: int | None = None) -> bytes:
     (default: the path's :func:`body_limit`)."""
     if limit is None:
         limit = body_limit(request.path) or limits.MAX_JSON_BODY
+    kept = g.get(KEPT_BODY)
+    if kept is not None:  # read already, by the federation request check
+        if len(kept) > limit:
+            raise TooLarge()
+        return bytes(kept)
     length = request.content_length
     if length is not None and length > limit:
         raise TooLarge()

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pocketserver.errors import Forbidden, MatrixError, NotFound
+from pocketserver.errors import Forbidden, InviteBlocked, MatrixError, NotFound
 from pocketserver.federation.intake import IntakeError, PduIntake
 from pocketserver.federation.interfaces import FederationRequester, KeyLookup
 from pocketserver.federation.joining import RemoteRooms
@@ -44,6 +44,7 @@ from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.protocol.signing import SigningKey, sign_json
 from pocketserver.services.client_events import stripped_state
 from pocketserver.services.clock import Clock
+from pocketserver.services.invite_permission import blocks_invites
 from pocketserver.services.notifier import Notifier
 from pocketserver.storage import event_graph as graph
 from pocketserver.storage import events as ev_store
@@ -363,6 +364,8 @@ class RoomHosting:
         exists = await self.db.read(lambda c: c.execute("SELECT 1 FROM users WHERE user_id = ?", (event.state_key,)).fetchone())
         if not exists:
             raise NotFound("No such user")
+        if await self.db.read(blocks_invites, event.state_key):
+            raise InviteBlocked("The user does not accept invites")
         info = await self.db.read(ev_store.get_room, room_id)
         if info is not None and info.room_version.identifier != rv.identifier:
             raise MatrixError(400, "M_INVALID_PARAM", "The room version does not match the room")

@@ -70,16 +70,6 @@ MAX_EPHEMERAL = 100
 TXN_TIMEOUT_S = 60.0
 
 
-class UnconfiguredRequester:
-    """A requester for a server without a federation transport: every request fails as
-    unreachable, so queued items stay queued (with back-off) until one is wired in."""
-
-    async def _fail(self, destination: str, *args: Any, **kwargs: Any) -> Any:
-        raise FederationUnreachable(f"no federation transport to reach {destination}")
-
-    get_json = put_json = post_json = _fail
-
-
 @dataclass
 class _Queue:
     """One destination's live state while its task runs."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -60,6 +61,9 @@ KEEP_TRANSACTIONS_MS = 24 * 3600 * 1000
 PRUNE_EVERY = 100
 
 
+EduHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
 def _domain(user_id: str) -> str:
     return user_id.split(":", 1)[1] if isinstance(user_id, str) and ":" in user_id else ""
 
@@ -87,6 +91,10 @@ class TransactionHandler:
         self.receipts = receipts
         self._origin_locks: dict[str, trio.Lock] = {}
         self._since_prune = 0
+        # Device-list EDUs go to whoever keeps remote device lists (the wiring sets these
+        # to FederatedKeys' handlers); by default the handler's own, simpler ones.
+        self.device_list_edu: EduHandler = self._device_list_update
+        self.signing_key_edu: EduHandler = self._signing_key_update
 
     async def on_transaction(self, origin: str, txn_id: str, body: Any) -> dict[str, Any]:
         """``PUT /_matrix/federation/v1/send/{txnId}``: the answer's body
@@ -188,9 +196,9 @@ class TransactionHandler:
         elif kind == "m.direct_to_device":
             await self._to_device(origin, content)
         elif kind == "m.device_list_update":
-            await self._device_list_update(origin, content)
+            await self.device_list_edu(origin, content)
         elif kind == "m.signing_key_update":
-            await self._signing_key_update(origin, content)
+            await self.signing_key_edu(origin, content)
 
     async def _typing(self, origin: str, content: dict[str, Any]) -> None:
         room_id, user_id, typing = content.get("room_id"), content.get("user_id"), content.get("typing")

@@ -7,12 +7,12 @@ There is no god object: :class:`Services` is only the bag the API layer reads fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pocketserver.config import Config
 from pocketserver.federation.e2e import FederatedKeys
 from pocketserver.federation.edus import FederationEdus
-from pocketserver.federation.sender import FederationSender, UnconfiguredRequester
+from pocketserver.federation.sender import FederationSender
 from pocketserver.services.accounts import AccountsService
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
@@ -44,12 +44,22 @@ from pocketserver.services.voip import VoipService
 from pocketserver.storage import events as ev_store
 from pocketserver.storage.database import Database
 
+if TYPE_CHECKING:  # federation/ imports services.outbound: imported in build_services
+    from pocketserver.federation.client import FederationClient
+    from pocketserver.federation.hosting import RoomFederation
+    from pocketserver.federation.keyring import KeyRing
+    from pocketserver.federation.profiles import RemoteProfiles
+
 
 @dataclass
 class Services:
     config: Config
     db: Database
     signing_key: ServerSigningKey
+    # fed-transport: signed requests out, other servers' keys, remote users' profiles.
+    federation_client: FederationClient
+    keyring: KeyRing
+    remote_profiles: RemoteProfiles
     clock: Clock
     notifier: Notifier
     auth: AuthService
@@ -79,11 +89,18 @@ class Services:
     federation_keys: FederatedKeys | None
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
+    # fed-rooms: the inbound room services (intake, transactions, hosting) the
+    # federation routes call; None when federation is off.
+    room_federation: RoomFederation | None = None
 
 
 def build_services(
     config: Config, db: Database, signing_key: ServerSigningKey, clock: Clock | None = None
 ) -> Services:
+    from pocketserver.federation.client import FederationClient
+    from pocketserver.federation.keyring import KeyRing
+    from pocketserver.federation.profiles import RemoteProfiles
+
     clock = clock or Clock()
     notifier = Notifier()
     auth = AuthService(db, clock)
@@ -94,6 +111,10 @@ def build_services(
     presence = PresenceService(db, clock, notifier)
     # The one opener of outbound connections: one TLS context from [federation].
     outbound = Outbound(config.federation)
+    federation_client = FederationClient(config.server_name, signing_key, outbound, config.federation)
+    keyring = KeyRing(
+        db, clock, config.server_name, signing_key, federation_client, config.federation.trusted_key_servers
+    )
     media = MediaService(config, db, clock, outbound=outbound)
     e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
     accounts.on_device_created.append(e2ee.on_device_created)
@@ -129,16 +150,20 @@ def build_services(
     accounts.on_deactivate.append(member_profiles.on_deactivate)
     background: list[Any] = [("media", media.run), ("push", push.run)]
     sender = fed_keys = None
-    if config.federation.enabled:  # fed-transport's FederationClient replaces this requester
-        requester = UnconfiguredRequester()
-        sender = FederationSender(db, clock, requester, config.server_name)
+    if config.federation.enabled:
+        sender = FederationSender(db, clock, federation_client, config.server_name)
         FederationEdus(db, sender, config.server_name).attach(pipeline, typing, receipts, presence, e2ee)
-        e2ee.remote_keys = fed_keys = FederatedKeys(db, clock, notifier, requester, config.server_name, e2ee)
+        e2ee.remote_keys = fed_keys = FederatedKeys(
+            db, clock, notifier, federation_client, config.server_name, e2ee
+        )
         background += [("federation-sender", sender.run), ("federation-keys", fed_keys.run)]
-    return Services(
+    svc = Services(
         config=config,
         db=db,
         signing_key=signing_key,
+        federation_client=federation_client,
+        keyring=keyring,
+        remote_profiles=RemoteProfiles(federation_client, clock),
         clock=clock,
         notifier=notifier,
         auth=auth,
@@ -170,3 +195,10 @@ def build_services(
         federation_keys=fed_keys,
         background=background,
     )
+    if fed_keys is not None:
+        from pocketserver.federation.hosting import build_room_federation
+
+        rf = svc.room_federation = build_room_federation(svc, federation_client, keyring)
+        rf.transactions.device_list_edu = fed_keys.on_device_list_update
+        rf.transactions.signing_key_edu = fed_keys.on_signing_key_update
+    return svc

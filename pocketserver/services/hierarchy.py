@@ -204,6 +204,66 @@ class HierarchyService:
 
         return await self.db.read(run)
 
+    # -- GET /_matrix/federation/v1/hierarchy/{roomId} ------------------------------------------
+
+    def _server_accessible(self, conn: Conn, origin: str, room_id: str, state: dict[str, JsonDict]) -> bool:
+        """Could a user of ``origin`` peek or join? Public, knockable or world-readable
+        rooms, restricted ones (the server decides who of its users qualifies), and rooms
+        where one of its users is joined or invited."""
+        if self._accessible(conn, None, room_id, state):
+            return True
+        info = ev_store.get_room(conn, room_id)
+        join_rule = state.get("m.room.join_rules", {}).get("join_rule", "invite")
+        if info is not None and join_rule in ("restricted", "knock_restricted") and info.room_version.restricted_join_rule:
+            return True
+        suffix = ":" + origin
+        return any(
+            u.endswith(suffix)
+            for membership in ("join", "invite")
+            for u in state_store.room_members(conn, room_id, membership)
+        )
+
+    def _with_children_state(self, conn: Conn, room_id: str, state: dict[str, JsonDict], suggested_only: bool) -> JsonDict:
+        entry = self._summary(conn, room_id, state)
+        is_space = state.get("m.room.create", {}).get("type") == "m.space"
+        children = self._children(conn, room_id, suggested_only) if is_space else []
+        entry["children_state"] = [
+            {
+                "type": c.event.type,
+                "state_key": c.event.state_key,
+                "content": dict(c.event.content),
+                "sender": c.event.sender,
+                "origin_server_ts": c.event.origin_server_ts,
+            }
+            for c in children
+        ]
+        return entry
+
+    async def federation_hierarchy(self, origin: str, room_id: str, *, suggested_only: bool) -> JsonDict:
+        """The space and its direct children known here, for another server (no
+        pagination: the requesting server filters); children it could not peek or join
+        are listed by ID only, children unknown here are left out."""
+
+        def run(conn: Conn) -> JsonDict:
+            state = self._state_contents(conn, room_id)
+            if not state or not self._server_accessible(conn, origin, room_id, state):
+                raise NotFound("Room not found")
+            room = self._with_children_state(conn, room_id, state, suggested_only)
+            children: list[JsonDict] = []
+            inaccessible: list[str] = []
+            for c in room["children_state"][:MAX_ROOMS_WALKED]:
+                child_id = c["state_key"]
+                child_state = self._state_contents(conn, child_id) if child_id else {}
+                if not child_state:
+                    continue
+                if self._server_accessible(conn, origin, child_id, child_state):
+                    children.append(self._with_children_state(conn, child_id, child_state, suggested_only))
+                else:
+                    inaccessible.append(child_id)
+            return {"room": room, "children": children, "inaccessible_children": inaccessible}
+
+        return await self.db.read(run)
+
     # -- GET /room_summary --------------------------------------------------------------------
 
     async def room_summary(self, user_id: str | None, room_id: str) -> JsonDict:

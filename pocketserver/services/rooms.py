@@ -788,7 +788,10 @@ class RoomService:
         row = await self.db.read(room_store.get_alias, alias)
         if row is None:
             raise NotFound(f"Room alias {alias} not found")
-        return row[0], [self.server_name]
+        # This server first (it holds the alias), then the room's other servers, which a
+        # joining server may also ask.
+        others = await self.db.read(state_store.servers_in_room, row[0])
+        return row[0], [self.server_name, *sorted(others - {self.server_name})]
 
 
 def _int(value: Any, default: int) -> int:

@@ -331,6 +331,10 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         ("PUT", "/presence/<user_id>/status"): {"presence": "online", "status_msg": "hi"},
         ("PUT", "/profile/<user_id>/<key>"): {"displayname": "A"},
         ("POST", "/_matrix/media/v1/create"): {"a": 1},
+        # The notary; loopback is not an allowed address here, so nothing is fetched.
+        ("POST", "/_matrix/key/v2/query"): {
+            "server_keys": {"localhost:1": {"ed25519:a": {"minimum_valid_until_ts": 1}}}
+        },
         # One route serves every push-rule path; ``rest`` is a rule's (global/override/sweep).
         ("PUT", "/pushrules/<path:rest>"): {
             "actions": ["notify", {"set_tweak": "highlight", "value": False}],
@@ -367,6 +371,19 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         ("POST", "/user_directory/search"): {"search_term": "a", "limit": 10},
         ("POST", "/logout"): {},
         ("POST", "/logout/all"): {},
+        # Federation routes (signed requests only: the sweep's tokens get 401 first; the
+        # signed sweep is tests/api/federation/test_rooms.py).
+        ("PUT", "/_matrix/federation/v1/send/<txn_id>"): {"origin": "x.test", "origin_server_ts": 0, "pdus": [], "edus": []},
+        ("PUT", "/_matrix/federation/v1/send_join/<room_id>/<event_id>"): {"type": "m.room.member", "room_id": room, "sender": user, "state_key": user, "content": {"membership": "join"}, "depth": 1, "prev_events": [], "auth_events": [], "origin_server_ts": 0},
+        ("PUT", "/_matrix/federation/v2/send_join/<room_id>/<event_id>"): {"type": "m.room.member", "room_id": room, "sender": user, "state_key": user, "content": {"membership": "join"}, "depth": 1, "prev_events": [], "auth_events": [], "origin_server_ts": 0},
+        ("PUT", "/_matrix/federation/v1/send_leave/<room_id>/<event_id>"): {"type": "m.room.member", "room_id": room, "sender": user, "state_key": user, "content": {"membership": "join"}, "depth": 1, "prev_events": [], "auth_events": [], "origin_server_ts": 0},
+        ("PUT", "/_matrix/federation/v2/send_leave/<room_id>/<event_id>"): {"type": "m.room.member", "room_id": room, "sender": user, "state_key": user, "content": {"membership": "join"}, "depth": 1, "prev_events": [], "auth_events": [], "origin_server_ts": 0},
+        ("PUT", "/_matrix/federation/v1/send_knock/<room_id>/<event_id>"): {"type": "m.room.member", "room_id": room, "sender": user, "state_key": user, "content": {"membership": "join"}, "depth": 1, "prev_events": [], "auth_events": [], "origin_server_ts": 0},
+        ("PUT", "/_matrix/federation/v2/invite/<room_id>/<event_id>"): {"room_version": "10", "event": {"type": "m.room.member", "room_id": room, "sender": user, "state_key": user, "content": {"membership": "join"}, "depth": 1, "prev_events": [], "auth_events": [], "origin_server_ts": 0}, "invite_room_state": []},
+        ("POST", "/_matrix/federation/v1/get_missing_events/<room_id>"): {"earliest_events": [], "latest_events": [ev], "limit": 10, "min_depth": 0},
+        ("POST", "/_matrix/federation/v1/user/keys/query"): {"device_keys": {user: []}},
+        ("POST", "/_matrix/federation/v1/user/keys/claim"): {"one_time_keys": {user: {dev: "signed_curve25519"}}},
+        ("POST", "/_matrix/federation/v1/publicRooms"): {"limit": 10, "since": "x", "filter": {"generic_search_term": "a"}, "include_all_networks": False},
     }
     for (m, suffix), body in table.items():
         if m == method and _route_is(path, suffix):

@@ -249,6 +249,24 @@ async def test_invite_v2_signed_and_shown_in_sync(fed: Fed) -> None:
         await fed.hosting.on_invite(REMOTE, remote.room_id, remote.event_id(other), dict(body, event=other))
 
 
+async def test_invite_to_a_user_who_blocks_invites_is_refused_and_not_kept(fed: Fed) -> None:
+    user, token, _ = await register(fed.http)
+    r = await fed.http.put(
+        f"{V3}/user/{user}/account_data/m.invite_permission_config",
+        json={"default_action": "block"}, headers=auth_headers(token),
+    )
+    assert r.status_code == 200, r.text
+    first = await sync(fed.http, token)
+    remote = RemoteRoom.create(REMOTE, BOB, KNOWN_ROOM_VERSIONS["11"])
+    invite = remote.build(BOB, "m.room.member", {"membership": "invite"}, state_key=user, advance=False)
+    body = {"room_version": "11", "event": invite, "invite_room_state": []}
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.on_invite(REMOTE, remote.room_id, remote.event_id(invite), body)
+    assert (e.value.status, e.value.errcode) == (403, "M_INVITE_BLOCKED")
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    assert remote.room_id not in resp.get("rooms", {}).get("invite", {})
+
+
 @pytest.mark.parametrize("version", ["1", "2", "3", "5", "6", "8", "10", "11", "12"])
 async def test_join_and_chat_in_every_room_version(fed: Fed, version: str) -> None:
     room_id, alice, token = await fed.local_room(room_version=version)

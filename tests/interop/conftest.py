@@ -111,9 +111,12 @@ def stop_process(proc: subprocess.Popen[bytes]) -> int:
 
 @contextlib.contextmanager
 def start_pocketserver(
-    tmp_path: Path, *, server_name: str = "localhost", extra_toml: str = ""
+    tmp_path: Path, *, server_name: str = "localhost", extra_toml: str = "",
+    fed_port: int | None = None,
 ) -> Iterator[ServerProcess]:
-    client_port, fed_port = free_port(), free_port()
+    """``fed_port``: the TLS federation listener's port, when the caller needs it before
+    the start (a server name ``localhost:PORT`` that other servers resolve)."""
+    client_port, fed_port = free_port(), fed_port or free_port()
     data_dir = tmp_path / "pocketserver-data"
     config_path = tmp_path / "pocketserver.toml"
     config_path.write_text(

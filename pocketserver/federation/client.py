@@ -1,0 +1,297 @@
+"""The signing HTTP client: this server's requests to other servers.
+
+:class:`FederationClient` is the :class:`~pocketserver.federation.interfaces.FederationRequester`
+the federation services use. For each request it:
+
+1. resolves the destination (:mod:`pocketserver.federation.discovery`): targets in the
+   spec's order, each with its ``Host`` header and TLS name;
+2. signs ``{method, uri, origin, destination, content?}`` with this server's key and
+   sends it as ``Authorization: X-Matrix ...`` (server-server-api.md, "Request
+   Authentication"; :mod:`pocketserver.protocol.request_auth`);
+3. connects over TLS verified by default (``[federation] verify_tls``, ``extra_ca_file``)
+   to vetted addresses only (:mod:`pocketserver.federation.http`), reusing an idle
+   keep-alive connection to the same target when there is one;
+4. bounds the whole exchange in time (``timeout_s``) and the answer in size
+   (``max_size``, 64 MiB unless the caller says otherwise);
+5. answers the decoded JSON of a 2xx, raises :class:`FederationError` for an error
+   status (with the remote's errcode when it sent one) and
+   :class:`FederationUnreachable` for everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import trio
+
+from pocketserver.config import FederationConfig
+from pocketserver.federation.discovery import DnsResolver, ServerResolver, Target
+from pocketserver.federation.http import HttpConnection, HttpResponse, IpPolicy, connect
+from pocketserver.federation.interfaces import FederationError, FederationUnreachable, Query
+from pocketserver.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
+from pocketserver.protocol.identifiers import InvalidIdentifier
+from pocketserver.protocol.request_auth import format_header, signing_object
+from pocketserver.protocol.signing import SigningKey, sign_json
+from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound
+
+log = logging.getLogger("pocketserver.federation.client")
+
+DEFAULT_MAX_RESPONSE = 64 * 1024 * 1024
+# Idle keep-alive connections kept per target, for how long, and over all targets.
+POOL_PER_TARGET = 2
+POOL_IDLE_S = 20.0
+POOL_TARGETS = 64
+
+
+class FederationClient:
+    """Signed JSON requests to other servers (a ``FederationRequester``)."""
+
+    def __init__(
+        self,
+        server_name: str,
+        signing_key: SigningKey,
+        outbound: Outbound,
+        config: FederationConfig | None = None,
+        *,
+        resolver: ServerResolver | None = None,
+    ) -> None:
+        cfg = config or FederationConfig()
+        self.enabled = cfg.enabled
+        self.server_name = server_name
+        self.signing_key = signing_key
+        self.outbound = outbound
+        self.policy = IpPolicy(cfg.allowed_ip_ranges)
+        self.dns = DnsResolver(cfg.dns_servers)
+        self.resolver = resolver or ServerResolver(self.dns, self.fetch_well_known)
+        self._pool: OrderedDict[Target, list[HttpConnection]] = OrderedDict()
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "pooled_connections": sum(len(v) for v in self._pool.values()),
+            **self.resolver.statistics(),
+        }
+
+    # -- the FederationRequester interface ---------------------------------------------
+
+    async def get_json(
+        self,
+        destination: str,
+        path: str,
+        query: Query | None = None,
+        *,
+        timeout_s: float = 60.0,
+        max_size: int = DEFAULT_MAX_RESPONSE,
+        signed: bool = True,
+    ) -> Any:
+        return await self.request_json(
+            "GET", destination, path, query, None, timeout_s=timeout_s, max_size=max_size, signed=signed
+        )
+
+    async def put_json(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        query: Query | None = None,
+        *,
+        timeout_s: float = 60.0,
+        max_size: int = DEFAULT_MAX_RESPONSE,
+    ) -> Any:
+        return await self.request_json(
+            "PUT", destination, path, query, body, timeout_s=timeout_s, max_size=max_size
+        )
+
+    async def post_json(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        query: Query | None = None,
+        *,
+        timeout_s: float = 60.0,
+        max_size: int = DEFAULT_MAX_RESPONSE,
+        signed: bool = True,
+    ) -> Any:
+        return await self.request_json(
+            "POST", destination, path, query, body, timeout_s=timeout_s, max_size=max_size, signed=signed
+        )
+
+    # -- the work ----------------------------------------------------------------------
+
+    def authorization(self, method: str, destination: str, uri: str, content: Any) -> str:
+        """The X-Matrix header value for a request (steps 1-3 of request signing)."""
+        signed = sign_json(
+            signing_object(method, uri, self.server_name, destination, content),
+            self.server_name,
+            self.signing_key,
+        )
+        sig = signed["signatures"][self.server_name][self.signing_key.key_id]
+        return format_header(self.server_name, destination, self.signing_key.key_id, sig)
+
+    async def request_json(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        query: Query | None,
+        body: Any,
+        *,
+        timeout_s: float = 60.0,
+        max_size: int = DEFAULT_MAX_RESPONSE,
+        signed: bool = True,
+    ) -> Any:
+        if not self.enabled:
+            raise FederationUnreachable("federation is turned off ([federation] enabled = false)")
+        uri = path
+        if query:
+            uri += "?" + urlencode(
+                [(k, v) for k, vs in query.items() for v in ([vs] if isinstance(vs, str) else vs)]
+            )
+        payload: bytes | None = None
+        if body is not None:
+            try:
+                payload = encode_canonical_json(body)
+            except CanonicalJsonError as e:
+                raise FederationUnreachable(f"the request body is not canonical JSON: {e}") from None
+        headers = [("Accept", "application/json")]
+        if payload is not None:
+            headers.append(("Content-Type", "application/json"))
+        if signed:
+            headers.append(("Authorization", self.authorization(method, destination, uri, body)))
+        with trio.move_on_after(timeout_s) as scope:
+            response = await self._send(destination, method, uri, headers, payload, max_size)
+        if scope.cancelled_caught:
+            raise FederationUnreachable(f"{method} {destination}{path}: timed out after {timeout_s} s")
+        return _decode(response, destination, method, path)
+
+    async def _send(
+        self,
+        destination: str,
+        method: str,
+        uri: str,
+        headers: list[tuple[str, str]],
+        payload: bytes | None,
+        max_size: int,
+    ) -> HttpResponse:
+        try:
+            resolution = await self.resolver.resolve(destination)
+        except InvalidIdentifier:
+            raise FederationUnreachable(f"{destination!r} is not a server name") from None
+        errors: list[str] = []
+        for target in resolution.targets:
+            try:
+                return await self._exchange(target, method, uri, headers, payload, max_size)
+            except OUTBOUND_ERRORS as e:
+                errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
+        self.resolver.forget(destination)
+        raise FederationUnreachable(f"{method} {destination}: " + "; ".join(errors))
+
+    async def _exchange(
+        self,
+        target: Target,
+        method: str,
+        uri: str,
+        headers: list[tuple[str, str]],
+        payload: bytes | None,
+        max_size: int,
+    ) -> HttpResponse:
+        all_headers = [("Host", target.host_header), *headers]
+        # An idle pooled connection may have been closed by the remote meanwhile: if it
+        # fails before any answer arrived, the request goes again on a fresh one.
+        conn = await self._take(target)
+        if conn is not None:
+            try:
+                response = await conn.request(method, uri, all_headers, payload, max_size)
+            except OUTBOUND_ERRORS:
+                await conn.aclose()
+                if conn.received_any:
+                    raise
+            except BaseException:  # cancelled (a timeout): the connection is mid-exchange
+                await conn.aclose()
+                raise
+            else:
+                await self._give_back(target, conn)
+                return response
+        addresses = await self.dns.addresses(target.host, target.port)
+        conn = await connect(self.outbound, self.policy, addresses, target.port, target.tls_name)
+        try:
+            response = await conn.request(method, uri, all_headers, payload, max_size)
+        except BaseException:
+            await conn.aclose()
+            raise
+        await self._give_back(target, conn)
+        return response
+
+    async def _take(self, target: Target) -> HttpConnection | None:
+        idle = self._pool.get(target)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < POOL_IDLE_S:
+                return conn
+            await conn.aclose()
+        return None
+
+    async def _give_back(self, target: Target, conn: HttpConnection) -> None:
+        if not conn.reusable:
+            await conn.aclose()
+            return
+        conn.idle_since = time.monotonic()
+        idle = self._pool.setdefault(target, [])
+        self._pool.move_to_end(target)
+        idle.append(conn)
+        while len(idle) > POOL_PER_TARGET:
+            await idle.pop(0).aclose()
+        while len(self._pool) > POOL_TARGETS:
+            _, old = self._pool.popitem(last=False)
+            for c in old:
+                await c.aclose()
+
+    async def fetch_well_known(self, url: str, hostname: str) -> tuple[int, dict[str, str], bytes]:
+        """One HTTPS GET of a well-known URL (no redirect followed), for discovery."""
+        from urllib.parse import urlsplit
+
+        from pocketserver.federation.discovery import WELL_KNOWN_MAX_BYTES
+
+        parts = urlsplit(url)
+        host = parts.hostname or hostname
+        port = parts.port or 443
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        addresses = await self.dns.addresses(host, port)
+        conn = await connect(self.outbound, self.policy, addresses, port, host)
+        try:
+            host_header = host if port == 443 else f"{host}:{port}"
+            if ":" in host and not host.startswith("["):
+                host_header = f"[{host}]" if port == 443 else f"[{host}]:{port}"
+            response = await conn.request(
+                "GET", target, [("Host", host_header), ("Connection", "close")], None, WELL_KNOWN_MAX_BYTES
+            )
+        finally:
+            await conn.aclose()
+        return response.status, response.headers, response.body
+
+
+def _decode(response: HttpResponse, destination: str, method: str, path: str) -> Any:
+    if 200 <= response.status < 300:
+        try:
+            return orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            raise FederationUnreachable(f"{method} {destination}{path}: the answer is not JSON") from None
+    errcode, message = "M_UNKNOWN", ""
+    try:
+        doc = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        if isinstance(doc.get("errcode"), str):
+            errcode = doc["errcode"]
+        if isinstance(doc.get("error"), str):
+            message = doc["error"][:500]
+    raise FederationError(response.status, errcode, message)

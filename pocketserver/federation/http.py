@@ -1,0 +1,163 @@
+"""HTTP/1.1 over TLS to other servers: address vetting, one connection, a small pool.
+
+Every federation connection (requests, well-known look-ups, key fetches) is opened
+here: the addresses a name resolves to are vetted *before* connecting, and only the
+vetted address is connected to (so a DNS answer cannot slip a private address in
+between the check and the connect). Private, loopback, link-local, multicast and
+reserved addresses are refused unless ``[federation] allowed_ip_ranges`` covers them.
+
+TLS comes from :class:`pocketserver.services.outbound.Outbound`, the one TLS context
+of the server (``verify_tls``, ``extra_ca_file``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h11
+import trio
+
+from pocketserver.services.outbound import Outbound, OutboundError
+
+log = logging.getLogger("pocketserver.federation.http")
+
+MAX_HEADER_BYTES = 64 * 1024
+USER_AGENT = "pocketserver"
+
+
+class BlockedAddress(OutboundError):
+    """Every address of the remote is one ``allowed_ip_ranges`` does not allow."""
+
+
+class ResponseTooLarge(OutboundError):
+    """The response body passed the caller's size limit."""
+
+
+class IpPolicy:
+    """Which IP addresses outbound federation may connect to."""
+
+    def __init__(self, allowed_ranges: Sequence[str] = ()) -> None:
+        self.allowed = [ipaddress.ip_network(c, strict=False) for c in allowed_ranges]
+
+    def allows(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if any(addr in net for net in self.allowed):
+            return True
+        return addr.is_global and not addr.is_multicast
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]  # lower-cased names; the last value of a repeated header
+    body: bytes
+
+
+class HttpConnection:
+    """One HTTP/1.1 connection; reusable after a complete exchange (keep-alive)."""
+
+    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.idle_since = 0.0
+        self.received_any = False
+
+    @property
+    def reusable(self) -> bool:
+        return self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        max_size: int,
+    ) -> HttpResponse:
+        """Send one request and read its whole response (at most ``max_size`` bytes of
+        body, else :class:`ResponseTooLarge`). Fails with OUTBOUND_ERRORS."""
+        self.received_any = False
+        all_headers = [*headers, ("User-Agent", USER_AGENT)]
+        if body is not None:
+            all_headers.append(("Content-Length", str(len(body))))
+        await self.stream.send_all(
+            self.conn.send(h11.Request(method=method, target=target.encode("ascii"), headers=all_headers))
+            or b""
+        )
+        if body:
+            await self.stream.send_all(self.conn.send(h11.Data(data=body)) or b"")
+        await self.stream.send_all(self.conn.send(h11.EndOfMessage()) or b"")
+        response: h11.Response | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(65536)
+                if data:
+                    self.received_any = True
+                self.conn.receive_data(bytes(data))
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+                declared = dict(event.headers).get(b"content-length")
+                if declared is not None and declared.isdigit() and int(declared) > max_size:
+                    raise ResponseTooLarge(f"response of {int(declared)} bytes is over {max_size} bytes")
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > max_size:
+                    raise ResponseTooLarge(f"response is over {max_size} bytes")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise OutboundError("connection closed before the response ended")
+        assert response is not None
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        return HttpResponse(
+            status=response.status_code,
+            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers},
+            body=b"".join(chunks),
+        )
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+async def connect(
+    outbound: Outbound,
+    policy: IpPolicy,
+    addresses: Sequence[str],
+    port: int,
+    tls_name: str,
+) -> HttpConnection:
+    """A TLS connection to the first allowed address of ``addresses`` that answers,
+    verified for ``tls_name``. :class:`BlockedAddress` when none is allowed."""
+    allowed = [ip for ip in addresses if policy.allows(ip)]
+    if not allowed:
+        if addresses:
+            raise BlockedAddress(
+                f"{', '.join(addresses)} may not be reached (federation.allowed_ip_ranges)"
+            )
+        raise OutboundError(f"{tls_name} has no address")
+    last: BaseException | None = None
+    for ip in allowed:
+        try:
+            stream = await outbound.open_stream(ip, port, tls=True, server_hostname=tls_name)
+        except (OSError, OutboundError, trio.BrokenResourceError) as e:
+            last = e
+            continue
+        return HttpConnection(stream, f"{ip}:{port}")
+    raise OutboundError(f"cannot connect to {tls_name} port {port}: {last}")

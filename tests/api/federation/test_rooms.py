@@ -1,0 +1,247 @@
+"""The federation room, device and directory routes over HTTP, with requests signed by a
+second real pocketserver: a join by make_join/send_join and a message by /send reach
+the host's users; every malformed request gets the spec's error, never a 5xx."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import trio
+
+from pocketserver.protocol.auth_rules import auth_types_for_event
+from pocketserver.protocol.events import Event
+from pocketserver.protocol.request_auth import format_header, signing_object
+from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS
+from pocketserver.protocol.signing import sign_event, sign_json
+from pocketserver.server import RunningServer
+from tests.api.helpers import auth_headers, create_room, register, sync
+from tests.federation.servers import start_federating_server
+
+FED = "/_matrix/federation"
+
+
+@dataclass
+class Signed:
+    origin: RunningServer
+    target: RunningServer
+    room_id: str
+    alice: str
+    alice_token: str
+    alias: str
+
+    @property
+    def origin_name(self) -> str:
+        return str(self.origin.services.config.server_name)
+
+    @property
+    def target_name(self) -> str:
+        return str(self.target.services.config.server_name)
+
+    async def request(self, method: str, uri: str, body: Any = None, *, raw: bytes | None = None) -> httpx.Response:
+        """``uri`` as sent (path already percent-encoded, query included), signed by the origin."""
+        key = self.origin.services.signing_key
+        content = body if raw is None else None
+        if raw is not None:
+            try:
+                content = json.loads(raw)
+            except ValueError:
+                content = None
+        obj = signing_object(method, uri, self.origin_name, self.target_name, content)
+        sig = sign_json(obj, self.origin_name, key)["signatures"][self.origin_name][key.key_id]
+        headers = {"Authorization": format_header(self.origin_name, self.target_name, key.key_id, sig)}
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        async with httpx.AsyncClient(base_url=self.target.urls[0]) as http:
+            return await http.request(method, uri, content=data, headers=headers, timeout=30)
+
+
+@pytest.fixture
+async def signed(nursery: trio.Nursery, tmp_path: Path) -> Signed:
+    origin = await start_federating_server(nursery, tmp_path / "origin")
+    target = await start_federating_server(nursery, tmp_path / "target")
+    async with httpx.AsyncClient(base_url=target.urls[0]) as http:
+        alice, token, _ = await register(http, "alice")
+        room_id = await create_room(http, token, preset="public_chat", room_alias_name="hall", visibility="public")
+    alias = f"#hall:{target.services.config.server_name}"
+    return Signed(origin, target, room_id, alice, token, alias)
+
+
+def _q(s: str) -> str:
+    return quote(s, safe="")
+
+
+async def test_a_remote_user_joins_by_make_join_and_send_join_then_talks(signed: Signed) -> None:
+    s = signed
+    bob = f"@bob:{s.origin_name}"
+    r = await s.request("GET", f"{FED}/v1/query/directory?room_alias={_q(s.alias)}")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"room_id": s.room_id, "servers": [s.target_name]}
+    r = await s.request("GET", f"{FED}/v1/make_join/{_q(s.room_id)}/{_q(bob)}?ver=10&ver=11&ver=12")
+    assert r.status_code == 200, r.text
+    template = r.json()
+    rv = KNOWN_ROOM_VERSIONS[template["room_version"]]
+    pdu = dict(template["event"], origin_server_ts=template["event"]["origin_server_ts"])
+    join = sign_event(pdu, s.origin_name, s.origin.services.signing_key, rv)
+    join_id = Event.from_pdu(join, rv).event_id
+    r = await s.request("PUT", f"{FED}/v2/send_join/{_q(s.room_id)}/{_q(join_id)}?omit_members=false", join)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert any(e["type"] == "m.room.create" for e in answer["state"]) and answer["members_omitted"] is False
+    # Now in the room: the directory lists the origin too, and bob's message is taken.
+    r = await s.request("GET", f"{FED}/v1/query/directory?room_alias={_q(s.alias)}")
+    assert r.json()["servers"] == [s.target_name, s.origin_name]
+    fields = {"type": "m.room.message", "sender": bob, "content": {"msgtype": "m.text", "body": "hi alice"}}
+    state = {(e["type"], e["state_key"]): Event.from_pdu(e, rv).event_id for e in answer["state"]}
+    state[("m.room.member", bob)] = join_id
+    msg = sign_event({
+        **fields, "room_id": s.room_id, "origin_server_ts": join["origin_server_ts"] + 1,
+        "depth": join["depth"] + 1, "prev_events": [join_id],
+        "auth_events": sorted(state[k] for k in auth_types_for_event(fields, rv) if k in state),
+    }, s.origin_name, s.origin.services.signing_key, rv)
+    msg_id = Event.from_pdu(msg, rv).event_id
+    txn = {"origin": s.origin_name, "origin_server_ts": msg["origin_server_ts"], "pdus": [msg], "edus": []}
+    r = await s.request("PUT", f"{FED}/v1/send/txn1", txn)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"pdus": {msg_id: {}}}
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
+        resp = await sync(http, s.alice_token, timeout=0)
+    timeline = resp["rooms"]["join"][s.room_id]["timeline"]["events"]
+    assert any(e["event_id"] == msg_id and e["content"]["body"] == "hi alice" for e in timeline)
+    # The origin reads it back, and a retried transaction changes nothing.
+    r = await s.request("GET", f"{FED}/v1/event/{_q(msg_id)}")
+    assert r.status_code == 200 and r.json()["pdus"][0]["content"]["body"] == "hi alice"
+    assert (await s.request("PUT", f"{FED}/v1/send/txn1", txn)).json() == {"pdus": {msg_id: {}}}
+    r = await s.request("GET", f"{FED}/v1/state_ids/{_q(s.room_id)}?event_id={_q(msg_id)}")
+    assert r.status_code == 200 and join_id in r.json()["pdu_ids"]
+    r = await s.request("GET", f"{FED}/v1/backfill/{_q(s.room_id)}?v={_q(msg_id)}&limit=5")
+    assert r.status_code == 200 and len(r.json()["pdus"]) == 5
+
+
+async def test_invite_to_a_blocking_user_is_403_m_invite_blocked(signed: Signed) -> None:
+    s = signed
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
+        carol, token, _ = await register(http, "carol")
+        r = await http.put(f"/_matrix/client/v3/user/{_q(carol)}/account_data/m.invite_permission_config",
+                           json={"default_action": "block"}, headers=auth_headers(token))
+        assert r.status_code == 200
+    rv = KNOWN_ROOM_VERSIONS["10"]
+    inviter = f"@dan:{s.origin_name}"
+    room_id = f"!elsewhere:{s.origin_name}"
+    invite = sign_event({
+        "type": "m.room.member", "sender": inviter, "state_key": carol, "room_id": room_id,
+        "content": {"membership": "invite"}, "origin_server_ts": 1, "depth": 3,
+        "prev_events": [], "auth_events": [], "origin": s.origin_name,
+    }, s.origin_name, s.origin.services.signing_key, rv)
+    eid = Event.from_pdu(invite, rv).event_id
+    r = await s.request("PUT", f"{FED}/v2/invite/{_q(room_id)}/{_q(eid)}",
+                        {"room_version": "10", "event": invite, "invite_room_state": []})
+    assert r.status_code == 403, r.text
+    assert r.json()["errcode"] == "M_INVITE_BLOCKED"
+
+
+async def test_malformed_signed_requests_get_the_spec_errors(signed: Signed) -> None:
+    s = signed
+    room, alice, ev = _q(s.room_id), _q(s.alice), _q("$nosuchevent")
+    bob = _q(f"@bob:{s.origin_name}")
+    cases: list[tuple[str, str, Any, int, str]] = [
+        ("PUT", f"{FED}/v1/send/t1", {"pdus": "no"}, 400, "M_BAD_JSON"),
+        ("PUT", f"{FED}/v1/send/t2", [1], 400, "M_BAD_JSON"),
+        ("PUT", f"{FED}/v1/send/t3", {"pdus": [{"room_id": "!x:y"}] * 51}, 400, "M_BAD_JSON"),
+        ("GET", f"{FED}/v1/make_join/{room}/{_q('notauser')}?ver=10", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{FED}/v1/make_join/{room}/{alice}?ver=10&ver=11&ver=12", None, 403, "M_FORBIDDEN"),
+        ("GET", f"{FED}/v1/make_join/{room}/{bob}?ver=1", None, 400, "M_INCOMPATIBLE_ROOM_VERSION"),
+        ("GET", f"{FED}/v1/make_join/{_q('!nosuch:x')}/{bob}?ver=12", None, 404, "M_NOT_FOUND"),
+        ("PUT", f"{FED}/v2/send_join/{room}/{ev}", {"type": 5}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{FED}/v2/send_join/{room}/{ev}?omit_members=maybe", {}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{FED}/v2/send_leave/{room}/{ev}", {}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{FED}/v1/send_knock/{room}/{ev}", {}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{FED}/v2/invite/{room}/{ev}", {"event": {}}, 400, "M_MISSING_PARAM"),
+        ("GET", f"{FED}/v1/event/{ev}", None, 404, "M_NOT_FOUND"),
+        ("GET", f"{FED}/v1/state/{room}", None, 400, "M_MISSING_PARAM"),
+        ("GET", f"{FED}/v1/state_ids/{room}?event_id={ev}", None, 403, "M_FORBIDDEN"),
+        ("GET", f"{FED}/v1/backfill/{room}?limit=5", None, 400, "M_MISSING_PARAM"),
+        ("GET", f"{FED}/v1/backfill/{room}?v={ev}", None, 400, "M_MISSING_PARAM"),
+        ("GET", f"{FED}/v1/backfill/{room}?v={ev}&limit=-1", None, 400, "M_INVALID_PARAM"),
+        ("POST", f"{FED}/v1/get_missing_events/{room}", {"latest_events": 3}, 400, "M_BAD_JSON"),
+        ("GET", f"{FED}/v1/timestamp_to_event/{room}?ts=x&dir=f", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{FED}/v1/timestamp_to_event/{room}?ts=1&dir=up", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{FED}/v1/timestamp_to_event/{room}?dir=f", None, 400, "M_MISSING_PARAM"),
+        ("GET", f"{FED}/v1/user/devices/{_q('nobody')}", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{FED}/v1/user/devices/{_q('@nobody:' + s.target_name)}", None, 404, "M_NOT_FOUND"),
+        ("POST", f"{FED}/v1/user/keys/query", {"device_keys": []}, 400, "M_BAD_JSON"),
+        ("POST", f"{FED}/v1/user/keys/claim", {}, 400, "M_BAD_JSON"),
+        ("GET", f"{FED}/v1/query/directory", None, 400, "M_MISSING_PARAM"),
+        ("GET", f"{FED}/v1/query/directory?room_alias=nope", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{FED}/v1/query/directory?room_alias={_q('#x:' + s.target_name)}", None, 404, "M_NOT_FOUND"),
+        ("POST", f"{FED}/v1/publicRooms", {"limit": "ten"}, 400, "M_BAD_JSON"),
+        ("GET", f"{FED}/v1/publicRooms?limit=x", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{FED}/v1/hierarchy/{_q('!nosuch:x')}", None, 404, "M_NOT_FOUND"),
+        ("GET", f"{FED}/v1/hierarchy/{room}?suggested_only=perhaps", None, 400, "M_INVALID_PARAM"),
+    ]
+    problems = []
+    for method, uri, body, status, errcode in cases:
+        r = await s.request(method, uri, body)
+        got = (r.status_code, r.json().get("errcode") if r.headers.get("content-type", "").startswith("application/json") else r.text)
+        if got != (status, errcode):
+            problems.append(f"{method} {uri}: {got} != {(status, errcode)}: {r.text[:200]}")
+    for method, uri in (("PUT", f"{FED}/v1/send/t9"), ("PUT", f"{FED}/v2/send_join/{room}/{ev}"),
+                        ("POST", f"{FED}/v1/user/keys/query"), ("POST", f"{FED}/v1/publicRooms")):
+        r = await s.request(method, uri, raw=b"{not json")
+        if (r.status_code, r.json().get("errcode")) != (400, "M_NOT_JSON"):
+            problems.append(f"{method} {uri} with bad JSON: {r.status_code} {r.text[:200]}")
+    assert not problems, "\n".join(problems)
+    # Answered: the published directory.
+    r = await s.request("GET", f"{FED}/v1/publicRooms?limit=5")
+    assert r.status_code == 200 and [c["room_id"] for c in r.json()["chunk"]] == [s.room_id]
+    r = await s.request("POST", f"{FED}/v1/publicRooms", {"filter": {"generic_search_term": "zzz"}})
+    assert r.status_code == 200 and r.json()["chunk"] == []
+
+
+async def test_hierarchy_lists_the_space_children_a_server_may_join(signed: Signed) -> None:
+    s = signed
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
+        space = await create_room(http, s.alice_token, preset="public_chat", creation_content={"type": "m.space"})
+        private = await create_room(http, s.alice_token, preset="private_chat")
+        for child in (s.room_id, private):
+            r = await http.put(
+                f"/_matrix/client/v3/rooms/{_q(space)}/state/m.space.child/{_q(child)}",
+                json={"via": [s.target_name], "suggested": child == s.room_id}, headers=auth_headers(s.alice_token),
+            )
+            assert r.status_code == 200, r.text
+    r = await s.request("GET", f"{FED}/v1/hierarchy/{_q(space)}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["room"]["room_id"] == space and body["room"]["room_type"] == "m.space"
+    assert {c["state_key"] for c in body["room"]["children_state"]} == {s.room_id, private}
+    assert all("origin_server_ts" in c for c in body["room"]["children_state"])
+    assert [c["room_id"] for c in body["children"]] == [s.room_id]
+    assert body["inaccessible_children"] == [private]
+    r = await s.request("GET", f"{FED}/v1/hierarchy/{_q(space)}?suggested_only=true")
+    assert [c["state_key"] for c in r.json()["room"]["children_state"]] == [s.room_id]
+    assert (await s.request("GET", f"{FED}/v1/hierarchy/{_q(private)}")).status_code == 404
+
+
+async def test_a_signed_request_ends_the_senders_back_off_for_its_origin(signed: Signed) -> None:
+    s = signed
+    sender = s.target.services.federation_sender
+    assert sender is not None
+    # As after failed sends to the origin: its next try an hour away.
+    sender._retry[s.origin_name] = (s.target.services.clock.time_ms() + 3_600_000, 3_600_000)
+    assert sender.statistics()["backing_off"] == 1
+    r = await s.request("GET", f"{FED}/v1/publicRooms")
+    assert r.status_code == 200, r.text
+    assert sender.statistics()["backing_off"] == 0
+    # A request that fails its signature check does not count.
+    sender._retry[s.origin_name] = (s.target.services.clock.time_ms() + 3_600_000, 3_600_000)
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
+        bad = f'X-Matrix origin="{s.origin_name}",destination="{s.target_name}",key="ed25519:x",sig="AAAA"'
+        r = await http.get(f"{FED}/v1/publicRooms", headers={"Authorization": bad})
+    assert r.status_code == 401
+    assert sender.statistics()["backing_off"] == 1
