@@ -6,6 +6,7 @@ and runs no sender task."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pocketserver.services import Services
 from pocketserver.storage import accounts, outbox
@@ -81,7 +82,14 @@ async def test_membership_changes_reach_the_servers_they_concern(tmp_path: Path)
         alice = await local_user(svc, "alice")
         room_id, _ = await svc.rooms.create_room(alice, {"preset": "public_chat"})
         await remote_join(svc, room_id, "@bob:a.remote")
-        # An invite to a server not in the room: /invite delivers it, not a transaction.
+        # An invite to a server not in the room: /invite delivers it, not a transaction
+        # (the exchange itself is tests/federation/test_joining.py's: here it is the
+        # invitee's server handing the event back as it came).
+        async def handed_back(event: Any) -> Any:
+            return event
+
+        assert svc.rooms.remote is not None
+        svc.rooms.remote.exchange_invite = handed_back  # type: ignore[method-assign]
         await svc.rooms.update_membership(alice, room_id, "@carol:c.remote", "invite")
         # A kick of a.remote's only member: a.remote hears of it although it left.
         await svc.rooms.update_membership(alice, room_id, "@bob:a.remote", "leave")

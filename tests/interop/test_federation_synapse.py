@@ -370,7 +370,6 @@ def test_bob_leaves_and_rejoins(pair: Pair, hosted: Hosted) -> None:
     h.bob_sync.wait(lambda sy: "welcome back" in sy.bodies(h.room_id), "a message after the rejoin", *_logs(pair))
 
 
-@pytest.mark.xfail(reason="sending /invite to another server is branch fed-join's (remote invites)", strict=False)
 def test_our_user_invites_a_synapse_user_who_accepts(pair: Pair, hosted: Hosted) -> None:
     h = hosted
     p, s = pair.pocket.base_url, pair.synapse.base_url
