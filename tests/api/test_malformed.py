@@ -648,6 +648,9 @@ async def _new_world(http: httpx.AsyncClient) -> World:
 
 
 def _problem(resp: httpx.Response) -> str | None:
+    if resp.status_code == 502 and resp.headers.get("content-type", "").startswith("application/json"):
+        if resp.json().get("errcode") == "M_UNKNOWN":
+            return None  # a well-formed server name nobody answers for: the remote's failure
     if resp.status_code >= 500:
         return f"HTTP {resp.status_code}"
     if resp.status_code == 416 and resp.headers.get("Content-Range", "").startswith("bytes */"):

@@ -18,7 +18,7 @@ from pocketserver.api.common import (
     services,
 )
 from pocketserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
-from pocketserver.protocol.identifiers import is_valid_room_id
+from pocketserver.protocol.identifiers import is_valid_room_id, is_valid_server_name
 from pocketserver.services.auth import Requester
 
 bp = Blueprint("client_rooms", __name__)
@@ -469,6 +469,8 @@ async def public_rooms() -> Response:
         raise BadJson("limit must be a non-negative integer")
     svc = services()
     if server is not None and server != svc.config.server_name:
+        if not is_valid_server_name(server):
+            raise InvalidParam("server is not a server name")
         if request.method == "POST":
             fed_body: dict[str, Any] = {k: body[k] for k in ("limit", "since", "filter", "include_all_networks",
                                                              "third_party_instance_id") if k in body}
