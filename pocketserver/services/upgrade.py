@@ -244,6 +244,11 @@ class UpgradeService:
         await self.rooms.send_event(requester, new_room, "m.room.power_levels", first_pl, state_key="")
         for rec in copied:
             await self._try_send(requester, new_room, rec.event.type, rec.event.content, rec.event.state_key or "")
+        if ("m.room.guest_access", "") not in state:
+            # The old room had none, which means "forbidden": the new room says so
+            # explicitly, so its state shows the guest policy it inherited (clients and
+            # SyTest read the new room's state for it).
+            await self._try_send(requester, new_room, "m.room.guest_access", {"guest_access": "forbidden"}, "")
         for rec in bans:
             target = rec.event.state_key or ""
             try:

@@ -490,6 +490,9 @@ async def test_upgrade_links_rooms_through_the_tombstone(
     # The new room got the state and the alias; the old one is closed to ordinary users.
     r = await http.get(f"{V3}/rooms/{new}/state/m.room.name", headers=h)
     assert r.json() == {"name": "Old"}
+    # The old public room had no guest_access event (forbidden); the new one says so.
+    r = await http.get(f"{V3}/rooms/{new}/state/m.room.guest_access", headers=h)
+    assert r.json() == {"guest_access": "forbidden"}
     r = await http.get(f"{V3}/directory/room/{quote('#up:test.local')}", headers=h)
     assert r.json()["room_id"] == new
     r = await http.get(f"{V3}/rooms/{old}/state/m.room.power_levels", headers=h)
