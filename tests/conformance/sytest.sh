@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SyTest (matrix-org's homeserver suite) against this checkout's pocketserver, the way
 # the README's conformance figures were measured. Not part of `bash tests/run`: a full
-# run takes 20-30 minutes on two cores.
+# run takes 7-30 minutes on two cores.
 #
 #   bash tests/conformance/sytest.sh                       # every test
 #   bash tests/conformance/sytest.sh tests/31sync/*.pl     # some files (paths inside SyTest)
