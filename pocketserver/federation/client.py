@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -235,7 +235,7 @@ class FederationClient:
                 _decode(head, destination, "GET", path)  # raises FederationError
             deadline = trio.current_time() + total_timeout_s
 
-            async def pieces() -> AsyncIterator[bytes]:
+            async def pieces() -> AsyncGenerator[bytes, None]:
                 nonlocal done
                 try:
                     async for piece in conn.body(max_size, read_timeout_s=read_timeout_s, deadline=deadline):
