@@ -42,7 +42,8 @@ async def upload(server: RunningServer, data: bytes, ctype: str, filename: str |
 
 @pytest.fixture
 async def pair(nursery: trio.Nursery, tmp_path: Path) -> tuple[RunningServer, RunningServer]:
-    a = await start_federating_server(nursery, tmp_path / "a")
+    # a also serves the deprecated unauthenticated endpoints.
+    a = await start_federating_server(nursery, tmp_path / "a", extra={"media": {"legacy_unauthenticated": True}})
     b = await start_federating_server(nursery, tmp_path / "b")
     return a, b
 
@@ -63,9 +64,25 @@ async def test_a_user_downloads_remote_media_which_is_then_kept(pair: tuple[Runn
         r = await http.get(f"{DOWNLOAD}/{name(b)}/{media_id}/other.pdf", headers=auth(token))
         assert r.status_code == 200 and r.content == data
         assert r.headers["content-disposition"] == 'attachment; filename="other.pdf"'
-        # The unauthenticated endpoints stay frozen; the authenticated one needs a token.
+        # The authenticated endpoint needs a token.
         r = await http.get(f"{DOWNLOAD}/{name(b)}/{media_id}")
         assert r.status_code == 401
+
+
+async def test_the_deprecated_endpoints_fetch_unless_allow_remote_is_false(
+    pair: tuple[RunningServer, RunningServer],
+) -> None:
+    a, b = pair
+    media_id = await upload(b, b"legacy bytes", "text/plain")
+    legacy = f"/_matrix/media/v3/download/{name(b)}/{media_id}"
+    async with httpx.AsyncClient(base_url=a.urls[0], timeout=60) as http:
+        r = await http.get(legacy, params={"allow_remote": "false"})
+        assert (r.status_code, r.json()["errcode"]) == (404, "M_NOT_FOUND")
+        r = await http.get(legacy)
+        assert r.status_code == 200 and r.content == b"legacy bytes"
+        # Once copied, it is served here even with allow_remote=false.
+        r = await http.get(legacy, params={"allow_remote": "false"})
+        assert r.status_code == 200 and r.content == b"legacy bytes"
 
 
 async def test_a_thumbnail_of_remote_media_is_made_locally(pair: tuple[RunningServer, RunningServer]) -> None:
