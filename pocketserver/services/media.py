@@ -489,6 +489,13 @@ class MediaService:
                 continue
             flight = self._fetching[key] = _Flight()
             try:
+                # Read again: the read above may have begun before a fetch that just
+                # ended committed its copy.
+                info = await self.db.read(store.get_media, server_name, media_id)
+                if info is not None and info.quarantined:
+                    raise NotFound("Unknown media ID")
+                if info is not None and info.content_id is not None:
+                    return info
                 return await self._fetch_remote(server_name, media_id, timeout_ms)
             except MatrixError as e:
                 flight.error = e
@@ -509,16 +516,18 @@ class MediaService:
             if filename is not None and (len(filename) > 1024 or any(ord(c) < 32 for c in filename)):
                 filename = None
 
-            def txn(conn: Any, up: _Ingested) -> store.MediaInfo:
+            result: list[store.MediaInfo] = []
+
+            def txn(conn: Any, up: _Ingested) -> None:
                 cid = self._store_content(conn, up)
                 if not store.insert_media(
                     conn, server_name, media_id, None, ctype, filename, up.size, cid,
                     self.clock.time_ms(),
                 ):
-                    store.release_content(conn, cid)
+                    store.release_content(conn, cid)  # a copy landed meanwhile: keep that
                 info = store.get_media(conn, server_name, media_id)
                 assert info is not None
-                return info
+                result.append(info)
 
             with self.db.bulk():
                 try:
@@ -529,12 +538,7 @@ class MediaService:
                         f"The media on {server_name} is larger than this server's"
                         f" {self.cfg.max_upload_size} byte limit",
                     ) from None
-                result: list[store.MediaInfo] = []
-
-                def run(conn: Any) -> None:
-                    result.append(txn(conn, up))
-
-                await self._complete(up, run)
+                await self._complete(up, txn, up)
         log.info("copied mxc://%s/%s (%d bytes)", server_name, media_id, up.size)
         info = result[0]
         if info.quarantined or info.content_id is None:
