@@ -13,7 +13,8 @@ the federation services use. For each request it:
    keep-alive connection to the same target when there is one;
 4. bounds the whole exchange in time (``timeout_s``) and the answer in size
    (``max_size``, 64 MiB unless the caller says otherwise);
-5. answers the decoded JSON of a 2xx, raises :class:`FederationError` for an error
+5. answers the decoded JSON of a 2xx (or, from :meth:`FederationClient.stream`, the
+   head of the answer and its body as it arrives, for media), raises :class:`FederationError` for an error
    status (with the remote's errcode when it sent one) and
    :class:`FederationUnreachable` for everything else.
 """
@@ -23,6 +24,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,7 +35,13 @@ import trio
 
 from pocketserver.config import FederationConfig
 from pocketserver.federation.discovery import DnsResolver, ServerResolver, Target
-from pocketserver.federation.http import HttpConnection, HttpResponse, IpPolicy, connect
+from pocketserver.federation.http import (
+    HttpConnection,
+    HttpResponse,
+    IpPolicy,
+    ResponseTooLarge,
+    connect,
+)
 from pocketserver.federation.interfaces import FederationError, FederationUnreachable, Query
 from pocketserver.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from pocketserver.protocol.identifiers import InvalidIdentifier
@@ -46,6 +56,21 @@ DEFAULT_MAX_RESPONSE = 64 * 1024 * 1024
 POOL_PER_TARGET = 2
 POOL_IDLE_S = 20.0
 POOL_TARGETS = 64
+# What is read of an error answer's body (its JSON errcode) from a streamed request.
+ERROR_BODY_MAX = 64 * 1024
+
+
+class ResponseTooLargeError(FederationUnreachable):
+    """A streamed answer was (or declared itself) larger than the caller's limit."""
+
+
+@dataclass
+class StreamedResponse:
+    """The head of a 2xx answer to :meth:`FederationClient.stream`, and its body."""
+
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    pieces: AsyncIterator[bytes]
 
 
 class FederationClient:
@@ -147,11 +172,7 @@ class FederationClient:
     ) -> Any:
         if not self.enabled:
             raise FederationUnreachable("federation is turned off ([federation] enabled = false)")
-        uri = path
-        if query:
-            uri += "?" + urlencode(
-                [(k, v) for k, vs in query.items() for v in ([vs] if isinstance(vs, str) else vs)]
-            )
+        uri = _with_query(path, query)
         payload: bytes | None = None
         if body is not None:
             try:
@@ -168,6 +189,119 @@ class FederationClient:
         if scope.cancelled_caught:
             raise FederationUnreachable(f"{method} {destination}{path}: timed out after {timeout_s} s")
         return _decode(response, destination, method, path)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        destination: str,
+        path: str,
+        query: Query | None = None,
+        *,
+        signed: bool = True,
+        timeout_s: float = 60.0,
+        read_timeout_s: float = 60.0,
+        total_timeout_s: float = 600.0,
+        max_size: int = DEFAULT_MAX_RESPONSE,
+    ) -> AsyncIterator[StreamedResponse]:
+        """A GET whose body is not JSON and may be big (media): the head of a 2xx answer
+        and its body as an async iterator of pieces, read as the caller consumes them.
+
+        The head must come within ``timeout_s``; then each read within
+        ``read_timeout_s`` and the whole body within ``total_timeout_s``, at most
+        ``max_size`` bytes. An error status raises :class:`FederationError` before
+        anything is yielded; everything else that goes wrong, including while the body
+        is read, raises :class:`FederationUnreachable`. The connection goes back to
+        the pool only when the body was read to its end.
+        """
+        if not self.enabled:
+            raise FederationUnreachable("federation is turned off ([federation] enabled = false)")
+        uri = _with_query(path, query)
+        headers = [("Accept", "*/*")]
+        if signed:
+            headers.append(("Authorization", self.authorization("GET", destination, uri, None)))
+        with trio.move_on_after(timeout_s) as scope:
+            target, conn, head = await self._start(destination, uri, headers, max_size)
+        if scope.cancelled_caught:
+            raise FederationUnreachable(f"GET {destination}{path}: timed out after {timeout_s} s")
+        done = False
+        try:
+            if not 200 <= head.status < 300:
+                with trio.move_on_after(timeout_s):
+                    try:
+                        head.body = b"".join([p async for p in conn.body(ERROR_BODY_MAX)])
+                        done = True
+                    except OUTBOUND_ERRORS:
+                        pass
+                _decode(head, destination, "GET", path)  # raises FederationError
+            deadline = trio.current_time() + total_timeout_s
+
+            async def pieces() -> AsyncGenerator[bytes, None]:
+                nonlocal done
+                try:
+                    async for piece in conn.body(max_size, read_timeout_s=read_timeout_s, deadline=deadline):
+                        yield piece
+                except ResponseTooLarge as e:
+                    raise ResponseTooLargeError(f"GET {destination}{path}: {e}") from None
+                except OUTBOUND_ERRORS as e:
+                    raise FederationUnreachable(f"GET {destination}{path}: {e or type(e).__name__}") from None
+                done = True
+
+            body = pieces()
+            try:
+                yield StreamedResponse(head.status, head.headers, body)
+            finally:
+                await body.aclose()
+        finally:
+            if done:
+                await self._give_back(target, conn)
+            else:
+                await conn.aclose()
+
+    async def _start(
+        self, destination: str, uri: str, headers: list[tuple[str, str]], max_size: int
+    ) -> tuple[Target, HttpConnection, HttpResponse]:
+        """The first target of ``destination`` that answers with a response head."""
+        try:
+            resolution = await self.resolver.resolve(destination)
+        except InvalidIdentifier:
+            raise FederationUnreachable(f"{destination!r} is not a server name") from None
+        errors: list[str] = []
+        for target in resolution.targets:
+            all_headers = [("Host", target.host_header), *headers]
+            conn = await self._take(target)
+            if conn is not None:
+                try:
+                    return target, conn, await conn.start("GET", uri, all_headers, None, max_size)
+                except ResponseTooLarge as e:
+                    await conn.aclose()
+                    raise ResponseTooLargeError(f"GET {destination}: {e}") from None
+                except OUTBOUND_ERRORS as e:
+                    await conn.aclose()
+                    if conn.received_any:
+                        errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
+                        continue
+                except BaseException:
+                    await conn.aclose()
+                    raise
+            try:
+                addresses = await self.dns.addresses(target.host, target.port)
+                conn = await connect(self.outbound, self.policy, addresses, target.port, target.tls_name)
+            except OUTBOUND_ERRORS as e:
+                errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
+                continue
+            try:
+                return target, conn, await conn.start("GET", uri, all_headers, None, max_size)
+            except ResponseTooLarge as e:
+                await conn.aclose()
+                raise ResponseTooLargeError(f"GET {destination}: {e}") from None
+            except OUTBOUND_ERRORS as e:
+                await conn.aclose()
+                errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
+            except BaseException:
+                await conn.aclose()
+                raise
+        self.resolver.forget(destination)
+        raise FederationUnreachable(f"GET {destination}: " + "; ".join(errors))
 
     async def _send(
         self,
@@ -276,6 +410,14 @@ class FederationClient:
         finally:
             await conn.aclose()
         return response.status, response.headers, response.body
+
+
+def _with_query(path: str, query: Query | None) -> str:
+    if not query:
+        return path
+    return path + "?" + urlencode(
+        [(k, v) for k, vs in query.items() for v in ([vs] if isinstance(vs, str) else vs)]
+    )
 
 
 def _decode(response: HttpResponse, destination: str, method: str, path: str) -> Any:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 import trio
@@ -85,6 +86,21 @@ class HttpConnection:
     ) -> HttpResponse:
         """Send one request and read its whole response (at most ``max_size`` bytes of
         body, else :class:`ResponseTooLarge`). Fails with OUTBOUND_ERRORS."""
+        response = await self.start(method, target, headers, body, max_size)
+        chunks = [piece async for piece in self.body(max_size)]
+        return HttpResponse(status=response.status, headers=response.headers, body=b"".join(chunks))
+
+    async def start(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        max_size: int,
+    ) -> HttpResponse:
+        """Send one request and read the head of its response (``body`` is left empty:
+        read it with :meth:`body`). A declared length over ``max_size`` fails at once
+        with :class:`ResponseTooLarge`. Fails with OUTBOUND_ERRORS."""
         self.received_any = False
         all_headers = [*headers, ("User-Agent", USER_AGENT)]
         if body is not None:
@@ -96,41 +112,61 @@ class HttpConnection:
         if body:
             await self.stream.send_all(self.conn.send(h11.Data(data=body)) or b"")
         await self.stream.send_all(self.conn.send(h11.EndOfMessage()) or b"")
-        response: h11.Response | None = None
-        chunks: list[bytes] = []
-        size = 0
         while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await self.stream.receive_some(65536)
-                if data:
-                    self.received_any = True
-                self.conn.receive_data(bytes(data))
-                continue
+            event = await self._next_event()
             if isinstance(event, h11.InformationalResponse):
                 continue
             if isinstance(event, h11.Response):
-                response = event
                 declared = dict(event.headers).get(b"content-length")
                 if declared is not None and declared.isdigit() and int(declared) > max_size:
                     raise ResponseTooLarge(f"response of {int(declared)} bytes is over {max_size} bytes")
-            elif isinstance(event, h11.Data):
+                return HttpResponse(
+                    status=event.status_code,
+                    headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers},
+                    body=b"",
+                )
+            if isinstance(event, h11.ConnectionClosed):
+                raise OutboundError("connection closed before the response came")
+
+    async def body(
+        self, max_size: int, *, read_timeout_s: float | None = None, deadline: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """The body of the response :meth:`start` began, piece by piece as it arrives
+        (:class:`ResponseTooLarge` past ``max_size`` bytes; each read from the network
+        bounded by ``read_timeout_s`` and by the trio time ``deadline``; else
+        ``trio.TooSlowError``). Once it ends, the connection can be reused."""
+        size = 0
+        while True:
+            timeout = read_timeout_s
+            if deadline is not None:
+                left = max(deadline - trio.current_time(), 0.0)
+                timeout = left if timeout is None else min(timeout, left)
+            event = await self._next_event(timeout)
+            if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > max_size:
                     raise ResponseTooLarge(f"response is over {max_size} bytes")
-                chunks.append(bytes(event.data))
+                yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 raise OutboundError("connection closed before the response ended")
-        assert response is not None
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
-        return HttpResponse(
-            status=response.status_code,
-            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers},
-            body=b"".join(chunks),
-        )
+
+    async def _next_event(self, read_timeout_s: float | None = None) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if read_timeout_s is None:
+                data = await self.stream.receive_some(65536)
+            else:
+                with trio.fail_after(read_timeout_s):
+                    data = await self.stream.receive_some(65536)
+            if data:
+                self.received_any = True
+            self.conn.receive_data(bytes(data))
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)

@@ -99,6 +99,7 @@ def build_services(
 ) -> Services:
     from pocketserver.federation.client import FederationClient
     from pocketserver.federation.keyring import KeyRing
+    from pocketserver.federation.media import RemoteMedia
     from pocketserver.federation.profiles import RemoteProfiles
 
     clock = clock or Clock()
@@ -115,7 +116,10 @@ def build_services(
     keyring = KeyRing(
         db, clock, config.server_name, signing_key, federation_client, config.federation.trusted_key_servers
     )
-    media = MediaService(config, db, clock, outbound=outbound)
+    remote_media = (
+        RemoteMedia(federation_client, config.media.max_upload_size) if config.federation.enabled else None
+    )
+    media = MediaService(config, db, clock, outbound=outbound, remote=remote_media)
     e2ee = E2eeService(db, clock, notifier, config.server_name, ratelimiter)
     accounts.on_device_created.append(e2ee.on_device_created)
     accounts.on_device_deleted.append(e2ee.on_device_deleted)

@@ -24,13 +24,15 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from pocketserver.config import Config
 from pocketserver.errors import Forbidden, LimitExceeded, MatrixError, NotFound, TooLarge
+from pocketserver.protocol.identifiers import is_valid_server_name
 from pocketserver.services.clock import Clock
 from pocketserver.services.outbound import Outbound
 from pocketserver.storage import media as store
@@ -79,6 +81,33 @@ def is_inline_type(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip().lower() in INLINE_TYPES
 
 
+@dataclass
+class RemoteFile:
+    """A file on another server, its body read as ``pieces`` is consumed."""
+
+    content_type: str | None
+    filename: str | None
+    pieces: AsyncIterator[bytes]
+
+
+class RemoteMediaSource(Protocol):
+    """Where other servers' media is copied from (federation/media.py over HTTP; a
+    fake in tests). Raises :class:`MatrixError` for what the client is to be told,
+    also while ``pieces`` is read."""
+
+    def download(
+        self, server_name: str, media_id: str, timeout_ms: int
+    ) -> AbstractAsyncContextManager[RemoteFile]: ...
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One fetch of a remote file in progress, that other requests for it wait for."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: MatrixError | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Download:
     """What the API layer needs to answer a download or thumbnail request."""
@@ -92,7 +121,13 @@ class Download:
 
 class MediaService:
     def __init__(
-        self, config: Config, db: Database, clock: Clock, *, outbound: Outbound | None = None
+        self,
+        config: Config,
+        db: Database,
+        clock: Clock,
+        *,
+        outbound: Outbound | None = None,
+        remote: RemoteMediaSource | None = None,
     ) -> None:
         self.config = config
         self.outbound = outbound or Outbound(config.federation)
@@ -101,6 +136,9 @@ class MediaService:
         self.clock = clock
         self.server_name = config.server_name
         self._uploaded: dict[tuple[str, str], trio.Event] = {}
+        # Where other servers' media comes from (None: federation is off).
+        self.remote = remote
+        self._fetching: dict[tuple[str, str], _Flight] = {}
         # One thumbnail decode at a time: image decoding is the memory peak.
         self._thumb_lock = trio.Lock()
         self._url_previews: Any = None
@@ -346,16 +384,19 @@ class MediaService:
     # -- download ------------------------------------------------------------------
 
     async def get_media(
-        self, server_name: str, media_id: str, timeout_ms: int | None = None
+        self,
+        server_name: str,
+        media_id: str,
+        timeout_ms: int | None = None,
+        *,
+        allow_remote: bool = True,
     ) -> store.MediaInfo:
-        """The media item, waiting up to ``timeout_ms`` for an async upload to land."""
+        """The media item, waiting up to ``timeout_ms`` for an async upload to land;
+        another server's media is copied from it first unless ``allow_remote`` is false."""
         if not MEDIA_ID_RE.match(media_id):
             raise NotFound("Unknown media ID")
         if server_name != self.server_name:
-            # Fetching remote media over federation is not built yet.
-            raise MatrixError(
-                404, "M_UNRECOGNIZED", "This server does not fetch remote media yet"
-            )
+            return await self._remote_media(server_name, media_id, timeout_ms, allow_remote)
         timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
         deadline = trio.current_time() + min(max(timeout, 0), MAX_TIMEOUT_MS) / 1000
         for _ in range(3):
@@ -377,9 +418,14 @@ class MediaService:
         raise MatrixError(504, "M_NOT_YET_UPLOADED", "Content has not yet been uploaded")
 
     async def download(
-        self, server_name: str, media_id: str, timeout_ms: int | None = None
+        self,
+        server_name: str,
+        media_id: str,
+        timeout_ms: int | None = None,
+        *,
+        allow_remote: bool = True,
     ) -> Download:
-        info = await self.get_media(server_name, media_id, timeout_ms)
+        info = await self.get_media(server_name, media_id, timeout_ms, allow_remote=allow_remote)
         assert info.content_id is not None
         return Download(
             content_type=info.content_type or "application/octet-stream",
@@ -413,6 +459,92 @@ class MediaService:
                 if pos >= end:
                     return
 
+    # -- remote media ----------------------------------------------------------------
+
+    async def _remote_media(
+        self, server_name: str, media_id: str, timeout_ms: int | None, allow_remote: bool
+    ) -> store.MediaInfo:
+        """Another server's media: the stored copy, or a copy fetched now.
+
+        Concurrent requests for the same media wait for one fetch (the first); if that
+        one fails they get its error; if it was cancelled (its client went away), the
+        next one fetches.
+        """
+        key = (server_name, media_id)
+        for _ in range(4):
+            info = await self.db.read(store.get_media, server_name, media_id)
+            if info is not None and info.quarantined:
+                raise NotFound("Unknown media ID")
+            if info is not None and info.content_id is not None:
+                return info
+            if not allow_remote:
+                raise NotFound("Remote media is not fetched for this request (allow_remote=false)")
+            if self.remote is None or not is_valid_server_name(server_name):
+                raise NotFound("Unknown media ID")
+            flight = self._fetching.get(key)
+            if flight is not None:
+                await flight.done.wait()
+                if flight.error is not None:
+                    raise flight.error
+                continue
+            flight = self._fetching[key] = _Flight()
+            try:
+                # Read again: the read above may have begun before a fetch that just
+                # ended committed its copy.
+                info = await self.db.read(store.get_media, server_name, media_id)
+                if info is not None and info.quarantined:
+                    raise NotFound("Unknown media ID")
+                if info is not None and info.content_id is not None:
+                    return info
+                return await self._fetch_remote(server_name, media_id, timeout_ms)
+            except MatrixError as e:
+                flight.error = e
+                raise
+            finally:
+                del self._fetching[key]
+                flight.done.set()
+        raise MatrixError(502, "M_UNKNOWN", f"Failed to fetch the media from {server_name}")
+
+    async def _fetch_remote(
+        self, server_name: str, media_id: str, timeout_ms: int | None
+    ) -> store.MediaInfo:
+        assert self.remote is not None
+        timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else min(max(timeout_ms, 0), MAX_TIMEOUT_MS)
+        async with self.remote.download(server_name, media_id, timeout) as remote_file:
+            ctype = normalise_content_type(remote_file.content_type)
+            filename = remote_file.filename
+            if filename is not None and (len(filename) > 1024 or any(ord(c) < 32 for c in filename)):
+                filename = None
+
+            result: list[store.MediaInfo] = []
+
+            def txn(conn: Any, up: _Ingested) -> None:
+                cid = self._store_content(conn, up)
+                if not store.insert_media(
+                    conn, server_name, media_id, None, ctype, filename, up.size, cid,
+                    self.clock.time_ms(),
+                ):
+                    store.release_content(conn, cid)  # a copy landed meanwhile: keep that
+                info = store.get_media(conn, server_name, media_id)
+                assert info is not None
+                result.append(info)
+
+            with self.db.bulk():
+                try:
+                    up = await self._ingest(remote_file.pieces)
+                except TooLarge:
+                    raise MatrixError(
+                        502, "M_TOO_LARGE",
+                        f"The media on {server_name} is larger than this server's"
+                        f" {self.cfg.max_upload_size} byte limit",
+                    ) from None
+                await self._complete(up, txn, up)
+        log.info("copied mxc://%s/%s (%d bytes)", server_name, media_id, up.size)
+        info = result[0]
+        if info.quarantined or info.content_id is None:
+            raise NotFound("Unknown media ID")
+        return info
+
     # -- thumbnails ----------------------------------------------------------------
 
     async def thumbnail(
@@ -424,11 +556,14 @@ class MediaService:
         method: str,
         animated: bool,
         timeout_ms: int | None = None,
+        *,
+        allow_remote: bool = True,
     ) -> Download:
-        """A stored or freshly generated thumbnail, or the original if it is smaller."""
+        """A stored or freshly generated thumbnail, or the original if it is smaller.
+        Thumbnails of another server's media are made here from the copied original."""
         from pocketserver.services import thumbnails as th
 
-        info = await self.get_media(server_name, media_id, timeout_ms)
+        info = await self.get_media(server_name, media_id, timeout_ms, allow_remote=allow_remote)
         assert info.content_id is not None
         if not th.can_thumbnail(info.content_type):
             raise MatrixError(400, "M_UNKNOWN", "Cannot generate thumbnails for the requested content")

@@ -19,8 +19,12 @@ from tests.interop.conftest import free_port
 
 
 async def start_federating_server(
-    nursery: trio.Nursery, tmp_path: Path, federation: dict[str, Any] | None = None
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    federation: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> RunningServer:
+    """``extra``: more configuration (other sections than ``[federation]``)."""
     port = free_port()
     config = make_config(
         tmp_path,
@@ -31,6 +35,7 @@ async def start_federating_server(
                 {"address": "127.0.0.1", "port": port, "tls": True, "resources": ["federation"]},
             ],
             "federation": {"verify_tls": False, "allowed_ip_ranges": ["127.0.0.0/8"], **(federation or {})},
+            **(extra or {}),
         },
     )
     running: RunningServer = await nursery.start(

@@ -9,6 +9,7 @@ and ``check-federation``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import subprocess
 import sys
 import time
@@ -469,6 +470,132 @@ async def _nio_scenario(pair: Pair, tmp: Path) -> None:
     finally:
         for c in clients:
             await c.close()
+
+
+# -- media across servers -----------------------------------------------------------------
+
+
+def _upload(base: str, token: str, data: bytes, ctype: str) -> str:
+    r = httpx.post(
+        f"{base}/_matrix/media/v3/upload", content=data, params={"filename": "f.bin"},
+        headers={"Authorization": f"Bearer {token}", "Content-Type": ctype}, timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["content_uri"])
+
+
+def _media(base: str, token: str, kind: str, mxc: str, **params: str) -> httpx.Response:
+    server, media_id = mxc[len("mxc://"):].split("/")
+    return httpx.get(
+        f"{base}/_matrix/client/v1/media/{kind}/{server}/{media_id}", params=params or None,
+        headers={"Authorization": f"Bearer {token}"}, timeout=120,
+    )
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _thumbnail_ok(r: httpx.Response, *logs: str) -> None:
+    import io
+
+    from PIL import Image
+
+    assert r.status_code == 200, f"{r.status_code} {r.text[:500]}\n" + "\n".join(x[-4000:] for x in logs)
+    img = Image.open(io.BytesIO(r.content))
+    assert 32 <= max(img.size) < 640
+
+
+def test_media_uploaded_on_synapse_is_downloaded_through_pocketserver(pair: Pair) -> None:
+    import os
+
+    _, s_token = register(pair.synapse.base_url, "mediasyn")
+    _, p_token = register(pair.pocket.base_url, "mediapocket")
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    mxc = _upload(pair.synapse.base_url, s_token, data, "application/octet-stream")
+    r = _media(pair.pocket.base_url, p_token, "download", mxc)
+    assert r.status_code == 200, r.text[:500] + "\n".join(x[-4000:] for x in _logs(pair))
+    assert r.content == data
+    png_mxc = _upload(pair.synapse.base_url, s_token, _png(640, 480), "image/png")
+    _thumbnail_ok(_media(pair.pocket.base_url, p_token, "thumbnail", png_mxc, width="64", height="64",
+                         method="scale"), *_logs(pair))
+    # Unknown media on Synapse: 404 here too.
+    r = _media(pair.pocket.base_url, p_token, "download", f"mxc://{pair.synapse.server_name}/NoSuchMediaHere")
+    assert (r.status_code, r.json()["errcode"]) == (404, "M_NOT_FOUND"), r.text
+
+
+def test_media_uploaded_on_pocketserver_is_downloaded_through_synapse(pair: Pair) -> None:
+    import os
+
+    _, s_token = register(pair.synapse.base_url, "mediasyn2")
+    _, p_token = register(pair.pocket.base_url, "mediapocket2")
+    data = os.urandom(3 * 1024 * 1024 + 11)
+    mxc = _upload(pair.pocket.base_url, p_token, data, "application/octet-stream")
+    r = _media(pair.synapse.base_url, s_token, "download", mxc)
+    assert r.status_code == 200, r.text[:500] + "\n".join(x[-4000:] for x in _logs(pair))
+    assert r.content == data
+    png_mxc = _upload(pair.pocket.base_url, p_token, _png(800, 600), "image/png")
+    _thumbnail_ok(_media(pair.synapse.base_url, s_token, "thumbnail", png_mxc, width="64", height="64",
+                         method="crop"), *_logs(pair))
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_20_mb_remote_download_keeps_pocketserver_memory_flat(pair: Pair) -> None:
+    """Copying a 20 MB file from Synapse and serving it streams: pocketserver's peak RSS
+    (VmHWM, reset first) rises by much less than the file's size."""
+    import os
+
+    _, s_token = register(pair.synapse.base_url, "mediabig")
+    _, p_token = register(pair.pocket.base_url, "mediabigp")
+    data = os.urandom(20 * 1024 * 1024)
+    mxc = _upload(pair.synapse.base_url, s_token, data, "application/octet-stream")
+    pid = pair.pocket.proc.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = _status_kb(pid, "VmRSS")
+    server, media_id = mxc[len("mxc://"):].split("/")
+    got = 0
+    digest = hashlib.sha256()
+    started = time.monotonic()
+    with httpx.stream(
+        "GET", f"{pair.pocket.base_url}/_matrix/client/v1/media/download/{server}/{media_id}",
+        headers={"Authorization": f"Bearer {p_token}"}, timeout=300,
+    ) as r:
+        assert r.status_code == 200
+        for piece in r.iter_bytes():
+            got += len(piece)
+            digest.update(piece)
+    assert got == len(data) and digest.digest() == hashlib.sha256(data).digest()
+    elapsed = time.monotonic() - started
+    peak = _status_kb(pid, "VmHWM")
+    rise_mb = (peak - before) / 1024
+    print(f"\n20 MB from Synapse through pocketserver: {elapsed:.1f} s; pocketserver RSS "
+          f"{before / 1024:.1f} MB before, peak {peak / 1024:.1f} MB (+{rise_mb:.1f} MB)")
+    assert rise_mb < 16, f"peak RSS rose by {rise_mb:.1f} MB for a 20 MB file"
+    # Serving: Synapse copies a 20 MB file of ours over federation.
+    ours = _upload(pair.pocket.base_url, p_token, data[::-1], "application/octet-stream")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _status_kb(pid, "VmRSS")
+    started = time.monotonic()
+    r = _media(pair.synapse.base_url, s_token, "download", ours)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200 and r.content == data[::-1]
+    peak = _status_kb(pid, "VmHWM")
+    rise_mb = (peak - before) / 1024
+    print(f"20 MB from pocketserver through Synapse: {elapsed:.1f} s; pocketserver RSS "
+          f"{before / 1024:.1f} MB before, peak {peak / 1024:.1f} MB (+{rise_mb:.1f} MB)")
+    assert rise_mb < 16, f"peak RSS rose by {rise_mb:.1f} MB serving a 20 MB file"
 
 
 def test_nio_encrypted_conversation_across_servers(pair: Pair, tmp_path: Path) -> None:

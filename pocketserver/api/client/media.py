@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
 
 import trio
 from quart import Blueprint, Response, request
@@ -28,6 +27,7 @@ from pocketserver.api.common import (
     services,
 )
 from pocketserver.errors import InvalidParam, MatrixError, MissingParam, NotFound
+from pocketserver.federation.multipart import content_disposition
 from pocketserver.services.media import Download, is_inline_type
 
 bp = Blueprint("media", __name__)
@@ -209,14 +209,6 @@ async def create() -> Response:
 # -- download ---------------------------------------------------------------------
 
 
-def _content_disposition(disposition: str, filename: str | None) -> str:
-    if not filename:
-        return disposition
-    if all(32 <= ord(c) < 127 for c in filename) and '"' not in filename and "\\" not in filename:
-        return f'{disposition}; filename="{filename}"'
-    return f"{disposition}; filename*=utf-8''{quote(filename, safe='')}"
-
-
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     """(start, end_exclusive) of a single byte range; None: whole; "unsatisfiable"."""
     if not header or request.headers.get("If-Range"):
@@ -248,7 +240,7 @@ async def _serve(dl: Download, disposition: str, filename: str | None) -> Respon
     svc = services().media
     headers = {
         "Content-Type": dl.content_type,
-        "Content-Disposition": _content_disposition(disposition, filename),
+        "Content-Disposition": content_disposition(disposition, filename),
         "Content-Security-Policy": CSP,
         "Cross-Origin-Resource-Policy": "cross-origin",
         "Accept-Ranges": "bytes",
@@ -275,14 +267,17 @@ async def _serve(dl: Download, disposition: str, filename: str | None) -> Respon
     return resp
 
 
-async def _download(server_name: str, media_id: str, filename: str | None) -> Response:
+async def _download(
+    server_name: str, media_id: str, filename: str | None, *, allow_remote: bool = True
+) -> Response:
     timeout_ms = query_int("timeout_ms", None, minimum=0)
-    dl = await services().media.download(server_name, media_id, timeout_ms)
+    dl = await services().media.download(server_name, media_id, timeout_ms, allow_remote=allow_remote)
     disposition = "inline" if is_inline_type(dl.content_type) else "attachment"
     return await _serve(dl, disposition, filename if filename is not None else dl.filename)
 
 
-async def _thumbnail(server_name: str, media_id: str) -> Response:
+def thumbnail_params() -> tuple[int, int, str, bool, int | None]:
+    """The query of a thumbnail request: (width, height, method, animated, timeout_ms)."""
     width = query_int("width", None, minimum=1)
     height = query_int("height", None, minimum=1)
     if width is None or height is None:
@@ -292,8 +287,13 @@ async def _thumbnail(server_name: str, media_id: str) -> Response:
         raise InvalidParam("method must be crop or scale")
     animated = query_bool("animated", False)
     timeout_ms = query_int("timeout_ms", None, minimum=0)
+    return width, height, method, animated, timeout_ms
+
+
+async def _thumbnail(server_name: str, media_id: str, *, allow_remote: bool = True) -> Response:
+    width, height, method, animated, timeout_ms = thumbnail_params()
     dl = await services().media.thumbnail(
-        server_name, media_id, width, height, method, animated, timeout_ms
+        server_name, media_id, width, height, method, animated, timeout_ms, allow_remote=allow_remote
     )
     ext = dl.content_type.split("/", 1)[1] if "/" in dl.content_type else "bin"
     return await _serve(dl, "inline", f"thumbnail.{ext}")
@@ -334,14 +334,14 @@ async def legacy_download(
 ) -> Response:
     """GET /_matrix/media/v3/download/{serverName}/{mediaId}[/{fileName}] (deprecated)"""
     _legacy_allowed()
-    return await _download(server_name, media_id, filename)
+    return await _download(server_name, media_id, filename, allow_remote=query_bool("allow_remote", True))
 
 
 @bp.route("/_matrix/media/<any(v3, r0):_v>/thumbnail/<server_name>/<media_id>", methods=["GET", "HEAD"])
 async def legacy_thumbnail(_v: str, server_name: str, media_id: str) -> Response:
     """GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId} (deprecated)"""
     _legacy_allowed()
-    return await _thumbnail(server_name, media_id)
+    return await _thumbnail(server_name, media_id, allow_remote=query_bool("allow_remote", True))
 
 
 # -- config and URL previews ----------------------------------------------------------
