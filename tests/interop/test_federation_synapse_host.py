@@ -1,0 +1,257 @@
+"""Rooms hosted by a real Synapse, joined by pocketserver's users (federation/joining.py
+against the real thing): joins by alias and by room ID with ``via``, messages and state
+both ways, invites accepted and rejected, backfill of history from before the join,
+leave and rejoin, an encrypted conversation, and recovery with pocketserver stopped.
+
+Uses the session's one Synapse and pocketserver (the ``pair`` fixture); the recovery
+test restarts pocketserver, so it runs last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.interop.conftest import restart_pocketserver, stop_process
+from tests.interop.synapse import Pair, register
+from tests.interop.test_federation_synapse import (
+    WAIT_S,
+    Syncer,
+    _api,
+    _logs,
+    _membership_seen,
+    _ok,
+    _send,
+    _whoami_device,
+)
+
+pytestmark = pytest.mark.interop
+
+
+@dataclass
+class SynRoom:
+    """A public room on Synapse (sam) that our pat joined by its alias."""
+
+    room_id: str
+    alias: str
+    sam: str
+    sam_token: str
+    pat: str
+    pat_token: str
+    sam_sync: Syncer
+    pat_sync: Syncer
+
+
+def _state_seen(sy: Syncer, room_id: str, etype: str, pred: object) -> bool:
+    return any(
+        e.get("type") == etype and "state_key" in e and pred(e["content"])  # type: ignore[operator]
+        for e in sy.events.get(room_id, [])
+    )
+
+
+@pytest.fixture(scope="module")
+def synroom(pair: Pair) -> SynRoom:
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    sam, sam_token = register(s, "synsam")
+    pat, pat_token = register(p, "pocketpat")
+    room_id = _ok(_api(s, "POST", "/createRoom", sam_token, {
+        "preset": "public_chat", "room_alias_name": "synroom", "name": "On Synapse",
+    }), *_logs(pair))["room_id"]
+    alias = f"#synroom:{pair.synapse.server_name}"
+    _send(s, sam_token, room_id, "before pat")
+    sam_sync, pat_sync = Syncer(s, sam_token), Syncer(p, pat_token)
+    sam_sync.once(0)
+    r = _api(p, "POST", f"/join/{quote(alias)}", pat_token, {})
+    assert _ok(r, *_logs(pair))["room_id"] == room_id
+    return SynRoom(room_id, alias, sam, sam_token, pat, pat_token, sam_sync, pat_sync)
+
+
+def test_our_user_joins_a_synapse_room_by_alias_and_they_talk(pair: Pair, synroom: SynRoom) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    h.sam_sync.wait(lambda sy: _membership_seen(sy, h.room_id, h.pat, "join"), "pat's join on Synapse", *_logs(pair))
+    # The room's name came with the join's state; the room shows in pat's /sync.
+    state = _ok(_api(p, "GET", f"/rooms/{quote(h.room_id)}/state/m.room.name/", h.pat_token))
+    assert state == {"name": "On Synapse"}
+    _send(p, h.pat_token, h.room_id, "hello from pocketserver")
+    h.sam_sync.wait(lambda sy: "hello from pocketserver" in sy.bodies(h.room_id), "pat's message", *_logs(pair))
+    _send(s, h.sam_token, h.room_id, "hello from synapse")
+    h.pat_sync.wait(lambda sy: "hello from synapse" in sy.bodies(h.room_id), "sam's message", *_logs(pair))
+    # A state change from Synapse (pat may now set the topic), then one from us.
+    levels = _ok(_api(s, "GET", f"/rooms/{quote(h.room_id)}/state/m.room.power_levels/", h.sam_token))
+    levels["users"][h.pat] = 50
+    _ok(_api(s, "PUT", f"/rooms/{quote(h.room_id)}/state/m.room.power_levels/", h.sam_token, levels))
+    h.pat_sync.wait(
+        lambda sy: _state_seen(sy, h.room_id, "m.room.power_levels", lambda c: c.get("users", {}).get(h.pat) == 50),
+        "pat's new power level on pocketserver", *_logs(pair),
+    )
+    _ok(_api(p, "PUT", f"/rooms/{quote(h.room_id)}/state/m.room.topic/", h.pat_token, {"topic": "set from pocketserver"}),
+        *_logs(pair))
+    h.sam_sync.wait(
+        lambda sy: _state_seen(sy, h.room_id, "m.room.topic", lambda c: c.get("topic") == "set from pocketserver"),
+        "pat's topic on Synapse", *_logs(pair),
+    )
+    topic = _ok(_api(s, "GET", f"/rooms/{quote(h.room_id)}/state/m.room.topic/", h.sam_token))
+    assert topic == {"topic": "set from pocketserver"}
+
+
+def test_a_second_user_joins_by_room_id_with_via(pair: Pair, synroom: SynRoom) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    quinn, quinn_token = register(p, "pocketquinn")
+    r = _api(p, "POST", f"/join/{quote(h.room_id)}", quinn_token, {}, via=pair.synapse.server_name)
+    assert _ok(r, *_logs(pair))["room_id"] == h.room_id
+    h.sam_sync.wait(lambda sy: _membership_seen(sy, h.room_id, quinn, "join"), "quinn's join on Synapse", *_logs(pair))
+    quinn_sync = Syncer(p, quinn_token)
+    _send(s, h.sam_token, h.room_id, "hi quinn")
+    quinn_sync.wait(lambda sy: "hi quinn" in sy.bodies(h.room_id), "sam's message for quinn", *_logs(pair))
+    _send(p, quinn_token, h.room_id, "hi sam, quinn here")
+    h.sam_sync.wait(lambda sy: "hi sam, quinn here" in sy.bodies(h.room_id), "quinn's message", *_logs(pair))
+    # pat, on the same server, sees quinn's message too (sent locally, not over federation).
+    h.pat_sync.wait(lambda sy: "hi sam, quinn here" in sy.bodies(h.room_id), "quinn's message for pat", *_logs(pair))
+
+
+def _invited(pair: Pair, inviter_token: str, invitee: str) -> str:
+    s = pair.synapse.base_url
+    room = _ok(_api(s, "POST", "/createRoom", inviter_token, {"preset": "private_chat"}))["room_id"]
+    _ok(_api(s, "POST", f"/rooms/{quote(room)}/invite", inviter_token, {"user_id": invitee}), *_logs(pair))
+    return str(room)
+
+
+def test_synapse_user_invites_ours_who_accepts_and_then_rejects_another(pair: Pair, synroom: SynRoom) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    rita, rita_token = register(p, "pocketrita")
+    rita_sync = Syncer(p, rita_token)
+    accepted = _invited(pair, h.sam_token, rita)
+    rita_sync.wait(lambda sy: accepted in sy.invites, "the invite on pocketserver", *_logs(pair))
+    # No via: the join goes through the inviter's server.
+    _ok(_api(p, "POST", f"/rooms/{quote(accepted)}/join", rita_token, {}), *_logs(pair))
+    _send(s, h.sam_token, accepted, "glad you came")
+    rita_sync.wait(lambda sy: "glad you came" in sy.bodies(accepted), "a message in the accepted room", *_logs(pair))
+    members = _ok(_api(s, "GET", f"/rooms/{quote(accepted)}/joined_members", h.sam_token))["joined"]
+    assert rita in members, members
+
+    rejected = _invited(pair, h.sam_token, rita)
+    rita_sync.wait(lambda sy: rejected in sy.invites, "the second invite", *_logs(pair))
+    _ok(_api(p, "POST", f"/rooms/{quote(rejected)}/leave", rita_token, {}), *_logs(pair))
+    sam_sync = Syncer(s, h.sam_token)
+    sam_sync.wait(lambda sy: _membership_seen(sy, rejected, rita, "leave"), "the rejection on Synapse", *_logs(pair))
+    # Our side shows the room as left, not as an invite any more.
+    body = _ok(_api(p, "GET", "/sync", rita_token, timeout="0"))
+    assert rejected not in body.get("rooms", {}).get("invite", {})
+    assert rejected in body.get("rooms", {}).get("leave", {}) or rejected not in body.get("rooms", {}).get("join", {})
+
+
+def test_a_late_joiner_pages_back_over_history_from_synapse(pair: Pair, synroom: SynRoom) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    room = _ok(_api(s, "POST", "/createRoom", h.sam_token, {"preset": "public_chat"}))["room_id"]
+    early = [f"old news {i}" for i in range(25)]
+    for text in early:
+        _send(s, h.sam_token, room, text)
+    late, late_token = register(p, "pocketlate")
+    _ok(_api(p, "POST", f"/join/{quote(room)}", late_token, {}, via=pair.synapse.server_name), *_logs(pair))
+    seen: list[str] = []
+    token = None
+    deadline = time.monotonic() + WAIT_S
+    for _ in range(30):
+        params = {"dir": "b", "limit": "10"}
+        if token:
+            params["from"] = token
+        page = _ok(_api(p, "GET", f"/rooms/{quote(room)}/messages", late_token, **params), *_logs(pair))
+        seen += [e["content"].get("body") for e in page.get("chunk", []) if e.get("type") == "m.room.message"]
+        if all(t in seen for t in early) or "end" not in page or time.monotonic() > deadline:
+            break
+        token = page["end"]
+    # Newest first going back, so reversed it is the order they were sent in, each once.
+    assert [t for t in reversed(seen) if t in early] == early, (seen, *_logs(pair))
+    del late
+
+
+def test_our_user_leaves_and_rejoins_the_synapse_room(pair: Pair, synroom: SynRoom) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    _ok(_api(p, "POST", f"/rooms/{quote(h.room_id)}/leave", h.pat_token, {}), *_logs(pair))
+    h.sam_sync.wait(lambda sy: _membership_seen(sy, h.room_id, h.pat, "leave"), "pat's leave on Synapse", *_logs(pair))
+    _send(s, h.sam_token, h.room_id, "said while pat was away")
+    n = sum(1 for e in h.sam_sync.events.get(h.room_id, []) if e.get("state_key") == h.pat)
+    _ok(_api(p, "POST", f"/join/{quote(h.room_id)}", h.pat_token, {}, via=pair.synapse.server_name), *_logs(pair))
+    h.sam_sync.wait(
+        lambda sy: sum(1 for e in sy.events.get(h.room_id, []) if e.get("state_key") == h.pat) > n
+        and _membership_seen(sy, h.room_id, h.pat, "join"), "pat's rejoin on Synapse", *_logs(pair),
+    )
+    _send(s, h.sam_token, h.room_id, "welcome back pat")
+    h.pat_sync.wait(lambda sy: "welcome back pat" in sy.bodies(h.room_id), "a message after the rejoin", *_logs(pair))
+    _send(p, h.pat_token, h.room_id, "glad to be back")
+    h.sam_sync.wait(lambda sy: "glad to be back" in sy.bodies(h.room_id), "pat's message after the rejoin", *_logs(pair))
+
+
+async def _nio_scenario(pair: Pair, tmp: Path) -> None:
+    import nio
+
+    from tests.interop.test_e2ee_nio import ENCRYPTION, MAX_ROUNDS, _client, _step, _texts
+    from tests.interop.test_e2ee_nio import _send as _nio_send
+
+    clients = []
+    for base, name in ((pair.synapse.base_url, "niosyn"), (pair.pocket.base_url, "niopocket")):
+        user, token = register(base, name)
+        c = _client(base, user, tmp / name)
+        c.restore_login(user, _whoami_device(base, token), token)
+        clients.append(c)
+    host, guest = clients
+    try:
+        await _step(host)
+        await _step(guest)
+        r = await host.room_create(initial_state=[ENCRYPTION], preset=nio.RoomPreset.public_chat)
+        assert isinstance(r, nio.RoomCreateResponse), r
+        room_id = r.room_id
+        r = _api(pair.pocket.base_url, "POST", f"/join/{quote(room_id)}", guest.access_token, {},
+                 via=pair.synapse.server_name)
+        _ok(r, *_logs(pair))
+        for _ in range(MAX_ROUNDS):
+            await _step(host, 300)
+            await _step(guest, 300)
+            if room_id in host.rooms and guest.user_id in host.rooms[room_id].users and room_id in guest.rooms:
+                break
+        assert host.rooms[room_id].encrypted and guest.rooms[room_id].encrypted
+        hello = "secret from Synapse 🔐"
+        await _nio_send(host, room_id, hello)
+        assert (await _texts(guest, room_id, hello)).decrypted
+        reply = "secret from pocketserver ✓"
+        await _nio_send(guest, room_id, reply)
+        assert (await _texts(host, room_id, reply)).decrypted
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def test_nio_encrypted_conversation_in_a_synapse_room(pair: Pair, tmp_path: Path) -> None:
+    import asyncio
+
+    asyncio.run(_nio_scenario(pair, tmp_path))
+
+
+def test_zz_messages_sent_while_pocketserver_is_down_arrive_in_order(pair: Pair, synroom: SynRoom) -> None:
+    """Recovery (last: it restarts pocketserver on the same database): Synapse keeps
+    what it could not deliver and sends it once we are back; what its catch-up leaves
+    out we fetch (get_missing_events), so pat's /sync has every message, in order."""
+    h = synroom
+    s = pair.synapse.base_url
+    h.pat_sync.once(0)
+    stop_process(pair.pocket.proc)
+    texts = [f"while pocketserver was away {i}" for i in range(8)]
+    for text in texts:
+        _send(s, h.sam_token, h.room_id, text)
+    restart_pocketserver(pair.pocket)
+    pat_sync = Syncer(pair.pocket.base_url, h.pat_token)
+    pat_sync.since = h.pat_sync.since
+    pat_sync.wait(lambda sy: all(t in sy.bodies(h.room_id) for t in texts), "the messages sent while down", *_logs(pair))
+    assert [b for b in pat_sync.bodies(h.room_id) if b in texts] == texts
+    # And the room goes on both ways.
+    _send(pair.pocket.base_url, h.pat_token, h.room_id, "back again")
+    h.sam_sync.wait(lambda sy: "back again" in sy.bodies(h.room_id), "pat's message after the restart", *_logs(pair))
