@@ -154,11 +154,21 @@ def test_a_late_joiner_pages_back_over_history_from_synapse(pair: Pair, synroom:
     p, s = pair.pocket.base_url, pair.synapse.base_url
     room = _ok(_api(s, "POST", "/createRoom", h.sam_token, {"preset": "public_chat"}))["room_id"]
     early = [f"old news {i}" for i in range(25)]
-    for text in early:
-        _send(s, h.sam_token, room, text)
+    # History with state changes in it: a topic, and another Synapse user who joins,
+    # talks and leaves again (the late joiner's server never had that state).
+    wes, wes_token = register(s, "synwes")
+    for i, text in enumerate(early):
+        if i == 8:
+            _ok(_api(s, "PUT", f"/rooms/{quote(room)}/state/m.room.topic/", h.sam_token, {"topic": "old topic"}))
+        if i == 12:
+            _ok(_api(s, "POST", f"/join/{quote(room)}", wes_token, {}))
+        _send(s, wes_token if 12 <= i < 16 else h.sam_token, room, text)
+        if i == 16:
+            _ok(_api(s, "POST", f"/rooms/{quote(room)}/leave", wes_token, {}))
     late, late_token = register(p, "pocketlate")
     _ok(_api(p, "POST", f"/join/{quote(room)}", late_token, {}, via=pair.synapse.server_name), *_logs(pair))
     seen: list[str] = []
+    senders: dict[str, str] = {}
     token = None
     deadline = time.monotonic() + WAIT_S
     for _ in range(30):
@@ -166,12 +176,21 @@ def test_a_late_joiner_pages_back_over_history_from_synapse(pair: Pair, synroom:
         if token:
             params["from"] = token
         page = _ok(_api(p, "GET", f"/rooms/{quote(room)}/messages", late_token, **params), *_logs(pair))
-        seen += [e["content"].get("body") for e in page.get("chunk", []) if e.get("type") == "m.room.message"]
+        for e in page.get("chunk", []):
+            if e.get("type") == "m.room.message":
+                seen.append(e["content"].get("body"))
+                senders[e["content"].get("body")] = e["sender"]
+            elif e.get("type") == "m.room.topic":
+                seen.append("topic: " + e["content"].get("topic", ""))
+            elif e.get("type") == "m.room.member" and e.get("state_key") == wes:
+                seen.append(f"wes: {e['content'].get('membership')}")
         if all(t in seen for t in early) or "end" not in page or time.monotonic() > deadline:
             break
         token = page["end"]
     # Newest first going back, so reversed it is the order they were sent in, each once.
-    assert [t for t in reversed(seen) if t in early] == early, (seen, *_logs(pair))
+    want = [*early[:8], "topic: old topic", *early[8:12], "wes: join", *early[12:17], "wes: leave", *early[17:]]
+    assert [t for t in reversed(seen) if t in want] == want, (seen, *_logs(pair))
+    assert senders["old news 13"] == wes and senders["old news 7"] == h.sam
     del late
 
 
@@ -191,6 +210,111 @@ def test_our_user_leaves_and_rejoins_the_synapse_room(pair: Pair, synroom: SynRo
     h.pat_sync.wait(lambda sy: "welcome back pat" in sy.bodies(h.room_id), "a message after the rejoin", *_logs(pair))
     _send(p, h.pat_token, h.room_id, "glad to be back")
     h.sam_sync.wait(lambda sy: "glad to be back" in sy.bodies(h.room_id), "pat's message after the rejoin", *_logs(pair))
+
+
+@pytest.mark.parametrize("version", ["1", "6", "11", "12"])
+def test_joins_and_talk_in_each_room_version_synapse_hosts(pair: Pair, synroom: SynRoom, version: str) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    room = _ok(_api(s, "POST", "/createRoom", h.sam_token, {"preset": "public_chat", "room_version": version}),
+               *_logs(pair))["room_id"]
+    _send(s, h.sam_token, room, f"v{version} before")
+    _ok(_api(p, "POST", f"/join/{quote(room)}", h.pat_token, {}, via=pair.synapse.server_name), *_logs(pair))
+    create = _ok(_api(p, "GET", f"/rooms/{quote(room)}/state/m.room.create/", h.pat_token))
+    assert create.get("room_version", "1") == version
+    _send(p, h.pat_token, room, f"v{version} from pocketserver")
+    sam_sync = Syncer(s, h.sam_token)
+    sam_sync.wait(lambda sy: f"v{version} from pocketserver" in sy.bodies(room), "pat's message", *_logs(pair))
+    _send(s, h.sam_token, room, f"v{version} from synapse")
+    h.pat_sync.wait(lambda sy: f"v{version} from synapse" in sy.bodies(room), "sam's message", *_logs(pair))
+
+
+def test_synapse_moderation_reaches_our_users(pair: Pair, synroom: SynRoom) -> None:
+    """A redaction, a kick and a ban by the Synapse room's admin, as our users see them."""
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    room = _ok(_api(s, "POST", "/createRoom", h.sam_token, {"preset": "public_chat"}))["room_id"]
+    vic, vic_token = register(p, "pocketvic")
+    vic_sync = Syncer(p, vic_token)
+    _ok(_api(p, "POST", f"/join/{quote(room)}", vic_token, {}, via=pair.synapse.server_name), *_logs(pair))
+    oops = _send(s, h.sam_token, room, "oops, wrong room")
+    vic_sync.wait(lambda sy: "oops, wrong room" in sy.bodies(room), "the message", *_logs(pair))
+    _ok(_api(s, "PUT", f"/rooms/{quote(room)}/redact/{quote(oops)}/r1", h.sam_token, {"reason": "typo"}))
+
+    def redacted(sy: Syncer) -> bool:
+        return any(e.get("type") == "m.room.redaction" and oops in (e.get("redacts"), e.get("content", {}).get("redacts"))
+                   for e in sy.events.get(room, []))
+
+    vic_sync.wait(redacted, "the redaction", *_logs(pair))
+    r = _api(p, "GET", f"/rooms/{quote(room)}/event/{quote(oops)}", vic_token)
+    assert _ok(r)["content"] == {}, r.text
+    _ok(_api(s, "POST", f"/rooms/{quote(room)}/kick", h.sam_token, {"user_id": vic, "reason": "out"}), *_logs(pair))
+    deadline = time.monotonic() + WAIT_S
+    left = False
+    for _ in range(100):
+        rooms = _ok(_api(p, "GET", "/sync", vic_token, timeout="1000", since=vic_sync.since or ""))["rooms"]
+        if room in rooms.get("leave", {}):
+            left = True
+            break
+        if time.monotonic() > deadline:
+            break
+    assert left, _logs(pair)
+    members = _ok(_api(p, "GET", f"/rooms/{quote(h.room_id)}/joined_members", h.pat_token))["joined"]
+    assert h.pat in members
+    # Banned: joining again is refused by the room's server, with its errcode.
+    _ok(_api(s, "POST", f"/rooms/{quote(room)}/ban", h.sam_token, {"user_id": vic}), *_logs(pair))
+    r = _api(p, "POST", f"/join/{quote(room)}", vic_token, {}, via=pair.synapse.server_name)
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", r.text
+
+
+def test_our_user_knocks_on_a_synapse_room_and_is_let_in(pair: Pair, synroom: SynRoom) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    room = _ok(_api(s, "POST", "/createRoom", h.sam_token, {
+        "preset": "private_chat", "room_version": "12",
+        "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}],
+    }), *_logs(pair))["room_id"]
+    kit, kit_token = register(p, "pocketkit")
+    _ok(_api(p, "POST", f"/knock/{quote(room)}", kit_token, {"reason": "let me in"}, via=pair.synapse.server_name),
+        *_logs(pair))
+    sam_sync = Syncer(s, h.sam_token)
+    sam_sync.wait(lambda sy: _membership_seen(sy, room, kit, "knock"), "the knock on Synapse", *_logs(pair))
+    _ok(_api(s, "POST", f"/rooms/{quote(room)}/invite", h.sam_token, {"user_id": kit}), *_logs(pair))
+    kit_sync = Syncer(p, kit_token)
+    kit_sync.wait(lambda sy: room in sy.invites, "the invite after the knock", *_logs(pair))
+    _ok(_api(p, "POST", f"/join/{quote(room)}", kit_token, {}), *_logs(pair))
+    _send(s, h.sam_token, room, "come in")
+    kit_sync.wait(lambda sy: "come in" in sy.bodies(room), "a message after the knock", *_logs(pair))
+
+
+def test_our_user_invites_others_into_the_synapse_room(pair: Pair, synroom: SynRoom) -> None:
+    """pat, in sam's room, invites a Synapse user and one of ours; both accept."""
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    tom, tom_token = register(s, "syntom")
+    una, una_token = register(p, "pocketuna")
+    levels = _ok(_api(s, "GET", f"/rooms/{quote(h.room_id)}/state/m.room.power_levels/", h.sam_token))
+    if levels["users"].get(h.pat, 0) < levels.get("invite", 0):  # Synapse's public_chat: invite 50
+        levels["users"][h.pat] = levels["invite"]
+        _ok(_api(s, "PUT", f"/rooms/{quote(h.room_id)}/state/m.room.power_levels/", h.sam_token, levels))
+        h.pat_sync.wait(
+            lambda sy: _state_seen(sy, h.room_id, "m.room.power_levels",
+                                   lambda c: c.get("users", {}).get(h.pat) == levels["invite"]),
+            "pat's power to invite", *_logs(pair),
+        )
+    for invitee in (tom, una):
+        _ok(_api(p, "POST", f"/rooms/{quote(h.room_id)}/invite", h.pat_token, {"user_id": invitee}), *_logs(pair))
+    tom_sync, una_sync = Syncer(s, tom_token), Syncer(p, una_token)
+    tom_sync.wait(lambda sy: h.room_id in sy.invites, "pat's invite on Synapse", *_logs(pair))
+    una_sync.wait(lambda sy: h.room_id in sy.invites, "pat's invite to una", *_logs(pair))
+    _ok(_api(s, "POST", f"/rooms/{quote(h.room_id)}/join", tom_token, {}), *_logs(pair))
+    _ok(_api(p, "POST", f"/rooms/{quote(h.room_id)}/join", una_token, {}), *_logs(pair))
+    h.sam_sync.wait(
+        lambda sy: _membership_seen(sy, h.room_id, tom, "join") and _membership_seen(sy, h.room_id, una, "join"),
+        "both joins on Synapse", *_logs(pair),
+    )
+    _send(p, una_token, h.room_id, "una says hi")
+    tom_sync.wait(lambda sy: "una says hi" in sy.bodies(h.room_id), "una's message for tom", *_logs(pair))
 
 
 async def _nio_scenario(pair: Pair, tmp: Path) -> None:
