@@ -115,6 +115,37 @@ def test_a_second_user_joins_by_room_id_with_via(pair: Pair, synroom: SynRoom) -
     h.pat_sync.wait(lambda sy: "hi sam, quinn here" in sy.bodies(h.room_id), "quinn's message for pat", *_logs(pair))
 
 
+def test_profile_typing_and_receipts_in_the_synapse_room(pair: Pair, synroom: SynRoom) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    # A new display name goes out as a member event into the room Synapse hosts.
+    _ok(_api(p, "PUT", f"/profile/{quote(h.pat)}/displayname", h.pat_token, {"displayname": "Pat P."}), *_logs(pair))
+    h.sam_sync.wait(
+        lambda sy: any(e.get("type") == "m.room.member" and e.get("state_key") == h.pat
+                       and e["content"].get("displayname") == "Pat P." for e in sy.events.get(h.room_id, [])),
+        "pat's new name on Synapse", *_logs(pair),
+    )
+    members = _ok(_api(s, "GET", f"/rooms/{quote(h.room_id)}/joined_members", h.sam_token))["joined"]
+    assert members[h.pat].get("display_name") == "Pat P.", members
+    _ok(_api(p, "PUT", f"/rooms/{quote(h.room_id)}/typing/{quote(h.pat)}", h.pat_token, {"typing": True, "timeout": 30000}))
+    h.sam_sync.wait(
+        lambda sy: any(e.get("type") == "m.typing" and h.pat in e["content"].get("user_ids", [])
+                       for e in sy.ephemeral.get(h.room_id, [])), "pat typing on Synapse", *_logs(pair),
+    )
+    _ok(_api(s, "PUT", f"/rooms/{quote(h.room_id)}/typing/{quote(h.sam)}", h.sam_token, {"typing": True, "timeout": 30000}))
+    h.pat_sync.wait(
+        lambda sy: any(e.get("type") == "m.typing" and h.sam in e["content"].get("user_ids", [])
+                       for e in sy.ephemeral.get(h.room_id, [])), "sam typing on pocketserver", *_logs(pair),
+    )
+    ev = _send(s, h.sam_token, h.room_id, "did you read this?")
+    h.pat_sync.wait(lambda sy: "did you read this?" in sy.bodies(h.room_id), "sam's question", *_logs(pair))
+    _ok(_api(p, "POST", f"/rooms/{quote(h.room_id)}/receipt/m.read/{quote(ev)}", h.pat_token, {}))
+    h.sam_sync.wait(
+        lambda sy: any(e.get("type") == "m.receipt" and h.pat in e["content"].get(ev, {}).get("m.read", {})
+                       for e in sy.ephemeral.get(h.room_id, [])), "pat's receipt on Synapse", *_logs(pair),
+    )
+
+
 def _invited(pair: Pair, inviter_token: str, invitee: str) -> str:
     s = pair.synapse.base_url
     room = _ok(_api(s, "POST", "/createRoom", inviter_token, {"preset": "private_chat"}))["room_id"]
