@@ -146,6 +146,48 @@ def test_profile_typing_and_receipts_in_the_synapse_room(pair: Pair, synroom: Sy
     )
 
 
+def test_restricted_join_through_synapse_for_members_of_a_space(pair: Pair, synroom: SynRoom) -> None:
+    """A room open to the members of another room: Synapse's resident user authorises
+    (and Synapse countersigns) our user's join; someone not in that room is refused."""
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    room = _ok(_api(s, "POST", "/createRoom", h.sam_token, {
+        "preset": "private_chat", "room_version": "10",
+        "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {
+            "join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": h.room_id}],
+        }}],
+    }), *_logs(pair))["room_id"]
+    outsider, outsider_token = register(p, "pocketout")
+    r = _api(p, "POST", f"/join/{quote(room)}", outsider_token, {}, via=pair.synapse.server_name)
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", r.text
+    # pat is in sam's room, so may join.
+    _ok(_api(p, "POST", f"/join/{quote(room)}", h.pat_token, {}, via=pair.synapse.server_name), *_logs(pair))
+    member = _ok(_api(p, "GET", f"/rooms/{quote(room)}/state/m.room.member/{quote(h.pat)}", h.pat_token))
+    assert member["membership"] == "join" and member["join_authorised_via_users_server"] == h.sam, member
+    _send(p, h.pat_token, room, "in through the space")
+    sam_sync = Syncer(s, h.sam_token)
+    sam_sync.wait(lambda sy: "in through the space" in sy.bodies(room), "pat's message in the restricted room",
+                  *_logs(pair))
+    del outsider
+
+
+def test_our_user_follows_a_room_upgrade_on_synapse(pair: Pair, synroom: SynRoom) -> None:
+    h = synroom
+    p, s = pair.pocket.base_url, pair.synapse.base_url
+    old = _ok(_api(s, "POST", "/createRoom", h.sam_token, {"preset": "public_chat", "room_version": "10"}))["room_id"]
+    _ok(_api(p, "POST", f"/join/{quote(old)}", h.pat_token, {}, via=pair.synapse.server_name), *_logs(pair))
+    new = _ok(_api(s, "POST", f"/rooms/{quote(old)}/upgrade", h.sam_token, {"new_version": "12"}), *_logs(pair))["replacement_room"]
+    h.pat_sync.wait(
+        lambda sy: _state_seen(sy, old, "m.room.tombstone", lambda c: c.get("replacement_room") == new),
+        "the tombstone on pocketserver", *_logs(pair),
+    )
+    _ok(_api(p, "POST", f"/join/{quote(new)}", h.pat_token, {}, via=pair.synapse.server_name), *_logs(pair))
+    create = _ok(_api(p, "GET", f"/rooms/{quote(new)}/state/m.room.create/", h.pat_token))
+    assert create["room_version"] == "12" and create["predecessor"]["room_id"] == old, create
+    _send(p, h.pat_token, new, "upgraded")
+    Syncer(s, h.sam_token).wait(lambda sy: "upgraded" in sy.bodies(new), "pat's message in the new room", *_logs(pair))
+
+
 def _invited(pair: Pair, inviter_token: str, invitee: str) -> str:
     s = pair.synapse.base_url
     room = _ok(_api(s, "POST", "/createRoom", inviter_token, {"preset": "private_chat"}))["room_id"]
