@@ -559,6 +559,7 @@ class PduIntake:
             if ev.room_id == info.room_id and ev.event_id != event.event_id:
                 events.append(ev)
         events.sort(key=lambda e: (e.depth, e.origin_server_ts))
+        log.info("get_missing_events from %s: %d events before %s", origin, len(events), event.event_id)
         for ev in events:
             k = (await self.db.read(graph.known_events, [ev.event_id])).get(ev.event_id)
             if k is not None and not k.outlier:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -131,15 +132,7 @@ def start_pocketserver(
         encoding="utf-8",
     )
     log_path = tmp_path / "pocketserver.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pocketserver", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc = _spawn(config_path, log_path, "wb")
     sp = ServerProcess(
         base_url=f"http://127.0.0.1:{client_port}",
         federation_url=f"https://127.0.0.1:{fed_port}",
@@ -153,7 +146,27 @@ def start_pocketserver(
         _wait_until_up(sp)
         yield sp
     finally:
-        stop_process(proc)
+        stop_process(sp.proc)  # the process now running (restart_pocketserver replaces it)
+
+
+def _spawn(config_path: Path, log_path: Path, mode: str) -> subprocess.Popen[bytes]:
+    with open(log_path, mode) as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pocketserver", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def restart_pocketserver(sp: ServerProcess) -> None:
+    """Start a stopped server again with the same configuration (ports, database); its
+    log goes on in the same file. ``start_pocketserver``'s exit stops the new process."""
+    assert sp.proc.poll() is not None, "stop the server first"
+    sp.proc = _spawn(sp.config_path, sp.log_path, "ab")
+    _wait_until_up(sp)
 
 
 @pytest.fixture
@@ -165,3 +178,15 @@ def pocketserver_process(tmp_path: Path) -> Iterator[ServerProcess]:
 @pytest.fixture
 def pocketserver_url(pocketserver_process: ServerProcess) -> str:
     return pocketserver_process.base_url
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Synapse and a pocketserver federating on loopback (tests/interop/synapse.py),
+    shared by the federation modules: Synapse takes seconds to start, so once a session."""
+    from tests.interop.synapse import Pair, start_federating_pocketserver, start_federating_synapse
+
+    tmp = tmp_path_factory.mktemp("federation-synapse")
+    with start_federating_synapse(tmp / "synapse") as synapse:
+        with start_federating_pocketserver(tmp / "pocket") as pocket:
+            yield Pair(synapse, pocket)

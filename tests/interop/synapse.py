@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,16 @@ def synapse_version() -> str:
         capture_output=True, text=True, timeout=60, check=True,
     )
     return out.stdout.strip()
+
+
+@dataclass
+class Pair:
+    """The Synapse and the pocketserver that federate with each other for the whole
+    session (the ``pair`` fixture in tests/interop/conftest.py): one Synapse start
+    serves every federation interop module."""
+
+    synapse: harness.ServerProcess
+    pocket: ServerProcess
 
 
 @contextlib.contextmanager

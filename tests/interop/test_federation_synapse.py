@@ -13,7 +13,6 @@ import hashlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,30 +21,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from benchmarks import harness
-from tests.interop.conftest import REPO, ServerProcess
+from tests.interop.conftest import REPO
 from tests.interop.synapse import (
+    Pair,
     register,
     restart_federating_synapse,
-    start_federating_pocketserver,
-    start_federating_synapse,
 )
 
 pytestmark = pytest.mark.interop
-
-
-@dataclass
-class Pair:
-    synapse: harness.ServerProcess
-    pocket: ServerProcess
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    tmp = tmp_path_factory.mktemp("federation-synapse")
-    with start_federating_synapse(tmp / "synapse") as synapse:
-        with start_federating_pocketserver(tmp / "pocket") as pocket:
-            yield Pair(synapse, pocket)
 
 
 def _set_displayname(base: str, user_id: str, token: str, name: str) -> None:

@@ -20,7 +20,7 @@ from pocketserver.protocol.request_auth import format_header, signing_object
 from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS
 from pocketserver.protocol.signing import sign_event, sign_json
 from pocketserver.server import RunningServer
-from tests.api.helpers import auth_headers, create_room, register, sync
+from tests.api.helpers import auth_headers, create_room, register, send, sync
 from tests.federation.servers import start_federating_server
 
 FED = "/_matrix/federation"
@@ -245,3 +245,99 @@ async def test_a_signed_request_ends_the_senders_back_off_for_its_origin(signed:
         r = await http.get(f"{FED}/v1/publicRooms", headers={"Authorization": bad})
     assert r.status_code == 401
     assert sender.statistics()["backing_off"] == 1
+
+
+# -- two pocketservers, each with an admin, changing power levels at once -------------
+
+WAIT_S = 30.0
+
+
+async def _poll(what: str, check: Any) -> Any:
+    """``await check()`` until it returns something truthy; bounded in time and rounds."""
+    deadline = trio.current_time() + WAIT_S
+    for _ in range(600):
+        got = await check()
+        if got:
+            return got
+        if trio.current_time() > deadline:
+            break
+        await trio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _state_ids(http: httpx.AsyncClient, token: str, room_id: str) -> dict[tuple[str, str], str]:
+    r = await http.get(f"/_matrix/client/v3/rooms/{_q(room_id)}/state", headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    return {(e["type"], e["state_key"]): e["event_id"] for e in r.json()}
+
+
+async def _has_event(http: httpx.AsyncClient, token: str, room_id: str, event_id: str) -> bool:
+    r = await http.get(f"/_matrix/client/v3/rooms/{_q(room_id)}/event/{_q(event_id)}", headers=auth_headers(token))
+    return r.status_code == 200
+
+
+async def test_concurrent_power_level_changes_on_two_servers_resolve_the_same(
+    signed: Signed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = signed
+    a, b = s.target, s.origin  # alice's server hosts the room; bob joins from the other
+    async with httpx.AsyncClient(base_url=a.urls[0]) as ha, httpx.AsyncClient(base_url=b.urls[0]) as hb:
+        bob, bob_token, _ = await register(hb, "bob")
+        r = await hb.post(f"/_matrix/client/v3/join/{_q(s.room_id)}", params={"via": s.target_name},
+                          json={}, headers=auth_headers(bob_token))
+        assert r.status_code == 200, r.text
+        r = await ha.get(f"/_matrix/client/v3/rooms/{_q(s.room_id)}/state/m.room.power_levels/",
+                         headers=auth_headers(s.alice_token))
+        levels = r.json()
+        levels["users"][bob] = 100
+        r = await ha.put(f"/_matrix/client/v3/rooms/{_q(s.room_id)}/state/m.room.power_levels/",
+                         json=levels, headers=auth_headers(s.alice_token))
+        assert r.status_code == 200, r.text
+        promoted = r.json()["event_id"]
+        await _poll("bob's promotion on his server", lambda: _has_event(hb, bob_token, s.room_id, promoted))
+
+        # Hold both servers' outbound queues (the events wait in the outbox) so that
+        # neither change sees the other: two forks from the same state.
+        held: list[tuple[Any, list[str]]] = []
+        for server in (a, b):
+            sender = server.services.federation_sender
+            assert sender is not None
+            monkeypatch.setattr(sender, "wake", lambda dests, sender=sender: held.append((sender, list(dests))))
+        ids: dict[str, str] = {}
+
+        async def change(http: httpx.AsyncClient, token: str, who: str, ban: int) -> None:
+            r = await http.put(f"/_matrix/client/v3/rooms/{_q(s.room_id)}/state/m.room.power_levels/",
+                               json={**levels, "ban": ban}, headers=auth_headers(token))
+            assert r.status_code == 200, r.text
+            ids[who] = r.json()["event_id"]
+
+        async with trio.open_nursery() as n:
+            n.start_soon(change, ha, s.alice_token, "alice", 60)
+            n.start_soon(change, hb, bob_token, "bob", 70)
+        assert held, "the changes were not queued for the other server"
+        for server in (a, b):
+            monkeypatch.delattr(server.services.federation_sender, "wake")
+        for sender, dests in held:
+            sender.wake(dests)
+
+        for http, token in ((ha, s.alice_token), (hb, bob_token)):
+            for eid in ids.values():
+                await _poll(f"{eid} on both servers", lambda http=http, token=token, eid=eid: _has_event(http, token, s.room_id, eid))
+
+        async def same() -> dict[tuple[str, str], str] | None:
+            on_a, on_b = await _state_ids(ha, s.alice_token, s.room_id), await _state_ids(hb, bob_token, s.room_id)
+            return on_a if on_a == on_b and on_a[("m.room.power_levels", "")] in ids.values() else None
+
+        # Two forks indeed: neither change had the other among its prev_events.
+        pdus = [(await s.request("GET", f"{FED}/v1/event/{_q(eid)}")).json()["pdus"][0] for eid in ids.values()]
+        assert not set(ids.values()) & {p for pdu in pdus for p in pdu["prev_events"]}
+        state = await _poll("the same resolved state on both servers", same)
+        winner = state[("m.room.power_levels", "")]
+        for http, token in ((ha, s.alice_token), (hb, bob_token)):
+            r = await http.get(f"/_matrix/client/v3/rooms/{_q(s.room_id)}/state/m.room.power_levels/",
+                               headers=auth_headers(token))
+            assert r.json()["ban"] == (60 if winner == ids["alice"] else 70)
+        # The forks merge: a message from either side reaches the other, the state stays put.
+        msg = await send(hb, bob_token, s.room_id, {"msgtype": "m.text", "body": "after the race"})
+        await _poll("bob's message on alice's server", lambda: _has_event(ha, s.alice_token, s.room_id, msg))
+        assert await _state_ids(ha, s.alice_token, s.room_id) == await _state_ids(hb, bob_token, s.room_id) == state
