@@ -417,39 +417,43 @@ def test_a_new_synapse_device_shows_in_device_lists_changed(pair: Pair, hosted: 
     assert body["device_id"] in q["device_keys"][h.bob], (q, _logs(pair))
 
 
-async def _nio_scenario(pair: Pair, tmp: Path) -> None:
+async def nio_conversation(
+    pair: Pair, tmp: Path, *, synapse_hosts: bool, names: tuple[str, str], texts: tuple[str, str]
+) -> None:
+    """Two matrix-nio users, one on each server, in an encrypted room the host's user
+    creates and the other joins over federation: each decrypts the other's message."""
     import nio
 
-    from tests.interop.test_e2ee_nio import ENCRYPTION, MAX_ROUNDS, _client, _send, _step, _texts
+    from tests.interop.test_e2ee_nio import ENCRYPTION, MAX_ROUNDS, _client, _step, _texts
+    from tests.interop.test_e2ee_nio import _send as _nio_send
 
+    host_srv, guest_srv = (pair.synapse, pair.pocket) if synapse_hosts else (pair.pocket, pair.synapse)
     clients = []
-    for base, name in ((pair.pocket.base_url, "nioalice"), (pair.synapse.base_url, "niobob")):
+    for base, name in ((host_srv.base_url, names[0]), (guest_srv.base_url, names[1])):
         user, token = register(base, name)
         c = _client(base, user, tmp / name)
         c.restore_login(user, _whoami_device(base, token), token)
         clients.append(c)
-    alice, bob = clients
+    host, guest = clients
     try:
-        await _step(alice)
-        await _step(bob)
-        r = await alice.room_create(initial_state=[ENCRYPTION], preset=nio.RoomPreset.public_chat)
+        await _step(host)
+        await _step(guest)
+        r = await host.room_create(initial_state=[ENCRYPTION], preset=nio.RoomPreset.public_chat)
         assert isinstance(r, nio.RoomCreateResponse), r
         room_id = r.room_id
-        r = _api(pair.synapse.base_url, "POST", f"/join/{quote(room_id)}", bob.access_token, {},
-                 server_name=pair.pocket.server_name)
+        r = _api(guest_srv.base_url, "POST", f"/join/{quote(room_id)}", guest.access_token, {},
+                 server_name=host_srv.server_name)
         _ok(r, *_logs(pair))
         for _ in range(MAX_ROUNDS):
-            await _step(alice, 300)
-            await _step(bob, 300)
-            if room_id in alice.rooms and bob.user_id in alice.rooms[room_id].users and room_id in bob.rooms:
+            await _step(host, 300)
+            await _step(guest, 300)
+            if room_id in host.rooms and guest.user_id in host.rooms[room_id].users and room_id in guest.rooms:
                 break
-        assert alice.rooms[room_id].encrypted and bob.rooms[room_id].encrypted
-        hello = "secret from pocketserver 🔐"
-        await _send(alice, room_id, hello)
-        assert (await _texts(bob, room_id, hello)).decrypted
-        reply = "secret from Synapse ✓"
-        await _send(bob, room_id, reply)
-        assert (await _texts(alice, room_id, reply)).decrypted
+        assert host.rooms[room_id].encrypted and guest.rooms[room_id].encrypted
+        await _nio_send(host, room_id, texts[0])
+        assert (await _texts(guest, room_id, texts[0])).decrypted
+        await _nio_send(guest, room_id, texts[1])
+        assert (await _texts(host, room_id, texts[1])).decrypted
     finally:
         for c in clients:
             await c.close()
@@ -584,7 +588,10 @@ def test_a_20_mb_remote_download_keeps_pocketserver_memory_flat(pair: Pair) -> N
 def test_nio_encrypted_conversation_across_servers(pair: Pair, tmp_path: Path) -> None:
     import asyncio
 
-    asyncio.run(_nio_scenario(pair, tmp_path))
+    asyncio.run(nio_conversation(
+        pair, tmp_path, synapse_hosts=False, names=("nioalice", "niobob"),
+        texts=("secret from pocketserver 🔐", "secret from Synapse ✓"),
+    ))
 
 
 def test_zz_messages_sent_while_synapse_is_down_arrive_in_order(pair: Pair, hosted: Hosted) -> None:

@@ -26,7 +26,7 @@ from tests.interop.test_federation_synapse import (
     _membership_seen,
     _ok,
     _send,
-    _whoami_device,
+    nio_conversation,
 )
 
 pytestmark = pytest.mark.interop
@@ -390,49 +390,13 @@ def test_our_user_invites_others_into_the_synapse_room(pair: Pair, synroom: SynR
     tom_sync.wait(lambda sy: "una says hi" in sy.bodies(h.room_id), "una's message for tom", *_logs(pair))
 
 
-async def _nio_scenario(pair: Pair, tmp: Path) -> None:
-    import nio
-
-    from tests.interop.test_e2ee_nio import ENCRYPTION, MAX_ROUNDS, _client, _step, _texts
-    from tests.interop.test_e2ee_nio import _send as _nio_send
-
-    clients = []
-    for base, name in ((pair.synapse.base_url, "niosyn"), (pair.pocket.base_url, "niopocket")):
-        user, token = register(base, name)
-        c = _client(base, user, tmp / name)
-        c.restore_login(user, _whoami_device(base, token), token)
-        clients.append(c)
-    host, guest = clients
-    try:
-        await _step(host)
-        await _step(guest)
-        r = await host.room_create(initial_state=[ENCRYPTION], preset=nio.RoomPreset.public_chat)
-        assert isinstance(r, nio.RoomCreateResponse), r
-        room_id = r.room_id
-        r = _api(pair.pocket.base_url, "POST", f"/join/{quote(room_id)}", guest.access_token, {},
-                 via=pair.synapse.server_name)
-        _ok(r, *_logs(pair))
-        for _ in range(MAX_ROUNDS):
-            await _step(host, 300)
-            await _step(guest, 300)
-            if room_id in host.rooms and guest.user_id in host.rooms[room_id].users and room_id in guest.rooms:
-                break
-        assert host.rooms[room_id].encrypted and guest.rooms[room_id].encrypted
-        hello = "secret from Synapse 🔐"
-        await _nio_send(host, room_id, hello)
-        assert (await _texts(guest, room_id, hello)).decrypted
-        reply = "secret from pocketserver ✓"
-        await _nio_send(guest, room_id, reply)
-        assert (await _texts(host, room_id, reply)).decrypted
-    finally:
-        for c in clients:
-            await c.close()
-
-
 def test_nio_encrypted_conversation_in_a_synapse_room(pair: Pair, tmp_path: Path) -> None:
     import asyncio
 
-    asyncio.run(_nio_scenario(pair, tmp_path))
+    asyncio.run(nio_conversation(
+        pair, tmp_path, synapse_hosts=True, names=("niosyn", "niopocket"),
+        texts=("secret from Synapse 🔐", "secret from pocketserver ✓"),
+    ))
 
 
 def test_zz_messages_sent_while_pocketserver_is_down_arrive_in_order(pair: Pair, synroom: SynRoom) -> None:
