@@ -583,6 +583,9 @@ class RoomHosting:
 
     def _state_at(self, conn: Conn, room_id: str, event_id: str, origin: str) -> dict[tuple[str, str], str]:
         rec = self._event_in_room(conn, room_id, event_id, origin)
+        if rec.rejected_reason is not None:
+            # A rejected event is no part of the room: there is no state "at" it to give.
+            raise NotFound("That event was rejected here")
         if not self._visible(conn, rec, origin):
             raise Forbidden("The requesting server may not see that event")
         state = state_store.state_before_event(conn, event_id)

@@ -371,3 +371,49 @@ async def test_invite_v2_room_state_of_a_v12_room(fed: Fed) -> None:
     shown = resp["rooms"]["invite"][remote.room_id]["invite_state"]["events"]
     assert {"type": "m.room.name", "state_key": "", "sender": BOB, "content": {"name": "Twelve"}} in shown
     assert any(e["type"] == "m.room.create" and "signatures" not in e for e in shown)
+
+
+async def test_no_state_at_a_rejected_event(fed: Fed) -> None:
+    """/state and /state_ids at an event this server rejected answer 404 M_NOT_FOUND:
+    a rejected event is no part of the room, so there is no state at it to give."""
+    room_id, _, _ = await fed.local_room()
+    remote, _ = await remote_join(fed, room_id)
+    for etype, state_key in (("m.room.message", None), ("m.room.topic", "")):
+        # sent by a user who never joined: rejected against its own auth events
+        bad = remote.build("@stranger:remote.test", etype, {"body": "Rejected"}, state_key=state_key)
+        await fed.transactions.on_transaction(REMOTE, f"rejected-{etype}", {"pdus": [bad]})
+        bad_id = remote.event_id(bad)
+        for call in (fed.hosting.get_state, fed.hosting.get_state_ids):
+            with pytest.raises(MatrixError) as e:
+                await call(REMOTE, room_id, bad_id)
+            assert e.value.status == 404 and e.value.errcode == "M_NOT_FOUND"
+    # the join before them still has its state
+    ids = await fed.hosting.get_state_ids(REMOTE, room_id, remote.timeline[0])
+    assert ids["pdu_ids"]
+
+
+@pytest.mark.parametrize("version", ["1", "3", "11"])
+async def test_a_remote_users_redaction_of_their_message(fed: Fed, version: str) -> None:
+    """A remote user redacts their own message: local clients see the redaction, and
+    the message emptied with ``unsigned.redacted_by`` and ``redacted_because``."""
+    room_id, _, token = await fed.local_room(room_version=version)
+    remote, _ = await remote_join(fed, room_id)
+    msg = remote.build(BOB, "m.room.message", {"msgtype": "m.text", "body": "oops"})
+    msg_id = remote.event_id(msg)
+    rv = KNOWN_ROOM_VERSIONS[version]
+    if rv.updated_redaction_rules:
+        redaction = remote.build(BOB, "m.room.redaction", {"redacts": msg_id})
+    else:
+        redaction = remote.build(BOB, "m.room.redaction", {}, extra={"redacts": msg_id})
+    red_id = remote.event_id(redaction)
+    answer = await fed.transactions.on_transaction(REMOTE, f"redact-{version}", {"pdus": [msg, redaction]})
+    assert answer == {"pdus": {msg_id: {}, red_id: {}}}
+    r = await fed.http.get(
+        f"{V3}/rooms/{room_id}/messages", params={"dir": "b", "limit": "2"}, headers=auth_headers(token)
+    )
+    assert r.status_code == 200, r.text
+    first, second = r.json()["chunk"]
+    assert first["event_id"] == red_id and first["redacts"] == msg_id
+    assert second["event_id"] == msg_id and second["content"] == {}
+    assert second["unsigned"]["redacted_by"] == red_id
+    assert second["unsigned"]["redacted_because"]["event_id"] == red_id
