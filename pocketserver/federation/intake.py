@@ -11,9 +11,10 @@ Every PDU goes through the checks of "Checks performed on receipt of a PDU"
 5. the state before it: the states after its prev_events, resolved with the room
    version's algorithm when they differ. A prev_event this server lacks is fetched with
    ``/get_missing_events`` (at most :attr:`PduIntake.max_gap` events, from the room's
-   forward extremities down to their depth); when that cannot close the gap, the state
-   at the missing event comes from ``/state_ids`` and ``/event`` (stored as outliers).
-   Fails: rejected.
+   forward extremities down to their depth); a pushed event whose prev_events that
+   does not bring is refused (not stored). The oldest events it brings may lack their
+   own prev_events: the state at those comes from ``/state_ids`` and ``/event``
+   (stored as outliers). Fails: rejected.
 6. the room's current state, else soft failed: stored, with its state, but neither
    shown to clients nor made a forward extremity.
 
@@ -253,6 +254,12 @@ class PduIntake:
             await self._fill_gap(origin, info, event)
             known = await self.db.read(graph.known_events, event.prev_event_ids)
             missing = [p for p in event.prev_event_ids if not (p in known and known[p].has_state)]
+            if missing:
+                # A pushed event whose sender will not hand over its prev_events is
+                # refused: taking the state at them on the sender's word could make it
+                # the room's only forward extremity on state nobody can check. (Events
+                # pulled to fill a gap may still have their state fetched below.)
+                raise IntakeError(f"{len(missing)} prev_events were not divulged by {origin}")
         if len(missing) > MAX_STATE_FETCHES:
             raise IntakeError(f"{len(missing)} prev_events are unknown here; at most {MAX_STATE_FETCHES} are fetched")
         fetched_states: list[StateMap] = []
