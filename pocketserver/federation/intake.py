@@ -376,6 +376,12 @@ class PduIntake:
             del current_ids, full_before
             current = {k: ev_ for k in wanted if k in resolved and (ev_ := get(resolved[k])) is not None}
             soft_failed = pc.passes(pc.check_current_state, event, current, create) is not None
+        if rejected is None and not soft_failed and event.redacts is not None:
+            # A redaction naming an event of another room passes the auth rules (they
+            # do not look at the target) but redacts nothing and means nothing here:
+            # kept out of clients' timelines, as a soft-failed event is.
+            target = get(event.redacts)
+            soft_failed = target is not None and target.room_id != event.room_id
         return rejected, soft_failed, before, before_group
 
     # -- persisting (one write transaction) ----------------------------------------------

@@ -211,3 +211,24 @@ async def test_missing_auth_events_are_fetched(fed: Fed) -> None:
     resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
     assert bodies(resp, room_id) == ["carol here"]
     assert (await _stored(fed, remote.event_id(join))).stream_pos is not None  # then joined the graph
+
+
+async def test_redaction_of_an_event_in_another_room_is_ignored(fed: Fed) -> None:
+    """A remote redaction in one room naming bob's message of another room redacts
+    nothing and does not reach the timeline of its own room; the room goes on."""
+    room_1, token_1, remote_1 = await _joined(fed)
+    room_2, token_2, remote_2 = await _joined(fed)
+    msg = remote_1.build(BOB, "m.room.message", {"body": "hi"})
+    assert await fed.intake.receive_pdu("remote.test", msg) is None
+    first = await sync(fed.http, token_2)
+    red = remote_2.build(BOB, "m.room.redaction", {"redacts": remote_1.event_id(msg)})
+    assert await fed.intake.receive_pdu("remote.test", red) is None
+    after = remote_2.build(BOB, "m.room.message", {"body": "sentinel"})
+    assert await fed.intake.receive_pdu("remote.test", after) is None
+    resp = await sync(fed.http, token_2, since=first["next_batch"], timeout=0)
+    timeline = resp["rooms"]["join"][room_2]["timeline"]["events"]
+    assert [e["type"] for e in timeline] == ["m.room.message"]
+    assert bodies(resp, room_2) == ["sentinel"]
+    r = await fed.http.get(f"{V3}/rooms/{room_1}/event/{remote_1.event_id(msg)}", headers=auth_headers(token_1))
+    assert r.status_code == 200 and r.json()["content"] == {"body": "hi"}
+    assert "redacted_by" not in r.json().get("unsigned", {})
