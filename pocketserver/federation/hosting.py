@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.errors import Forbidden, InviteBlocked, MatrixError, NotFound
-from pocketserver.federation.intake import IntakeError, PduIntake
+from pocketserver.federation.intake import IntakeError, NonCanonicalPdu, PduIntake
 from pocketserver.federation.interfaces import FederationRequester, KeyLookup
 from pocketserver.federation.joining import RemoteRooms
 from pocketserver.federation.transactions import TransactionHandler
@@ -303,6 +303,8 @@ class RoomHosting:
             raise MatrixError(400, "M_BAD_JSON", "The event must be a JSON object")
         try:
             event = await self.intake.check_event(pdu, info.room_version)
+        except NonCanonicalPdu as e:
+            raise MatrixError(400, "M_BAD_JSON", str(e)) from None
         except IntakeError as e:
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
         if event.event_id != event_id:
@@ -312,7 +314,9 @@ class RoomHosting:
         if event.type != "m.room.member" or event.membership != membership:
             raise MatrixError(400, "M_INVALID_PARAM", f"Not an m.room.member event with membership {membership}")
         if _domain(event.sender) != origin:
-            raise MatrixError(400, "M_INVALID_PARAM", "The sender does not belong to the requesting server")
+            # A server speaks only for its own users (a replayed leave of another
+            # server's user, say): not permitted.
+            raise Forbidden("The sender does not belong to the requesting server")
         if event.state_key != event.sender:
             raise MatrixError(400, "M_INVALID_PARAM", "state_key must be the sender")
         try:
@@ -350,6 +354,8 @@ class RoomHosting:
             raise MatrixError(400, "M_MISSING_PARAM", "event is required")
         try:
             event = await self.intake.check_event(pdu, rv)
+        except NonCanonicalPdu as e:
+            raise MatrixError(400, "M_BAD_JSON", str(e)) from None
         except IntakeError as e:
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
         stripped = await self._invite_room_state(body.get("invite_room_state", []), room_id, rv)

@@ -90,6 +90,11 @@ class IntakeError(Exception):
     """The PDU was dropped (not stored); the text goes into the transaction's answer."""
 
 
+class NonCanonicalPdu(IntakeError):
+    """Step 1 failed as the PDU is not canonical JSON for its room version (a float,
+    from v6): endpoints that take one event answer 400 M_BAD_JSON (rooms/v6)."""
+
+
 class PduIntake:
     def __init__(
         self,
@@ -168,6 +173,8 @@ class PduIntake:
         """Steps 1-3: format, signatures, hashes. Raises :class:`IntakeError`."""
         try:
             event = pc.check_format(pdu_json, rv)
+        except pc.NonCanonicalJsonError as e:
+            raise NonCanonicalPdu(f"invalid event: {e}") from None
         except pc.PduFormatError as e:
             raise IntakeError(f"invalid event: {e}") from None
         await self.verify_signatures(event)

@@ -54,6 +54,7 @@ from pocketserver.federation.interfaces import (
 )
 from pocketserver.protocol import pdu_checks as pc
 from pocketserver.protocol.auth_rules import CREATE, AuthError, auth_types_for_event, check_auth
+from pocketserver.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from pocketserver.protocol.events import Event, EventFormatError, StateKey
 from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.protocol.signing import SigningKey, sign_event
@@ -497,7 +498,19 @@ class RemoteRooms:
         }
         path = f"/_matrix/federation/v2/invite/{_q(event.room_id)}/{_q(event.event_id)}"
         try:
-            answer = await self.requester.put_json(server, path, body, timeout_s=REQUEST_TIMEOUT_S)
+            try:
+                answer = await self.requester.put_json(server, path, body, timeout_s=REQUEST_TIMEOUT_S)
+            except FederationError as e:
+                # A server without v2 invites: the deprecated v1, which serves only room
+                # versions 1 and 2 (their event format), answering ``[200, {"event"}]``.
+                if not (e.status in (400, 404) and e.errcode == "M_UNRECOGNIZED" and rv.uses_event_id_in_pdu):
+                    raise
+                v1_body = dict(event.pdu)
+                v1_body["unsigned"] = {**(event.pdu.get("unsigned") or {}), "invite_room_state": body["invite_room_state"]}
+                v1_path = f"/_matrix/federation/v1/invite/{_q(event.room_id)}/{_q(event.event_id)}"
+                v1_answer = await self.requester.put_json(server, v1_path, v1_body, timeout_s=REQUEST_TIMEOUT_S)
+                ok = isinstance(v1_answer, list) and len(v1_answer) == 2 and v1_answer[0] == 200
+                answer = v1_answer[1] if ok else None
         except FederationError as e:
             log.info("invite of %s refused by %s: %s", event.state_key, server, e)
             if e.status == 404:
@@ -510,6 +523,11 @@ class RemoteRooms:
         returned = answer.get("event") if isinstance(answer, dict) else None
         if not isinstance(returned, dict):
             raise MatrixError(502, "M_UNKNOWN", f"{server} answered the invite without the event")
+        try:
+            encode_canonical_json(returned, strict=rv.strict_canonicaljson)
+        except CanonicalJsonError as e:
+            # rooms/v6 "Canonical JSON": strictly enforced, 400 M_BAD_JSON.
+            raise MatrixError(400, "M_BAD_JSON", f"{server} answered the invite with invalid JSON: {e}") from None
         theirs = (returned.get("signatures") or {}).get(server) if isinstance(returned.get("signatures"), dict) else None
         if not isinstance(theirs, dict) or not theirs:
             raise MatrixError(502, "M_UNKNOWN", f"{server} did not sign the invite")

@@ -91,7 +91,7 @@ async def test_send_join_checks_the_event(fed: Fed) -> None:
     assert e.value.errcode == "M_INVALID_PARAM"
     with pytest.raises(MatrixError) as e:  # sent by another server
         await fed.hosting.send_join("other.test", room_id, eid, pdu)
-    assert e.value.errcode == "M_INVALID_PARAM"
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
     forged = _sign(made["event"], rv, server="other.test")
     forged["signatures"] = {REMOTE: forged["signatures"]["other.test"]}
     with pytest.raises(MatrixError) as e:
@@ -417,3 +417,45 @@ async def test_a_remote_users_redaction_of_their_message(fed: Fed, version: str)
     assert second["event_id"] == msg_id and second["content"] == {}
     assert second["unsigned"]["redacted_by"] == red_id
     assert second["unsigned"]["redacted_because"]["event_id"] == red_id
+
+
+async def test_send_leave_refuses_a_leave_of_another_servers_user(fed: Fed) -> None:
+    """A leave replayed by a server other than the leaver's: 403 M_FORBIDDEN, and the
+    user stays joined."""
+    room_id, _, _ = await fed.local_room()
+    await remote_join(fed, room_id)
+    rv = KNOWN_ROOM_VERSIONS["12"]
+    made = await fed.hosting.make_leave(REMOTE, room_id, BOB)
+    pdu = _sign(made["event"], rv)
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.send_leave("other.test", room_id, Event.from_pdu(pdu, rv).event_id, pdu)
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+    assert (await fed.services.db.read(state_store.get_membership, room_id, BOB))[0] == "join"
+
+
+async def test_float_in_a_v6_invite_or_leave_is_bad_json(fed: Fed) -> None:
+    """rooms/v6 "Canonical JSON": an invite or a leave holding a float answers 400
+    M_BAD_JSON, and nothing is kept."""
+    user, token, _ = await register(fed.http)
+    rv = KNOWN_ROOM_VERSIONS["6"]
+    remote = RemoteRoom.create(REMOTE, BOB, rv)
+    invite = remote.build(BOB, "m.room.member", {"membership": "invite"}, state_key=user, advance=False)
+    invite_id = remote.event_id(invite)
+    invite["content"]["bad_val"] = 1.1  # (signing refuses floats: added afterwards)
+    body = {"room_version": "6", "event": invite, "invite_room_state": []}
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.on_invite(REMOTE, remote.room_id, invite_id, body)
+    assert e.value.status == 400 and e.value.errcode == "M_BAD_JSON"
+    resp = await sync(fed.http, token)
+    assert remote.room_id not in resp.get("rooms", {}).get("invite", {})
+
+    room_id, _, _ = await fed.local_room(room_version="6")
+    await remote_join(fed, room_id)
+    made = await fed.hosting.make_leave(REMOTE, room_id, BOB)
+    pdu = _sign(made["event"], rv)
+    leave_id = Event.from_pdu(pdu, rv).event_id
+    pdu["content"] = {**pdu["content"], "bad_val": 1.1}
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.send_leave(REMOTE, room_id, leave_id, pdu)
+    assert e.value.status == 400 and e.value.errcode == "M_BAD_JSON"
+    assert (await fed.services.db.read(state_store.get_membership, room_id, BOB))[0] == "join"
