@@ -503,7 +503,7 @@ class RemoteRooms:
             except FederationError as e:
                 # A server without v2 invites: the deprecated v1, which serves only room
                 # versions 1 and 2 (their event format), answering ``[200, {"event"}]``.
-                if not (e.status in (400, 404) and e.errcode == "M_UNRECOGNIZED" and rv.uses_event_id_in_pdu):
+                if not (e.unknown_endpoint and rv.uses_event_id_in_pdu):
                     raise
                 v1_body = dict(event.pdu)
                 v1_body["unsigned"] = {**(event.pdu.get("unsigned") or {}), "invite_room_state": body["invite_room_state"]}

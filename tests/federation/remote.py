@@ -386,7 +386,7 @@ class HostingRequester(FakeRequester):
             self._check_up(destination)
             room = self.rooms.get(parts[5])
             if name == "invite" and parts[3] == "v2" and destination in self.v1_invites_only:
-                raise FederationError(404, "M_UNRECOGNIZED", "Unrecognized request")
+                raise FederationError(404, "M_UNKNOWN", "", errcode_given=False)  # an old server's bare 404
             if name == "invite" and parts[3] == "v1":
                 state = body.get("unsigned", {}).get("invite_room_state", [])
                 return [200, self._sign_invite(destination, {"room_version": "1", "event": body, "invite_room_state": state})]
