@@ -411,7 +411,44 @@ class RemoteRooms:
             pos = await self.db.write(self._store_own_outlier, event, rv, None)
             self.notifier.notify(pos)
             return pos
+        local = await self._reject_invite_locally(user_id, room_id, content)
+        if local is not None:
+            return local
         raise self._client_error(refused, "leave")
+
+    async def _reject_invite_locally(
+        self, user_id: str, room_id: str, content: Mapping[str, Any] | None
+    ) -> int | None:
+        """An invite whose inviting servers refuse or cannot be reached is still
+        rejected here: our own leave on the invite (its only prev and auth event),
+        signed and kept as an outlier, so the user is rid of it and /sync shows the room
+        under ``leave`` (Synapse's "out-of-band" leave). The room never learns of it;
+        the invite was never in our view of the room either. None if not invited."""
+
+        def read(conn: Conn) -> tuple[RoomInfo, Event] | None:
+            info = ev_store.get_room(conn, room_id)
+            m = state_store.get_membership(conn, room_id, user_id)
+            if info is None or info.has_state or m is None or m[0] != "invite":
+                return None
+            rec = ev_store.get_event(conn, m[1])
+            return (info, rec.event) if rec is not None else None
+
+        found = await self.db.read(read)
+        if found is None:
+            return None
+        info, invite = found
+        rv = info.room_version
+        ref: Any = [invite.event_id, dict(invite.pdu.get("hashes") or {})] if rv.uses_event_id_in_pdu else invite.event_id
+        template: JsonDict = {
+            "type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
+            "content": {"membership": "leave"}, "depth": invite.depth + 1,
+            "prev_events": [ref], "auth_events": [ref],
+        }
+        event = self._fill(template, rv, room_id, user_id, "leave", content)
+        log.info("invite of %s to %s rejected here only: no server took the rejection", user_id, room_id)
+        pos = await self.db.write(self._store_own_outlier, event, rv, None)
+        self.notifier.notify(pos)
+        return pos
 
     # -- knocking ----------------------------------------------------------------------------
 

@@ -248,6 +248,27 @@ async def test_rejecting_a_remote_invite(host: Host) -> None:
     assert room.room_id not in resp["rooms"].get("invite", {})
 
 
+async def test_rejecting_a_remote_invite_when_its_server_is_down(host: Host) -> None:
+    """The inviting server cannot be reached: the invite is still rejected here (our
+    own leave on the invite), and the user's /sync shows the room under leave with it."""
+    room = host.room(join_rule="invite")
+    alice, token = await host.user()
+    await _invited(host, room, alice)
+    first = await sync(host.http, token)
+    host.requester.down.add(REMOTE)
+    r = await host.http.post(f"{V3}/rooms/{room.room_id}/leave", json={}, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    resp = await sync(host.http, token, since=first["next_batch"], timeout=5000)
+    assert room.room_id not in resp["rooms"].get("invite", {})
+    timeline = resp["rooms"]["leave"][room.room_id]["timeline"]["events"]
+    leave = timeline[-1]
+    assert (leave["type"], leave["state_key"], leave["sender"]) == ("m.room.member", alice, alice)
+    assert leave["content"]["membership"] == "leave"
+    # a second leave is a no-op, not an error
+    r = await host.http.post(f"{V3}/rooms/{room.room_id}/leave", json={}, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+
+
 async def test_leaving_a_remote_room(host: Host) -> None:
     room = host.room()
     alice, token = await host.user()
