@@ -253,8 +253,8 @@ class RoomHosting:
             state_recs = ev_store.get_events(conn, kept.values())
             chain_recs = ev_store.get_events(conn, chain)
             answer: JsonDict = {
-                "state": [_pdu(r) for r in state_recs.values()],
-                "auth_chain": [_pdu(r) for r in chain_recs.values()],
+                "state": [_pdu(r) for r in _in_depth_order(state_recs)],
+                "auth_chain": [_pdu(r) for r in _in_depth_order(chain_recs)],
                 "event": dict(event.pdu),
                 "members_omitted": omitted,
             }
@@ -479,7 +479,7 @@ class RoomHosting:
             chain = graph.auth_chain_ids(conn, state.values())
             pdus = ev_store.get_events(conn, state.values())
             auth = ev_store.get_events(conn, chain)
-            return {"pdus": [_pdu(r) for r in pdus.values()], "auth_chain": [_pdu(r) for r in auth.values()]}
+            return {"pdus": [_pdu(r) for r in _in_depth_order(pdus)], "auth_chain": [_pdu(r) for r in _in_depth_order(auth)]}
 
         return await self.db.read(read)
 
@@ -489,7 +489,7 @@ class RoomHosting:
         def read(conn: Conn) -> JsonDict:
             rec = self._event_in_room(conn, room_id, event_id, origin)
             chain = graph.auth_chain_ids(conn, [rec.event.event_id])
-            return {"auth_chain": [_pdu(r) for r in ev_store.get_events(conn, chain).values()]}
+            return {"auth_chain": [_pdu(r) for r in _in_depth_order(ev_store.get_events(conn, chain))]}
 
         return await self.db.read(read)
 
@@ -713,3 +713,10 @@ def _relay_accepted(db: Database, sender: Any, server_name: str) -> AcceptedHook
         await db.write(txn)
 
     return relay
+
+
+def _in_depth_order(recs: Mapping[str, EventRecord]) -> list[EventRecord]:
+    """Events oldest first (depth, then timestamp), the same on every call: a peer
+    that applies a state or auth-chain list in order (SyTest's does) ends with the
+    newest of two events of one state key, never whichever a set happened to give last."""
+    return sorted(recs.values(), key=lambda r: (r.event.depth, r.event.origin_server_ts, r.event.event_id))

@@ -49,6 +49,10 @@ async def test_remote_join_then_chat(fed: Fed) -> None:
     room_id, alice, token = await fed.local_room(name="chat")
     first = await sync(fed.http, token)
     remote, answer = await remote_join(fed, room_id)
+    # oldest first: a joiner applying the lists in order ends on the newest state
+    for key in ("state", "auth_chain"):
+        depths = [e["depth"] for e in answer[key]]
+        assert depths == sorted(depths)
     assert answer["members_omitted"] is False
     state_types = {(e["type"], e.get("state_key")) for e in answer["state"]}
     assert ("m.room.member", alice) in state_types and ("m.room.name", "") in state_types
