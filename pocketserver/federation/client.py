@@ -426,14 +426,14 @@ def _decode(response: HttpResponse, destination: str, method: str, path: str) ->
             return orjson.loads(response.body)
         except orjson.JSONDecodeError:
             raise FederationUnreachable(f"{method} {destination}{path}: the answer is not JSON") from None
-    errcode, message = "M_UNKNOWN", ""
+    errcode, message, given = "M_UNKNOWN", "", False
     try:
         doc = orjson.loads(response.body)
     except orjson.JSONDecodeError:
         doc = None
     if isinstance(doc, dict):
         if isinstance(doc.get("errcode"), str):
-            errcode = doc["errcode"]
+            errcode, given = doc["errcode"], True
         if isinstance(doc.get("error"), str):
             message = doc["error"][:500]
-    raise FederationError(response.status, errcode, message)
+    raise FederationError(response.status, errcode, message, errcode_given=given)

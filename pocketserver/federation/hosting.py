@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.errors import Forbidden, InviteBlocked, MatrixError, NotFound
-from pocketserver.federation.intake import IntakeError, PduIntake
+from pocketserver.federation.intake import IntakeError, NonCanonicalPdu, PduIntake
 from pocketserver.federation.interfaces import FederationRequester, KeyLookup
 from pocketserver.federation.joining import RemoteRooms
 from pocketserver.federation.transactions import TransactionHandler
@@ -253,8 +253,8 @@ class RoomHosting:
             state_recs = ev_store.get_events(conn, kept.values())
             chain_recs = ev_store.get_events(conn, chain)
             answer: JsonDict = {
-                "state": [_pdu(r) for r in state_recs.values()],
-                "auth_chain": [_pdu(r) for r in chain_recs.values()],
+                "state": [_pdu(r) for r in _in_depth_order(state_recs)],
+                "auth_chain": [_pdu(r) for r in _in_depth_order(chain_recs)],
                 "event": dict(event.pdu),
                 "members_omitted": omitted,
             }
@@ -303,6 +303,8 @@ class RoomHosting:
             raise MatrixError(400, "M_BAD_JSON", "The event must be a JSON object")
         try:
             event = await self.intake.check_event(pdu, info.room_version)
+        except NonCanonicalPdu as e:
+            raise MatrixError(400, "M_BAD_JSON", str(e)) from None
         except IntakeError as e:
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
         if event.event_id != event_id:
@@ -312,7 +314,9 @@ class RoomHosting:
         if event.type != "m.room.member" or event.membership != membership:
             raise MatrixError(400, "M_INVALID_PARAM", f"Not an m.room.member event with membership {membership}")
         if _domain(event.sender) != origin:
-            raise MatrixError(400, "M_INVALID_PARAM", "The sender does not belong to the requesting server")
+            # A server speaks only for its own users (a replayed leave of another
+            # server's user, say): not permitted.
+            raise Forbidden("The sender does not belong to the requesting server")
         if event.state_key != event.sender:
             raise MatrixError(400, "M_INVALID_PARAM", "state_key must be the sender")
         try:
@@ -350,6 +354,8 @@ class RoomHosting:
             raise MatrixError(400, "M_MISSING_PARAM", "event is required")
         try:
             event = await self.intake.check_event(pdu, rv)
+        except NonCanonicalPdu as e:
+            raise MatrixError(400, "M_BAD_JSON", str(e)) from None
         except IntakeError as e:
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
         stripped = await self._invite_room_state(body.get("invite_room_state", []), room_id, rv)
@@ -473,7 +479,7 @@ class RoomHosting:
             chain = graph.auth_chain_ids(conn, state.values())
             pdus = ev_store.get_events(conn, state.values())
             auth = ev_store.get_events(conn, chain)
-            return {"pdus": [_pdu(r) for r in pdus.values()], "auth_chain": [_pdu(r) for r in auth.values()]}
+            return {"pdus": [_pdu(r) for r in _in_depth_order(pdus)], "auth_chain": [_pdu(r) for r in _in_depth_order(auth)]}
 
         return await self.db.read(read)
 
@@ -483,7 +489,7 @@ class RoomHosting:
         def read(conn: Conn) -> JsonDict:
             rec = self._event_in_room(conn, room_id, event_id, origin)
             chain = graph.auth_chain_ids(conn, [rec.event.event_id])
-            return {"auth_chain": [_pdu(r) for r in ev_store.get_events(conn, chain).values()]}
+            return {"auth_chain": [_pdu(r) for r in _in_depth_order(ev_store.get_events(conn, chain))]}
 
         return await self.db.read(read)
 
@@ -583,6 +589,9 @@ class RoomHosting:
 
     def _state_at(self, conn: Conn, room_id: str, event_id: str, origin: str) -> dict[tuple[str, str], str]:
         rec = self._event_in_room(conn, room_id, event_id, origin)
+        if rec.rejected_reason is not None:
+            # A rejected event is no part of the room: there is no state "at" it to give.
+            raise NotFound("That event was rejected here")
         if not self._visible(conn, rec, origin):
             raise Forbidden("The requesting server may not see that event")
         state = state_store.state_before_event(conn, event_id)
@@ -704,3 +713,10 @@ def _relay_accepted(db: Database, sender: Any, server_name: str) -> AcceptedHook
         await db.write(txn)
 
     return relay
+
+
+def _in_depth_order(recs: Mapping[str, EventRecord]) -> list[EventRecord]:
+    """Events oldest first (depth, then timestamp), the same on every call: a peer
+    that applies a state or auth-chain list in order (SyTest's does) ends with the
+    newest of two events of one state key, never whichever a set happened to give last."""
+    return sorted(recs.values(), key=lambda r: (r.event.depth, r.event.origin_server_ts, r.event.event_id))

@@ -11,9 +11,10 @@ Every PDU goes through the checks of "Checks performed on receipt of a PDU"
 5. the state before it: the states after its prev_events, resolved with the room
    version's algorithm when they differ. A prev_event this server lacks is fetched with
    ``/get_missing_events`` (at most :attr:`PduIntake.max_gap` events, from the room's
-   forward extremities down to their depth); when that cannot close the gap, the state
-   at the missing event comes from ``/state_ids`` and ``/event`` (stored as outliers).
-   Fails: rejected.
+   forward extremities down to their depth); a pushed event whose prev_events that
+   does not bring is refused (not stored). The oldest events it brings may lack their
+   own prev_events: the state at those comes from ``/state_ids`` and ``/event``
+   (stored as outliers). Fails: rejected.
 6. the room's current state, else soft failed: stored, with its state, but neither
    shown to clients nor made a forward extremity.
 
@@ -87,6 +88,11 @@ def _q(s: str) -> str:
 
 class IntakeError(Exception):
     """The PDU was dropped (not stored); the text goes into the transaction's answer."""
+
+
+class NonCanonicalPdu(IntakeError):
+    """Step 1 failed as the PDU is not canonical JSON for its room version (a float,
+    from v6): endpoints that take one event answer 400 M_BAD_JSON (rooms/v6)."""
 
 
 class PduIntake:
@@ -167,6 +173,8 @@ class PduIntake:
         """Steps 1-3: format, signatures, hashes. Raises :class:`IntakeError`."""
         try:
             event = pc.check_format(pdu_json, rv)
+        except pc.NonCanonicalJsonError as e:
+            raise NonCanonicalPdu(f"invalid event: {e}") from None
         except pc.PduFormatError as e:
             raise IntakeError(f"invalid event: {e}") from None
         await self.verify_signatures(event)
@@ -253,6 +261,12 @@ class PduIntake:
             await self._fill_gap(origin, info, event)
             known = await self.db.read(graph.known_events, event.prev_event_ids)
             missing = [p for p in event.prev_event_ids if not (p in known and known[p].has_state)]
+            if missing:
+                # A pushed event whose sender will not hand over its prev_events is
+                # refused: taking the state at them on the sender's word could make it
+                # the room's only forward extremity on state nobody can check. (Events
+                # pulled to fill a gap may still have their state fetched below.)
+                raise IntakeError(f"{len(missing)} prev_events were not divulged by {origin}")
         if len(missing) > MAX_STATE_FETCHES:
             raise IntakeError(f"{len(missing)} prev_events are unknown here; at most {MAX_STATE_FETCHES} are fetched")
         fetched_states: list[StateMap] = []
@@ -369,6 +383,12 @@ class PduIntake:
             del current_ids, full_before
             current = {k: ev_ for k in wanted if k in resolved and (ev_ := get(resolved[k])) is not None}
             soft_failed = pc.passes(pc.check_current_state, event, current, create) is not None
+        if rejected is None and not soft_failed and event.redacts is not None:
+            # A redaction naming an event of another room passes the auth rules (they
+            # do not look at the target) but redacts nothing and means nothing here:
+            # kept out of clients' timelines, as a soft-failed event is.
+            target = get(event.redacts)
+            soft_failed = target is not None and target.room_id != event.room_id
         return rejected, soft_failed, before, before_group
 
     # -- persisting (one write transaction) ----------------------------------------------

@@ -16,11 +16,21 @@ Query = Mapping[str, str | Sequence[str]]
 class FederationError(Exception):
     """The remote server answered with an error status."""
 
-    def __init__(self, status: int, errcode: str, message: str = "") -> None:
+    def __init__(self, status: int, errcode: str, message: str = "", *, errcode_given: bool = True) -> None:
         super().__init__(f"{status} {errcode}: {message}")
         self.status = status
         self.errcode = errcode
         self.message = message
+        # False when the answer carried no errcode (``errcode`` is then M_UNKNOWN)
+        self.errcode_given = errcode_given
+
+    @property
+    def unknown_endpoint(self) -> bool:
+        """The server does not serve that endpoint at all: M_UNRECOGNIZED, or a bare 404
+        or 405 without an errcode (an older server)."""
+        if self.errcode == "M_UNRECOGNIZED":
+            return self.status in (400, 404, 405)
+        return self.status in (404, 405) and not self.errcode_given
 
 
 class FederationUnreachable(Exception):

@@ -54,6 +54,7 @@ from pocketserver.federation.interfaces import (
 )
 from pocketserver.protocol import pdu_checks as pc
 from pocketserver.protocol.auth_rules import CREATE, AuthError, auth_types_for_event, check_auth
+from pocketserver.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from pocketserver.protocol.events import Event, EventFormatError, StateKey
 from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.protocol.signing import SigningKey, sign_event
@@ -410,7 +411,44 @@ class RemoteRooms:
             pos = await self.db.write(self._store_own_outlier, event, rv, None)
             self.notifier.notify(pos)
             return pos
+        local = await self._reject_invite_locally(user_id, room_id, content)
+        if local is not None:
+            return local
         raise self._client_error(refused, "leave")
+
+    async def _reject_invite_locally(
+        self, user_id: str, room_id: str, content: Mapping[str, Any] | None
+    ) -> int | None:
+        """An invite whose inviting servers refuse or cannot be reached is still
+        rejected here: our own leave on the invite (its only prev and auth event),
+        signed and kept as an outlier, so the user is rid of it and /sync shows the room
+        under ``leave`` (Synapse's "out-of-band" leave). The room never learns of it;
+        the invite was never in our view of the room either. None if not invited."""
+
+        def read(conn: Conn) -> tuple[RoomInfo, Event] | None:
+            info = ev_store.get_room(conn, room_id)
+            m = state_store.get_membership(conn, room_id, user_id)
+            if info is None or info.has_state or m is None or m[0] != "invite":
+                return None
+            rec = ev_store.get_event(conn, m[1])
+            return (info, rec.event) if rec is not None else None
+
+        found = await self.db.read(read)
+        if found is None:
+            return None
+        info, invite = found
+        rv = info.room_version
+        ref: Any = [invite.event_id, dict(invite.pdu.get("hashes") or {})] if rv.uses_event_id_in_pdu else invite.event_id
+        template: JsonDict = {
+            "type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
+            "content": {"membership": "leave"}, "depth": invite.depth + 1,
+            "prev_events": [ref], "auth_events": [ref],
+        }
+        event = self._fill(template, rv, room_id, user_id, "leave", content)
+        log.info("invite of %s to %s rejected here only: no server took the rejection", user_id, room_id)
+        pos = await self.db.write(self._store_own_outlier, event, rv, None)
+        self.notifier.notify(pos)
+        return pos
 
     # -- knocking ----------------------------------------------------------------------------
 
@@ -497,7 +535,19 @@ class RemoteRooms:
         }
         path = f"/_matrix/federation/v2/invite/{_q(event.room_id)}/{_q(event.event_id)}"
         try:
-            answer = await self.requester.put_json(server, path, body, timeout_s=REQUEST_TIMEOUT_S)
+            try:
+                answer = await self.requester.put_json(server, path, body, timeout_s=REQUEST_TIMEOUT_S)
+            except FederationError as e:
+                # A server without v2 invites: the deprecated v1, which serves only room
+                # versions 1 and 2 (their event format), answering ``[200, {"event"}]``.
+                if not (e.unknown_endpoint and rv.uses_event_id_in_pdu):
+                    raise
+                v1_body = dict(event.pdu)
+                v1_body["unsigned"] = {**(event.pdu.get("unsigned") or {}), "invite_room_state": body["invite_room_state"]}
+                v1_path = f"/_matrix/federation/v1/invite/{_q(event.room_id)}/{_q(event.event_id)}"
+                v1_answer = await self.requester.put_json(server, v1_path, v1_body, timeout_s=REQUEST_TIMEOUT_S)
+                ok = isinstance(v1_answer, list) and len(v1_answer) == 2 and v1_answer[0] == 200
+                answer = v1_answer[1] if ok else None
         except FederationError as e:
             log.info("invite of %s refused by %s: %s", event.state_key, server, e)
             if e.status == 404:
@@ -510,6 +560,11 @@ class RemoteRooms:
         returned = answer.get("event") if isinstance(answer, dict) else None
         if not isinstance(returned, dict):
             raise MatrixError(502, "M_UNKNOWN", f"{server} answered the invite without the event")
+        try:
+            encode_canonical_json(returned, strict=rv.strict_canonicaljson)
+        except CanonicalJsonError as e:
+            # rooms/v6 "Canonical JSON": strictly enforced, 400 M_BAD_JSON.
+            raise MatrixError(400, "M_BAD_JSON", f"{server} answered the invite with invalid JSON: {e}") from None
         theirs = (returned.get("signatures") or {}).get(server) if isinstance(returned.get("signatures"), dict) else None
         if not isinstance(theirs, dict) or not theirs:
             raise MatrixError(502, "M_UNKNOWN", f"{server} did not sign the invite")

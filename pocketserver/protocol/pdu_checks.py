@@ -74,6 +74,11 @@ class PduFormatError(ValueError):
     """Step 1: not a valid event of its room version; the PDU is dropped."""
 
 
+class NonCanonicalJsonError(PduFormatError):
+    """The PDU is not canonical JSON for its room version (a float, an integer out
+    of range; strictly enforced from v6: rooms/v6 "Canonical JSON", 400 M_BAD_JSON)."""
+
+
 def _nbytes(s: str) -> int:
     return len(s.encode("utf-8", "surrogatepass"))
 
@@ -167,7 +172,7 @@ def check_format(pdu: Any, rv: RoomVersion) -> Event:
     try:
         size = len(encode_canonical_json(pdu, strict=rv.strict_canonicaljson))
     except CanonicalJsonError as e:
-        raise PduFormatError(f"not canonical JSON: {e}") from None
+        raise NonCanonicalJsonError(f"not canonical JSON: {e}") from None
     if size > MAX_PDU_BYTES:
         raise PduFormatError(f"the event is {size} bytes; the limit is {MAX_PDU_BYTES}")
     try:

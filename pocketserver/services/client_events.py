@@ -176,6 +176,9 @@ def serialize_event(
             redacted_because=client_format(because, now_ms) if because else None,
         )
         redacted["unsigned"]["age"] = unsigned["age"]
+        # Not in the spec, but what Synapse has always sent beside ``redacted_because``
+        # and what clients and SyTest read: the redaction's ID alone.
+        redacted["unsigned"]["redacted_by"] = rec.redacted_by
         return redacted
     if bundle and rec.event.state_key is None:
         present = None if present_relations is None else present_relations.get(rec.event.event_id, set())

@@ -800,6 +800,12 @@ class SyncService:
         else:
             state_ids = self._state_after_timeline(conn, room_id, since, timeline, end_state)
         state_events = self._state_events(conn, requester, filt, state_ids, now)
+        if not timeline and m is not None:
+            # A room known only by the user's own leave, kept apart from any timeline
+            # (a rejected remote invite, a rescinded knock): that leave is the timeline.
+            own = ev_store.get_event(conn, m[1])
+            if own is not None and own.outlier and filt.room.timeline.matches(_filter_view(own)):
+                timeline = [own]
         events = self._timeline_events(conn, requester, filt, timeline, now)
         return {
             "timeline": {"events": events, "limited": limited, "prev_batch": f"t{first_pos - 1}"},

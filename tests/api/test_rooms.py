@@ -150,6 +150,13 @@ async def test_redaction_and_edit_shown_to_clients(http: httpx.AsyncClient) -> N
     ev = (await http.get(f"{V3}/rooms/{room}/event/{secret}", headers=auth_headers(atok))).json()
     assert ev["content"] == {}
     assert ev["unsigned"]["redacted_because"]["content"]["reason"] == "oops"
+    assert ev["unsigned"]["redacted_by"] == r.json()["event_id"]
+    # the older form without a transaction ID: each POST redacts
+    other = await send(http, atok, room, {"msgtype": "m.text", "body": "also secret"})
+    r = await http.post(f"{V3}/rooms/{room}/redact/{quote(other)}", json={}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    ev = (await http.get(f"{V3}/rooms/{room}/event/{other}", headers=auth_headers(atok))).json()
+    assert ev["content"] == {} and ev["unsigned"]["redacted_by"] == r.json()["event_id"]
 
 
 async def test_typing_and_receipts_reach_the_other_user(http: httpx.AsyncClient) -> None:

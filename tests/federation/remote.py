@@ -304,6 +304,10 @@ class HostingRequester(FakeRequester):
         self.bodies: list[tuple[str, str, str, Any]] = []  # (method, destination, path, body)
         # Tamper with a send_join answer before it goes out (forgery tests).
         self.tamper_send_join: Any = None
+        # servers that answer only the deprecated v1 invite
+        self.v1_invites_only: set[str] = set()
+        # called with the countersigned invite event before it is answered
+        self.tamper_invite: Any = None
 
     def _check_up(self, destination: str) -> None:
         if destination in self.down:
@@ -381,6 +385,11 @@ class HostingRequester(FakeRequester):
             self.requests.append(("PUT", destination, path))
             self._check_up(destination)
             room = self.rooms.get(parts[5])
+            if name == "invite" and parts[3] == "v2" and destination in self.v1_invites_only:
+                raise FederationError(404, "M_UNKNOWN", "", errcode_given=False)  # an old server's bare 404
+            if name == "invite" and parts[3] == "v1":
+                state = body.get("unsigned", {}).get("invite_room_state", [])
+                return [200, self._sign_invite(destination, {"room_version": "1", "event": body, "invite_room_state": state})]
             if name == "invite":
                 return self._sign_invite(destination, body)
             if room is None:
@@ -415,6 +424,8 @@ class HostingRequester(FakeRequester):
         pdu = dict(body["event"])
         signed = sign_json(redact(pdu, rv), destination, key_for(destination), strict=rv.strict_canonicaljson)
         pdu["signatures"] = signed["signatures"]
+        if self.tamper_invite is not None:
+            self.tamper_invite(pdu)
         self.invites = [*getattr(self, "invites", []), body]
         return {"event": pdu}
 

@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from pocketserver.config import FederationConfig
-from pocketserver.federation.client import FederationClient
+from pocketserver.federation.client import FederationClient, _decode
+from pocketserver.federation.http import HttpResponse
 from pocketserver.federation.interfaces import FederationError, FederationUnreachable
 from pocketserver.protocol.signing import signing_key_from_seed
 from pocketserver.server import RunningServer
@@ -56,9 +57,10 @@ async def test_error_answers_raise_federation_error(pair: tuple[RunningServer, R
     with pytest.raises(FederationError) as e:
         await client.get_json(name(b), PROFILE, {"user_id": f"@nobody:{name(b)}"})
     assert (e.value.status, e.value.errcode) == (404, "M_NOT_FOUND")
+    assert not e.value.unknown_endpoint  # a real answer: no such user
     with pytest.raises(FederationError) as e:
         await client.get_json(name(b), "/_matrix/federation/v1/no_such_thing")
-    assert e.value.errcode == "M_UNRECOGNIZED"
+    assert e.value.errcode == "M_UNRECOGNIZED" and e.value.unknown_endpoint
     # Unsigned, where a signature is needed: refused with the spec's 401.
     with pytest.raises(FederationError) as e:
         await client.get_json(name(b), PROFILE, {"user_id": f"@bob:{name(b)}"}, signed=False)
@@ -123,3 +125,14 @@ async def test_federation_turned_off_refuses_both_ways(nursery: trio.Nursery, tm
     with pytest.raises(FederationError) as e:
         await on.services.federation_client.get_json(name(off), PROFILE, {"user_id": f"@a:{name(off)}"})
     assert (e.value.status, e.value.errcode) == (403, "M_FORBIDDEN")
+
+
+def test_a_bare_404_reads_as_an_unknown_endpoint() -> None:
+    """An older server answers an endpoint it lacks with a 404 and no errcode: callers
+    that have an older endpoint to fall back on (v1 invites) can tell."""
+    with pytest.raises(FederationError) as e:
+        _decode(HttpResponse(404, {}, b""), "old.test", "PUT", "/_matrix/federation/v2/invite/x/y")
+    assert e.value.errcode == "M_UNKNOWN" and e.value.unknown_endpoint
+    with pytest.raises(FederationError) as e:
+        _decode(HttpResponse(404, {}, b'{"errcode": "M_NOT_FOUND", "error": "no"}'), "new.test", "GET", "/x")
+    assert not e.value.unknown_endpoint

@@ -49,6 +49,10 @@ async def test_remote_join_then_chat(fed: Fed) -> None:
     room_id, alice, token = await fed.local_room(name="chat")
     first = await sync(fed.http, token)
     remote, answer = await remote_join(fed, room_id)
+    # oldest first: a joiner applying the lists in order ends on the newest state
+    for key in ("state", "auth_chain"):
+        depths = [e["depth"] for e in answer[key]]
+        assert depths == sorted(depths)
     assert answer["members_omitted"] is False
     state_types = {(e["type"], e.get("state_key")) for e in answer["state"]}
     assert ("m.room.member", alice) in state_types and ("m.room.name", "") in state_types
@@ -91,7 +95,7 @@ async def test_send_join_checks_the_event(fed: Fed) -> None:
     assert e.value.errcode == "M_INVALID_PARAM"
     with pytest.raises(MatrixError) as e:  # sent by another server
         await fed.hosting.send_join("other.test", room_id, eid, pdu)
-    assert e.value.errcode == "M_INVALID_PARAM"
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
     forged = _sign(made["event"], rv, server="other.test")
     forged["signatures"] = {REMOTE: forged["signatures"]["other.test"]}
     with pytest.raises(MatrixError) as e:
@@ -371,3 +375,91 @@ async def test_invite_v2_room_state_of_a_v12_room(fed: Fed) -> None:
     shown = resp["rooms"]["invite"][remote.room_id]["invite_state"]["events"]
     assert {"type": "m.room.name", "state_key": "", "sender": BOB, "content": {"name": "Twelve"}} in shown
     assert any(e["type"] == "m.room.create" and "signatures" not in e for e in shown)
+
+
+async def test_no_state_at_a_rejected_event(fed: Fed) -> None:
+    """/state and /state_ids at an event this server rejected answer 404 M_NOT_FOUND:
+    a rejected event is no part of the room, so there is no state at it to give."""
+    room_id, _, _ = await fed.local_room()
+    remote, _ = await remote_join(fed, room_id)
+    for etype, state_key in (("m.room.message", None), ("m.room.topic", "")):
+        # sent by a user who never joined: rejected against its own auth events
+        bad = remote.build("@stranger:remote.test", etype, {"body": "Rejected"}, state_key=state_key)
+        await fed.transactions.on_transaction(REMOTE, f"rejected-{etype}", {"pdus": [bad]})
+        bad_id = remote.event_id(bad)
+        for call in (fed.hosting.get_state, fed.hosting.get_state_ids):
+            with pytest.raises(MatrixError) as e:
+                await call(REMOTE, room_id, bad_id)
+            assert e.value.status == 404 and e.value.errcode == "M_NOT_FOUND"
+    # the join before them still has its state
+    ids = await fed.hosting.get_state_ids(REMOTE, room_id, remote.timeline[0])
+    assert ids["pdu_ids"]
+
+
+@pytest.mark.parametrize("version", ["1", "3", "11"])
+async def test_a_remote_users_redaction_of_their_message(fed: Fed, version: str) -> None:
+    """A remote user redacts their own message: local clients see the redaction, and
+    the message emptied with ``unsigned.redacted_by`` and ``redacted_because``."""
+    room_id, _, token = await fed.local_room(room_version=version)
+    remote, _ = await remote_join(fed, room_id)
+    msg = remote.build(BOB, "m.room.message", {"msgtype": "m.text", "body": "oops"})
+    msg_id = remote.event_id(msg)
+    rv = KNOWN_ROOM_VERSIONS[version]
+    if rv.updated_redaction_rules:
+        redaction = remote.build(BOB, "m.room.redaction", {"redacts": msg_id})
+    else:
+        redaction = remote.build(BOB, "m.room.redaction", {}, extra={"redacts": msg_id})
+    red_id = remote.event_id(redaction)
+    answer = await fed.transactions.on_transaction(REMOTE, f"redact-{version}", {"pdus": [msg, redaction]})
+    assert answer == {"pdus": {msg_id: {}, red_id: {}}}
+    r = await fed.http.get(
+        f"{V3}/rooms/{room_id}/messages", params={"dir": "b", "limit": "2"}, headers=auth_headers(token)
+    )
+    assert r.status_code == 200, r.text
+    first, second = r.json()["chunk"]
+    assert first["event_id"] == red_id and first["redacts"] == msg_id
+    assert second["event_id"] == msg_id and second["content"] == {}
+    assert second["unsigned"]["redacted_by"] == red_id
+    assert second["unsigned"]["redacted_because"]["event_id"] == red_id
+
+
+async def test_send_leave_refuses_a_leave_of_another_servers_user(fed: Fed) -> None:
+    """A leave replayed by a server other than the leaver's: 403 M_FORBIDDEN, and the
+    user stays joined."""
+    room_id, _, _ = await fed.local_room()
+    await remote_join(fed, room_id)
+    rv = KNOWN_ROOM_VERSIONS["12"]
+    made = await fed.hosting.make_leave(REMOTE, room_id, BOB)
+    pdu = _sign(made["event"], rv)
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.send_leave("other.test", room_id, Event.from_pdu(pdu, rv).event_id, pdu)
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+    assert (await fed.services.db.read(state_store.get_membership, room_id, BOB))[0] == "join"
+
+
+async def test_float_in_a_v6_invite_or_leave_is_bad_json(fed: Fed) -> None:
+    """rooms/v6 "Canonical JSON": an invite or a leave holding a float answers 400
+    M_BAD_JSON, and nothing is kept."""
+    user, token, _ = await register(fed.http)
+    rv = KNOWN_ROOM_VERSIONS["6"]
+    remote = RemoteRoom.create(REMOTE, BOB, rv)
+    invite = remote.build(BOB, "m.room.member", {"membership": "invite"}, state_key=user, advance=False)
+    invite_id = remote.event_id(invite)
+    invite["content"]["bad_val"] = 1.1  # (signing refuses floats: added afterwards)
+    body = {"room_version": "6", "event": invite, "invite_room_state": []}
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.on_invite(REMOTE, remote.room_id, invite_id, body)
+    assert e.value.status == 400 and e.value.errcode == "M_BAD_JSON"
+    resp = await sync(fed.http, token)
+    assert remote.room_id not in resp.get("rooms", {}).get("invite", {})
+
+    room_id, _, _ = await fed.local_room(room_version="6")
+    await remote_join(fed, room_id)
+    made = await fed.hosting.make_leave(REMOTE, room_id, BOB)
+    pdu = _sign(made["event"], rv)
+    leave_id = Event.from_pdu(pdu, rv).event_id
+    pdu["content"] = {**pdu["content"], "bad_val": 1.1}
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.send_leave(REMOTE, room_id, leave_id, pdu)
+    assert e.value.status == 400 and e.value.errcode == "M_BAD_JSON"
+    assert (await fed.services.db.read(state_store.get_membership, room_id, BOB))[0] == "join"

@@ -126,27 +126,54 @@ async def test_gap_filled_with_get_missing_events(fed: Fed) -> None:
         assert rec.stream_pos is not None
 
 
-async def test_gap_filled_with_state_ids(fed: Fed) -> None:
+async def test_pushed_event_whose_prev_events_are_not_divulged_is_refused(fed: Fed) -> None:
+    """An event pushed in a transaction whose prev_events its sender will not hand over
+    (/get_missing_events fails) is refused and not stored, and the state at its
+    missing prev_events is not asked for."""
     room_id, token, remote = await _joined(fed)
     fed.requester.answer_missing_events = False
     first = await sync(fed.http, token)
+    hidden = remote.build(BOB, "m.room.message", {"body": "never sent to us"})
+    c = remote.build(BOB, "m.room.message", {"body": "after the gap"})
+    error = await fed.intake.receive_pdu("remote.test", c)
+    assert error is not None and "prev_events" in error
+    assert not any("state_ids" in p[2] for p in fed.requester.requests)
+    assert await _stored(fed, remote.event_id(c)) is None
+    assert await _stored(fed, remote.event_id(hidden)) is None
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    assert bodies(resp, room_id) == []
+    # once the sender hands the gap over, the next event brings both in
+    fed.requester.answer_missing_events = True
+    d = remote.build(BOB, "m.room.message", {"body": "and again"})
+    assert await fed.intake.receive_pdu("remote.test", d) is None
+    resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
+    assert bodies(resp, room_id) == ["never sent to us", "after the gap", "and again"]
+
+
+async def test_gap_filled_with_state_ids(fed: Fed) -> None:
+    """A gap larger than /get_missing_events brings: the oldest event it brought gets
+    the state at its own missing prev_events from /state_ids."""
+    room_id, token, remote = await _joined(fed)
+    fed.intake.max_gap = 1
+    first = await sync(fed.http, token)
     remote.build(BOB, "m.room.topic", {"topic": "unseen topic"}, state_key="")
     carol = "@carol:remote.test"
-    remote.build(carol, "m.room.member", {"membership": "join"}, state_key=carol)
-    hidden = remote.build(carol, "m.room.message", {"body": "never sent to us"})
+    join = remote.build(carol, "m.room.member", {"membership": "join"}, state_key=carol)
+    hidden = remote.build(carol, "m.room.message", {"body": "brought by get_missing_events"})
     c = remote.build(carol, "m.room.message", {"body": "after the gap"})
     # The topic is in the state the remote reports, but bob may not set it
     # (state_default 50): this server rejects it and keeps it out of the room's state.
     assert await fed.intake.receive_pdu("remote.test", c) is None
     assert any("state_ids" in p[2] for p in fed.requester.requests)
     resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
-    assert bodies(resp, room_id) == ["after the gap"]
-    prev = await _stored(fed, remote.event_id(hidden))
+    assert bodies(resp, room_id) == ["brought by get_missing_events", "after the gap"]
+    prev = await _stored(fed, remote.event_id(join))
     assert prev is not None and prev.outlier
     backward = await fed.services.db.read(
         lambda c: [r[0] for r in c.execute("SELECT event_id FROM backward_extremities")]
     )
-    assert remote.event_id(hidden) in backward
+    assert remote.event_id(join) in backward
+    assert remote.event_id(hidden) not in backward
     current = await fed.services.db.read(state_store.get_current_state_ids, room_id)
     assert ("m.room.topic", "") not in current
     # carol's join came only through the state at the gap: she is a member now
@@ -184,3 +211,24 @@ async def test_missing_auth_events_are_fetched(fed: Fed) -> None:
     resp = await sync(fed.http, token, since=first["next_batch"], timeout=0)
     assert bodies(resp, room_id) == ["carol here"]
     assert (await _stored(fed, remote.event_id(join))).stream_pos is not None  # then joined the graph
+
+
+async def test_redaction_of_an_event_in_another_room_is_ignored(fed: Fed) -> None:
+    """A remote redaction in one room naming bob's message of another room redacts
+    nothing and does not reach the timeline of its own room; the room goes on."""
+    room_1, token_1, remote_1 = await _joined(fed)
+    room_2, token_2, remote_2 = await _joined(fed)
+    msg = remote_1.build(BOB, "m.room.message", {"body": "hi"})
+    assert await fed.intake.receive_pdu("remote.test", msg) is None
+    first = await sync(fed.http, token_2)
+    red = remote_2.build(BOB, "m.room.redaction", {"redacts": remote_1.event_id(msg)})
+    assert await fed.intake.receive_pdu("remote.test", red) is None
+    after = remote_2.build(BOB, "m.room.message", {"body": "sentinel"})
+    assert await fed.intake.receive_pdu("remote.test", after) is None
+    resp = await sync(fed.http, token_2, since=first["next_batch"], timeout=0)
+    timeline = resp["rooms"]["join"][room_2]["timeline"]["events"]
+    assert [e["type"] for e in timeline] == ["m.room.message"]
+    assert bodies(resp, room_2) == ["sentinel"]
+    r = await fed.http.get(f"{V3}/rooms/{room_1}/event/{remote_1.event_id(msg)}", headers=auth_headers(token_1))
+    assert r.status_code == 200 and r.json()["content"] == {"body": "hi"}
+    assert "redacted_by" not in r.json().get("unsigned", {})

@@ -180,6 +180,37 @@ async def test_invite_a_remote_user_is_countersigned_and_kept(host: Host) -> Non
     assert await host.services.db.read(state_store.get_membership, room_id, "@x:down.test") is None
 
 
+async def test_an_invite_answered_with_invalid_json_is_refused(host: Host) -> None:
+    """rooms/v6 "Canonical JSON": the invitee's server answers the invite with a float
+    in the event: the client's invite fails with 400 M_BAD_JSON and nothing is kept."""
+    _, token = await host.user()
+    room_id = await create_room(host.http, token, preset="private_chat", room_version="6")
+    host.requester.tamper_invite = lambda pdu: pdu.__setitem__("bad_val", 1.1)
+    carol = "@carol:remote.test"
+    r = await host.http.post(f"{V3}/rooms/{room_id}/invite", json={"user_id": carol}, headers=auth_headers(token))
+    assert r.status_code == 400 and r.json()["errcode"] == "M_BAD_JSON"
+    assert await host.services.db.read(state_store.get_membership, room_id, carol) is None
+
+
+async def test_invite_falls_back_to_v1_for_a_server_without_v2(host: Host) -> None:
+    """A server that does not know /v2/invite gets the v1 form for a room of version
+    1 or 2; the invite is countersigned and kept. A newer room version does not fall
+    back (v1 cannot carry it)."""
+    _, token = await host.user()
+    host.requester.v1_invites_only.add(REMOTE)
+    room_id = await create_room(host.http, token, preset="private_chat", room_version="1")
+    carol = "@carol:remote.test"
+    r = await host.http.post(f"{V3}/rooms/{room_id}/invite", json={"user_id": carol}, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    assert any("/v1/invite/" in p[2] for p in host.requester.requests)
+    m = await host.services.db.read(state_store.get_membership, room_id, carol)
+    assert m is not None and m[0] == "invite"
+    newer = await create_room(host.http, token, preset="private_chat", room_version="10")
+    r = await host.http.post(f"{V3}/rooms/{newer}/invite", json={"user_id": carol}, headers=auth_headers(token))
+    assert r.status_code >= 400
+    assert await host.services.db.read(state_store.get_membership, newer, carol) is None
+
+
 async def _invited(host: Host, room: RemoteRoom, user: str) -> None:
     invite = room.build(BOB, "m.room.member", {"membership": "invite"}, state_key=user)
     create = room.events[room.state[("m.room.create", "")]].pdu
@@ -215,6 +246,27 @@ async def test_rejecting_a_remote_invite(host: Host) -> None:
     resp = await sync(host.http, token, since=first["next_batch"], timeout=5000)
     assert room.room_id in resp["rooms"]["leave"]
     assert room.room_id not in resp["rooms"].get("invite", {})
+
+
+async def test_rejecting_a_remote_invite_when_its_server_is_down(host: Host) -> None:
+    """The inviting server cannot be reached: the invite is still rejected here (our
+    own leave on the invite), and the user's /sync shows the room under leave with it."""
+    room = host.room(join_rule="invite")
+    alice, token = await host.user()
+    await _invited(host, room, alice)
+    first = await sync(host.http, token)
+    host.requester.down.add(REMOTE)
+    r = await host.http.post(f"{V3}/rooms/{room.room_id}/leave", json={}, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    resp = await sync(host.http, token, since=first["next_batch"], timeout=5000)
+    assert room.room_id not in resp["rooms"].get("invite", {})
+    timeline = resp["rooms"]["leave"][room.room_id]["timeline"]["events"]
+    leave = timeline[-1]
+    assert (leave["type"], leave["state_key"], leave["sender"]) == ("m.room.member", alice, alice)
+    assert leave["content"]["membership"] == "leave"
+    # a second leave is a no-op, not an error
+    r = await host.http.post(f"{V3}/rooms/{room.room_id}/leave", json={}, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
 
 
 async def test_leaving_a_remote_room(host: Host) -> None:

@@ -217,8 +217,13 @@ async def send_event(room_id: str, event_type: str, txn_id: str | None = None) -
 
 
 @client_route(bp, "/rooms/<room_id>/redact/<event_id>/<txn_id>", ["PUT"])
-async def redact(room_id: str, event_id: str, txn_id: str) -> Response:
-    """PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}"""
+@client_route(bp, "/rooms/<room_id>/redact/<event_id>", ["POST"])
+async def redact(room_id: str, event_id: str, txn_id: str | None = None) -> Response:
+    """PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
+
+    Also ``POST .../redact/{eventId}`` without a transaction ID (the older form, as for
+    ``send``): every such request sends a new redaction.
+    """
     requester = await require_auth()
     body = await json_body(allow_empty=True)
     svc = services()

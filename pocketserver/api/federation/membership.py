@@ -1,9 +1,11 @@
 """Joining, leaving, knocking and invites across servers (server-server joins-v1/v2,
-leaving-v1/v2, knocks, invites-v2): thin over :class:`~pocketserver.federation.hosting.RoomHosting`.
+leaving-v1/v2, knocks, invites-v1/v2): thin over :class:`~pocketserver.federation.hosting.RoomHosting`.
 
 All of these are protected by the room's server ACL (server-server-api.md, "Server Access
 Control Lists"). The deprecated v1 send_join and send_leave answer the v2 result wrapped
-as ``[200, body]``; v1 invite (other body shape) is not served (M_UNRECOGNIZED).
+as ``[200, body]``; so does the deprecated v1 invite, whose body is the invite event
+itself (room version 1 or 2, the spec says: the one its ``m.room.create`` in
+``invite_room_state`` names, else 1).
 """
 
 from __future__ import annotations
@@ -116,3 +118,21 @@ async def invite(room_id: str, event_id: str) -> Response:
     await check_server_acl(room_id, origin)
     body = await json_body()
     return json_response(await room_federation().hosting.on_invite(origin, room_id, event_id, body))
+
+
+@bp.route("/_matrix/federation/v1/invite/<room_id>/<event_id>", methods=["PUT"])
+async def invite_v1(room_id: str, event_id: str) -> Response:
+    """PUT /_matrix/federation/v1/invite/{roomId}/{eventId} (deprecated: rooms v1 and v2 only)"""
+    origin = await authenticated_origin()
+    await check_server_acl(room_id, origin)
+    pdu = await json_body()
+    unsigned = pdu.get("unsigned")
+    room_state = unsigned.get("invite_room_state", []) if isinstance(unsigned, dict) else []
+    version = "1"
+    for entry in room_state if isinstance(room_state, list) else []:
+        if isinstance(entry, dict) and entry.get("type") == "m.room.create":
+            content = entry.get("content")
+            if isinstance(content, dict) and content.get("room_version") == "2":
+                version = "2"
+    body = {"room_version": version, "event": pdu, "invite_room_state": room_state}
+    return json_response([200, await room_federation().hosting.on_invite(origin, room_id, event_id, body)])

@@ -146,6 +146,40 @@ async def test_invite_to_a_blocking_user_is_403_m_invite_blocked(signed: Signed)
     assert r.json()["errcode"] == "M_INVITE_BLOCKED"
 
 
+async def test_a_v1_invite_is_countersigned_and_shown_to_the_invitee(signed: Signed) -> None:
+    """The deprecated ``PUT /v1/invite``: the body is the event, the answer
+    ``[200, {"event"}]`` with our signature added; the invitee's /sync shows it. An
+    unsigned invite is refused (M_INVALID_PARAM, as invites-v1 asks)."""
+    s = signed
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
+        carol, token, _ = await register(http, "carol")
+    rv = KNOWN_ROOM_VERSIONS["1"]
+    inviter = f"@dan:{s.origin_name}"
+    room_id = f"!old:{s.origin_name}"
+    create = sign_event({
+        "type": "m.room.create", "sender": inviter, "state_key": "", "room_id": room_id,
+        "content": {"creator": inviter}, "origin_server_ts": 1, "depth": 1, "event_id": f"$c:{s.origin_name}",
+        "prev_events": [], "auth_events": [], "origin": s.origin_name,
+    }, s.origin_name, s.origin.services.signing_key, rv)
+    eid = f"$inv:{s.origin_name}"
+    invite = sign_event({
+        "type": "m.room.member", "sender": inviter, "state_key": carol, "room_id": room_id,
+        "content": {"membership": "invite"}, "origin_server_ts": 2, "depth": 3, "event_id": eid,
+        "prev_events": [], "auth_events": [], "origin": s.origin_name,
+    }, s.origin_name, s.origin.services.signing_key, rv)
+    unsigned_invite = dict(invite, signatures={})
+    r = await s.request("PUT", f"{FED}/v1/invite/{_q(room_id)}/{_q(eid)}", unsigned_invite)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
+    body = dict(invite, unsigned={"invite_room_state": [create]})
+    r = await s.request("PUT", f"{FED}/v1/invite/{_q(room_id)}/{_q(eid)}", body)
+    assert r.status_code == 200, r.text
+    code, answer = r.json()
+    assert code == 200 and set(answer["event"]["signatures"]) == {s.origin_name, s.target_name}
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
+        resp = await sync(http, token, timeout=0)
+    assert room_id in resp["rooms"]["invite"]
+
+
 async def test_malformed_signed_requests_get_the_spec_errors(signed: Signed) -> None:
     s = signed
     room, alice, ev = _q(s.room_id), _q(s.alice), _q("$nosuchevent")
