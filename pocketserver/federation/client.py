@@ -261,47 +261,46 @@ class FederationClient:
         self, destination: str, uri: str, headers: list[tuple[str, str]], max_size: int
     ) -> tuple[Target, HttpConnection, HttpResponse]:
         """The first target of ``destination`` that answers with a response head."""
-        try:
-            resolution = await self.resolver.resolve(destination)
-        except InvalidIdentifier:
-            raise FederationUnreachable(f"{destination!r} is not a server name") from None
         errors: list[str] = []
-        for target in resolution.targets:
+        for target in await self._targets(destination):
             all_headers = [("Host", target.host_header), *headers]
             conn = await self._take(target)
             if conn is not None:
                 try:
-                    return target, conn, await conn.start("GET", uri, all_headers, None, max_size)
-                except ResponseTooLarge as e:
-                    await conn.aclose()
-                    raise ResponseTooLargeError(f"GET {destination}: {e}") from None
+                    return target, conn, await self._start_on(conn, destination, uri, all_headers, max_size)
                 except OUTBOUND_ERRORS as e:
-                    await conn.aclose()
                     if conn.received_any:
                         errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
                         continue
-                except BaseException:
-                    await conn.aclose()
-                    raise
             try:
                 addresses = await self.dns.addresses(target.host, target.port)
                 conn = await connect(self.outbound, self.policy, addresses, target.port, target.tls_name)
+                return target, conn, await self._start_on(conn, destination, uri, all_headers, max_size)
             except OUTBOUND_ERRORS as e:
                 errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
-                continue
-            try:
-                return target, conn, await conn.start("GET", uri, all_headers, None, max_size)
-            except ResponseTooLarge as e:
-                await conn.aclose()
-                raise ResponseTooLargeError(f"GET {destination}: {e}") from None
-            except OUTBOUND_ERRORS as e:
-                await conn.aclose()
-                errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
-            except BaseException:
-                await conn.aclose()
-                raise
         self.resolver.forget(destination)
         raise FederationUnreachable(f"GET {destination}: " + "; ".join(errors))
+
+    @staticmethod
+    async def _start_on(
+        conn: HttpConnection, destination: str, uri: str, headers: list[tuple[str, str]], max_size: int
+    ) -> HttpResponse:
+        """A GET's response head on ``conn``; the connection is closed if it fails."""
+        try:
+            return await conn.start("GET", uri, headers, None, max_size)
+        except ResponseTooLarge as e:
+            await conn.aclose()
+            raise ResponseTooLargeError(f"GET {destination}: {e}") from None
+        except BaseException:
+            await conn.aclose()
+            raise
+
+    async def _targets(self, destination: str) -> list[Target]:
+        try:
+            resolution = await self.resolver.resolve(destination)
+        except InvalidIdentifier:
+            raise FederationUnreachable(f"{destination!r} is not a server name") from None
+        return list(resolution.targets)
 
     async def _send(
         self,
@@ -312,12 +311,8 @@ class FederationClient:
         payload: bytes | None,
         max_size: int,
     ) -> HttpResponse:
-        try:
-            resolution = await self.resolver.resolve(destination)
-        except InvalidIdentifier:
-            raise FederationUnreachable(f"{destination!r} is not a server name") from None
         errors: list[str] = []
-        for target in resolution.targets:
+        for target in await self._targets(destination):
             try:
                 return await self._exchange(target, method, uri, headers, payload, max_size)
             except OUTBOUND_ERRORS as e:
