@@ -133,11 +133,15 @@ def _serve(cfg: Config) -> int:
     import trio
 
     from pocketserver.server import ListenError, run_server, tune_interpreter
+    from pocketserver.services.outbound import OutboundError
 
     tune_interpreter()
     try:
         trio.run(run_server, cfg)
     except ListenError as e:
+        print(f"pocketserver: {e}", file=sys.stderr)
+        return 1
+    except OutboundError as e:  # federation.extra_ca_file cannot be loaded
         print(f"pocketserver: {e}", file=sys.stderr)
         return 1
     except OSError as e:

@@ -102,7 +102,9 @@ class FederationConfig:
     # Apply to every outbound HTTPS request (push gateways, URL previews, federation).
     verify_tls: bool = True
     extra_ca_file: str = ""
-    # Private/loopback ranges outbound requests may reach (for loopback testing).
+    # Private/loopback ranges outbound requests may reach besides public addresses:
+    # federation, push gateways and identity servers (for loopback testing, or a
+    # push gateway such as ntfy on the local network).
     allowed_ip_ranges: tuple[str, ...] = ()
     # Nameservers ("1.2.3.4", "[::1]:5353") for server discovery; empty: the system's.
     dns_servers: tuple[str, ...] = ()
@@ -447,7 +449,10 @@ enabled = true
 # also trusting the CAs in extra_ca_file (a PEM file) besides the system's.
 verify_tls = true
 extra_ca_file = ""
-allowed_ip_ranges = []    # e.g. ["127.0.0.0/8", "::1/128"] to federate on loopback
+# Outbound requests (federation, push gateways, identity servers) reach only public
+# addresses, and these private or loopback ranges: e.g. ["127.0.0.0/8", "::1/128"] to
+# federate on loopback, ["192.168.1.0/24"] for a push gateway (ntfy) on the LAN.
+allowed_ip_ranges = []
 dns_servers = []          # e.g. ["127.0.0.1:5353"]; empty: the system's resolver
 # Notaries for other servers' keys (Synapse's default is matrix.org); none by default:
 # trusted_key_servers = [{ server_name = "matrix.org", verify_keys = { "ed25519:auto" = "Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw" } }]

@@ -276,3 +276,19 @@ def test_check_federation_against_a_loopback_server(tmp_path: Path) -> None:
     r = _cli("check-federation", "not a name")
     assert r.returncode == 1
     assert r.stdout.strip().splitlines()[-1] == "federation with not a name: NOT working"
+
+
+def test_an_unreadable_extra_ca_file_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    missing = tmp_path / "ca.pem"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[[listeners]]\naddress = "127.0.0.1"\nport = 0\n'
+        f'resources = ["client"]\n[federation]\nextra_ca_file = "{missing}"\n',
+        encoding="utf-8",
+    )
+    r = _cli("--config", str(config))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"pocketserver: federation.extra_ca_file {missing}: cannot load: [Errno 2] No such file or directory"
+    )
+    assert "Traceback" not in r.stdout + r.stderr

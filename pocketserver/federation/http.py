@@ -12,7 +12,6 @@ of the server (``verify_tls``, ``extra_ca_file``).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import h11
 import trio
 
-from pocketserver.services.outbound import Outbound, OutboundError
+from pocketserver.services.outbound import BlockedAddress, IpPolicy, Outbound, OutboundError
 
 log = logging.getLogger("pocketserver.federation.http")
 
@@ -29,30 +28,8 @@ MAX_HEADER_BYTES = 64 * 1024
 USER_AGENT = "pocketserver"
 
 
-class BlockedAddress(OutboundError):
-    """Every address of the remote is one ``allowed_ip_ranges`` does not allow."""
-
-
 class ResponseTooLarge(OutboundError):
     """The response body passed the caller's size limit."""
-
-
-class IpPolicy:
-    """Which IP addresses outbound federation may connect to."""
-
-    def __init__(self, allowed_ranges: Sequence[str] = ()) -> None:
-        self.allowed = [ipaddress.ip_network(c, strict=False) for c in allowed_ranges]
-
-    def allows(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        if any(addr in net for net in self.allowed):
-            return True
-        return addr.is_global and not addr.is_multicast
 
 
 @dataclass

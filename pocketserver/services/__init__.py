@@ -25,7 +25,7 @@ from pocketserver.services.media import MediaService
 from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
 from pocketserver.services.openid import OpenIdService
-from pocketserver.services.outbound import Outbound
+from pocketserver.services.outbound import IpPolicy, Outbound
 from pocketserver.services.passwords import PasswordHasher
 from pocketserver.services.presence import PresenceService
 from pocketserver.services.push import PushService
@@ -112,6 +112,7 @@ def build_services(
     presence = PresenceService(db, clock, notifier)
     # The one opener of outbound connections: one TLS context from [federation].
     outbound = Outbound(config.federation)
+    outbound.check_tls_files()
     federation_client = FederationClient(config.server_name, signing_key, outbound, config.federation)
     keyring = KeyRing(
         db, clock, config.server_name, signing_key, federation_client, config.federation.trusted_key_servers
@@ -141,7 +142,9 @@ def build_services(
     receipts = ReceiptService(db, clock, notifier)
     sync = SyncService(db, clock, notifier, typing)
     sync.extensions.append(e2ee_extension(e2ee))
-    push = PushService(db, clock, notifier, outbound=outbound)
+    push = PushService(
+        db, clock, notifier, outbound=outbound, policy=IpPolicy(config.federation.allowed_ip_ranges)
+    )
     sync.unread_counter = push.unread_counts
     sync.extensions.append(push.sync_extension())
     accounts.on_device_deleted.append(push.on_device_deleted)

@@ -6,8 +6,11 @@ certificate, ``extra_ca_file`` adds trusted CAs to the system's store. Its one T
 context is made on first use (loading the system's CA store costs memory an idle
 server does not need) and reused.
 
-Which *addresses* may be reached is the caller's decision, made before it connects
-(URL previews vet every resolved address against ``media.url_preview_ip_allowlist``).
+Which *addresses* may be reached is the caller's decision, made before it connects:
+:class:`IpPolicy` says which (public addresses, plus the ranges an operator allows), and
+:meth:`Outbound.open_vetted` resolves a host, refuses it unless every address it has is
+allowed, and connects. Federation, push gateways and identity servers go by
+``federation.allowed_ip_ranges``; URL previews by ``media.url_preview_ip_allowlist``.
 
 Everything an exchange with a remote can fail with because of the remote or the
 network is in :data:`OUTBOUND_ERRORS`: callers catch that tuple and answer an upstream
@@ -16,8 +19,10 @@ failure (502 for a client's request, a retry for a push), never a 500.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
+from collections.abc import Sequence
 
 import h11
 import trio
@@ -29,6 +34,31 @@ log = logging.getLogger("pocketserver.outbound")
 
 class OutboundError(Exception):
     """A remote could not be reached or spoke no acceptable TLS or HTTP."""
+
+
+class BlockedAddress(OutboundError):
+    """Every address (or, for :meth:`Outbound.open_vetted`, some address) of the remote is
+    one the caller's :class:`IpPolicy` does not allow."""
+
+
+class IpPolicy:
+    """Which IP addresses an outbound request may connect to: global unicast ones, and
+    any in the ranges the operator allows (loopback and private networks are refused
+    unless allowed, so no user can make the server call into its own network)."""
+
+    def __init__(self, allowed_ranges: Sequence[str] = ()) -> None:
+        self.allowed = [ipaddress.ip_network(c, strict=False) for c in allowed_ranges]
+
+    def allows(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if any(addr in net for net in self.allowed):
+            return True
+        return addr.is_global and not addr.is_multicast
 
 
 #: What a connection, a TLS handshake or an HTTP exchange with a remote can raise.
@@ -64,9 +94,34 @@ class Outbound:
                         ctx.load_verify_locations(cafile=self.extra_ca_file)
                     except (OSError, ValueError) as e:
                         log.warning("federation.extra_ca_file %s: %s", self.extra_ca_file, e)
-                        raise OutboundError(f"cannot load extra_ca_file: {e}") from None
+                        raise OutboundError(f"federation.extra_ca_file {self.extra_ca_file}: cannot load: {e}") from None
             self._context = ctx
         return self._context
+
+    def check_tls_files(self) -> None:
+        """Load the TLS context now: an ``extra_ca_file`` that cannot be read fails the
+        start with :class:`OutboundError` instead of every later request."""
+        if self.verify_tls and self.extra_ca_file:
+            self.tls_context()
+
+    async def open_vetted(
+        self, host: str, port: int, *, tls: bool, policy: IpPolicy
+    ) -> trio.abc.Stream:
+        """Resolve ``host``, refuse it (:class:`BlockedAddress`) unless ``policy`` allows
+        every address it resolves to, and connect to the first that answers."""
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+        ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not ips:
+            raise OutboundError(f"{host} does not resolve")
+        if not all(policy.allows(ip) for ip in ips):
+            raise BlockedAddress(f"{host} resolves to an address that may not be reached")
+        last: BaseException | None = None
+        for ip in ips:
+            try:
+                return await self.open_stream(ip, port, tls=tls, server_hostname=host)
+            except (OSError, trio.BrokenResourceError) as e:
+                last = e
+        raise OutboundError(f"cannot connect to {host} port {port}: {last}")
 
     async def open_stream(
         self, address: str, port: int, *, tls: bool, server_hostname: str

@@ -60,7 +60,7 @@ from pocketserver.services.client_events import serialize_event
 from pocketserver.services.clock import Clock
 from pocketserver.services.lru import LruCache
 from pocketserver.services.notifier import Notifier
-from pocketserver.services.outbound import Outbound
+from pocketserver.services.outbound import BlockedAddress, IpPolicy, Outbound
 from pocketserver.services.params import parse_int
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
@@ -211,9 +211,12 @@ class PushService:
         ruleset_cache_size: int = 1000,
         counts_cache_size: int = 20000,
         outbound: Outbound | None = None,
+        policy: IpPolicy | None = None,
     ) -> None:
         self.db = db
         self.outbound = outbound or Outbound()
+        # Gateways are named by users: only public addresses, or the operator's ranges.
+        self.policy = policy or IpPolicy()
         self.clock = clock
         self.notifier = notifier
         # Reads run in worker threads; the caches are shared between them.
@@ -823,6 +826,13 @@ class PushService:
                 url = (pusher.info.get("data") or {}).get("url", "")
                 try:
                     rejected = await self._post(url, item.body)
+                except BlockedAddress as e:
+                    # Retrying cannot help: the notification is dropped, the pusher kept
+                    # (the operator may allow the range, or the name may move).
+                    self.failures += 1
+                    log.warning("push to %s refused: %s (federation.allowed_ip_ranges)", url, e)
+                    q.popleft()
+                    continue
                 except Exception as e:  # any failure of the gateway or the network
                     item.attempts += 1
                     self.failures += 1
@@ -867,7 +877,7 @@ class PushService:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         with trio.fail_after(PUSH_TIMEOUT_S):
-            stream = await self.outbound.open_stream(host, port, tls=tls, server_hostname=host)
+            stream = await self.outbound.open_vetted(host, port, tls=tls, policy=self.policy)
             async with stream:
                 conn = h11.Connection(h11.CLIENT)
                 req = h11.Request(

@@ -14,7 +14,17 @@ import httpx
 import pytest
 import trio
 
+from pocketserver.config import Config
+from pocketserver.server import RunningServer
 from tests.api.helpers import V3, auth_headers, create_room, join, register, send, sync
+from tests.conftest import make_config
+
+
+@pytest.fixture
+def config(tmp_path: Any) -> Config:
+    # The test gateways listen on 127.0.0.1, which an operator must allow: push gateways
+    # are named by users, so loopback and private addresses are refused by default.
+    return make_config(tmp_path, {"federation": {"allowed_ip_ranges": ["127.0.0.1/32"]}})
 
 
 def unread(resp: dict[str, Any], room: str) -> dict[str, int]:
@@ -438,13 +448,42 @@ class Gateway:
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
 
 
+async def start_gateway(nursery: trio.Nursery, host: str = "127.0.0.1") -> Gateway:
+    gw = Gateway()
+    listeners = await nursery.start(partial(trio.serve_tcp, gw.handle, 0, host=host))
+    port = listeners[0].socket.getsockname()[1]
+    gw.url = f"http://{host}:{port}/_matrix/push/v1/notify"
+    return gw
+
+
 @pytest.fixture
 async def gateway(nursery: trio.Nursery) -> AsyncIterator[Gateway]:
-    gw = Gateway()
-    listeners = await nursery.start(partial(trio.serve_tcp, gw.handle, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
-    gw.url = f"http://127.0.0.1:{port}/_matrix/push/v1/notify"
-    yield gw
+    yield await start_gateway(nursery)
+
+
+async def test_a_gateway_at_an_address_not_allowed_gets_nothing(
+    http: httpx.AsyncClient, server: RunningServer, gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    # 127.0.0.2 is loopback too, outside the allowed 127.0.0.1/32: a user cannot make
+    # the server post into its own network.
+    internal = await start_gateway(nursery, "127.0.0.2")
+    (alice, atok), (bob, btok), room = await three_people(http)
+    body = pusher_body(internal.url)
+    body["pushkey"] = "internal"
+    r = await http.post(f"{V3}/pushers/set", json=body, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    r = await http.post(f"{V3}/pushers/set", json=pusher_body(gateway.url), headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    push = server.services.push
+    await send(http, btok, room, text("hello alice", mentions=[alice]))
+    await gateway.wait_for(1)
+    with trio.fail_after(20):
+        while push.failures < 1:
+            await trio.sleep(0.05)
+    assert internal.received == []
+    # The pusher stays: the operator may allow the range later.
+    r = await http.get(f"{V3}/pushers", headers=auth_headers(atok))
+    assert {p["pushkey"] for p in r.json()["pushers"]} == {"internal", "key1"}
 
 
 async def test_http_pusher_delivers_to_the_gateway(http: httpx.AsyncClient, gateway: Gateway) -> None:
@@ -590,7 +629,7 @@ async def test_https_gateway_uses_the_federation_tls_settings(
     import ssl
 
     from pocketserver.server import run_server
-    from tests.conftest import make_config, shared_certificate
+    from tests.conftest import shared_certificate
 
     cert, key = shared_certificate()  # self-signed, SAN 127.0.0.1
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -608,7 +647,10 @@ async def test_https_gateway_uses_the_federation_tls_settings(
     )
     port = listeners[0].transport_listener.socket.getsockname()[1]
     url = f"https://127.0.0.1:{port}/_matrix/push/v1/notify"
-    cfg = make_config(tmp_path, {"federation": {"extra_ca_file": cert} if trusted else {}})
+    federation: dict[str, Any] = {"allowed_ip_ranges": ["127.0.0.1/32"]}
+    if trusted:
+        federation["extra_ca_file"] = cert
+    cfg = make_config(tmp_path, {"federation": federation})
     running = await nursery.start(partial(run_server, cfg, out=None, handle_signals=False))
     try:
         async with httpx.AsyncClient(base_url=running.urls[0], timeout=30) as http:

@@ -11,7 +11,13 @@ import pytest
 import trio
 
 from pocketserver.config import FederationConfig
-from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound, OutboundError
+from pocketserver.services.outbound import (
+    OUTBOUND_ERRORS,
+    BlockedAddress,
+    IpPolicy,
+    Outbound,
+    OutboundError,
+)
 from tests.conftest import shared_certificate
 
 
@@ -79,3 +85,43 @@ async def test_an_unreadable_extra_ca_file_is_an_outbound_failure(tmp_path: obje
     outbound = Outbound(FederationConfig(extra_ca_file="/nonexistent/ca.pem"))
     with pytest.raises(OUTBOUND_ERRORS):
         await _hello(outbound, tls_port)
+
+
+def test_an_unreadable_extra_ca_file_fails_the_start_check() -> None:
+    with pytest.raises(OutboundError, match="extra_ca_file /nonexistent/ca.pem"):
+        Outbound(FederationConfig(extra_ca_file="/nonexistent/ca.pem")).check_tls_files()
+    # Not verifying, the file is not read.
+    Outbound(FederationConfig(verify_tls=False, extra_ca_file="/nonexistent/ca.pem")).check_tls_files()
+
+
+@pytest.mark.parametrize(
+    ("ip", "allowed", "ok"),
+    [
+        ("8.8.8.8", (), True),
+        ("2001:4860:4860::8888", (), True),
+        ("127.0.0.1", (), False),
+        ("::1", (), False),
+        ("10.1.2.3", (), False),
+        ("192.168.1.10", (), False),
+        ("169.254.169.254", (), False),  # cloud metadata
+        ("::ffff:127.0.0.1", (), False),  # IPv4-mapped loopback
+        ("fe80::1%eth0", (), False),
+        ("224.0.0.1", (), False),
+        ("127.0.0.1", ("127.0.0.0/8",), True),
+        ("::ffff:127.0.0.1", ("127.0.0.0/8",), True),
+        ("192.168.1.10", ("192.168.1.0/24",), True),
+        ("not an ip", (), False),
+    ],
+)
+def test_ip_policy(ip: str, allowed: tuple[str, ...], ok: bool) -> None:
+    assert IpPolicy(allowed).allows(ip) is ok
+
+
+async def test_open_vetted_refuses_a_name_with_a_loopback_address(tls_port: int) -> None:
+    outbound = Outbound(FederationConfig(verify_tls=False))
+    with trio.fail_after(10), pytest.raises(BlockedAddress):
+        await outbound.open_vetted("localhost", tls_port, tls=True, policy=IpPolicy())
+    with trio.fail_after(10):
+        stream = await outbound.open_vetted("127.0.0.1", tls_port, tls=True, policy=IpPolicy(["127.0.0.0/8"]))
+        async with stream:
+            assert await stream.receive_some(100) == b"hello"
