@@ -13,7 +13,6 @@ checked again.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import trio
 from pocketserver.config import Config
 from pocketserver.errors import Forbidden, InvalidParam, MatrixError
 from pocketserver.services.clock import Clock
-from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound, OutboundError
+from pocketserver.services.outbound import OUTBOUND_ERRORS, IpPolicy, Outbound, OutboundError
 from pocketserver.services.params import digits
 from pocketserver.storage import media as store
 from pocketserver.storage.database import Database
@@ -56,13 +55,6 @@ class Fetched:
     truncated: bool
 
 
-def _norm_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
 class UrlPreviewService:
     def __init__(
         self, config: Config, db: Database, clock: Clock, media: Any, outbound: Outbound
@@ -72,13 +64,7 @@ class UrlPreviewService:
         self.db = db
         self.clock = clock
         self.media = media
-        self._allow = [ipaddress.ip_network(c, strict=False) for c in self.cfg.url_preview_ip_allowlist]
-
-    def ip_allowed(self, ip: str) -> bool:
-        addr = _norm_ip(ip)
-        if any(addr in net for net in self._allow):
-            return True
-        return addr.is_global and not addr.is_multicast
+        self.policy = IpPolicy(self.cfg.url_preview_ip_allowlist)
 
     async def preview(self, url: str, user_id: str) -> dict[str, Any]:
         try:
@@ -171,7 +157,7 @@ class UrlPreviewService:
         ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not ips:
             raise FetchError(f"{host} does not resolve")
-        if not all(self.ip_allowed(ip) for ip in ips):
+        if not all(self.policy.allows(ip) for ip in ips):
             raise BlockedAddress(f"{host} resolves to a non-public address")
         return await self.outbound.open_stream(ips[0], port, tls=tls, server_hostname=host)
 
