@@ -297,6 +297,8 @@ class AccountsService:
     def check_localpart(self, username: str) -> str:
         """The user ID for a requested username, or M_INVALID_USERNAME."""
         localpart = username.lower()
+        if is_valid_localpart(localpart):
+            self.refuse_exclusive_user(f"@{localpart}:{self.server_name}")
         if not is_valid_localpart(localpart) or localpart.startswith("_"):
             raise MatrixError(
                 400,
@@ -316,7 +318,6 @@ class AccountsService:
 
     async def username_available(self, username: str) -> bool:
         user_id = self.check_localpart(username)
-        self.refuse_exclusive_user(user_id)
         if await self.db.read(accounts.user_exists, user_id):
             raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
         return True
@@ -390,7 +391,6 @@ class AccountsService:
         upgrading = False
         if username and not isinstance(registered, str):
             user_id = self.check_localpart(username)
-            self.refuse_exclusive_user(user_id)
             if guest_token is not None:
                 # Guest access: a guest upgrades its own account by naming its localpart
                 # and passing its access token (modules/guest_access.md).
@@ -817,7 +817,11 @@ class AccountsService:
                 raise BadJson("'avatar_url' must be a string")
             if value and len(value) > limits.MAX_AVATAR_URL_CHARS:
                 raise TooLarge(f"avatar_url is at most {limits.MAX_AVATAR_URL_CHARS} characters")
-            if value and not value.startswith("mxc://"):
+            # The spec wants an MXC URI. An application service's ghosts are let off:
+            # bridges (and SyTest's appservice tests, which Synapse passes) set their
+            # users' avatars to the remote network's URLs, and an AS is trusted by the
+            # server's admin ("Server admin style permissions").
+            if value and not value.startswith("mxc://") and requester.appservice is None:
                 raise MatrixError(400, "M_INVALID_PARAM", "avatar_url must be an mxc:// URI")
         elif key == "m.tz" and not isinstance(value, str):
             raise BadJson("'m.tz' must be a string")
