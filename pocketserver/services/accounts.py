@@ -242,6 +242,7 @@ class AccountsService:
         self.on_profile_changed: list[UserHook] = []
         self.on_deactivate: list[UserHook] = []
         self.appservices = AppserviceRegistry()
+        self.query_user: Callable[[str], Awaitable[bool]] | None = None
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -775,6 +776,11 @@ class AccountsService:
             return accounts.get_profile(conn, user_id), accounts.get_profile_fields(conn, user_id)
 
         prof, custom = await self.db.read(read)
+        if prof is None and self.query_user is not None and self.appservices.interested_in_user(user_id):
+            # An unknown user of an application service's namespace: the AS may create
+            # it now (application-service-api.md, "Querying").
+            if await self.query_user(user_id):
+                prof, custom = await self.db.read(read)
         if prof is None:
             raise NotFound("Profile not found")
         out: dict[str, Any] = {k: json.loads(v) for k, v in custom.items()}

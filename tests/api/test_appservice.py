@@ -297,3 +297,46 @@ async def test_deactivation_by_the_as(http: httpx.AsyncClient) -> None:
     assert r.status_code == 200, r.text
     r = await http.get(f"{V3}/account/whoami", params={"user_id": f"@_fake_gone:{HS}"}, headers=AS_AUTH)
     assert r.status_code == 403
+
+
+async def test_profile_of_an_unknown_ghost_asks_the_as(http: httpx.AsyncClient, fake_as: FakeAppservice) -> None:
+    async def create(req: AsRequest) -> tuple[int, Any]:
+        if req.path == f"/_matrix/app/v1/users/@_fake_nick:{HS}":
+            assert (await as_register(http, "_fake_nick", inhibit_login=True)).status_code == 200
+            return 200, {}
+        return 404, {"errcode": "M_NOT_FOUND"}
+
+    fake_as.handler = create
+    r = await http.get(f"{V3}/profile/@_fake_nick:{HS}")
+    assert r.status_code == 200 and r.json()["displayname"] == "_fake_nick"
+    r = await http.get(f"{V3}/profile/@_fake_nobody:{HS}")
+    assert r.status_code == 404
+
+
+async def test_ephemeral_data_when_the_registration_asks(
+    tmp_path: Path, nursery: trio.Nursery, fake_as: FakeAppservice
+) -> None:
+    reg = write_registration(tmp_path, fake_as.url, as_id="eph", extra="receive_ephemeral: true\n")
+    config = make_config(tmp_path, {"appservices": {"registration_files": [str(reg)]}})
+    running: RunningServer = await nursery.start(partial(run_server, config, out=None, handle_signals=False))
+    async with httpx.AsyncClient(base_url=running.urls[0], timeout=30) as http:
+        user, token, _ = await register(http)
+        room = await create_room(http, token, preset="public_chat")
+        await as_register(http, "_fake_eph")
+        r = await http.post(f"{V3}/join/{room}", params={"user_id": f"@_fake_eph:{HS}"}, json={}, headers=AS_AUTH)
+        assert r.status_code == 200
+        eid = await send(http, token, room, {"msgtype": "m.text", "body": "hi"})
+        r = await http.put(f"{V3}/rooms/{room}/typing/{user}", json={"typing": True, "timeout": 30000}, headers=auth_headers(token))
+        assert r.status_code == 200
+        r = await http.post(f"{V3}/rooms/{room}/receipt/m.read/{eid}", json={}, headers=auth_headers(token))
+        assert r.status_code == 200
+
+        def ephemeral() -> list[dict[str, Any]]:
+            return [e for t in fake_as.transactions() for e in t.body.get("ephemeral", [])]
+
+        await fake_as.wait_for(lambda: {"m.typing", "m.receipt"} <= {e["type"] for e in ephemeral()})
+        typing = next(e for e in ephemeral() if e["type"] == "m.typing")
+        assert typing["room_id"] == room and typing["content"]["user_ids"] == [user]
+        receipt = next(e for e in ephemeral() if e["type"] == "m.receipt")
+        assert receipt["room_id"] == room and user in receipt["content"][eid]["m.read"]
+    running.stop.set()
