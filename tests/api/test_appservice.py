@@ -105,6 +105,9 @@ async def test_normal_users_cannot_take_exclusive_names(http: httpx.AsyncClient)
     assert r.status_code == 200, r.text
     r = await http.get(f"{V3}/directory/room/%23_fake_chan:{HS}")
     assert r.json()["room_id"] == room
+    # Nor delete it, though they created the room.
+    r = await http.delete(f"{V3}/directory/room/%23_fake_chan:{HS}", headers=auth_headers(token))
+    assert r.status_code == 400 and r.json()["errcode"] == "M_EXCLUSIVE"
 
 
 async def test_masquerading(http: httpx.AsyncClient) -> None:
