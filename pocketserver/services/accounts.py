@@ -753,6 +753,21 @@ class AccountsService:
             raise NotFound("No device with that ID")
         await self._run_hooks(self.on_device_updated, user_id, device_id)
 
+    async def ensure_device(self, user_id: str, device_id: str, body: Mapping[str, Any]) -> None:
+        """PUT /devices/{deviceId} by an application service: the device is created
+        (with no access token) if the user does not have it, else renamed."""
+        name = body.get("display_name")
+        if name is not None and not isinstance(name, str):
+            raise BadJson("'display_name' must be a string")
+        _check_device_name(name)
+        if not device_id or len(device_id) > MAX_DEVICE_ID:
+            raise InvalidParam("Invalid device ID")
+        created = await self.db.write(accounts.upsert_device, user_id, device_id, name, self.clock.time_ms())
+        if created:
+            await self._run_hooks(self.on_device_created, user_id, device_id)
+        elif "display_name" in body:
+            await self.update_device(user_id, device_id, body)
+
     async def delete_devices(
         self, requester: Requester, device_ids: list[str], auth: Any, request_key: str
     ) -> None:

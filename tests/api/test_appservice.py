@@ -343,3 +343,19 @@ async def test_ephemeral_data_when_the_registration_asks(
         receipt = next(e for e in ephemeral() if e["type"] == "m.receipt")
         assert receipt["room_id"] == room and user in receipt["content"][eid]["m.read"]
     running.stop.set()
+
+
+async def test_as_creates_and_deletes_devices_without_login(http: httpx.AsyncClient) -> None:
+    await as_register(http, "_fake_dev", inhibit_login=True)
+    ghost = {"user_id": f"@_fake_dev:{HS}"}
+    r = await http.put(f"{V3}/devices/BRIDGEDEV", params=ghost, json={"display_name": "bridge"}, headers=AS_AUTH)
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/devices", params=ghost, headers=AS_AUTH)
+    assert [(d["device_id"], d["display_name"]) for d in r.json()["devices"]] == [("BRIDGEDEV", "bridge")]
+    # The AS acts with that device, and deletes it without user-interactive auth.
+    r = await http.get(f"{V3}/account/whoami", params={**ghost, "device_id": "BRIDGEDEV"}, headers=AS_AUTH)
+    assert r.json()["device_id"] == "BRIDGEDEV"
+    r = await http.request("DELETE", f"{V3}/devices/BRIDGEDEV", params=ghost, json={}, headers=AS_AUTH)
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/devices", params=ghost, headers=AS_AUTH)
+    assert r.json()["devices"] == []
