@@ -162,6 +162,7 @@ def build_services(
     appservices = AppserviceService(db, clock, notifier, outbound, registry, config.server_name)
     if registry:
         appservices.ensure_user = accounts.ensure_appservice_user
+        auth.on_appservice_request = appservices.mark_alive
         receipts.in_receipt_txn.append(appservices.receipt_in_txn)
         presence.in_presence_txn.append(appservices.presence_in_txn)
         typing.on_typing.append(appservices.on_typing)

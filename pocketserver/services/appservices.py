@@ -222,6 +222,8 @@ class _AsQueue:
 
     reg: Registration
     wake: trio.Event = field(default_factory=trio.Event)
+    # Set when the AS contacts us while we back off from it: it is up again.
+    alive: trio.Event = field(default_factory=trio.Event)
     typing: list[JsonDict] = field(default_factory=list)
     backlog_txns: int = 0
     sent_txns: int = 0
@@ -377,6 +379,14 @@ class AppserviceService:
                 waiters.start_soon(on_notify)
                 waiters.start_soon(on_wake)
 
+    def mark_alive(self, as_id: str) -> None:
+        """The AS just made a request with its token: if we are backing off from it,
+        retry now (a bridge that restarts is back long before a 5-minute back-off
+        ends). On the event loop."""
+        q = self._queues.get(as_id)
+        if q is not None and q.failing:
+            q.alive.set()
+
     def _wake_soon(self, q: _AsQueue) -> None:
         """From a database worker thread: wake the pusher on the loop."""
         self.notifier.notify()
@@ -384,7 +394,7 @@ class AppserviceService:
     # -- the pusher ---------------------------------------------------------------------------
 
     async def _pusher(self, q: _AsQueue) -> None:
-        backoff = self.first_retry_s
+        attempts = 0  # failed tries of the current transaction
         last_log = 0.0
         while True:
             changed = self.notifier.change_event()
@@ -400,7 +410,7 @@ class AppserviceService:
                 continue
             ok = await self._send(q, txn)
             if ok:
-                backoff = self.first_retry_s
+                attempts = 0
                 now = self.clock.time_ms()
                 await self.db.write(store.complete_txn, q.reg.id, txn.txn_id, now)
                 q.sent_txns += 1
@@ -411,20 +421,25 @@ class AppserviceService:
                     q.failing = False
                     log.info("application service %s is reachable again", q.reg.id)
                 continue
+            attempts += 1
             q.failures += 1
+            backoff = min(self.first_retry_s * 2 ** min(attempts - 1, 30), self.max_retry_s)
             if not q.failing:
                 q.failing = True
                 await self.db.write(store.set_failing, q.reg.id, self.clock.time_ms())
             if time.monotonic() - last_log >= LOG_EVERY_S:
                 last_log = time.monotonic()
-                pos = await self.db.read(_backlog_events, q.reg.id)
+                behind = await self.db.read(_backlog_events, q.reg.id)
                 log.warning(
                     "application service %s: transaction %d not accepted; about %d events behind,"
                     " last success %s; retrying in %.0f s",
-                    q.reg.id, txn.txn_id, pos, _ago(q.last_success_ms, self.clock.time_ms()), backoff,
+                    q.reg.id, txn.txn_id, behind, _ago(q.last_success_ms, self.clock.time_ms()), backoff,
                 )
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_retry_s)
+            q.alive = trio.Event()
+            with trio.move_on_after(backoff):
+                await q.alive.wait()
+                log.info("application service %s contacted us: retrying now", q.reg.id)
+                attempts = 0
 
     async def _next_txn(self, q: _AsQueue) -> tuple[store.AsTxn | None, bool]:
         """The oldest stored transaction, or a new one built from the stream and the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pocketserver.errors import (
@@ -72,6 +73,9 @@ class AuthService:
         self.db = db
         self.clock = clock
         self.appservices = appservices or AppserviceRegistry()
+        # Told of each request an application service makes (its pusher then ends a
+        # back-off at once).
+        self.on_appservice_request: Callable[[str], None] | None = None
         self._tokens: LruCache[bytes, accounts.TokenInfo] = LruCache(TOKEN_CACHE_SIZE)
         self._tokens_generation = db.generation("auth")
 
@@ -103,6 +107,8 @@ class AuthService:
             raise MissingToken()
         reg = self.appservices.by_as_token(token) if self.appservices else None
         if reg is not None:
+            if self.on_appservice_request is not None:
+                self.on_appservice_request(reg.id)
             return await self._appservice_requester(reg, as_user_id, as_device_id)
         th = hash_token(token)
         info = await self._token_info(th)

@@ -359,3 +359,29 @@ async def test_as_creates_and_deletes_devices_without_login(http: httpx.AsyncCli
     assert r.status_code == 200, r.text
     r = await http.get(f"{V3}/devices", params=ghost, headers=AS_AUTH)
     assert r.json()["devices"] == []
+
+
+async def test_a_bridge_that_comes_back_ends_the_back_off(
+    http: httpx.AsyncClient, fake_as: FakeAppservice, as_server: RunningServer
+) -> None:
+    # A back-off far longer than the test's deadline: only the bridge's own request
+    # can make the server retry in time.
+    as_server.services.appservices.first_retry_s = 3600.0
+    down = True
+    accepted: list[str] = []
+
+    async def handler(req: AsRequest) -> tuple[int, Any]:
+        if req.path.startswith("/_matrix/app/v1/transactions/"):
+            if down:
+                return 502, {}
+            accepted.extend(e["event_id"] for e in req.body["events"])
+        return 200, {}
+
+    fake_as.handler = handler
+    room = await create_room(http, AS_TOKEN)
+    eid = await send(http, AS_TOKEN, room, {"msgtype": "m.text", "body": "queued"})
+    await fake_as.wait_for(lambda: fake_as.transactions())
+    down = False
+    r = await http.get(f"{V3}/account/whoami", headers=AS_AUTH)  # the bridge restarted
+    assert r.status_code == 200
+    await fake_as.wait_for(lambda: eid in accepted, timeout=20)
