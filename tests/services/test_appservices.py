@@ -52,3 +52,25 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(AppserviceConfigError) as info:
         load_registrations(cfg)
     assert "nope.yaml" in str(info.value) and "cannot read" in str(info.value)
+
+
+def test_rate_limits_spare_the_users_of_an_unlimited_as() -> None:
+    from pocketserver.config import RateLimit, RateLimitsConfig
+    from pocketserver.errors import LimitExceeded
+    from pocketserver.protocol.appservice import AppserviceRegistry, parse_registration
+    from pocketserver.services.ratelimit import RateLimiter
+
+    reg = parse_registration(
+        {"id": "irc", "url": None, "as_token": "a", "hs_token": "h", "sender_localpart": "_irc_bot",
+         "rate_limited": False, "namespaces": {"users": [{"regex": "@_irc_.*", "exclusive": True}]}},
+        "example.org",
+    )
+    limiter = RateLimiter(RateLimitsConfig(messages=RateLimit(0.001, 2), to_device=RateLimit(0.001, 2)))
+    limiter.exempt = AppserviceRegistry([reg]).exempt_from_rate_limits
+    for _ in range(20):
+        limiter.check("messages", "@_irc_alice:example.org")
+        limiter.check("to_device", "@_irc_alice:example.org/DEVICE")
+    limiter.check("messages", "@bob:example.org")
+    limiter.check("messages", "@bob:example.org")
+    with pytest.raises(LimitExceeded):
+        limiter.check("messages", "@bob:example.org")
