@@ -132,6 +132,7 @@ class AuthService:
         """Application service API, "Identity assertion": the AS acts as its own user,
         or as ``user_id`` when that is a local user of its namespaces who exists (a
         ghost registers first); ``device_id`` (v1.17) must be one of that user's."""
+        suspended = False
         if not user_id:
             user_id = reg.sender
         elif user_id != reg.sender:
@@ -142,7 +143,11 @@ class AuthService:
                 raise Forbidden("Application service has not registered this user")
             if info["deactivated"]:
                 raise Forbidden("This account has been deactivated")
+            # An admin's lock or suspension holds for the AS acting as the user too.
+            if info["locked"]:
+                raise UserLocked()
+            suspended = bool(info["suspended"])
         if device_id:
             if device_id not in await self.db.read(accounts.list_device_ids, user_id):
                 raise MatrixError(400, "M_UNKNOWN_DEVICE", "Unknown device for this user")
-        return Requester(user_id, device_id or None, appservice=reg)
+        return Requester(user_id, device_id or None, is_suspended=suspended, appservice=reg)
