@@ -84,6 +84,8 @@ MAX_RETRY_S = 300.0
 # The backlog and last success are logged this often while an AS is failing.
 LOG_EVERY_S = 60.0
 MAX_CACHED_PROTOCOLS = 256
+PERSIST_SKIPPED_POSITIONS = 1000
+PERSIST_SKIPPED_SECONDS = 30.0
 
 
 class AppserviceConfigError(ConfigError):
@@ -231,6 +233,12 @@ class _AsQueue:
     failures: int = 0
     last_success_ms: int | None = None
     failing: bool = False
+    # How far the pusher has read past events of no interest to the AS. Stored only
+    # now and then (PERSIST_SKIPPED_*): a restart re-reads those, and a busy server
+    # does not pay a write per event per AS for rooms the AS has nothing to do with.
+    scanned_pos: int = 0
+    persisted_pos: int = 0
+    persisted_at: float = 0.0
 
 
 class AppserviceService:
@@ -298,6 +306,7 @@ class AppserviceService:
                 state, backlog = states[as_id]
                 q.backlog_txns = backlog
                 q.last_success_ms = state.last_success_ts
+                q.scanned_pos = q.persisted_pos = state.stream_pos
                 log.info(
                     "application service %s: pushing to %s from stream position %d (%d transactions queued)",
                     as_id, q.reg.url, state.stream_pos, backlog,
@@ -450,8 +459,14 @@ class AppserviceService:
             return txn, False
         built = await self.db.read(self._build, q)
         if built.body is None:
-            if built.reached != built.after:
-                await self.db.write(store.set_stream_pos, q.reg.id, built.reached)
+            q.scanned_pos = max(q.scanned_pos, built.reached)
+            now_s = time.monotonic()
+            if q.scanned_pos > q.persisted_pos and (
+                q.scanned_pos - q.persisted_pos >= PERSIST_SKIPPED_POSITIONS
+                or now_s - q.persisted_at >= PERSIST_SKIPPED_SECONDS
+            ):
+                await self.db.write(store.set_stream_pos, q.reg.id, q.scanned_pos)
+                q.persisted_pos, q.persisted_at = q.scanned_pos, now_s
             return None, built.more
         now = self.clock.time_ms()
 
@@ -461,6 +476,7 @@ class AppserviceService:
             return store.insert_txn(conn, q.reg.id, built.body or b"", built.n_events, now, built.reached)
 
         txn_id = await self.db.write(write)
+        q.scanned_pos = q.persisted_pos = max(q.scanned_pos, built.reached)
         q.typing = [t for t in q.typing if t not in built.typing]
         q.backlog_txns += 1
         return store.AsTxn(txn_id, built.body, built.n_events, now), False
@@ -470,7 +486,7 @@ class AppserviceService:
         state = store.get_state(conn, reg.id)
         assert state is not None
         upto = current_stream_pos(conn)
-        after = reached = state.stream_pos
+        after = reached = max(state.stream_pos, q.scanned_pos)
         events: list[Any] = []
         facts_cache: dict[str, tuple[list[str], list[str]]] = {}
         scanned = 0
