@@ -292,3 +292,23 @@ def test_an_unreadable_extra_ca_file_stops_the_start_with_one_line(tmp_path: Pat
         f"pocketserver: federation.extra_ca_file {missing}: cannot load: [Errno 2] No such file or directory"
     )
     assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("id: x\nurl: null\nhs_token: h\nsender_localpart: bot\nnamespaces: {}\n", "as_token"),
+        ("id: x\nurl: null\nas_token: a\nhs_token: h\nsender_localpart: bot\n"
+         "namespaces:\n  users:\n    - regex: '@x('\n      exclusive: true\n", "namespaces.users[0].regex"),
+        ("id: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_appservice_registration_is_one_line_and_exit_1(tmp_path: Path, yaml_text: str, field: str) -> None:
+    (tmp_path / "bridge.yaml").write_text(yaml_text)
+    cfg = tmp_path / "pocketserver.toml"
+    # A relative path is relative to the configuration file's folder, not the cwd.
+    cfg.write_text(f'data_dir = "{tmp_path}/data"\n[appservices]\nregistration_files = ["bridge.yaml"]\n')
+    r = _cli("--config", str(cfg), "serve")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bridge.yaml" in lines[0] and field in lines[0], r.stderr
