@@ -157,7 +157,7 @@ def build_services(
     accounts.on_deactivate.append(member_profiles.on_deactivate)
     identity_client = IdentityClient(outbound, config.federation.allowed_ip_ranges)
     threepids = ThreepidService(
-        config, db, clock, Mailer(config.email, config.server_name), ratelimiter, identity_client,
+        config, db, clock, Mailer(config.email, config.server_name, outbound), ratelimiter, identity_client,
         federation_client.authorization,
     )
     uia.email_identity = threepids.auth_stage

@@ -5,7 +5,8 @@ smtplib runs in a worker thread, one mail at a time (a mail is rare; one thread 
 the memory of a burst flat), bounded by ``email.timeout_seconds``. ``tls`` picks how
 the connection is protected: ``starttls`` upgrades a plain connection and refuses to
 send if the server does not offer it, ``tls`` speaks TLS from the first byte, ``none``
-sends in the clear (a relay on the same machine).
+sends in the clear (a relay on the same machine). Certificates are checked with the
+one outbound TLS context (``[federation] verify_tls`` and ``extra_ca_file``).
 
 The templates are plain text, one short paragraph each, with the link on a line of its
 own and the code a person can type instead. Lines may be long (a link is never folded:
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import smtplib
-import ssl
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formataddr, make_msgid
@@ -24,6 +24,7 @@ from email.utils import formataddr, make_msgid
 import trio
 
 from pocketserver.config import EmailConfig
+from pocketserver.services.outbound import Outbound, OutboundError
 
 log = logging.getLogger("pocketserver.mailer")
 
@@ -70,8 +71,9 @@ def validation_mail(purpose: str, server: str, link: str, token: str, minutes: i
 
 
 class Mailer:
-    def __init__(self, config: EmailConfig, server_name: str) -> None:
+    def __init__(self, config: EmailConfig, server_name: str, outbound: Outbound | None = None) -> None:
         self.config = config
+        self.outbound = outbound or Outbound()
         self.server_name = server_name
         self._limiter = trio.CapacityLimiter(1)
         self.sent = 0
@@ -104,7 +106,7 @@ class Mailer:
         msg = self.compose(to, subject, text)
         try:
             await trio.to_thread.run_sync(self._send_blocking, msg, limiter=self._limiter)
-        except (OSError, smtplib.SMTPException, UnicodeError) as e:
+        except (OSError, smtplib.SMTPException, UnicodeError, OutboundError) as e:
             self.failed += 1
             log.warning("mail to %s failed: %s", to, e)
             raise MailError(str(e)) from None
@@ -116,7 +118,7 @@ class Mailer:
         client: smtplib.SMTP
         if cfg.tls == "tls":
             client = smtplib.SMTP_SSL(
-                cfg.smtp_host, cfg.smtp_port, timeout=timeout, context=ssl.create_default_context()
+                cfg.smtp_host, cfg.smtp_port, timeout=timeout, context=self.outbound.tls_context()
             )
         else:
             client = smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=timeout)
@@ -125,7 +127,7 @@ class Mailer:
             if cfg.tls == "starttls":
                 if not client.has_extn("starttls"):
                     raise smtplib.SMTPNotSupportedError("the SMTP server does not offer STARTTLS")
-                client.starttls(context=ssl.create_default_context())
+                client.starttls(context=self.outbound.tls_context())
                 client.ehlo()
             if cfg.smtp_user:
                 client.login(cfg.smtp_user, cfg.smtp_pass)

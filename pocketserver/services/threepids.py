@@ -171,13 +171,21 @@ class ThreepidService:
         self.authorize = authorize
         self.server_name = config.server_name
         self.lifetime_ms = config.email.token_lifetime_minutes * 60 * 1000
+        self.base_url = config.base_url
+        self._base_learned = False
 
     @property
     def email_enabled(self) -> bool:
         return self.mailer.enabled
 
+    def learn_base_url(self, url: str) -> None:
+        """The first client listener's URL once bound, when its port was ephemeral."""
+        if not self._base_learned:
+            self.base_url = url.rstrip("/") + "/"
+            self._base_learned = True
+
     def submit_url(self) -> str:
-        return self.config.base_url + SUBMIT_PATH
+        return self.base_url + SUBMIT_PATH
 
     # -- requestToken ------------------------------------------------------------------
 
