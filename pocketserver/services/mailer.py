@@ -122,7 +122,7 @@ class Mailer:
             )
         else:
             client = smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=timeout)
-        with client:
+        try:
             client.ehlo_or_helo_if_needed()
             if cfg.tls == "starttls":
                 if not client.has_extn("starttls"):
@@ -132,6 +132,12 @@ class Mailer:
             if cfg.smtp_user:
                 client.login(cfg.smtp_user, cfg.smtp_pass)
             client.send_message(msg)
+        finally:
+            # Once the mail was taken, a server that fumbles QUIT changes nothing.
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
 
     def statistics(self) -> dict[str, int]:
         return {"sent": self.sent, "failed": self.failed}

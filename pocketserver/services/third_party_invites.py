@@ -295,20 +295,30 @@ class ThirdPartyInviteService:
             raise BadJson("'third_party_signed.signatures' must be an object")
         if signed["mxid"] != requester.user_id:
             raise Forbidden("This third-party invite is for someone else")
-        if await self.rooms.membership(room_id, requester.user_id) in ("join", "invite"):
+        await self.exchange(room_id, requester.user_id, signed)
+
+    async def exchange(self, room_id: str, invitee: str, signed: Mapping[str, Any]) -> None:
+        """Turn the ``m.room.third_party_invite`` that ``signed`` (checked for shape by
+        the caller: ``mxid``, ``token``, ``signatures``; ``sender`` when given must be the
+        inviter) proves into an
+        invite membership of ``invitee``, sent as the original inviter. Callable from
+        ``/join`` with ``third_party_signed`` and from the identity server's
+        ``/3pid/onbind`` (each ``invites[].signed`` there) alike; nothing to do when the
+        invitee is invited or joined already."""
+        if await self.rooms.membership(room_id, invitee) in ("join", "invite"):
             return
         record = await self.rooms.current_state_record(room_id, "m.room.third_party_invite", signed["token"])
         if record is None:
             raise Forbidden("No such third-party invite in this room")
         inviter = record.event.sender
-        if signed["sender"] != inviter:
+        if signed.get("sender", inviter) != inviter:
             raise Forbidden("This third-party invite was sent by someone else")
         if not inviter.endswith(f":{self.server_name}"):
             raise MatrixError(400, "M_UNRECOGNIZED", "Third-party invites from other servers are not supported yet")
         await self._check_signature(signed, record.event.content)
         tpi = {"display_name": record.event.content.get("display_name"), "signed": signed}
         await self.rooms.update_membership(
-            Requester(inviter, None), room_id, requester.user_id, "invite",
+            Requester(inviter, None), room_id, invitee, "invite",
             content={"third_party_invite": tpi},
         )
 
