@@ -29,15 +29,22 @@ from tests.conftest import make_config, shared_certificate
 
 
 class MailBox:
-    """aiosmtpd handler: keeps every mail it is given."""
+    """aiosmtpd handler: keeps every mail it is given (and with ``spool``, writes each
+    one's text to ``spool/<recipient>.txt`` for a program outside this process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spool: Path | None = None) -> None:
         self.mails: list[tuple[list[str], EmailMessage]] = []
+        self.spool = spool
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         self.mails.append((list(envelope.rcpt_tos), msg))
+        if self.spool is not None:
+            for rcpt in envelope.rcpt_tos:
+                part = self.spool / f"{rcpt}.part"
+                part.write_text(msg.get_content(), encoding="utf-8")
+                part.rename(self.spool / f"{rcpt}.txt")  # whole or not at all
         return "250 OK"
 
     def last_to(self, address: str) -> EmailMessage:
@@ -57,8 +64,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_smtp(**kwargs: Any) -> Iterator[tuple[MailBox, int]]:
-    box = MailBox()
+def start_smtp(spool: Path | None = None, **kwargs: Any) -> Iterator[tuple[MailBox, int]]:
+    """An SMTP server on a free loopback port while the generator is open."""
+    box = MailBox(spool)
     port = _free_port()
     controller = Controller(box, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
@@ -70,7 +78,7 @@ def _start_smtp(**kwargs: Any) -> Iterator[tuple[MailBox, int]]:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[MailBox, int]]:
-    yield from _start_smtp()
+    yield from start_smtp()
 
 
 @pytest.fixture
@@ -368,7 +376,7 @@ async def test_mail_over_starttls(tmp_path: Path, nursery: trio.Nursery) -> None
     cert, key = shared_certificate()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
-    smtp = _start_smtp(tls_context=tls, require_starttls=True)
+    smtp = start_smtp(tls_context=tls, require_starttls=True)
     box, port = next(smtp)
     try:
         cfg = email_config(tmp_path, port, email={"tls": "starttls"})

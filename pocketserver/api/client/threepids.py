@@ -159,7 +159,8 @@ async def submit_token_page() -> Response:
     link a person follows from the mail)"""
     params = _params(dict(request.args))
     if params is None:
-        return _page(400, "This link is incomplete", "Copy the whole link from the mail into your browser.")
+        # Not a link this server wrote (a person's is whole): the API's error.
+        raise MatrixError(400, "M_MISSING_PARAM", "sid, client_secret and token are required")
     if await services().threepids.submit_token(*params):
         return _page(
             200, "E-mail address confirmed",
