@@ -471,3 +471,24 @@ async def test_delete_unbinds_where_it_was_bound(http: httpx.AsyncClient, ids: B
     for bad in ({"medium": "fax", "address": "x"}, {"medium": "email"}, {"medium": "email", "address": "a@b.c", "id_server": "a/b"}):
         r = await http.post(f"{V3}/account/3pid/delete", json=bad, headers=auth_headers(token))
         assert r.status_code == 400 and r.json()["errcode"] in ("M_INVALID_PARAM", "M_MISSING_PARAM"), bad
+
+
+async def test_a_mail_that_cannot_be_sent_is_an_upstream_error(
+    tmp_path: Path, nursery: trio.Nursery, smtp: tuple[MailBox, int]
+) -> None:
+    """No SMTP server listening, or one that does not offer the STARTTLS the config
+    asks for: 502, and the same request again really tries again."""
+    from pocketserver.server import run_server
+
+    box, port = smtp
+    for name, cfg in (
+        ("closed", email_config(tmp_path / "a", _free_port())),
+        ("no-starttls", email_config(tmp_path / "b", port, email={"tls": "starttls"})),
+    ):
+        running: RunningServer = await nursery.start(partial(run_server, cfg, out=None, handle_signals=False))
+        async with httpx.AsyncClient(base_url=running.urls[0]) as http:
+            for _ in range(2):
+                r = await request_token(http, "/account/3pid/email/requestToken", f"{name}@example.org")
+                assert r.status_code == 502 and r.json()["errcode"] == "M_UNKNOWN", r.text
+        running.stop.set()
+    assert box.mails == []  # nothing went out in the clear
