@@ -246,7 +246,12 @@ async def test_register_with_an_email_address(http: httpx.AsyncClient, mailbox: 
     flows = r.json()["flows"]
     assert {"stages": ["m.login.email.identity"]} in flows and {"stages": ["m.login.dummy"]} in flows
     session = r.json()["session"]
-    r = await request_token(http, "/register/email/requestToken", "dave@example.org", "regsecret")
+    token_body = {"client_secret": "regsecret", "email": "dave@example.org", "send_attempt": 1,
+                  "next_link": "javascript:alert(1)"}
+    r = await http.post(f"{V3}/register/email/requestToken", json=token_body)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM"
+    token_body["next_link"] = "https://app.example/#/register?a=1&b=<2>"
+    r = await http.post(f"{V3}/register/email/requestToken", json=token_body)
     sid = r.json()["sid"]
     auth = {"type": "m.login.email.identity", "session": session,
             "threepid_creds": {"sid": sid, "client_secret": "regsecret"}}
@@ -258,7 +263,10 @@ async def test_register_with_an_email_address(http: httpx.AsyncClient, mailbox: 
     link, _ = link_and_code(mailbox.last_to("dave@example.org"))
     assert "create an account" in mailbox.last_to("dave@example.org").get_content()
     async with httpx.AsyncClient() as browser:
-        assert (await browser.get(link)).status_code == 200
+        page = await browser.get(link)
+    # The page offers the app's next_link (escaped), and does not redirect to it.
+    assert page.status_code == 200
+    assert '<a href="https://app.example/#/register?a=1&amp;b=&lt;2&gt;">Continue</a>' in page.text
     r = await http.post(f"{V3}/register", json={"username": "dave", "password": "pw-dave", "auth": auth})
     assert r.status_code == 200, r.text
     dave, token = r.json()["user_id"], r.json()["access_token"]
