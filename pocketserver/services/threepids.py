@@ -302,7 +302,7 @@ class ThreepidService:
 
     # -- addresses on accounts ---------------------------------------------------------
 
-    async def list(self, user_id: str) -> list[dict[str, Any]]:
+    async def list_threepids(self, user_id: str) -> list[dict[str, Any]]:
         rows = await self.db.read(store.list_user_threepids, user_id)
         return [
             {"medium": t.medium, "address": t.address, "validated_at": t.validated_at, "added_at": t.added_at}
@@ -345,12 +345,6 @@ class ThreepidService:
             await self.add(user_id, sid, client_secret)
             return
         await self.bind(user_id, creds)
-
-    def user_for_address(self, medium: str, address: str) -> Any:
-        """An awaitable of the user ID the address is on (None if none)."""
-        if medium == "email":
-            address = address.strip().lower()
-        return self.db.read(store.get_threepid_owner, medium, address)
 
     # -- identity servers --------------------------------------------------------------
 

@@ -28,7 +28,7 @@ V3_AND_UNSTABLE = ("/_matrix/client/v3", "/_matrix/client/unstable")
 async def list_threepids() -> Response:
     """GET /_matrix/client/v3/account/3pid"""
     requester = await require_auth()
-    return json_response({"threepids": await services().threepids.list(requester.user_id)})
+    return json_response({"threepids": await services().threepids.list_threepids(requester.user_id)})
 
 
 @client_route(bp, "/account/3pid", ["POST"])
