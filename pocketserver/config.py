@@ -67,6 +67,8 @@ class RateLimitsConfig:
     registration: RateLimit = RateLimit(1.0, 10)
     to_device: RateLimit = RateLimit(50.0, 500)
     media_upload: RateLimit = RateLimit(2.0, 20)
+    # Validation mails (…/requestToken), per e-mail address and per client address.
+    threepid_request: RateLimit = RateLimit(0.05, 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,36 @@ class TurnConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmailConfig:
+    """Outgoing mail for e-mail addresses on accounts (validation, password reset).
+
+    Off while ``smtp_host`` is empty: the e-mail endpoints then answer that this
+    server does not support e-mail addresses (M_THREEPID_MEDIUM_NOT_SUPPORTED)."""
+
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_pass: str = ""
+    # "starttls" (upgrade a plain connection; refused if the server does not offer
+    # it), "tls" (TLS from the first byte, usually port 465) or "none".
+    tls: str = "starttls"
+    # The From: of every mail; empty: "pocketserver <noreply@SERVER_NAME>".
+    notif_from: str = ""
+    # Offer registration with an e-mail address (the m.login.email.identity stage).
+    enable_registration_by_email: bool = True
+    # Every new account needs a validated e-mail address.
+    require_for_registration: bool = False
+    # How long a mailed token stays valid.
+    token_lifetime_minutes: int = 60
+    # Seconds to connect, talk and send one mail.
+    timeout_seconds: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.smtp_host)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     # Number of events kept decoded in memory.
     event_cache_size: int = 2000
@@ -165,6 +197,7 @@ class Config:
     federation: FederationConfig = FederationConfig()
     well_known: WellKnownConfig = WellKnownConfig()
     turn: TurnConfig = TurnConfig()
+    email: EmailConfig = EmailConfig()
     caches: CacheConfig = CacheConfig()
     appservices: AppservicesConfig = AppservicesConfig()
     # Users created by `register-user --admin` may use the admin API.
@@ -358,6 +391,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("accounts.refreshable_access_token_lifetime_ms: must be at least 1000")
     if not 1 <= cfg.accounts.password_hash_threads <= 64:
         raise ConfigError("accounts.password_hash_threads: must be 1-64")
+    if cfg.email.tls not in ("starttls", "tls", "none"):
+        raise ConfigError("email.tls: must be one of starttls, tls, none")
+    if not 0 < cfg.email.smtp_port <= 65535:
+        raise ConfigError("email.smtp_port: must be 1-65535")
+    if cfg.email.require_for_registration and not cfg.email.enabled:
+        raise ConfigError("email.require_for_registration: needs email.smtp_host")
+    if cfg.email.token_lifetime_minutes < 1:
+        raise ConfigError("email.token_lifetime_minutes: must be at least 1")
+    if cfg.email.timeout_seconds <= 0:
+        raise ConfigError("email.timeout_seconds: must be positive")
     if cfg.caches.event_cache_size < 1:
         raise ConfigError("caches.event_cache_size: must be at least 1")
     if cfg.caches.database_cache_kib < 64:
@@ -446,6 +489,7 @@ enabled = true
 messages = { per_second = 10.0, burst = 50 }
 login = { per_second = 1.0, burst = 10 }
 registration = { per_second = 1.0, burst = 10 }
+threepid_request = { per_second = 0.05, burst = 5 }   # validation mails, per address and per client
 
 [media]
 max_upload_size = 104857600
@@ -481,6 +525,20 @@ trusted_key_servers = []
 # uris = ["turn:turn.example.org:3478?transport=udp"]
 # shared_secret = "the coturn static-auth-secret"
 lifetime_seconds = 86400
+
+[email]
+# Mail for e-mail addresses on accounts: validation links, password resets. Off while
+# smtp_host is empty (then no e-mail addresses can be added).
+smtp_host = ""
+smtp_port = 587
+smtp_user = ""
+smtp_pass = ""
+tls = "starttls"          # "starttls", "tls" (e.g. port 465) or "none"
+notif_from = ""           # default: pocketserver <noreply@SERVER_NAME>
+enable_registration_by_email = true
+require_for_registration = false
+token_lifetime_minutes = 60
+timeout_seconds = 30.0
 
 [caches]
 event_cache_size = 2000

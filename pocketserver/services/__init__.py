@@ -22,6 +22,7 @@ from pocketserver.services.ephemeral import ReceiptService, TypingTracker
 from pocketserver.services.events import EventPipeline
 from pocketserver.services.hierarchy import HierarchyService
 from pocketserver.services.key_backup import KeyBackupService
+from pocketserver.services.mailer import Mailer
 from pocketserver.services.media import MediaService
 from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
@@ -38,6 +39,7 @@ from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
 from pocketserver.services.sync import SyncService, e2ee_extension
 from pocketserver.services.third_party_invites import IdentityClient, ThirdPartyInviteService
+from pocketserver.services.threepids import ThreepidService
 from pocketserver.services.uia import UIAService
 from pocketserver.services.upgrade import UpgradeService
 from pocketserver.services.user_directory import UserDirectoryService
@@ -81,6 +83,7 @@ class Services:
     search: SearchService
     upgrades: UpgradeService
     third_party_invites: ThirdPartyInviteService
+    threepids: ThreepidService
     hierarchy: HierarchyService
     user_directory: UserDirectoryService
     voip: VoipService
@@ -161,6 +164,12 @@ def build_services(
     rooms.on_membership.append(upgrades.on_membership)
     accounts.on_profile_changed.append(member_profiles.on_profile_changed)
     accounts.on_deactivate.append(member_profiles.on_deactivate)
+    identity_client = IdentityClient(outbound, config.federation.allowed_ip_ranges)
+    threepids = ThreepidService(
+        config, db, clock, Mailer(config.email, config.server_name, outbound), ratelimiter, identity_client,
+        federation_client.authorization,
+    )
+    uia.email_identity = threepids.auth_stage
     background: list[Any] = [("media", media.run), ("push", push.run)]
     appservices = AppserviceService(db, clock, notifier, outbound, registry, config.server_name)
     if registry:
@@ -209,9 +218,8 @@ def build_services(
         relations=relations,
         search=SearchService(db, clock),
         upgrades=upgrades,
-        third_party_invites=ThirdPartyInviteService(
-            config, rooms, IdentityClient(outbound, config.federation.allowed_ip_ranges)
-        ),
+        third_party_invites=ThirdPartyInviteService(config, rooms, identity_client),
+        threepids=threepids,
         hierarchy=HierarchyService(db),
         user_directory=UserDirectoryService(db),
         voip=VoipService(config.turn, clock),

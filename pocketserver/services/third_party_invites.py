@@ -79,9 +79,16 @@ class IdentityClient:
         return addr.is_global and not addr.is_multicast
 
     async def request(
-        self, method: str, url: str, *, token: str | None = None, body: JsonDict | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        token: str | None = None,
+        body: JsonDict | None = None,
+        authorization: str | None = None,
     ) -> tuple[int, Any]:
-        """(status, decoded JSON body or None); fails with :class:`IdentityServerError`."""
+        """(status, decoded JSON body or None); fails with :class:`IdentityServerError`.
+        ``token`` is sent as a bearer token, ``authorization`` as the whole header."""
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise IdentityServerError("not an https URL")
@@ -102,6 +109,8 @@ class IdentityClient:
             headers.append(("Content-Type", "application/json"))
         if token is not None:
             headers.append(("Authorization", f"Bearer {token}"))
+        elif authorization is not None:
+            headers.append(("Authorization", authorization))
         status = 0
         raw = bytearray()
         try:
@@ -137,7 +146,7 @@ class IdentityClient:
             return status, None
 
 
-def _identity_url(id_server: str, path: str) -> str:
+def identity_url(id_server: str, path: str) -> str:
     # id_server is a host name with an optional port ("matrix.org", "localhost:8090").
     if not id_server or any(c in id_server for c in "/?#@ \\"):
         raise MatrixError(400, "M_INVALID_PARAM", "'id_server' must be a host name")
@@ -170,7 +179,7 @@ class ThirdPartyInviteService:
             if not isinstance(value, str) or not value:
                 raise BadJson(f"{key!r} must be a non-empty string")
             fields[key] = value
-        _identity_url(fields["id_server"], "/")
+        identity_url(fields["id_server"], "/")
         return fields
 
     async def invite(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> None:
@@ -203,7 +212,7 @@ class ThirdPartyInviteService:
         return answer
 
     async def _lookup(self, id_server: str, token: str, medium: str, address: str) -> str | None:
-        details = await self._call("GET", _identity_url(id_server, "/_matrix/identity/v2/hash_details"), token)
+        details = await self._call("GET", identity_url(id_server, "/_matrix/identity/v2/hash_details"), token)
         algorithms = details.get("algorithms")
         pepper = details.get("lookup_pepper")
         if not isinstance(algorithms, list) or not isinstance(pepper, str):
@@ -215,7 +224,7 @@ class ThirdPartyInviteService:
         else:
             raise _upstream_error("no lookup algorithm this server knows")
         answer = await self._call(
-            "POST", _identity_url(id_server, "/_matrix/identity/v2/lookup"), token,
+            "POST", identity_url(id_server, "/_matrix/identity/v2/lookup"), token,
             {"addresses": [query], "algorithm": algorithm, "pepper": pepper},
         )
         mappings = answer.get("mappings")
@@ -244,7 +253,7 @@ class ThirdPartyInviteService:
         if isinstance(profile.get("avatar_url"), str):
             request["sender_avatar_url"] = profile["avatar_url"]
         answer = await self._call(
-            "POST", _identity_url(id_server, "/_matrix/identity/v2/store-invite"), token, request
+            "POST", identity_url(id_server, "/_matrix/identity/v2/store-invite"), token, request
         )
         invite_token = answer.get("token")
         public_keys = answer.get("public_keys")
@@ -286,20 +295,30 @@ class ThirdPartyInviteService:
             raise BadJson("'third_party_signed.signatures' must be an object")
         if signed["mxid"] != requester.user_id:
             raise Forbidden("This third-party invite is for someone else")
-        if await self.rooms.membership(room_id, requester.user_id) in ("join", "invite"):
+        await self.exchange(room_id, requester.user_id, signed)
+
+    async def exchange(self, room_id: str, invitee: str, signed: Mapping[str, Any]) -> None:
+        """Turn the ``m.room.third_party_invite`` that ``signed`` (checked for shape by
+        the caller: ``mxid``, ``token``, ``signatures``; ``sender`` when given must be the
+        inviter) proves into an
+        invite membership of ``invitee``, sent as the original inviter. Callable from
+        ``/join`` with ``third_party_signed`` and from the identity server's
+        ``/3pid/onbind`` (each ``invites[].signed`` there) alike; nothing to do when the
+        invitee is invited or joined already."""
+        if await self.rooms.membership(room_id, invitee) in ("join", "invite"):
             return
         record = await self.rooms.current_state_record(room_id, "m.room.third_party_invite", signed["token"])
         if record is None:
             raise Forbidden("No such third-party invite in this room")
         inviter = record.event.sender
-        if signed["sender"] != inviter:
+        if signed.get("sender", inviter) != inviter:
             raise Forbidden("This third-party invite was sent by someone else")
         if not inviter.endswith(f":{self.server_name}"):
             raise MatrixError(400, "M_UNRECOGNIZED", "Third-party invites from other servers are not supported yet")
         await self._check_signature(signed, record.event.content)
         tpi = {"display_name": record.event.content.get("display_name"), "signed": signed}
         await self.rooms.update_membership(
-            Requester(inviter, None), room_id, requester.user_id, "invite",
+            Requester(inviter, None), room_id, invitee, "invite",
             content={"third_party_invite": tpi},
         )
 

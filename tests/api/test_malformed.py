@@ -374,6 +374,19 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         ("POST", "/user_directory/search"): {"search_term": "a", "limit": 10},
         ("POST", "/logout"): {},
         ("POST", "/logout/all"): {},
+        # Third-party identifiers (the sweep's server has no SMTP, nor an identity server).
+        ("POST", "/account/3pid"): {"three_pid_creds": {"sid": "s", "client_secret": "c", "id_server": "x", "id_access_token": "t"}},
+        ("POST", "/account/3pid/add"): {"sid": "s", "client_secret": "c", "auth": _auth(w)},
+        ("POST", "/account/3pid/delete"): {"medium": "email", "address": "a@example.org", "id_server": "x"},
+        ("POST", "/account/3pid/bind"): {"sid": "s", "client_secret": "c", "id_server": "x", "id_access_token": "t"},
+        ("POST", "/account/3pid/unbind"): {"medium": "email", "address": "a@example.org", "id_server": "x"},
+        ("POST", "/register/email/requestToken"): {"client_secret": "c", "email": "a@example.org", "send_attempt": 1, "next_link": "https://x"},
+        ("POST", "/account/3pid/email/requestToken"): {"client_secret": "c", "email": "a@example.org", "send_attempt": 1},
+        ("POST", "/account/password/email/requestToken"): {"client_secret": "c", "email": "a@example.org", "send_attempt": 1},
+        ("POST", "/register/msisdn/requestToken"): {"client_secret": "c", "country_code": "GB", "phone_number": "1", "send_attempt": 1},
+        ("POST", "/account/3pid/msisdn/requestToken"): {"client_secret": "c", "country_code": "GB", "phone_number": "1", "send_attempt": 1},
+        ("POST", "/account/password/msisdn/requestToken"): {"client_secret": "c", "country_code": "GB", "phone_number": "1", "send_attempt": 1},
+        ("POST", "/_pocketserver/client/email/submit_token"): {"sid": "s", "client_secret": "c", "token": "t"},
         # Federation routes (signed requests only: the sweep's tokens get 401 first; the
         # signed sweep is tests/api/federation/test_rooms.py).
         ("PUT", "/_matrix/federation/v1/send/<txn_id>"): {"origin": "x.test", "origin_server_ts": 0, "pdus": [], "edus": []},

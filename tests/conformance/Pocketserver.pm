@@ -269,8 +269,9 @@ sub start
 # The config file, in pocketserver's own TOML format (`pocketserver init FILE`
 # writes every key with its default; unknown keys are refused, so only keys
 # that exist are written here). SyTest's application services go into
-# [appservices]; pocketserver has no settings for email, recaptcha or CAS, so
-# SyTest's mocks for those are not wired in.
+# [appservices], its mail server (tests/04mail-server.pl, plain SMTP on
+# bind_host) into [email]; pocketserver has no settings for recaptcha or CAS,
+# so SyTest's mocks for those are not wired in.
 sub _get_config
 {
    my $self = shift;
@@ -322,6 +323,13 @@ sub _get_config
          allowed_ip_ranges => [ @loopback ],
       } ],
       ( @appservices ? [ "appservices", { registration_files => [ @appservices ] } ] : () ),
+      # Validation mails go to SyTest's SMTP server (no TLS), as Synapse's are.
+      ( $self->{smtp_server_config} ? ( [ "email", {
+         smtp_host  => $self->{smtp_server_config}{host},
+         smtp_port  => 0 + $self->{smtp_server_config}{port},
+         tls        => "none",
+         notif_from => "pocketserver\@localhost",
+      } ] ) : () ),
    ];
 }
 
