@@ -67,8 +67,10 @@ class FederationEdus:
         """A local event was persisted: queue it for every other server in the room.
 
         A membership event also goes to its target's server when that server leaves the
-        room by it (a kick or ban: it must learn of it), except an invite: the invitee's
-        server receives that through ``/invite`` (joins/invites' business), not twice.
+        room by it (a kick or ban: it must learn of it). An invite goes to the invitee's
+        server through ``/invite`` (joins/invites' business), and in a transaction only
+        when that server is in the room: it kept the ``/invite`` copy as an outlier, which
+        the transaction makes part of its room.
         """
         if not event.sender.endswith(":" + self.server_name):
             return
@@ -76,9 +78,7 @@ class FederationEdus:
         if event.type == "m.room.member" and event.state_key:
             target = _server_of(event.state_key)
             if target != self.server_name:
-                if event.membership == "invite":
-                    servers.discard(target)
-                elif event.membership in ("leave", "ban"):
+                if event.membership in ("leave", "ban"):
                     servers.add(target)
         if servers:
             self.sender.queue_in_txn(conn, sorted(servers), outbox.PDU, event.pdu)

@@ -199,6 +199,8 @@ def build_services(
         federation_keys=fed_keys,
         background=background,
     )
+    if config.federation.enabled:
+        svc.third_party_invites.federation = federation_client
     if fed_keys is not None:
         from pocketserver.federation.hosting import build_room_federation
 
