@@ -127,6 +127,54 @@ class TurnConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmailConfig:
+    """Outgoing mail (an SMTP server): the identity service's validation and invite mails."""
+
+    # Empty: no mail is sent, and what needs one answers M_EMAIL_SEND_ERROR.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = ""
+    # "none" (plain, for a relay on loopback), "starttls", or "tls" (implicit TLS, port 465).
+    smtp_security: str = "starttls"
+    # The From: of every mail; empty: "pocketserver <noreply@{server_name}>".
+    notif_from: str = ""
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TermsPolicy:
+    """One policy users of the identity service accept (GET/POST /_matrix/identity/v2/terms)."""
+
+    id: str
+    version: str
+    url: str
+    name: str = ""
+    lang: str = "en"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """The built-in identity service (Identity Service API v2 at /_matrix/identity/v2,
+    on the client listeners). Off by default."""
+
+    enabled: bool = False
+    # The service's public URL (its links in mails, its key_validity_url); empty:
+    # https://{server_name}.
+    base_url: str = ""
+    # Validation sessions and their mailed tokens last this long (the spec's 24 hours).
+    session_lifetime_seconds: int = 86400
+    # Wrong tokens a validation session takes before it is closed.
+    max_token_attempts: int = 10
+    # Mails (validation and invites) to one address within an hour; more: M_LIMIT_EXCEEDED.
+    mails_per_address_per_hour: int = 5
+    # Pending invitations (store-invite) expire after this many days.
+    invite_lifetime_days: int = 30
+    # Policies a user must accept before using the service (none: nothing to accept).
+    terms: tuple[TermsPolicy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     # Number of events kept decoded in memory.
     event_cache_size: int = 2000
@@ -156,6 +204,8 @@ class Config:
     federation: FederationConfig = FederationConfig()
     well_known: WellKnownConfig = WellKnownConfig()
     turn: TurnConfig = TurnConfig()
+    email: EmailConfig = EmailConfig()
+    identity: IdentityConfig = IdentityConfig()
     caches: CacheConfig = CacheConfig()
     # Users created by `register-user --admin` may use the admin API.
     max_event_size: int = 65536
@@ -348,6 +398,20 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("accounts.refreshable_access_token_lifetime_ms: must be at least 1000")
     if not 1 <= cfg.accounts.password_hash_threads <= 64:
         raise ConfigError("accounts.password_hash_threads: must be 1-64")
+    if cfg.email.smtp_security not in ("none", "starttls", "tls"):
+        raise ConfigError("email.smtp_security: must be one of none, starttls, tls")
+    if not 0 < cfg.email.smtp_port <= 65535:
+        raise ConfigError("email.smtp_port: must be 1-65535")
+    if cfg.identity.session_lifetime_seconds < 60:
+        raise ConfigError("identity.session_lifetime_seconds: must be at least 60")
+    if cfg.identity.max_token_attempts < 1:
+        raise ConfigError("identity.max_token_attempts: must be at least 1")
+    if cfg.identity.mails_per_address_per_hour < 1:
+        raise ConfigError("identity.mails_per_address_per_hour: must be at least 1")
+    if cfg.identity.invite_lifetime_days < 1:
+        raise ConfigError("identity.invite_lifetime_days: must be at least 1")
+    if cfg.identity.base_url and not cfg.identity.base_url.startswith(("https://", "http://")):
+        raise ConfigError("identity.base_url: must be an http(s) URL")
     if cfg.caches.event_cache_size < 1:
         raise ConfigError("caches.event_cache_size: must be at least 1")
     if cfg.caches.database_cache_kib < 64:
@@ -461,6 +525,28 @@ trusted_key_servers = []
 # uris = ["turn:turn.example.org:3478?transport=udp"]
 # shared_secret = "the coturn static-auth-secret"
 lifetime_seconds = 86400
+
+[email]
+# The SMTP server mails go through (none configured: no mail is sent).
+# smtp_host = "smtp.example.org"
+smtp_port = 25
+# smtp_username = ""
+# smtp_password = ""
+smtp_security = "starttls"   # none, starttls or tls
+# notif_from = "pocketserver <noreply@example.org>"
+timeout_seconds = 30.0
+
+[identity]
+# The built-in identity service (/_matrix/identity/v2): e-mail validation, lookups,
+# bindings and invitations by e-mail, in the same database. It needs [email].
+enabled = false
+# base_url = "https://matrix.example.org"   # default: https://<server_name>
+session_lifetime_seconds = 86400
+max_token_attempts = 10
+mails_per_address_per_hour = 5
+invite_lifetime_days = 30
+# Policies users accept before using it:
+# terms = [{ id = "privacy_policy", version = "1.0", name = "Privacy Policy", url = "https://example.org/privacy-1.0.html" }]
 
 [caches]
 event_cache_size = 2000

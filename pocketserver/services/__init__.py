@@ -20,7 +20,9 @@ from pocketserver.services.e2ee import E2eeService
 from pocketserver.services.ephemeral import ReceiptService, TypingTracker
 from pocketserver.services.events import EventPipeline
 from pocketserver.services.hierarchy import HierarchyService
+from pocketserver.services.identity import IdentityService, homeserver_calls
 from pocketserver.services.key_backup import KeyBackupService
+from pocketserver.services.mail import SmtpMailer
 from pocketserver.services.media import MediaService
 from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
@@ -87,11 +89,14 @@ class Services:
     openid: OpenIdService
     federation_sender: FederationSender | None
     federation_keys: FederatedKeys | None
+    # The built-in identity service ([identity] enabled) and the mail it sends.
+    mailer: SmtpMailer
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
     # fed-rooms: the inbound room services (intake, transactions, hosting) the
     # federation routes call; None when federation is off.
     room_federation: RoomFederation | None = None
+    identity: IdentityService | None = None
 
 
 def build_services(
@@ -197,10 +202,17 @@ def build_services(
         openid=OpenIdService(db, clock, config.server_name),
         federation_sender=sender,
         federation_keys=fed_keys,
+        mailer=SmtpMailer(config.email, config.server_name),
         background=background,
     )
     if config.federation.enabled:
         svc.third_party_invites.federation = federation_client
+    if config.identity.enabled:
+        userinfo, onbind = homeserver_calls(
+            config.server_name, svc.openid, svc.third_party_invites.on_bind,
+            federation_client if config.federation.enabled else None,
+        )
+        svc.identity = IdentityService(config, db, clock, signing_key, svc.mailer, userinfo, onbind)
     if fed_keys is not None:
         from pocketserver.federation.hosting import build_room_federation
 
