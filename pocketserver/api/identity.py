@@ -4,8 +4,9 @@ when ``[identity] enabled = true``, else every path answers 404 ``M_UNRECOGNIZED
 
 Access tokens come in ``Authorization: Bearer`` (or, as v1.19 still allows, the
 ``access_token`` query parameter). ``GET /validate/email/submitToken`` is the link in
-the validation mail, opened in a browser: it needs no token and answers a page (or a
-redirect to the session's ``next_link``). ``/3pid/unbind`` also takes a request signed
+the validation mail, opened in a browser: it needs no token and answers a page to a
+browser (the JSON of the POST to anything else), or a redirect to the session's
+``next_link``. ``/3pid/unbind`` also takes a request signed
 by the user's homeserver (``Authorization: X-Matrix``).
 """
 
@@ -136,12 +137,18 @@ def _page(status: int, title: str, text: str) -> Response:
 async def submit_email_token_link() -> Response:
     """GET /_matrix/identity/v2/validate/email/submitToken (the mailed link)"""
     svc = _service()
+    # A browser (which asks for HTML) gets a page; anything else the JSON error contract.
+    browser = "text/html" in request.headers.get("Accept", "")
     try:
         next_link = await svc.submit_email_token(request.args.to_dict())
     except MatrixError as e:
+        if not browser:
+            raise
         return _page(e.status, "Not confirmed", e.message)
     if next_link:
         return redirect(next_link, 302)  # type: ignore[return-value]
+    if not browser:
+        return json_response({"success": True})
     return _page(200, "Email address confirmed", "You can close this page and go back to your Matrix client.")
 
 

@@ -26,6 +26,7 @@ from tests.conftest import make_config
 from tests.mailbox import Mailbox, links_in, smtp_server, text_of
 
 IS = "/_matrix/identity/v2"
+BROWSER = {"Accept": "text/html,application/xhtml+xml"}
 TERMS_URL = "https://example.org/privacy-1.0.html"
 
 
@@ -66,7 +67,7 @@ async def validate(http: httpx.AsyncClient, box: Mailbox, tok: str, address: str
     mail = await box.wait_for(address.split("@")[0] + "@" + address.split("@")[1].lower())
     [link] = [u for u in links_in(mail) if "submitToken" in u]
     parts = urlsplit(link)
-    r = await http.get(f"{parts.path}?{parts.query}")
+    r = await http.get(f"{parts.path}?{parts.query}", headers=BROWSER)
     assert r.status_code == 200, r.text
     assert "confirmed" in r.text
     return sid, link
@@ -117,8 +118,10 @@ async def test_account_terms_validation_bind_lookup_unbind(
     assert r.json()["address"] == "alice@example.org" and r.json()["medium"] == "email"
     # The link works once.
     parts = urlsplit(link)
-    r = await http.get(f"{parts.path}?{parts.query}")
+    r = await http.get(f"{parts.path}?{parts.query}", headers=BROWSER)
     assert r.status_code == 400 and "used already" in r.text
+    r = await http.get(f"{parts.path}?{parts.query}")  # not a browser: the JSON error
+    assert r.status_code == 400 and r.json()["errcode"] == "M_TOKEN_INCORRECT"
 
     # Bind: a signed association, found by both lookup algorithms.
     r = await http.post(f"{IS}/3pid/bind", json={"sid": sid, "client_secret": "s3cret", "mxid": alice},
@@ -227,7 +230,7 @@ async def test_bad_tokens_addresses_and_floods(
             return super().time_ms() + 86_400_000 + 1000
 
     server.services.identity.clock = Later()
-    r = await http.get(f"{parts.path}?{parts.query}")
+    r = await http.get(f"{parts.path}?{parts.query}", headers=BROWSER)
     assert r.status_code == 400 and "expired" in r.text
     server.services.identity.clock = Clock()
 

@@ -19,6 +19,7 @@ from tests.federation.servers import start_federating_server
 from tests.mailbox import Mailbox, links_in, smtp_server
 
 IS = "/_matrix/identity/v2"
+BROWSER = {"Accept": "text/html,application/xhtml+xml"}
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ async def test_invite_by_email_completed_when_the_invitee_binds_it(
         mail = await mailbox.wait_for("bob@example.org", count=2)
         [link] = [u for u in links_in(mail) if "submitToken" in u]
         assert urlsplit(link).netloc == b_name
-        r = await ids.get(link)
+        r = await ids.get(link, headers=BROWSER)
         assert r.status_code == 200 and "confirmed" in r.text
         r = await ids.post(f"{IS}/3pid/bind", headers=auth_headers(bob_is),
                            json={"sid": sid, "client_secret": "bobsecret", "mxid": bob})
