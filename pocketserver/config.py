@@ -67,6 +67,8 @@ class RateLimitsConfig:
     registration: RateLimit = RateLimit(1.0, 10)
     to_device: RateLimit = RateLimit(50.0, 500)
     media_upload: RateLimit = RateLimit(2.0, 20)
+    # Validation mails (…/requestToken), per e-mail address and per client address.
+    threepid_request: RateLimit = RateLimit(0.05, 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,18 +130,32 @@ class TurnConfig:
 
 @dataclass(frozen=True, slots=True)
 class EmailConfig:
-    """Outgoing mail (an SMTP server): the identity service's validation and invite mails."""
+    """Outgoing mail for e-mail addresses on accounts (validation, password reset).
 
-    # Empty: no mail is sent, and what needs one answers M_EMAIL_SEND_ERROR.
+    Off while ``smtp_host`` is empty: the e-mail endpoints then answer that this
+    server does not support e-mail addresses (M_THREEPID_MEDIUM_NOT_SUPPORTED)."""
+
     smtp_host: str = ""
-    smtp_port: int = 25
-    smtp_username: str = ""
-    smtp_password: str = ""
-    # "none" (plain, for a relay on loopback), "starttls", or "tls" (implicit TLS, port 465).
-    smtp_security: str = "starttls"
-    # The From: of every mail; empty: "pocketserver <noreply@{server_name}>".
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_pass: str = ""
+    # "starttls" (upgrade a plain connection; refused if the server does not offer
+    # it), "tls" (TLS from the first byte, usually port 465) or "none".
+    tls: str = "starttls"
+    # The From: of every mail; empty: "pocketserver <noreply@SERVER_NAME>".
     notif_from: str = ""
+    # Offer registration with an e-mail address (the m.login.email.identity stage).
+    enable_registration_by_email: bool = True
+    # Every new account needs a validated e-mail address.
+    require_for_registration: bool = False
+    # How long a mailed token stays valid.
+    token_lifetime_minutes: int = 60
+    # Seconds to connect, talk and send one mail.
     timeout_seconds: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.smtp_host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,10 +414,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("accounts.refreshable_access_token_lifetime_ms: must be at least 1000")
     if not 1 <= cfg.accounts.password_hash_threads <= 64:
         raise ConfigError("accounts.password_hash_threads: must be 1-64")
-    if cfg.email.smtp_security not in ("none", "starttls", "tls"):
-        raise ConfigError("email.smtp_security: must be one of none, starttls, tls")
+    if cfg.email.tls not in ("starttls", "tls", "none"):
+        raise ConfigError("email.tls: must be one of starttls, tls, none")
     if not 0 < cfg.email.smtp_port <= 65535:
         raise ConfigError("email.smtp_port: must be 1-65535")
+    if cfg.email.require_for_registration and not cfg.email.enabled:
+        raise ConfigError("email.require_for_registration: needs email.smtp_host")
+    if cfg.email.token_lifetime_minutes < 1:
+        raise ConfigError("email.token_lifetime_minutes: must be at least 1")
+    if cfg.email.timeout_seconds <= 0:
+        raise ConfigError("email.timeout_seconds: must be positive")
     if cfg.identity.session_lifetime_seconds < 60:
         raise ConfigError("identity.session_lifetime_seconds: must be at least 60")
     if cfg.identity.max_token_attempts < 1:
@@ -493,6 +515,7 @@ enabled = true
 messages = { per_second = 10.0, burst = 50 }
 login = { per_second = 1.0, burst = 10 }
 registration = { per_second = 1.0, burst = 10 }
+threepid_request = { per_second = 0.05, burst = 5 }   # validation mails, per address and per client
 
 [media]
 max_upload_size = 104857600
@@ -527,14 +550,19 @@ trusted_key_servers = []
 lifetime_seconds = 86400
 
 [email]
-# The SMTP server mails go through (none configured: no mail is sent).
-# smtp_host = "smtp.example.org"
-smtp_port = 25
-# smtp_username = ""
-# smtp_password = ""
-smtp_security = "starttls"   # none, starttls or tls
-# notif_from = "pocketserver <noreply@example.org>"
+# Mail for e-mail addresses on accounts: validation links, password resets. Off while
+# smtp_host is empty (then no e-mail addresses can be added).
+smtp_host = ""
+smtp_port = 587
+smtp_user = ""
+smtp_pass = ""
+tls = "starttls"          # "starttls", "tls" (e.g. port 465) or "none"
+notif_from = ""           # default: pocketserver <noreply@SERVER_NAME>
+enable_registration_by_email = true
+require_for_registration = false
+token_lifetime_minutes = 60
 timeout_seconds = 30.0
+
 
 [identity]
 # The built-in identity service (/_matrix/identity/v2): e-mail validation, lookups,

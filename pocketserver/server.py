@@ -292,6 +292,9 @@ async def run_server(
                         )
                     )
                     running.urls.append(binds[0])
+                    if "client" in lst.resources and lst.port == 0 and not cfg.public_baseurl:
+                        # An ephemeral port (tests): links in mails name the real one.
+                        running.services.threepids.learn_base_url(binds[0])
                 if out is not None:
                     _print_banner(cfg, ordered, running.urls, notes, trio.current_time() - started, out)
                 release_free_memory()

@@ -22,7 +22,7 @@ from pocketserver.services.events import EventPipeline
 from pocketserver.services.hierarchy import HierarchyService
 from pocketserver.services.identity import IdentityService, homeserver_calls
 from pocketserver.services.key_backup import KeyBackupService
-from pocketserver.services.mail import SmtpMailer
+from pocketserver.services.mailer import Mailer
 from pocketserver.services.media import MediaService
 from pocketserver.services.member_profiles import MemberProfiles
 from pocketserver.services.notifier import Notifier
@@ -39,6 +39,7 @@ from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
 from pocketserver.services.sync import SyncService, e2ee_extension
 from pocketserver.services.third_party_invites import IdentityClient, ThirdPartyInviteService
+from pocketserver.services.threepids import ThreepidService
 from pocketserver.services.uia import UIAService
 from pocketserver.services.upgrade import UpgradeService
 from pocketserver.services.user_directory import UserDirectoryService
@@ -82,6 +83,7 @@ class Services:
     search: SearchService
     upgrades: UpgradeService
     third_party_invites: ThirdPartyInviteService
+    threepids: ThreepidService
     hierarchy: HierarchyService
     user_directory: UserDirectoryService
     voip: VoipService
@@ -89,8 +91,8 @@ class Services:
     openid: OpenIdService
     federation_sender: FederationSender | None
     federation_keys: FederatedKeys | None
-    # The built-in identity service ([identity] enabled) and the mail it sends.
-    mailer: SmtpMailer
+    # Outgoing mail ([email]): the homeserver's 3PID mails and the identity service's.
+    mailer: Mailer
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
     # fed-rooms: the inbound room services (intake, transactions, hosting) the
@@ -157,6 +159,13 @@ def build_services(
     rooms.on_membership.append(upgrades.on_membership)
     accounts.on_profile_changed.append(member_profiles.on_profile_changed)
     accounts.on_deactivate.append(member_profiles.on_deactivate)
+    identity_client = IdentityClient(outbound, config.federation.allowed_ip_ranges)
+    mailer = Mailer(config.email, config.server_name, outbound)
+    threepids = ThreepidService(
+        config, db, clock, mailer, ratelimiter, identity_client,
+        federation_client.authorization,
+    )
+    uia.email_identity = threepids.auth_stage
     background: list[Any] = [("media", media.run), ("push", push.run)]
     sender = fed_keys = None
     if config.federation.enabled:
@@ -192,9 +201,8 @@ def build_services(
         relations=relations,
         search=SearchService(db, clock),
         upgrades=upgrades,
-        third_party_invites=ThirdPartyInviteService(
-            config, rooms, IdentityClient(outbound, config.federation.allowed_ip_ranges)
-        ),
+        third_party_invites=ThirdPartyInviteService(config, rooms, identity_client),
+        threepids=threepids,
         hierarchy=HierarchyService(db),
         user_directory=UserDirectoryService(db),
         voip=VoipService(config.turn, clock),
@@ -202,7 +210,7 @@ def build_services(
         openid=OpenIdService(db, clock, config.server_name),
         federation_sender=sender,
         federation_keys=fed_keys,
-        mailer=SmtpMailer(config.email, config.server_name),
+        mailer=mailer,
         background=background,
     )
     if config.federation.enabled:

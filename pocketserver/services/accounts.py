@@ -52,6 +52,7 @@ from pocketserver.services.passwords import PasswordHasher
 from pocketserver.services.ratelimit import RateLimiter
 from pocketserver.services.uia import (
     DUMMY,
+    EMAIL_IDENTITY,
     PASSWORD,
     REGISTRATION_TOKEN,
     AuthRequired,
@@ -65,6 +66,7 @@ from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import accounts
 from pocketserver.storage import rooms as room_store
 from pocketserver.storage import state as state_store
+from pocketserver.storage import threepids as threepid_store
 from pocketserver.storage.database import Conn, Database
 
 log = logging.getLogger("pocketserver.accounts")
@@ -158,6 +160,12 @@ def _register_txn(
     elif not accounts.insert_user(conn, user_id, password_hash, now, is_guest=is_guest):
         return False
     if auth is not None:
+        if auth.threepid is not None:
+            tp = auth.threepid
+            if not threepid_store.insert_user_threepid(
+                conn, user_id, tp["medium"], tp["address"], tp["validated_at"], now
+            ):
+                raise MatrixError(400, "M_THREEPID_IN_USE", "This e-mail address is already in use")
         finish_registration_in_txn(conn, auth, user_id)
     if session_args is not None:
         _create_session_txn(conn, user_id, *session_args)
@@ -213,6 +221,15 @@ def _logout_all_txn(conn: Conn, user_id: str) -> list[str]:
     deleted = accounts.delete_devices(conn, user_id, devices)
     conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
     return deleted
+
+
+def _login_threepid(ident: Mapping[str, Any]) -> tuple[str, str]:
+    medium, address = ident.get("medium"), ident.get("address")
+    if not isinstance(medium, str) or not isinstance(address, str):
+        raise MissingParam("An m.id.thirdparty identifier needs 'medium' and 'address'")
+    if medium == "email":
+        return medium, address.strip().lower()
+    return medium, address.strip()
 
 
 class AccountsService:
@@ -287,9 +304,14 @@ class AccountsService:
 
     def registration_flows(self) -> list[list[str]]:
         mode = self.config.registration_mode
-        if mode == "token":
-            return [[REGISTRATION_TOKEN]]
-        return [[DUMMY]]
+        email = self.config.email
+        first = [REGISTRATION_TOKEN] if mode == "token" else []
+        if email.enabled and email.require_for_registration:
+            return [first + [EMAIL_IDENTITY]]
+        flows = [first or [DUMMY]]
+        if email.enabled and email.enable_registration_by_email:
+            flows.append(first + [EMAIL_IDENTITY])
+        return flows
 
     def check_localpart(self, username: str) -> str:
         """The user ID for a requested username, or M_INVALID_USERNAME."""
@@ -481,14 +503,25 @@ class AccountsService:
             raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {login_type!r}")
         self.ratelimiter.check("login", ip or "?")
         ident = body.get("identifier")
+        threepid: tuple[str, str] | None = None
         if ident is not None:
             if not isinstance(ident, dict):
                 raise BadJson("'identifier' must be an object")
-            if ident.get("type") != "m.id.user":
-                raise Forbidden("Only m.id.user identifiers are supported")
-        user_id = password_identifier_user(body, self.server_name)
-        if user_id is None:
-            raise MissingParam("Missing user identifier")
+            if ident.get("type") == "m.id.thirdparty":
+                threepid = _login_threepid(ident)
+            elif ident.get("type") != "m.id.user":
+                raise Forbidden("Only m.id.user and m.id.thirdparty identifiers are supported")
+        elif "medium" in body or "address" in body:
+            threepid = _login_threepid(body)  # the deprecated top-level form
+        if threepid is not None:
+            # An unknown address answers as a wrong password does (below): no
+            # account enumeration through login.
+            self.ratelimiter.check("login", f"{threepid[0]}:{threepid[1]}")
+            user_id = await self.db.read(threepid_store.get_threepid_owner, *threepid)
+        else:
+            user_id = password_identifier_user(body, self.server_name)
+            if user_id is None:
+                raise MissingParam("Missing user identifier")
         password = body.get("password")
         if not isinstance(password, str):
             raise MissingParam("Missing 'password'")
@@ -505,8 +538,9 @@ class AccountsService:
         if not isinstance(want_refresh, bool):
             raise BadJson("'refresh_token' must be a boolean")
         # A second, per-account bucket stops password guessing spread over addresses.
-        self.ratelimiter.check("login", user_id)
-        user = await self.db.read(accounts.get_user, user_id)
+        if user_id is not None:
+            self.ratelimiter.check("login", user_id)
+        user = await self.db.read(accounts.get_user, user_id) if user_id is not None else None
         stored = user.get("password_hash") if user else None
         if user is None or not await self.passwords.check(password, stored if isinstance(stored, str) else None):
             if user is not None and user["deactivated"]:
@@ -516,6 +550,7 @@ class AccountsService:
             raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
         if user["locked"]:
             raise UserLocked()
+        assert user_id is not None
         device = device_id or new_device_id()
         _s, args, make = self._session_args(device, display, want_refresh, ip, user_agent)
         created = await self.db.write(_create_session_txn, user_id, *args)
@@ -554,9 +589,17 @@ class AccountsService:
 
     # -- password and deactivation -----------------------------------------------------
 
+    def password_reset_enabled(self) -> bool:
+        """Whether ``/account/password`` without an access token (a reset through a
+        validated e-mail address) is offered."""
+        return self.config.email.enabled
+
     async def change_password(
-        self, requester: Requester, body: Mapping[str, Any]
+        self, requester: Requester | None, body: Mapping[str, Any]
     ) -> None:
+        """``POST /account/password``: with an access token, the password stage; without
+        one (a forgotten password), the e-mail stage, for the account the validated
+        address is on."""
         new_password = body.get("new_password")
         logout_devices = body.get("logout_devices", True)
         if new_password is not None and not isinstance(new_password, str):
@@ -567,17 +610,30 @@ class AccountsService:
         if auth is not None and not isinstance(auth, dict):
             raise BadJson("'auth' must be an object")
         result = await self.uia.authenticate(
-            auth, flows=[[PASSWORD]], request_key="POST /account/password",
-            user_id=requester.user_id,
+            auth, flows=[[PASSWORD]] if requester is not None else [[EMAIL_IDENTITY]],
+            request_key="POST /account/password",
+            user_id=requester.user_id if requester is not None else None,
         )
         if not new_password:
             raise MissingParam("Missing 'new_password'")
+        if requester is not None:
+            user_id, keep_device, keep_token = requester.user_id, requester.device_id, requester.token_hash
+        else:
+            tp = result.threepid or {}
+            owner = await self.db.read(
+                threepid_store.get_threepid_owner, str(tp.get("medium")), str(tp.get("address"))
+            )
+            user = await self.db.read(accounts.get_user, owner) if owner is not None else None
+            if owner is None or user is None or user["deactivated"]:
+                raise MatrixError(400, "M_THREEPID_NOT_FOUND", "No account has this e-mail address")
+            user_id, keep_device, keep_token = owner, None, b""
         pw_hash = await self.passwords.hash(new_password)
         deleted = await self.db.write(
-            _set_password_txn, requester.user_id, pw_hash, requester.device_id,
-            requester.token_hash, logout_devices, result,
+            _set_password_txn, user_id, pw_hash, keep_device, keep_token, logout_devices, result,
         )
-        await self._devices_deleted(requester.user_id, deleted)
+        if requester is None:
+            log.info("password of %s reset through its e-mail address", user_id)
+        await self._devices_deleted(user_id, deleted)
 
     async def deactivate(self, requester: Requester, body: Mapping[str, Any]) -> None:
         erase = body.get("erase", False)

@@ -73,7 +73,7 @@ from pocketserver.protocol.signing import (
 )
 from pocketserver.services.auth import hash_token
 from pocketserver.services.clock import Clock
-from pocketserver.services.mail import Mailer, MailError
+from pocketserver.services.mailer import Mailer, MailError
 from pocketserver.services.openid import OpenIdService
 from pocketserver.storage import identity as store
 from pocketserver.storage.database import Database

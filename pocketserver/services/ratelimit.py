@@ -20,7 +20,7 @@ from pocketserver.config import RateLimit, RateLimitsConfig
 from pocketserver.errors import LimitExceeded
 from pocketserver.services.clock import Clock
 
-ACTIONS = ("login", "registration", "messages", "to_device", "media_upload")
+ACTIONS = ("login", "registration", "messages", "to_device", "media_upload", "threepid_request")
 
 
 class RateLimiter:

@@ -108,9 +108,16 @@ class IdentityClient:
         return addr.is_global and not addr.is_multicast
 
     async def request(
-        self, method: str, url: str, *, token: str | None = None, body: JsonDict | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        token: str | None = None,
+        body: JsonDict | None = None,
+        authorization: str | None = None,
     ) -> tuple[int, Any]:
-        """(status, decoded JSON body or None); fails with :class:`IdentityServerError`."""
+        """(status, decoded JSON body or None); fails with :class:`IdentityServerError`.
+        ``token`` is sent as a bearer token, ``authorization`` as the whole header."""
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise IdentityServerError("not an https URL")
@@ -131,6 +138,8 @@ class IdentityClient:
             headers.append(("Content-Type", "application/json"))
         if token is not None:
             headers.append(("Authorization", f"Bearer {token}"))
+        elif authorization is not None:
+            headers.append(("Authorization", authorization))
         status = 0
         raw = bytearray()
         try:
@@ -166,7 +175,7 @@ class IdentityClient:
             return status, None
 
 
-def _identity_url(id_server: str, path: str) -> str:
+def identity_url(id_server: str, path: str) -> str:
     # id_server is a host name with an optional port ("matrix.org", "localhost:8090").
     if not id_server or any(c in id_server for c in "/?#@ \\"):
         raise MatrixError(400, "M_INVALID_PARAM", "'id_server' must be a host name")
@@ -236,7 +245,7 @@ class ThirdPartyInviteService:
             if not isinstance(value, str) or not value:
                 raise BadJson(f"{key!r} must be a non-empty string")
             fields[key] = value
-        _identity_url(fields["id_server"], "/")
+        identity_url(fields["id_server"], "/")
         return fields
 
     async def invite(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> None:
@@ -269,7 +278,7 @@ class ThirdPartyInviteService:
         return answer
 
     async def _lookup(self, id_server: str, token: str, medium: str, address: str) -> str | None:
-        details = await self._call("GET", _identity_url(id_server, "/_matrix/identity/v2/hash_details"), token)
+        details = await self._call("GET", identity_url(id_server, "/_matrix/identity/v2/hash_details"), token)
         algorithms = details.get("algorithms")
         pepper = details.get("lookup_pepper")
         if not isinstance(algorithms, list) or not isinstance(pepper, str):
@@ -281,7 +290,7 @@ class ThirdPartyInviteService:
         else:
             raise _upstream_error("no lookup algorithm this server knows")
         answer = await self._call(
-            "POST", _identity_url(id_server, "/_matrix/identity/v2/lookup"), token,
+            "POST", identity_url(id_server, "/_matrix/identity/v2/lookup"), token,
             {"addresses": [query], "algorithm": algorithm, "pepper": pepper},
         )
         mappings = answer.get("mappings")
@@ -310,7 +319,7 @@ class ThirdPartyInviteService:
         if isinstance(profile.get("avatar_url"), str):
             request["sender_avatar_url"] = profile["avatar_url"]
         answer = await self._call(
-            "POST", _identity_url(id_server, "/_matrix/identity/v2/store-invite"), token, request
+            "POST", identity_url(id_server, "/_matrix/identity/v2/store-invite"), token, request
         )
         invite_token = answer.get("token")
         public_keys = answer.get("public_keys")

@@ -11,13 +11,15 @@ Stages implemented: ``m.login.dummy``, ``m.login.password`` (identifier ``m.id.u
 the deprecated ``user``), ``m.login.registration_token`` (``/register`` only: a pending
 use of the token is counted when the stage succeeds and turned into a completed use
 when the registration commits; an abandoned session gives its pending use back when it
-expires).
+expires), ``m.login.email.identity`` (checked by :attr:`UIAService.email_identity`, the
+third-party identifier service: the address it validated is kept in the session and
+handed to the endpoint as :attr:`AuthResult.threepid`).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,10 @@ from pocketserver.storage.database import Conn, Database
 DUMMY = "m.login.dummy"
 PASSWORD = "m.login.password"
 REGISTRATION_TOKEN = "m.login.registration_token"
+EMAIL_IDENTITY = "m.login.email.identity"
+
+# (auth dict, request key) -> {"medium", "address", "validated_at"}; MatrixError if not.
+EmailIdentityCheck = Callable[[Mapping[str, Any], str], Awaitable[dict[str, Any]]]
 
 SESSION_LIFETIME_MS = 6 * 60 * 60 * 1000
 
@@ -55,6 +61,8 @@ class AuthResult:
     completed: list[str]
     # The registration token this session holds a pending use of, if any.
     registration_token: str | None = None
+    # The address an m.login.email.identity stage validated: medium, address, validated_at.
+    threepid: dict[str, Any] | None = None
 
 
 def finish_in_txn(conn: Conn, result: AuthResult) -> None:
@@ -124,6 +132,7 @@ class UIAService:
         self.passwords = passwords
         self.clock = clock
         self.server_name = server_name
+        self.email_identity: EmailIdentityCheck | None = None
 
     def _body(
         self, flows: Sequence[Sequence[str]], params: Mapping[str, Any], session: str, completed: list[str]
@@ -205,13 +214,19 @@ class UIAService:
             if stage not in completed:
                 if not any(list(f[: len(completed) + 1]) == completed + [stage] for f in flows):
                     raise fail("M_FORBIDDEN", f"Auth type {stage!r} is not expected now")
-                completed = await self._attempt(stage, auth, session_id, user_id, now, fail)
+                completed = await self._attempt(
+                    stage, auth, session_id, user_id, now, fail, session.request_hash
+                )
 
         for f in flows:
             if list(f) == completed:
                 final = await self.db.read(uia_store.get_session, session_id)
                 token = final.params.get("registration_token") if final else None
-                return AuthResult(session_id, completed, token if isinstance(token, str) else None)
+                threepid = final.params.get("threepid") if final else None
+                return AuthResult(
+                    session_id, completed, token if isinstance(token, str) else None,
+                    threepid if isinstance(threepid, dict) else None,
+                )
         raise fail()
 
     async def _attempt(
@@ -222,6 +237,7 @@ class UIAService:
         user_id: str | None,
         now: int,
         fail: Any,
+        request_key: str,
     ) -> list[str]:
         if stage == DUMMY:
             return await self.db.write(uia_store.add_completed_stage, session_id, DUMMY)
@@ -248,6 +264,17 @@ class UIAService:
             if done is None:
                 raise fail("M_FORBIDDEN", "Invalid registration token")
             return done
+        if stage == EMAIL_IDENTITY and self.email_identity is not None:
+            try:
+                threepid = await self.email_identity(auth, request_key)
+            except MatrixError as e:
+                raise fail(e.errcode, e.message) from None
+
+            def complete(conn: Conn) -> list[str]:
+                uia_store.set_session_param(conn, session_id, "threepid", threepid)
+                return uia_store.add_completed_stage(conn, session_id, EMAIL_IDENTITY)
+
+            return await self.db.write(complete)
         raise fail("M_UNRECOGNIZED", f"Unsupported auth type {stage!r}")
 
     async def finish(self, result: AuthResult) -> None:

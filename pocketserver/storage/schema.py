@@ -664,6 +664,47 @@ def _migration_erased_users(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_ERASED_USERS)
 
 
+# E-mail validation (client-server-api "Adding Account Administrative Contact
+# Information"): one row per requestToken session. The mailed token is kept only as
+# its SHA-256; a session is single-use (consumed_ts) and expires (expires_ts). The
+# same (client_secret, address, send_attempt) again is the same session and sends no
+# second mail.
+SCHEMA_THREEPIDS = """
+CREATE TABLE threepid_validation_sessions (
+    session_id TEXT PRIMARY KEY,
+    client_secret TEXT NOT NULL,
+    medium TEXT NOT NULL,
+    address TEXT NOT NULL,
+    purpose TEXT NOT NULL,               -- 'register', 'add', 'password'
+    token_hash BLOB NOT NULL,
+    send_attempt INTEGER NOT NULL,
+    created_ts INTEGER NOT NULL,
+    expires_ts INTEGER NOT NULL,
+    validated_ts INTEGER,
+    consumed_ts INTEGER
+) WITHOUT ROWID;
+CREATE INDEX threepid_validation_by_secret
+    ON threepid_validation_sessions (client_secret, medium, address);
+CREATE INDEX threepid_validation_expiry ON threepid_validation_sessions (expires_ts);
+CREATE INDEX user_threepids_by_user ON user_threepids (user_id);
+
+-- Bindings this server made at identity servers for its users, so that they can be
+-- undone later (/account/3pid/delete, /unbind, deactivation) without the client
+-- naming the identity server again.
+CREATE TABLE user_threepid_id_servers (
+    user_id TEXT NOT NULL,
+    medium TEXT NOT NULL,
+    address TEXT NOT NULL,
+    id_server TEXT NOT NULL,
+    PRIMARY KEY (user_id, medium, address, id_server)
+) WITHOUT ROWID;
+"""
+
+
+def _migration_threepids(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_THREEPIDS)
+
+
 # The built-in identity service (storage/identity.py): its access tokens, accepted
 # terms, e-mail validation sessions, bindings and pending invitations.
 SCHEMA_IDENTITY = """
@@ -727,6 +768,7 @@ def _migration_identity(conn: apsw.Connection) -> None:
 # Append-only: each merge that brings migrations puts them after the ones already here.
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_erased_users,
+    _migration_threepids,
     _migration_identity,
 ]
 

@@ -39,7 +39,7 @@ def mailbox() -> Iterator[Mailbox]:
 @pytest.fixture
 def config(tmp_path: Path, mailbox: Mailbox) -> Config:
     return make_config(tmp_path, {
-        "email": {"smtp_host": "127.0.0.1", "smtp_port": mailbox.port, "smtp_security": "none"},
+        "email": {"smtp_host": "127.0.0.1", "smtp_port": mailbox.port, "tls": "none"},
         "identity": {"enabled": True, "mails_per_address_per_hour": 3,
                      "terms": [{"id": "privacy", "version": "1.0", "name": "Privacy", "url": TERMS_URL}]},
     })

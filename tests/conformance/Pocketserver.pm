@@ -268,8 +268,9 @@ sub start
 
 # The config file, in pocketserver's own TOML format (`pocketserver init FILE`
 # writes every key with its default; unknown keys are refused, so only keys
-# that exist are written here). pocketserver has no settings for appservices,
-# email, recaptcha or CAS, so SyTest's mocks for those are not wired in.
+# that exist are written here). SyTest's mail server (tests/04mail-server.pl, plain
+# SMTP on bind_host) becomes [email]; pocketserver has no settings for appservices,
+# recaptcha or CAS, so SyTest's mocks for those are not wired in.
 sub _get_config
 {
    my $self = shift;
@@ -316,6 +317,13 @@ sub _get_config
          extra_ca_file     => $ca_file,
          allowed_ip_ranges => [ @loopback ],
       } ],
+      # Validation mails go to SyTest's SMTP server (no TLS), as Synapse's are.
+      ( $self->{smtp_server_config} ? ( [ "email", {
+         smtp_host  => $self->{smtp_server_config}{host},
+         smtp_port  => 0 + $self->{smtp_server_config}{port},
+         tls        => "none",
+         notif_from => "pocketserver\@localhost",
+      } ] ) : () ),
    ];
 }
 

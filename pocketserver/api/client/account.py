@@ -14,6 +14,7 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from pocketserver.api.common import (
+    access_token_from_request,
     json_body,
     json_response,
     require_auth,
@@ -143,10 +144,13 @@ async def whoami() -> Response:
 
 @client_route(bp, "/account/password", ["POST"])
 async def change_password() -> Response:
-    """POST /_matrix/client/v3/account/password"""
-    requester = await require_auth()
+    """POST /_matrix/client/v3/account/password (without an access token: a reset
+    through a validated e-mail address, where the server sends mail)"""
+    accounts = services().accounts
+    reset = accounts.password_reset_enabled() and access_token_from_request() is None
+    requester = None if reset else await require_auth()
     body = await json_body()
-    await services().accounts.change_password(requester, body)
+    await accounts.change_password(requester, body)
     return json_response({})
 
 
@@ -155,8 +159,15 @@ async def deactivate() -> Response:
     """POST /_matrix/client/v3/account/deactivate"""
     requester = await require_auth()
     body = await json_body(allow_empty=True)
-    await services().accounts.deactivate(requester, body)
-    return json_response({"id_server_unbind_result": "no-support"})
+    svc = services()
+    id_server = body.get("id_server")
+    if id_server is not None and not isinstance(id_server, str):
+        raise BadJson("'id_server' must be a string")
+    # Read before the account's addresses go with it; unbound once it is deactivated.
+    bound = await svc.threepids.to_unbind_on_deactivation(requester.user_id, id_server)
+    await svc.accounts.deactivate(requester, body)
+    result = await svc.threepids.unbind_all(requester.user_id, bound, id_server)
+    return json_response({"id_server_unbind_result": result})
 
 
 # -- devices -------------------------------------------------------------------------

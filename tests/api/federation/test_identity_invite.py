@@ -42,7 +42,7 @@ async def test_invite_by_email_completed_when_the_invitee_binds_it(
     a = await start_federating_server(nursery, tmp_path / "a")
     b = await start_federating_server(
         nursery, tmp_path / "b", tls_resources=("client", "federation"),
-        extra={"email": {"smtp_host": "127.0.0.1", "smtp_port": mailbox.port, "smtp_security": "none"},
+        extra={"email": {"smtp_host": "127.0.0.1", "smtp_port": mailbox.port, "tls": "none"},
                "identity": {"enabled": True}},
     )
     b_name = str(b.services.config.server_name)
