@@ -25,8 +25,10 @@ Completed by the identity server (server-server-api.md, "Third-party invites"):
 - ``PUT /_matrix/federation/v1/3pid/onbind`` (:meth:`ThirdPartyInviteService.on_bind`):
   an identity server tells us that one of our users bound an address that had pending
   invites, each with the ``signed`` object the room's keys verify. Each invite is
-  exchanged for an ``m.room.member`` invite: here when the inviter is our user, else by
-  ``exchange_third_party_invite`` on the inviter's server. One invite that fails (a bad
+  exchanged for an ``m.room.member`` invite: here when the inviter is our user or this
+  server is in the room (built here in the inviter's name; the room's other servers
+  get it in a transaction), else by ``exchange_third_party_invite`` on the inviter's
+  server. One invite that fails (a bad
   signature, a revoked key, an unreachable server) does not stop the rest; the answer
   is then the last failure's error, so the identity server knows.
 - ``PUT /_matrix/federation/v1/exchange_third_party_invite/{roomId}``
@@ -363,8 +365,11 @@ class ThirdPartyInviteService:
 
     async def exchange(self, room_id: str, sender: str, mxid: str, signed: Mapping[str, Any]) -> None:
         """Turn a third-party invite into ``mxid``'s invite membership: here when the
-        inviter ``sender`` is ours, else on the inviter's server."""
-        if _domain(sender) == self.server_name:
+        inviter ``sender`` is ours or this server is in the room (the event is then
+        built here in the inviter's name, as the spec allows the invitee's server: auth
+        rule 5.4.1 checks it by the invite's keys, not by who signed it), else on the
+        inviter's server."""
+        if _domain(sender) == self.server_name or await self.rooms.held_here(room_id):
             await self.issue(room_id, sender, mxid, signed)
             return
         if self.federation is None:
@@ -390,7 +395,7 @@ class ThirdPartyInviteService:
             raise MatrixError(502, "M_UNKNOWN", "The inviter's server could not be reached") from None
 
     async def issue(self, room_id: str, sender: str, mxid: str, signed: Mapping[str, Any]) -> None:
-        """Send ``mxid``'s invite as our user ``sender``, who issued the room's
+        """Send ``mxid``'s invite as ``sender``, who issued the room's
         ``m.room.third_party_invite`` for ``signed.token``: its signature must verify
         with one of that event's keys, which its identity server still vouches for."""
         if signed.get("mxid") != mxid:
@@ -454,6 +459,7 @@ class ThirdPartyInviteService:
                 if invite["signed"]["mxid"] != mxid:
                     raise Forbidden("The signed invite is for someone else")
                 await self.exchange(invite["room_id"], invite["sender"], mxid, invite["signed"])
+                log.info("onbind: %s invited to %s by %s", mxid, invite["room_id"], invite["sender"])
             except MatrixError as e:
                 log.info("onbind: the invite of %s to %s failed: %s", mxid, invite["room_id"], e.message)
                 failed = e
@@ -491,6 +497,7 @@ class ThirdPartyInviteService:
         if await self.rooms.db.read(ev_store.get_room, room_id) is None:
             raise NotFound("Unknown room")
         await self.issue(room_id, sender, mxid, signed)
+        log.info("exchange_third_party_invite: %s invited %s to %s for %s", sender, mxid, room_id, origin)
 
     async def _check_signature(self, signed: Mapping[str, Any], content: Mapping[str, Any]) -> None:
         """A public key of the invite that verifies ``signed`` and that its identity
