@@ -202,8 +202,13 @@ class ThreepidService:
             raise BadJson("'send_attempt' must be an integer")
         if not 0 <= attempt < 2**53:
             raise MatrixError(400, "M_INVALID_PARAM", "send_attempt out of range")
-        for key in ("next_link", "id_server", "id_access_token"):
+        for key in ("id_server", "id_access_token"):
             _str_field(body, key, required=False)
+        next_link = _str_field(body, "next_link", required=False)
+        if next_link is not None and (
+            len(next_link) > 2048 or not re.match(r"https?://[^\s]+\Z", next_link)
+        ):
+            raise MatrixError(400, "M_INVALID_PARAM", "next_link must be an http(s) URL")
         address = canonical_email(email)
         if not self.email_enabled:
             raise MatrixError(
@@ -233,7 +238,7 @@ class ThreepidService:
             previous = None
             session = store.ValidationSession(
                 sid, client_secret, "email", address, purpose, _token_hash(token), attempt,
-                now, now + self.lifetime_ms, None, None,
+                now, now + self.lifetime_ms, None, None, next_link,
             )
 
             def insert(conn: Conn) -> None:
@@ -259,21 +264,22 @@ class ThreepidService:
 
     # -- submitToken -------------------------------------------------------------------
 
-    async def submit_token(self, sid: str, client_secret: str, token: str) -> bool:
-        """The mailed token for session ``sid``: True once it is validated (also when
-        it was already), False for a wrong, expired or used token."""
+    async def submit_token(self, sid: str, client_secret: str, token: str) -> tuple[bool, str | None]:
+        """The mailed token for session ``sid``: (True, the client's ``next_link``) once
+        it is validated (also when it was already), (False, None) for a wrong, expired
+        or used token."""
         now = self.clock.time_ms()
 
-        def run(conn: Conn) -> bool:
+        def run(conn: Conn) -> tuple[bool, str | None]:
             s = store.get_session(conn, sid)
             if s is None or s.consumed_ts is not None or s.expires_ts < now:
-                return False
+                return False, None
             if not hmac.compare_digest(s.client_secret.encode(), client_secret.encode()):
-                return False
+                return False, None
             if not hmac.compare_digest(s.token_hash, _token_hash(token)):
-                return False
+                return False, None
             store.mark_validated(conn, sid, now)
-            return True
+            return True, s.next_link
 
         return await self.db.write(run)
 
@@ -296,7 +302,7 @@ class ThreepidService:
 
     # -- addresses on accounts ---------------------------------------------------------
 
-    async def list(self, user_id: str) -> list[dict[str, Any]]:
+    async def list_threepids(self, user_id: str) -> list[dict[str, Any]]:
         rows = await self.db.read(store.list_user_threepids, user_id)
         return [
             {"medium": t.medium, "address": t.address, "validated_at": t.validated_at, "added_at": t.added_at}
@@ -339,12 +345,6 @@ class ThreepidService:
             await self.add(user_id, sid, client_secret)
             return
         await self.bind(user_id, creds)
-
-    def user_for_address(self, medium: str, address: str) -> Any:
-        """An awaitable of the user ID the address is on (None if none)."""
-        if medium == "email":
-            address = address.strip().lower()
-        return self.db.read(store.get_threepid_owner, medium, address)
 
     # -- identity servers --------------------------------------------------------------
 

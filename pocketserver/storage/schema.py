@@ -681,7 +681,8 @@ CREATE TABLE threepid_validation_sessions (
     created_ts INTEGER NOT NULL,
     expires_ts INTEGER NOT NULL,
     validated_ts INTEGER,
-    consumed_ts INTEGER
+    consumed_ts INTEGER,
+    next_link TEXT                       -- offered on the page the mail's link opens
 ) WITHOUT ROWID;
 CREATE INDEX threepid_validation_by_secret
     ON threepid_validation_sessions (client_secret, medium, address);

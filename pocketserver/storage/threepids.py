@@ -35,11 +35,12 @@ class ValidationSession:
     expires_ts: int
     validated_ts: int | None
     consumed_ts: int | None
+    next_link: str | None = None
 
 
 _SESSION_COLUMNS = (
     "session_id, client_secret, medium, address, purpose, token_hash, send_attempt,"
-    " created_ts, expires_ts, validated_ts, consumed_ts"
+    " created_ts, expires_ts, validated_ts, consumed_ts, next_link"
 )
 
 
@@ -123,10 +124,11 @@ def get_session(conn: Conn, session_id: str) -> ValidationSession | None:
 def insert_session(conn: Conn, s: ValidationSession) -> None:
     conn.execute(
         f"INSERT INTO threepid_validation_sessions ({_SESSION_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             s.session_id, s.client_secret, s.medium, s.address, s.purpose, s.token_hash,
             s.send_attempt, s.created_ts, s.expires_ts, s.validated_ts, s.consumed_ts,
+            s.next_link,
         ),
     )
 

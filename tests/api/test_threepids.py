@@ -29,15 +29,22 @@ from tests.conftest import make_config, shared_certificate
 
 
 class MailBox:
-    """aiosmtpd handler: keeps every mail it is given."""
+    """aiosmtpd handler: keeps every mail it is given (and with ``spool``, writes each
+    one's text to ``spool/<recipient>.txt`` for a program outside this process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spool: Path | None = None) -> None:
         self.mails: list[tuple[list[str], EmailMessage]] = []
+        self.spool = spool
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         self.mails.append((list(envelope.rcpt_tos), msg))
+        if self.spool is not None:
+            for rcpt in envelope.rcpt_tos:
+                part = self.spool / f"{rcpt}.part"
+                part.write_text(msg.get_content(), encoding="utf-8")
+                part.rename(self.spool / f"{rcpt}.txt")  # whole or not at all
         return "250 OK"
 
     def last_to(self, address: str) -> EmailMessage:
@@ -57,8 +64,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_smtp(**kwargs: Any) -> Iterator[tuple[MailBox, int]]:
-    box = MailBox()
+def start_smtp(spool: Path | None = None, **kwargs: Any) -> Iterator[tuple[MailBox, int]]:
+    """An SMTP server on a free loopback port while the generator is open."""
+    box = MailBox(spool)
     port = _free_port()
     controller = Controller(box, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
@@ -70,7 +78,7 @@ def _start_smtp(**kwargs: Any) -> Iterator[tuple[MailBox, int]]:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[MailBox, int]]:
-    yield from _start_smtp()
+    yield from start_smtp()
 
 
 @pytest.fixture
@@ -238,7 +246,12 @@ async def test_register_with_an_email_address(http: httpx.AsyncClient, mailbox: 
     flows = r.json()["flows"]
     assert {"stages": ["m.login.email.identity"]} in flows and {"stages": ["m.login.dummy"]} in flows
     session = r.json()["session"]
-    r = await request_token(http, "/register/email/requestToken", "dave@example.org", "regsecret")
+    token_body = {"client_secret": "regsecret", "email": "dave@example.org", "send_attempt": 1,
+                  "next_link": "javascript:alert(1)"}
+    r = await http.post(f"{V3}/register/email/requestToken", json=token_body)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM"
+    token_body["next_link"] = "https://app.example/#/register?a=1&b=<2>"
+    r = await http.post(f"{V3}/register/email/requestToken", json=token_body)
     sid = r.json()["sid"]
     auth = {"type": "m.login.email.identity", "session": session,
             "threepid_creds": {"sid": sid, "client_secret": "regsecret"}}
@@ -250,7 +263,10 @@ async def test_register_with_an_email_address(http: httpx.AsyncClient, mailbox: 
     link, _ = link_and_code(mailbox.last_to("dave@example.org"))
     assert "create an account" in mailbox.last_to("dave@example.org").get_content()
     async with httpx.AsyncClient() as browser:
-        assert (await browser.get(link)).status_code == 200
+        page = await browser.get(link)
+    # The page offers the app's next_link (escaped), and does not redirect to it.
+    assert page.status_code == 200
+    assert '<a href="https://app.example/#/register?a=1&amp;b=&lt;2&gt;">Continue</a>' in page.text
     r = await http.post(f"{V3}/register", json={"username": "dave", "password": "pw-dave", "auth": auth})
     assert r.status_code == 200, r.text
     dave, token = r.json()["user_id"], r.json()["access_token"]
@@ -368,7 +384,7 @@ async def test_mail_over_starttls(tmp_path: Path, nursery: trio.Nursery) -> None
     cert, key = shared_certificate()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
-    smtp = _start_smtp(tls_context=tls, require_starttls=True)
+    smtp = start_smtp(tls_context=tls, require_starttls=True)
     box, port = next(smtp)
     try:
         cfg = email_config(tmp_path, port, email={"tls": "starttls"})
@@ -463,3 +479,24 @@ async def test_delete_unbinds_where_it_was_bound(http: httpx.AsyncClient, ids: B
     for bad in ({"medium": "fax", "address": "x"}, {"medium": "email"}, {"medium": "email", "address": "a@b.c", "id_server": "a/b"}):
         r = await http.post(f"{V3}/account/3pid/delete", json=bad, headers=auth_headers(token))
         assert r.status_code == 400 and r.json()["errcode"] in ("M_INVALID_PARAM", "M_MISSING_PARAM"), bad
+
+
+async def test_a_mail_that_cannot_be_sent_is_an_upstream_error(
+    tmp_path: Path, nursery: trio.Nursery, smtp: tuple[MailBox, int]
+) -> None:
+    """No SMTP server listening, or one that does not offer the STARTTLS the config
+    asks for: 502, and the same request again really tries again."""
+    from pocketserver.server import run_server
+
+    box, port = smtp
+    for name, cfg in (
+        ("closed", email_config(tmp_path / "a", _free_port())),
+        ("no-starttls", email_config(tmp_path / "b", port, email={"tls": "starttls"})),
+    ):
+        running: RunningServer = await nursery.start(partial(run_server, cfg, out=None, handle_signals=False))
+        async with httpx.AsyncClient(base_url=running.urls[0]) as http:
+            for _ in range(2):
+                r = await request_token(http, "/account/3pid/email/requestToken", f"{name}@example.org")
+                assert r.status_code == 502 and r.json()["errcode"] == "M_UNKNOWN", r.text
+        running.stop.set()
+    assert box.mails == []  # nothing went out in the clear

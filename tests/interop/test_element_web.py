@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import zstandard
 
-from tests.interop.conftest import REPO, ServerProcess
+from tests.api.test_threepids import start_smtp
+from tests.interop.conftest import REPO, ServerProcess, start_pocketserver
 from tests.interop.test_js_sdk import JS_DIR, NODE
 
 pytestmark = pytest.mark.interop
@@ -80,6 +81,27 @@ def element_webapp(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def mail_dir(tmp_path: Path) -> Path:
+    """Where the test's SMTP server leaves each mail, as ``<recipient>.txt``."""
+    path = tmp_path / "mail"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def pocketserver_process(tmp_path: Path, mail_dir: Path) -> Iterator[ServerProcess]:
+    """The real pocketserver, sending its mail to an SMTP server on loopback."""
+    smtp = start_smtp(mail_dir)
+    _box, port = next(smtp)
+    try:
+        toml = f'[email]\nsmtp_host = "127.0.0.1"\nsmtp_port = {port}\ntls = "none"\n'
+        with start_pocketserver(tmp_path, extra_toml=toml) as sp:
+            yield sp
+    finally:
+        smtp.close()
+
+
+@pytest.fixture
 def element_url(element_webapp: Path, pocketserver_process: ServerProcess) -> Iterator[str]:
     """Element Web served on a loopback port, configured for the started pocketserver."""
     webapp = element_webapp
@@ -112,11 +134,12 @@ def element_url(element_webapp: Path, pocketserver_process: ServerProcess) -> It
 
 
 def test_element_web_two_people(
-    element_url: str, pocketserver_process: ServerProcess, tmp_path: Path
+    element_url: str, pocketserver_process: ServerProcess, tmp_path: Path, mail_dir: Path
 ) -> None:
     """Sign up through Element's form, create a room with an address, open it by that
     address and join, chat both ways, an image, an encrypted room joined by invite where
-    both read each other, and a kick whose reason the kicked user sees."""
+    both read each other, a kick whose reason the kicked user sees, and an e-mail
+    address added in Settings and confirmed by following the link in the mail."""
     if not (JS_DIR / "node_modules" / "playwright-core").is_dir() or not NODE.exists():
         pytest.fail("tests/interop/js has no playwright-core: run `npm install` there (tests/run does)")
     if not CHROMIUM.exists():
@@ -130,6 +153,7 @@ def test_element_web_two_people(
             pocketserver_process.base_url,
             pocketserver_process.server_name,
             str(shots),
+            str(mail_dir),
         ],
         capture_output=True,
         text=True,
@@ -156,6 +180,8 @@ def test_element_web_two_people(
     assert seen["encrypted_room"] is True
     assert "You were removed from Secret" in seen["kick_text"]
     assert "Reason: too noisy" in seen["kick_text"]
+    assert seen["link_page"] == "E-mail address confirmed"
+    assert seen["email_listed"] == f"{seen['display_name']}@example.org"
     # Nothing the server answered made the browser drop a request (CORS, no answer).
     assert not [r for r in result["requests"] if " failed: " in r], result["requests"]
     assert "Traceback" not in pocketserver_process.log()

@@ -28,7 +28,7 @@ V3_AND_UNSTABLE = ("/_matrix/client/v3", "/_matrix/client/unstable")
 async def list_threepids() -> Response:
     """GET /_matrix/client/v3/account/3pid"""
     requester = await require_auth()
-    return json_response({"threepids": await services().threepids.list(requester.user_id)})
+    return json_response({"threepids": await services().threepids.list_threepids(requester.user_id)})
 
 
 @client_route(bp, "/account/3pid", ["POST"])
@@ -135,13 +135,16 @@ _PAGE = """<!DOCTYPE html>
 <title>{title}</title></head>
 <body style="font-family: sans-serif; max-width: 36em; margin: 3em auto; padding: 0 1em">
 <h1>{title}</h1>
-<p>{text}</p>
+<p>{text}</p>{more}
 </body></html>
 """
 
 
-def _page(status: int, title: str, text: str) -> Response:
-    body = _PAGE.format(title=html.escape(title), text=html.escape(text))
+def _page(status: int, title: str, text: str, next_link: str | None = None) -> Response:
+    # The client's next_link is offered, not followed: no redirect to wherever a
+    # requestToken named.
+    more = f'\n<p><a href="{html.escape(next_link)}">Continue</a></p>' if next_link else ""
+    body = _PAGE.format(title=html.escape(title), text=html.escape(text), more=more)
     return Response(body, status=status, content_type="text/html; charset=utf-8")
 
 
@@ -159,11 +162,14 @@ async def submit_token_page() -> Response:
     link a person follows from the mail)"""
     params = _params(dict(request.args))
     if params is None:
-        return _page(400, "This link is incomplete", "Copy the whole link from the mail into your browser.")
-    if await services().threepids.submit_token(*params):
+        # Not a link this server wrote (a person's is whole): the API's error.
+        raise MatrixError(400, "M_MISSING_PARAM", "sid, client_secret and token are required")
+    ok, next_link = await services().threepids.submit_token(*params)
+    if ok:
         return _page(
             200, "E-mail address confirmed",
             "Thank you. Go back to your Matrix app and continue there; you can close this page.",
+            next_link,
         )
     return _page(
         400, "This link does not work any more",
@@ -179,4 +185,5 @@ async def submit_token() -> Response:
     params = _params(body)
     if params is None:
         raise MatrixError(400, "M_MISSING_PARAM", "sid, client_secret and token are required strings")
-    return json_response({"success": await services().threepids.submit_token(*params)})
+    ok, _next_link = await services().threepids.submit_token(*params)
+    return json_response({"success": ok})

@@ -1,5 +1,7 @@
 // Element Web in a real Chromium (playwright-core), as two people, against pocketserver.
-// Usage: node element_web.mjs <element_url> <homeserver_url> <server_name> <out_dir>
+// Usage: node element_web.mjs <element_url> <homeserver_url> <server_name> <out_dir> [mail_dir]
+// With mail_dir (where the test's SMTP server drops each mail as <recipient>.txt), Alice
+// also adds an e-mail address in Settings and confirms it from the mail's link.
 // Prints one JSON line: {"ok": true, "steps": [...], "seen": {...}} or, on the first step
 // that fails, {"ok": false, "step", "error", "screenshots", "requests", "console"}; the
 // screenshots of both users' pages land in <out_dir>.
@@ -9,11 +11,11 @@
 // file upload button, the join and accept buttons. Waits are bounded (STEP_MS) and
 // poll the page; there are no fixed sleeps.
 import { chromium } from "playwright-core";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 
-const [elementUrl, hsUrl, serverName, outDir] = process.argv.slice(2);
+const [elementUrl, hsUrl, serverName, outDir, mailDir] = process.argv.slice(2);
 if (!outDir) throw new Error("usage: node element_web.mjs <element_url> <hs_url> <server_name> <out_dir>");
 mkdirSync(outDir, { recursive: true });
 
@@ -133,7 +135,13 @@ async function signUp(p) {
   await page.locator("#mx_RegistrationForm_password").fill(PASSWORD);
   await page.locator("#mx_RegistrationForm_passwordConfirm").fill(PASSWORD);
   await page.locator("input[type=submit]").click();
-  await page.getByRole("button", { name: "User menu" }).waitFor();
+  // A server that can send mail offers an optional e-mail address: Element warns once
+  // about signing up without one.
+  const menu = page.getByRole("button", { name: "User menu" });
+  const withoutEmail = page.locator(".mx_Dialog", { hasText: "Continuing without email" });
+  await menu.or(withoutEmail).first().waitFor();
+  if (await withoutEmail.isVisible()) await withoutEmail.getByRole("button", { name: "Continue" }).click();
+  await menu.waitFor();
   debug(p.label, "signed in");
   await page.getByRole("button", { name: "Add room" }).waitFor();
   await dismissClutter(p);
@@ -284,6 +292,42 @@ try {
     await bar.filter({ hasText: "too noisy" }).first().waitFor();
     seen.kick_text = (await bob.page.locator(".mx_RoomPreviewBar").first().innerText()).replace(/\s+/g, " ").trim();
   });
+
+  if (mailDir) {
+    await step("add an e-mail address in Settings, confirmed from the mail", async () => {
+      const address = `alice_${stamp}@example.org`;
+      const { page } = alice;
+      await page.getByRole("button", { name: "User menu" }).click();
+      await page.getByRole("menuitem", { name: "All settings" }).click();
+      const dialog = page.locator(".mx_UserSettingsDialog");
+      await dialog.getByRole("tab", { name: "Account" }).click();
+      const section = dialog.locator("form", { has: page.getByLabel("Email Address") }).first();
+      await section.getByLabel("Email Address").fill(address);
+      await section.getByRole("button", { name: "Add" }).click();
+      await dialog.getByText("We've sent you an email to verify your address").waitFor();
+      // The mail, as the test's SMTP server received it; its link, followed in a tab.
+      const file = join(mailDir, `${address}.txt`);
+      const deadline = Date.now() + STEP_MS;
+      while (!existsSync(file)) {
+        expect(Date.now() < deadline, `a mail to ${address}`);
+        await page.waitForTimeout(200);
+      }
+      const link = readFileSync(file, "utf-8").match(/https?:\/\/\S+/)[0];
+      const tab = await alice.context.newPage();
+      await tab.goto(link);
+      seen.link_page = (await tab.locator("h1").innerText()).trim();
+      await tab.close();
+      await dialog.getByRole("button", { name: "Continue" }).click();
+      // User-interactive auth: Element asks for the password.
+      const auth = page.locator(".mx_InteractiveAuthDialog");
+      await auth.locator("input[type=password]").fill(PASSWORD);
+      await auth.getByRole("button", { name: "Continue" }).click();
+      await auth.waitFor({ state: "detached" });
+      const listed = dialog.locator(".mx_AddRemoveThreepids_existing_address", { hasText: address });
+      await listed.waitFor();
+      seen.email_listed = (await listed.innerText()).trim();
+    });
+  }
 } catch (e) {
   failure = { step: current, error: String(e?.stack || e).slice(0, 2000) };
 }
