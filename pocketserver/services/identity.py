@@ -499,6 +499,9 @@ class IdentityService:
             log.info("onbind to %s not delivered (kept for the next bind): %s", server, e)
             return
         except MatrixError as e:
+            if e.status >= 500:  # the inviter's server could not be reached: try again later
+                log.info("onbind to %s failed (kept for the next bind): %s", server, e.message)
+                return
             log.info("onbind to %s refused: %s %s", server, e.errcode, e.message)
         await self.db.write(store.mark_delivered, [inv.token for inv in invites], self.clock.time_ms())
 
