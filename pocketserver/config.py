@@ -161,6 +161,38 @@ class EmailConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TermsPolicy:
+    """One policy users of the identity service accept (GET/POST /_matrix/identity/v2/terms)."""
+
+    id: str
+    version: str
+    url: str
+    name: str = ""
+    lang: str = "en"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """The built-in identity service (Identity Service API v2 at /_matrix/identity/v2,
+    on the client listeners). Off by default."""
+
+    enabled: bool = False
+    # The service's public URL (its links in mails, its key_validity_url); empty:
+    # https://{server_name}.
+    base_url: str = ""
+    # Validation sessions and their mailed tokens last this long (the spec's 24 hours).
+    session_lifetime_seconds: int = 86400
+    # Wrong tokens a validation session takes before it is closed.
+    max_token_attempts: int = 10
+    # Mails (validation and invites) to one address within an hour; more: M_LIMIT_EXCEEDED.
+    mails_per_address_per_hour: int = 5
+    # Pending invitations (store-invite) expire after this many days.
+    invite_lifetime_days: int = 30
+    # Policies a user must accept before using the service (none: nothing to accept).
+    terms: tuple[TermsPolicy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     # Number of events kept decoded in memory.
     event_cache_size: int = 2000
@@ -198,6 +230,7 @@ class Config:
     well_known: WellKnownConfig = WellKnownConfig()
     turn: TurnConfig = TurnConfig()
     email: EmailConfig = EmailConfig()
+    identity: IdentityConfig = IdentityConfig()
     caches: CacheConfig = CacheConfig()
     appservices: AppservicesConfig = AppservicesConfig()
     # Users created by `register-user --admin` may use the admin API.
@@ -401,6 +434,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("email.token_lifetime_minutes: must be at least 1")
     if cfg.email.timeout_seconds <= 0:
         raise ConfigError("email.timeout_seconds: must be positive")
+    if cfg.identity.session_lifetime_seconds < 60:
+        raise ConfigError("identity.session_lifetime_seconds: must be at least 60")
+    if cfg.identity.max_token_attempts < 1:
+        raise ConfigError("identity.max_token_attempts: must be at least 1")
+    if cfg.identity.mails_per_address_per_hour < 1:
+        raise ConfigError("identity.mails_per_address_per_hour: must be at least 1")
+    if cfg.identity.invite_lifetime_days < 1:
+        raise ConfigError("identity.invite_lifetime_days: must be at least 1")
+    if cfg.identity.base_url and not cfg.identity.base_url.startswith(("https://", "http://")):
+        raise ConfigError("identity.base_url: must be an http(s) URL")
     if cfg.caches.event_cache_size < 1:
         raise ConfigError("caches.event_cache_size: must be at least 1")
     if cfg.caches.database_cache_kib < 64:
@@ -539,6 +582,19 @@ enable_registration_by_email = true
 require_for_registration = false
 token_lifetime_minutes = 60
 timeout_seconds = 30.0
+
+
+[identity]
+# The built-in identity service (/_matrix/identity/v2): e-mail validation, lookups,
+# bindings and invitations by e-mail, in the same database. It needs [email].
+enabled = false
+# base_url = "https://matrix.example.org"   # default: https://<server_name>
+session_lifetime_seconds = 86400
+max_token_attempts = 10
+mails_per_address_per_hour = 5
+invite_lifetime_days = 30
+# Policies users accept before using it:
+# terms = [{ id = "privacy_policy", version = "1.0", name = "Privacy Policy", url = "https://example.org/privacy-1.0.html" }]
 
 [caches]
 event_cache_size = 2000

@@ -26,8 +26,9 @@ log = logging.getLogger("pocketserver")
 
 FEDERATION_PREFIXES = ("/_matrix/federation/", "/_matrix/key/")
 # The OpenID userinfo exchange is for third parties (integration managers, widgets), which
-# may reach the server where its clients do: every listener serves it.
-EVERY_LISTENER_PATHS = ("/_matrix/federation/v1/openid/userinfo",)
+# may reach the server where its clients do: every listener serves it. So does every
+# listener serve identity servers' onbind notifications (third-party invites).
+EVERY_LISTENER_PATHS = ("/_matrix/federation/v1/openid/userinfo", "/_matrix/federation/v1/3pid/onbind")
 
 
 @dataclass

@@ -66,19 +66,21 @@ class FederationEdus:
     def pdu_in_txn(self, conn: Conn, event: Event) -> None:
         """A local event was persisted: queue it for every other server in the room.
 
+        So does an invite of one of our users that this server built in another
+        server's user's name from a third-party invite (third_party_invites.py).
         A membership event also goes to its target's server when that server leaves the
-        room by it (a kick or ban: it must learn of it), except an invite: the invitee's
-        server receives that through ``/invite`` (joins/invites' business), not twice.
+        room by it (a kick or ban: it must learn of it). An invite goes to the invitee's
+        server through ``/invite`` (joins/invites' business), and in a transaction only
+        when that server is in the room: it kept the ``/invite`` copy as an outlier, which
+        the transaction makes part of its room.
         """
-        if not event.sender.endswith(":" + self.server_name):
+        if not event.sender.endswith(":" + self.server_name) and not _third_party_invite_of_ours(event, self.server_name):
             return
         servers = outbox.remote_servers_in_room(conn, event.room_id)
         if event.type == "m.room.member" and event.state_key:
             target = _server_of(event.state_key)
             if target != self.server_name:
-                if event.membership == "invite":
-                    servers.discard(target)
-                elif event.membership in ("leave", "ban"):
+                if event.membership in ("leave", "ban"):
                     servers.add(target)
         if servers:
             self.sender.queue_in_txn(conn, sorted(servers), outbox.PDU, event.pdu)
@@ -246,3 +248,13 @@ class FederationEdus:
             },
         }
         self.sender.queue_in_txn(conn, [destination], outbox.EDU, edu)
+
+
+def _third_party_invite_of_ours(event: Event, server_name: str) -> bool:
+    return (
+        event.type == "m.room.member"
+        and event.membership == "invite"
+        and "third_party_invite" in event.content
+        and isinstance(event.state_key, str)
+        and event.state_key.endswith(":" + server_name)
+    )

@@ -509,9 +509,15 @@ class RemoteRooms:
 
     # -- inviting a remote user ----------------------------------------------------------------
 
-    async def invite_room_state(self, room_id: str) -> list[JsonDict]:
+    async def invite_room_state(self, room_id: str, sender: str | None = None) -> list[JsonDict]:
+        """The stripped state sent with an invite: the room's invite state types and
+        the inviter's membership (``sender``)."""
+        keys = [(t, "") for t in INVITE_STATE_TYPES]
+        if sender is not None:
+            keys.append(("m.room.member", sender))
+
         def read(conn: Conn) -> list[JsonDict]:
-            ids = state_store.get_current_state_ids(conn, room_id, [(t, "") for t in INVITE_STATE_TYPES])
+            ids = state_store.get_current_state_ids(conn, room_id, keys)
             recs = ev_store.get_events(conn, ids.values())
             out = []
             for rec in recs.values():
@@ -531,7 +537,7 @@ class RemoteRooms:
         body = {
             "event": event.pdu,
             "room_version": rv.identifier,
-            "invite_room_state": await self.invite_room_state(event.room_id),
+            "invite_room_state": await self.invite_room_state(event.room_id, event.sender),
         }
         path = f"/_matrix/federation/v2/invite/{_q(event.room_id)}/{_q(event.event_id)}"
         try:

@@ -21,6 +21,7 @@ from pocketserver.services.e2ee import E2eeService
 from pocketserver.services.ephemeral import ReceiptService, TypingTracker
 from pocketserver.services.events import EventPipeline
 from pocketserver.services.hierarchy import HierarchyService
+from pocketserver.services.identity import IdentityService, homeserver_calls
 from pocketserver.services.key_backup import KeyBackupService
 from pocketserver.services.mailer import Mailer
 from pocketserver.services.media import MediaService
@@ -92,11 +93,14 @@ class Services:
     appservices: AppserviceService
     federation_sender: FederationSender | None
     federation_keys: FederatedKeys | None
+    # Outgoing mail ([email]): the homeserver's 3PID mails and the identity service's.
+    mailer: Mailer
     # Background tasks each service wants run in the root nursery: (name, async fn).
     background: list[Any]
     # fed-rooms: the inbound room services (intake, transactions, hosting) the
     # federation routes call; None when federation is off.
     room_federation: RoomFederation | None = None
+    identity: IdentityService | None = None
 
 
 def build_services(
@@ -165,8 +169,9 @@ def build_services(
     accounts.on_profile_changed.append(member_profiles.on_profile_changed)
     accounts.on_deactivate.append(member_profiles.on_deactivate)
     identity_client = IdentityClient(outbound, config.federation.allowed_ip_ranges)
+    mailer = Mailer(config.email, config.server_name, outbound)
     threepids = ThreepidService(
-        config, db, clock, Mailer(config.email, config.server_name, outbound), ratelimiter, identity_client,
+        config, db, clock, mailer, ratelimiter, identity_client,
         federation_client.authorization,
     )
     uia.email_identity = threepids.auth_stage
@@ -228,8 +233,17 @@ def build_services(
         appservices=appservices,
         federation_sender=sender,
         federation_keys=fed_keys,
+        mailer=mailer,
         background=background,
     )
+    if config.federation.enabled:
+        svc.third_party_invites.federation = federation_client
+    if config.identity.enabled:
+        userinfo, onbind = homeserver_calls(
+            config.server_name, svc.openid, svc.third_party_invites.on_bind,
+            federation_client if config.federation.enabled else None,
+        )
+        svc.identity = IdentityService(config, db, clock, signing_key, svc.mailer, userinfo, onbind)
     if fed_keys is not None:
         from pocketserver.federation.hosting import build_room_federation
 

@@ -465,6 +465,11 @@ class RoomService:
                 return
         raise Forbidden("No member of this server can authorise the join")
 
+    async def held_here(self, room_id: str) -> bool:
+        """Whether this server takes part in the room itself (holds its state, with a
+        local member): what it sends there needs no other server's help."""
+        return not await self._remote_only(room_id)
+
     async def _remote_only(self, room_id: str) -> bool:
         """Whether a membership change must go through another server: the room is
         not held here (unknown, or only an invite or knock), or no local user is in it

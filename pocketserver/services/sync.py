@@ -772,6 +772,11 @@ class SyncService:
             extra = [s for s in sent if isinstance(s, dict)] if isinstance(sent, list) else []
             return [*extra, stripped_state(rec)]
         keys = [(t, "") for t in INVITE_STATE_TYPES] + [("m.room.member", user_id)]
+        # The inviter's membership too, so the invite shows who sent it.
+        m = state_store.get_membership(conn, room_id, user_id)
+        rec = ev_store.get_event(conn, m[1]) if m is not None and m[0] == "invite" else None
+        if rec is not None and rec.event.sender != user_id:
+            keys.append(("m.room.member", rec.event.sender))
         ids = state_store.get_current_state_ids(conn, room_id, keys)
         recs = ev_store.get_events(conn, ids.values())
         return [stripped_state(recs[e]) for e in ids.values() if e in recs]

@@ -17,8 +17,25 @@ event's public keys, and that key must still be valid at its ``key_validity_url`
 (the server already in the room checks it: "MUST validate that the public key used for
 signing is still valid"). The invite is then exchanged for an ``m.room.member`` invite
 with ``content.third_party_invite``, sent as the original inviter, which auth rule
-5.4.1 checks again; the join follows as usual. Inviters on other servers are not
-supported (that exchange goes over federation).
+5.4.1 checks again; the join follows as usual. When the inviter is on another server,
+that server makes the exchange (``PUT /_matrix/federation/v1/exchange_third_party_invite``).
+
+Completed by the identity server (server-server-api.md, "Third-party invites"):
+
+- ``PUT /_matrix/federation/v1/3pid/onbind`` (:meth:`ThirdPartyInviteService.on_bind`):
+  an identity server tells us that one of our users bound an address that had pending
+  invites, each with the ``signed`` object the room's keys verify. Each invite is
+  exchanged for an ``m.room.member`` invite: here when the inviter is our user or this
+  server is in the room (built here in the inviter's name; the room's other servers
+  get it in a transaction), else by ``exchange_third_party_invite`` on the inviter's
+  server. One invite that fails (a bad
+  signature, a revoked key, an unreachable server) does not stop the rest; the answer
+  is then the last failure's error, so the identity server knows.
+- ``PUT /_matrix/federation/v1/exchange_third_party_invite/{roomId}``
+  (:meth:`ThirdPartyInviteService.on_exchange`): another server asks us, the inviter's
+  server, to issue that invite. The same checks as a local exchange (the invite event,
+  its sender, a signature by one of its keys, that key still valid), then the invite is
+  sent as the inviter and reaches the invitee's server as an ordinary federated invite.
 
 The identity server is named by the client, so every address it resolves to must be
 public (or in ``federation.allowed_ip_ranges``): no client can make this server call
@@ -33,19 +50,33 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import h11
 import trio
 from unpaddedbase64 import encode_base64
 
 from pocketserver.config import Config
-from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam
+from pocketserver.errors import (
+    BadJson,
+    Forbidden,
+    InvalidParam,
+    MatrixError,
+    MissingParam,
+    NotFound,
+)
+from pocketserver.federation.interfaces import (
+    FederationError,
+    FederationRequester,
+    FederationUnreachable,
+)
 from pocketserver.protocol.auth_rules import verify_third_party_signed
+from pocketserver.protocol.identifiers import is_valid_user_id
 from pocketserver.services.auth import Requester
 from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound
 from pocketserver.services.rooms import RoomService
 from pocketserver.storage import accounts as accounts_store
+from pocketserver.storage import events as ev_store
 
 log = logging.getLogger("pocketserver.third_party_invites")
 
@@ -158,11 +189,48 @@ def _hashed(address: str, medium: str, pepper: str) -> str:
     return encode_base64(digest, urlsafe=True)
 
 
+def _domain(identifier: str) -> str:
+    return identifier.split(":", 1)[1] if ":" in identifier else ""
+
+
+# At most this many invites are taken from one onbind notification.
+MAX_ONBIND_INVITES = 100
+EXCHANGE_TIMEOUT_S = 30.0
+
+
+def check_signed(signed: Any, where: str) -> dict[str, Any]:
+    """A ``signed`` object of a third-party invite (signed_third_party_invite.yaml):
+    ``mxid``, ``token`` and ``signatures`` (``sender`` is optional)."""
+    if not isinstance(signed, dict):
+        raise BadJson(f"'{where}' must be an object")
+    for key in ("mxid", "token"):
+        if key not in signed:
+            raise MissingParam(f"Missing '{where}.{key}'")
+        if not isinstance(signed[key], str) or not signed[key]:
+            raise BadJson(f"'{where}.{key}' must be a non-empty string")
+    if not isinstance(signed.get("signatures"), dict):
+        raise BadJson(f"'{where}.signatures' must be an object")
+    if "sender" in signed and not isinstance(signed["sender"], str):
+        raise BadJson(f"'{where}.sender' must be a string")
+    return signed
+
+
+def _user_field(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        raise MissingParam(f"Missing '{where}{key}'")
+    if not isinstance(value, str) or not is_valid_user_id(value):
+        raise BadJson(f"'{where}{key}' must be a user ID")
+    return value
+
+
 class ThirdPartyInviteService:
     def __init__(self, config: Config, rooms: RoomService, client: IdentityClient) -> None:
         self.server_name = config.server_name
         self.rooms = rooms
         self.client = client
+        # Signed requests to other servers (set when federation is on).
+        self.federation: FederationRequester | None = None
 
     # -- inviting ----------------------------------------------------------------------
 
@@ -286,41 +354,150 @@ class ThirdPartyInviteService:
     async def accept(self, requester: Requester, room_id: str, signed: Any) -> None:
         """Exchange the invite ``signed`` proves for an invite membership of the
         requester (nothing to do when the requester is invited or joined already)."""
-        if not isinstance(signed, dict):
-            raise BadJson("'third_party_signed' must be an object")
-        for key in ("mxid", "sender", "token"):
-            if not isinstance(signed.get(key), str):
-                raise BadJson(f"'third_party_signed.{key}' must be a string")
-        if not isinstance(signed.get("signatures"), dict):
-            raise BadJson("'third_party_signed.signatures' must be an object")
+        signed = check_signed(signed, "third_party_signed")
+        if not isinstance(signed.get("sender"), str):
+            raise BadJson("'third_party_signed.sender' must be a string")
         if signed["mxid"] != requester.user_id:
             raise Forbidden("This third-party invite is for someone else")
-        await self.exchange(room_id, requester.user_id, signed)
+        if await self.rooms.membership(room_id, requester.user_id) in ("join", "invite"):
+            return
+        await self.exchange(room_id, signed["sender"], requester.user_id, signed)
 
-    async def exchange(self, room_id: str, invitee: str, signed: Mapping[str, Any]) -> None:
-        """Turn the ``m.room.third_party_invite`` that ``signed`` (checked for shape by
-        the caller: ``mxid``, ``token``, ``signatures``; ``sender`` when given must be the
-        inviter) proves into an
-        invite membership of ``invitee``, sent as the original inviter. Callable from
-        ``/join`` with ``third_party_signed`` and from the identity server's
-        ``/3pid/onbind`` (each ``invites[].signed`` there) alike; nothing to do when the
-        invitee is invited or joined already."""
-        if await self.rooms.membership(room_id, invitee) in ("join", "invite"):
+    async def exchange(self, room_id: str, sender: str, mxid: str, signed: Mapping[str, Any]) -> None:
+        """Turn a third-party invite into ``mxid``'s invite membership: here when the
+        inviter ``sender`` is ours or this server is in the room (the event is then
+        built here in the inviter's name, as the spec allows the invitee's server: auth
+        rule 5.4.1 checks it by the invite's keys, not by who signed it), else on the
+        inviter's server."""
+        if _domain(sender) == self.server_name or await self.rooms.held_here(room_id):
+            await self.issue(room_id, sender, mxid, signed)
+            return
+        if self.federation is None:
+            raise Forbidden("Third-party invites from other servers need federation")
+        event = {
+            "type": "m.room.member",
+            "room_id": room_id,
+            "sender": sender,
+            "state_key": mxid,
+            "content": {"membership": "invite", "third_party_invite": {"display_name": "", "signed": dict(signed)}},
+        }
+        path = f"/_matrix/federation/v1/exchange_third_party_invite/{quote(room_id, safe='')}"
+        try:
+            await self.federation.put_json(_domain(sender), path, event, timeout_s=EXCHANGE_TIMEOUT_S)
+        except FederationError as e:
+            log.info("exchange_third_party_invite at %s refused: %s", _domain(sender), e)
+            if e.status in (400, 403, 404):
+                raise MatrixError(e.status, e.errcode if e.errcode.startswith("M_") else "M_UNKNOWN",
+                                  "The inviter's server refused the third-party invite") from None
+            raise MatrixError(502, "M_UNKNOWN", "The inviter's server failed") from None
+        except FederationUnreachable as e:
+            log.info("exchange_third_party_invite at %s failed: %s", _domain(sender), e)
+            raise MatrixError(502, "M_UNKNOWN", "The inviter's server could not be reached") from None
+
+    async def issue(self, room_id: str, sender: str, mxid: str, signed: Mapping[str, Any]) -> None:
+        """Send ``mxid``'s invite as ``sender``, who issued the room's
+        ``m.room.third_party_invite`` for ``signed.token``: its signature must verify
+        with one of that event's keys, which its identity server still vouches for."""
+        if signed.get("mxid") != mxid:
+            raise Forbidden("The signed third-party invite is for someone else")
+        if await self.rooms.membership(room_id, mxid) in ("join", "invite"):
             return
         record = await self.rooms.current_state_record(room_id, "m.room.third_party_invite", signed["token"])
         if record is None:
             raise Forbidden("No such third-party invite in this room")
-        inviter = record.event.sender
-        if signed.get("sender", inviter) != inviter:
+        if record.event.sender != sender:
             raise Forbidden("This third-party invite was sent by someone else")
-        if not inviter.endswith(f":{self.server_name}"):
-            raise MatrixError(400, "M_UNRECOGNIZED", "Third-party invites from other servers are not supported yet")
         await self._check_signature(signed, record.event.content)
-        tpi = {"display_name": record.event.content.get("display_name"), "signed": signed}
+        display_name = record.event.content.get("display_name")
+        tpi = {"display_name": display_name if isinstance(display_name, str) else "", "signed": dict(signed)}
         await self.rooms.update_membership(
-            Requester(inviter, None), room_id, invitee, "invite",
-            content={"third_party_invite": tpi},
+            Requester(sender, None), room_id, mxid, "invite", content={"third_party_invite": tpi},
         )
+
+    # -- completed by the identity server ---------------------------------------------------
+
+    @staticmethod
+    def check_onbind_body(body: Any) -> tuple[str, list[dict[str, Any]]]:
+        """The bound user ID and the pending invites of an onbind notification."""
+        if not isinstance(body, Mapping):
+            raise BadJson("The body must be an object")
+        for key in ("medium", "address"):
+            if key not in body:
+                raise MissingParam(f"Missing {key!r}")
+            if not isinstance(body[key], str):
+                raise BadJson(f"{key!r} must be a string")
+        mxid = _user_field(body, "mxid", "")
+        invites = body.get("invites", [])
+        if not isinstance(invites, list):
+            raise BadJson("'invites' must be a list")
+        if len(invites) > MAX_ONBIND_INVITES:
+            raise MatrixError(400, "M_TOO_LARGE", f"At most {MAX_ONBIND_INVITES} invites")
+        out: list[dict[str, Any]] = []
+        for i, invite in enumerate(invites):
+            where = f"invites[{i}]."
+            if not isinstance(invite, Mapping):
+                raise BadJson(f"'invites[{i}]' must be an object")
+            room_id = invite.get("room_id")
+            if not isinstance(room_id, str) or not room_id.startswith("!"):
+                raise BadJson(f"'{where}room_id' must be a room ID")
+            sender = _user_field(invite, "sender", where)
+            invitee = _user_field(invite, "mxid", where) if "mxid" in invite else mxid
+            signed = check_signed(invite.get("signed"), f"{where}signed")
+            out.append({"room_id": room_id, "sender": sender, "mxid": invitee, "signed": signed})
+        return mxid, out
+
+    async def on_bind(self, body: Any) -> None:
+        """``PUT /_matrix/federation/v1/3pid/onbind``: exchange each pending invite of
+        one of our users; the last failure, if any, is the answer."""
+        _, invites = self.check_onbind_body(body)
+        failed: MatrixError | None = None
+        for invite in invites:
+            mxid = invite["mxid"]
+            try:
+                if _domain(mxid) != self.server_name:
+                    raise InvalidParam(f"{mxid} is not a user of this server")
+                if invite["signed"]["mxid"] != mxid:
+                    raise Forbidden("The signed invite is for someone else")
+                await self.exchange(invite["room_id"], invite["sender"], mxid, invite["signed"])
+                log.info("onbind: %s invited to %s by %s", mxid, invite["room_id"], invite["sender"])
+            except MatrixError as e:
+                log.info("onbind: the invite of %s to %s failed: %s", mxid, invite["room_id"], e.message)
+                failed = e
+        if failed is not None:
+            # The identity server learns that not every invite went through.
+            raise failed
+
+    async def on_exchange(self, origin: str, room_id: str, body: Any) -> None:
+        """``PUT /_matrix/federation/v1/exchange_third_party_invite/{roomId}``: the
+        invitee's server asks us, the inviter's, to issue the invite."""
+        if not isinstance(body, Mapping):
+            raise BadJson("The body must be an object")
+        for key in ("type", "room_id", "sender", "state_key", "content"):
+            if key not in body:
+                raise MissingParam(f"Missing {key!r}")
+        if body["type"] != "m.room.member":
+            raise InvalidParam("'type' must be m.room.member")
+        if body["room_id"] != room_id:
+            raise InvalidParam("'room_id' does not match the path")
+        sender = _user_field(body, "sender", "")
+        mxid = _user_field(body, "state_key", "")
+        content = body["content"]
+        if not isinstance(content, Mapping):
+            raise BadJson("'content' must be an object")
+        if content.get("membership") != "invite":
+            raise InvalidParam("'content.membership' must be invite")
+        tpi = content.get("third_party_invite")
+        if not isinstance(tpi, Mapping):
+            raise BadJson("'content.third_party_invite' must be an object")
+        signed = check_signed(tpi.get("signed"), "content.third_party_invite.signed")
+        if _domain(sender) != self.server_name:
+            raise Forbidden("The inviter is not a user of this server")
+        if _domain(mxid) != origin:
+            raise Forbidden("The invitee is not a user of the requesting server")
+        if await self.rooms.db.read(ev_store.get_room, room_id) is None:
+            raise NotFound("Unknown room")
+        await self.issue(room_id, sender, mxid, signed)
+        log.info("exchange_third_party_invite: %s invited %s to %s for %s", sender, mxid, room_id, origin)
 
     async def _check_signature(self, signed: Mapping[str, Any], content: Mapping[str, Any]) -> None:
         """A public key of the invite that verifies ``signed`` and that its identity

@@ -736,11 +736,72 @@ def _migration_threepids(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_THREEPIDS)
 
 
+# The built-in identity service (storage/identity.py): its access tokens, accepted
+# terms, e-mail validation sessions, bindings and pending invitations.
+SCHEMA_IDENTITY = """
+CREATE TABLE identity_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE identity_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    created_ts INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX identity_tokens_user ON identity_tokens (user_id);
+CREATE TABLE identity_accepted_terms (
+    user_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    PRIMARY KEY (user_id, url)
+) WITHOUT ROWID;
+CREATE TABLE identity_sessions (
+    sid TEXT PRIMARY KEY,
+    client_secret TEXT NOT NULL,
+    medium TEXT NOT NULL,
+    address TEXT NOT NULL,
+    token TEXT,
+    send_attempt INTEGER NOT NULL,
+    next_link TEXT,
+    created_ts INTEGER NOT NULL,
+    modified_ts INTEGER NOT NULL,
+    validated_ts INTEGER,
+    failed_attempts INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX identity_sessions_secret ON identity_sessions (client_secret, medium, address);
+CREATE TABLE identity_bindings (
+    medium TEXT NOT NULL,
+    address TEXT NOT NULL,
+    mxid TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    PRIMARY KEY (medium, address)
+) WITHOUT ROWID;
+CREATE TABLE identity_invites (
+    token TEXT PRIMARY KEY,
+    medium TEXT NOT NULL,
+    address TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    ephemeral_public_key TEXT NOT NULL,
+    ephemeral_private_key TEXT NOT NULL,
+    created_ts INTEGER NOT NULL,
+    delivered_ts INTEGER
+) WITHOUT ROWID;
+CREATE INDEX identity_invites_address ON identity_invites (medium, address);
+"""
+
+
+def _migration_identity(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_IDENTITY)
+
+
 # Append-only: each merge that brings migrations puts them after the ones already here.
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_erased_users,
     _migration_appservices,
     _migration_threepids,
+    _migration_identity,
 ]
 
 

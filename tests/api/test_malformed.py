@@ -31,6 +31,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -38,7 +39,9 @@ import httpx
 import pytest
 import trio
 
+from pocketserver.config import Config
 from tests.api.helpers import V3, auth_headers, create_room, register, send
+from tests.conftest import make_config
 
 Json = Any
 BodyFn = Callable[["World"], bytes | None]
@@ -167,6 +170,8 @@ class World:
     key_id: str
     password: str = ""
     rooms_of_route: dict[str, str] = field(default_factory=dict)
+    # A token of the identity service (its routes take that, not a client token).
+    is_token: str = ""
 
     def path_value(self, name: str) -> str:
         values = {
@@ -387,6 +392,19 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         ("POST", "/account/3pid/msisdn/requestToken"): {"client_secret": "c", "country_code": "GB", "phone_number": "1", "send_attempt": 1},
         ("POST", "/account/password/msisdn/requestToken"): {"client_secret": "c", "country_code": "GB", "phone_number": "1", "send_attempt": 1},
         ("POST", "/_pocketserver/client/email/submit_token"): {"sid": "s", "client_secret": "c", "token": "t"},
+        # The identity service (on in the sweep's configuration, with no mail server).
+        ("POST", "/_matrix/identity/v2/account/register"): {"access_token": "x", "token_type": "Bearer", "matrix_server_name": "test.local", "expires_in": 3600},
+        ("POST", "/_matrix/identity/v2/terms"): {"user_accepts": ["https://example.org/terms.html"]},
+        ("POST", "/_matrix/identity/v2/lookup"): {"algorithm": "sha256", "pepper": "p", "addresses": ["abc"]},
+        ("POST", "/_matrix/identity/v2/validate/email/requestToken"): {"client_secret": "s", "email": "a@example.org", "send_attempt": 1, "next_link": "https://example.org/"},
+        ("POST", "/_matrix/identity/v2/validate/email/submitToken"): {"sid": "s", "client_secret": "s", "token": "t"},
+        ("POST", "/_matrix/identity/v2/3pid/bind"): {"sid": "s", "client_secret": "s", "mxid": user},
+        ("POST", "/_matrix/identity/v2/3pid/unbind"): {"sid": "s", "client_secret": "s", "mxid": user, "threepid": {"medium": "email", "address": "a@example.org"}},
+        ("POST", "/_matrix/identity/v2/store-invite"): {"medium": "email", "address": "a@example.org", "room_id": room, "sender": user, "room_name": "r", "sender_display_name": "d"},
+        ("POST", "/_matrix/identity/v2/sign-ed25519"): {"mxid": user, "token": "t", "private_key": "x" * 43},
+        ("PUT", "/_matrix/federation/v1/3pid/onbind"): {"medium": "email", "address": "a@example.org", "mxid": bob, "invites": [{"medium": "email", "address": "a@example.org", "mxid": bob, "room_id": room, "sender": user, "signed": {"mxid": bob, "token": "t", "signatures": {"x.test": {"ed25519:0": "abc"}}}}]},
+        ("POST", "/_matrix/federation/v1/3pid/onbind"): {"medium": "email", "address": "a@example.org", "mxid": bob, "invites": [{"medium": "email", "address": "a@example.org", "mxid": bob, "room_id": room, "sender": user, "signed": {"mxid": bob, "token": "t", "signatures": {"x.test": {"ed25519:0": "abc"}}}}]},
+        ("PUT", "/_matrix/federation/v1/exchange_third_party_invite/<room_id>"): {"type": "m.room.member", "room_id": room, "sender": user, "state_key": bob, "content": {"membership": "invite", "third_party_invite": {"display_name": "d", "signed": {"mxid": bob, "token": "t", "signatures": {}}}}},
         # Federation routes (signed requests only: the sweep's tokens get 401 first; the
         # signed sweep is tests/api/federation/test_rooms.py).
         ("PUT", "/_matrix/federation/v1/send/<txn_id>"): {"origin": "x.test", "origin_server_ts": 0, "pdus": [], "edus": []},
@@ -580,6 +598,8 @@ def _url(p: Probe, w: World) -> str:
 
 
 def _headers(p: Probe, w: World) -> dict[str, Any]:
+    if p.auth == "user" and p.rule.rule.startswith("/_matrix/identity/"):
+        return auth_headers(w.is_token)
     if p.auth == "user":
         return auth_headers(w.token)
     if p.auth == "unknown":
@@ -587,6 +607,13 @@ def _headers(p: Probe, w: World) -> dict[str, Any]:
     if p.auth == "malformed":
         return {"Authorization": b"Basic \xc3\xa9\xff=="}
     return {}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """The tests' configuration with the identity service on (no mail server: what
+    would send a mail answers M_EMAIL_SEND_ERROR)."""
+    return make_config(tmp_path, {"identity": {"enabled": True}})
 
 
 @pytest.fixture
@@ -661,7 +688,17 @@ async def _new_world(http: httpx.AsyncClient) -> World:
     version = r.json()["version"]
     r = await http.get("/_matrix/key/v2/server")
     key_id = next(iter(r.json()["verify_keys"]))
-    return World(http, user, token, device, bob, room, event, alias, media_id, filter_id, version, key_id, f"pw-{name}")
+    return World(http, user, token, device, bob, room, event, alias, media_id, filter_id, version, key_id, f"pw-{name}",
+                 is_token=await _is_token(http, user, token))
+
+
+async def _is_token(http: httpx.AsyncClient, user: str, token: str) -> str:
+    """A token of the identity service (on in the sweep's configuration)."""
+    r = await http.post(f"{V3}/user/{user}/openid/request_token", json={}, headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    r = await http.post("/_matrix/identity/v2/account/register", json=r.json())
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
 
 
 def _problem(resp: httpx.Response) -> str | None:
@@ -761,4 +798,5 @@ async def _new_world_light(http: httpx.AsyncClient, world: World) -> World:
     return World(
         http, user, token, device, world.bob, world.room, world.event, world.alias, world.media_id,
         world.filter_id, world.backup_version, world.key_id, f"pw-{name}", world.rooms_of_route,
+        is_token=await _is_token(http, user, token),
     )

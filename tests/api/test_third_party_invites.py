@@ -242,16 +242,20 @@ async def test_create_room_with_invite_3pid(http: httpx.AsyncClient, ids: Identi
 async def test_the_invite_reaches_whoever_binds_the_address_later(
     http: httpx.AsyncClient, ids: IdentityServer, server: Any
 ) -> None:
-    """What ``/3pid/onbind`` does with each invite the identity server hands over once
-    the invitee bound the address: ``exchange`` turns it into an ordinary invite from
-    the original inviter (its ``signed`` has no ``sender`` there)."""
+    """``/3pid/onbind``: the identity server hands over each invite once the invitee
+    bound the address; it becomes an ordinary invite from the original inviter (its
+    ``signed`` has no ``sender`` there)."""
     alice, atok, _ = await register(http)
     bob, btok, _ = await register(http)
     room = await create_room(http, atok, preset="private_chat", name="Later")
     r = await http.post(f"{V3}/rooms/{room}/invite", json=invite_body(ids, "later@example.org"), headers=auth_headers(atok))
     assert r.status_code == 200, r.text
     signed = sign_json({"mxid": bob, "token": "tok1"}, ids.name, ids.key)
-    await server.services.third_party_invites.exchange(room, bob, signed)
+    r = await http.put("/_matrix/federation/v1/3pid/onbind", json={
+        "medium": "email", "address": "later@example.org", "mxid": bob,
+        "invites": [{"medium": "email", "address": "later@example.org", "mxid": bob, "room_id": room,
+                     "sender": alice, "signed": signed}]})
+    assert r.status_code == 200, r.text
     r = await http.get(f"{V3}/sync", headers=auth_headers(btok))
     assert room in r.json()["rooms"]["invite"]
     r = await http.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))

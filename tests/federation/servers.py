@@ -23,8 +23,10 @@ async def start_federating_server(
     tmp_path: Path,
     federation: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    tls_resources: tuple[str, ...] = ("federation",),
 ) -> RunningServer:
-    """``extra``: more configuration (other sections than ``[federation]``)."""
+    """``extra``: more configuration (other sections than ``[federation]``);
+    ``tls_resources``: what the TLS listener (the server name's port) serves."""
     port = free_port()
     config = make_config(
         tmp_path,
@@ -32,7 +34,7 @@ async def start_federating_server(
             "server_name": f"localhost:{port}",
             "listeners": [
                 {"address": "127.0.0.1", "port": 0, "resources": ["client", "federation"]},
-                {"address": "127.0.0.1", "port": port, "tls": True, "resources": ["federation"]},
+                {"address": "127.0.0.1", "port": port, "tls": True, "resources": list(tls_resources)},
             ],
             "federation": {"verify_tls": False, "allowed_ip_ranges": ["127.0.0.0/8"], **(federation or {})},
             **(extra or {}),
