@@ -443,7 +443,10 @@ class RoomHosting:
         ev_store.insert_event(conn, NewEvent(event, None, outlier=True, received_ts=now), now)
         pos = next_stream_pos(conn)
         assert event.state_key is not None
-        if state_store.current_state_group(conn, room_id) is None:
+        if state_store.current_state_group(conn, room_id) is None or not state_store.has_local_member(conn, room_id):
+            # A room we are not in (never were, or all our users left: what we hold of
+            # its state is stale, and its servers no longer send us its events): the
+            # invite is the invitee's membership until they join.
             state_store.set_membership(conn, room_id, event.state_key, "invite", event.event_id, pos, True)
         return pos
 
