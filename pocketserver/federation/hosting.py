@@ -692,6 +692,7 @@ def build_room_federation(services: Any, requester: FederationRequester, keys: K
     # Our users in rooms held elsewhere: the client API's joins, invites, leaves,
     # knocks, directory and history go through it.
     s.rooms.remote = remote
+    transactions.joining_through = remote.joining_through
     s.reader.remote = remote
     sender = s.federation_sender
     if sender is not None:

@@ -40,7 +40,7 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -75,6 +75,10 @@ StateMap = dict[StateKey, str]
 REQUEST_TIMEOUT_S = 30.0
 SEND_JOIN_TIMEOUT_S = 300.0  # a big room's state takes a while to gather and send
 MAX_CANDIDATES = 10
+# How long after a send_join its server's EDUs about users we share no room with yet
+# are kept (the answer of a big room takes minutes), and for how many servers at once.
+JOINING_GRACE_S = SEND_JOIN_TIMEOUT_S + 60.0
+MAX_JOINING_THROUGH = 1000
 MAX_BACKFILL = 100
 # The state an invitee's server is sent with an invite (and shown before joining).
 INVITE_STATE_TYPES = (
@@ -119,6 +123,12 @@ class RemoteRooms:
         self.server_name = server_name
         self.signing_key = signing_key
         self._backfill_turn = 0
+        # Called inside the write that stores one of our users' join to a room held
+        # elsewhere (the federation EDU producer: presence for the room's servers).
+        self.in_join_txn: list[Callable[[Conn, Event], None]] = []
+        # Servers we sent a send_join to lately -> until when (trio clock) their EDUs
+        # about users not yet in a room here are expected (see joining_through).
+        self._joined_through: dict[str, float] = {}
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -253,6 +263,7 @@ class RemoteRooms:
                 template, rv = await self._make(server, "join", room_id, user_id, True)
                 event = self._fill(template, rv, room_id, user_id, "join", content)
                 path = f"/_matrix/federation/v2/send_join/{_q(room_id)}/{_q(event.event_id)}"
+                self._note_joining_through(server)
                 answer = await self.requester.put_json(server, path, event.pdu, timeout_s=SEND_JOIN_TIMEOUT_S)
                 await self._complete_join(server, event, rv, answer)
                 return room_id
@@ -268,6 +279,20 @@ class RemoteRooms:
             except JoinFailed as e:
                 log.warning("joining %s through %s failed: %s", room_id, server, e)
         raise self._client_error(refused, "join")
+
+    def _note_joining_through(self, server: str) -> None:
+        now = trio.current_time()
+        if len(self._joined_through) >= MAX_JOINING_THROUGH:
+            self._joined_through = {s: t for s, t in self._joined_through.items() if t > now}
+        if len(self._joined_through) < MAX_JOINING_THROUGH:
+            self._joined_through[server] = now + JOINING_GRACE_S
+
+    def joining_through(self, server: str) -> bool:
+        """Whether we sent ``server`` a send_join in the last :data:`JOINING_GRACE_S`
+        seconds: the presence of the room's members it sends as it accepts the join
+        may arrive before the join is stored here."""
+        until = self._joined_through.get(server)
+        return until is not None and trio.current_time() < until
 
     async def _complete_join(self, server: str, event: Event, rv: RoomVersion, answer: Any) -> None:
         if not isinstance(answer, dict):
@@ -382,6 +407,8 @@ class RemoteRooms:
         have = graph.known_events(conn, join.prev_event_ids)
         missing = [p for p in join.prev_event_ids if not (p in have and have[p].in_timeline)]
         graph.update_backward_extremities(conn, room_id, join.event_id, missing)
+        for hook in self.in_join_txn:
+            hook(conn, join)
         return pos
 
     # -- leaving a room we are not in (rejecting an invite, rescinding a knock) ------------
