@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.errors import Forbidden, InviteBlocked, MatrixError, NotFound
-from pocketserver.federation.intake import IntakeError, NonCanonicalPdu, PduIntake
+from pocketserver.federation.intake import BadlySigned, IntakeError, NonCanonicalPdu, PduIntake
 from pocketserver.federation.interfaces import FederationRequester, KeyLookup
 from pocketserver.federation.joining import RemoteRooms
 from pocketserver.federation.transactions import TransactionHandler
+from pocketserver.protocol import pdu_checks as pc
 from pocketserver.protocol.auth_rules import (
     CREATE,
     JOIN_RULES,
@@ -305,7 +306,12 @@ class RoomHosting:
             event = await self.intake.check_event(pdu, info.room_version)
         except NonCanonicalPdu as e:
             raise MatrixError(400, "M_BAD_JSON", str(e)) from None
+        except BadlySigned as e:
+            raise Forbidden(str(e)) from None
         except IntakeError as e:
+            if _unsigned(pdu, info.room_version):
+                # The template sent back as it came: no server vouches for it.
+                raise Forbidden("The event is not signed") from None
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
         if event.event_id != event_id:
             raise MatrixError(400, "M_INVALID_PARAM", "The event ID does not match the path")
@@ -638,6 +644,17 @@ class RoomHosting:
 
     def _envelope(self, pdus: list[JsonDict]) -> JsonDict:
         return {"origin": self.server_name, "origin_server_ts": self.clock.time_ms(), "pdus": pdus}
+
+
+def _unsigned(pdu: JsonDict, rv: RoomVersion) -> bool:
+    """A well-formed event that only lacks its hashes and signatures."""
+    if pdu.get("signatures"):
+        return False
+    try:
+        pc.check_format(dict(pdu, hashes={"sha256": ""}, signatures={"x": {}}), rv)
+    except pc.PduFormatError:
+        return False
+    return True
 
 
 def _pdu(rec: EventRecord) -> JsonDict:

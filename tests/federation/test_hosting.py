@@ -103,9 +103,18 @@ async def test_send_join_checks_the_event(fed: Fed) -> None:
     assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
     forged = _sign(made["event"], rv, server="other.test")
     forged["signatures"] = {REMOTE: forged["signatures"]["other.test"]}
-    with pytest.raises(MatrixError) as e:
+    with pytest.raises(MatrixError) as e:  # signed with another server's key
         await fed.hosting.send_join(REMOTE, room_id, Event.from_pdu(forged, rv).event_id, forged)
-    assert e.value.errcode == "M_INVALID_PARAM"
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+    # The template sent back unsigned, and one with a made-up signature: not REMOTE's.
+    unsigned = dict(made["event"])
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.send_join(REMOTE, room_id, eid, unsigned)
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+    fake = dict(pdu, signatures={REMOTE: {key_for(REMOTE).key_id: "a" * 86}})
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.send_join(REMOTE, room_id, eid, fake)
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
     assert BOB not in await fed.services.db.read(state_store.room_members, room_id)
 
 
