@@ -70,8 +70,10 @@ class FederationEdus:
         """A local event was persisted: queue it for every other server in the room.
 
         A membership event also goes to its target's server when that server leaves the
-        room by it (a kick or ban: it must learn of it), except an invite: the invitee's
-        server receives that through ``/invite`` (joins/invites' business), not twice.
+        room by it (a kick or ban: it must learn of it). An invite reaches the invitee's
+        server through ``/invite`` (joins/invites' business); through this too only when
+        that server is in the room (its copy of the room's state must hold the invite,
+        or the invitee's join there would be refused).
         """
         if not event.sender.endswith(":" + self.server_name):
             return
@@ -79,11 +81,8 @@ class FederationEdus:
         servers = outbox.remote_servers_in_room(conn, event.room_id)
         if event.type == "m.room.member" and event.state_key:
             target = _server_of(event.state_key)
-            if target != self.server_name:
-                if event.membership == "invite":
-                    servers.discard(target)
-                elif event.membership in ("leave", "ban"):
-                    servers.add(target)
+            if target != self.server_name and event.membership in ("leave", "ban"):
+                servers.add(target)
         if servers:
             self.sender.queue_in_txn(conn, sorted(servers), outbox.PDU, event.pdu)
 

@@ -227,3 +227,38 @@ async def test_a_new_federated_chat_brings_both_users_presence(nursery: trio.Nur
 
         await poll(sees(ha, atok, bob))
         await poll(sees(hb, btok, alice))
+
+
+async def test_an_invite_reaches_the_invitees_server_when_it_is_in_the_room(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """b is in alice's private room through bob; alice invites carol of b: b's copy of
+    the room must hold the invite too, or carol's join (made by b itself) is refused."""
+    a = await start_federating_server(nursery, tmp_path / "a")
+    b = await start_federating_server(nursery, tmp_path / "b")
+    async with httpx.AsyncClient(base_url=a.urls[0], timeout=30) as ha, httpx.AsyncClient(
+        base_url=b.urls[0], timeout=30
+    ) as hb:
+        _, atok, _ = await register(ha, "alice")
+        bob, btok, _ = await register(hb, "bob")
+        carol, ctok, _ = await register(hb, "carol")
+        room = await create_room(ha, atok, preset="private_chat", invite=[bob])
+
+        def invited(token: str) -> Any:
+            async def check() -> bool:
+                return room in (await sync(hb, token, timeout=0))["rooms"]["invite"]
+
+            return check
+
+        await poll(invited(btok))
+        r = await hb.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+        assert r.status_code == 200, r.text
+        r = await ha.post(f"{V3}/rooms/{room}/invite", json={"user_id": carol}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        await poll(invited(ctok))
+
+        async def joined() -> bool:
+            r = await hb.post(f"{V3}/join/{room}", json={}, headers=auth_headers(ctok))
+            return r.status_code == 200
+
+        await poll(joined)
