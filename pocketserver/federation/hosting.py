@@ -647,11 +647,15 @@ class RoomHosting:
 
 
 def _unsigned(pdu: JsonDict, rv: RoomVersion) -> bool:
-    """A well-formed event that only lacks its hashes and signatures."""
-    if pdu.get("signatures"):
+    """A well-formed event that only lacks its hashes or signatures (or both): not
+    hashed and signed by its server."""
+    if pdu.get("signatures") and pdu.get("hashes"):
         return False
     try:
-        pc.check_format(dict(pdu, hashes={"sha256": ""}, signatures={"x": {}}), rv)
+        pc.check_format(
+            dict(pdu, hashes=pdu.get("hashes") or {"sha256": ""}, signatures=pdu.get("signatures") or {"x": {}}),
+            rv,
+        )
     except pc.PduFormatError:
         return False
     return True

@@ -115,6 +115,9 @@ async def test_send_join_checks_the_event(fed: Fed) -> None:
     with pytest.raises(MatrixError) as e:
         await fed.hosting.send_join(REMOTE, room_id, eid, fake)
     assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+    with pytest.raises(MatrixError) as e:  # the same without hashes
+        await fed.hosting.send_join(REMOTE, room_id, eid, dict(unsigned, signatures=fake["signatures"]))
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
     assert BOB not in await fed.services.db.read(state_store.room_members, room_id)
 
 
