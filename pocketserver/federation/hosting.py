@@ -47,6 +47,7 @@ from pocketserver.services.client_events import stripped_state
 from pocketserver.services.clock import Clock
 from pocketserver.services.invite_permission import blocks_invites
 from pocketserver.services.notifier import Notifier
+from pocketserver.storage import accounts as accounts_store
 from pocketserver.storage import event_graph as graph
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import outbox
@@ -635,8 +636,13 @@ class RoomHosting:
         return any(m.event.membership in allowed for m in members.values())
 
     def _for_server(self, conn: Conn, rec: EventRecord, origin: str) -> JsonDict:
-        """The PDU, or its redacted copy when the server may not see it."""
-        if self._visible(conn, rec, origin):
+        """The PDU, or its redacted copy when the server may not see it or its sender
+        asked to be erased when deactivating (account_deactivation.yaml, ``erase``:
+        other servers are served what a user joining now would see)."""
+        erased = rec.event.sender.endswith(":" + self.server_name) and accounts_store.erased_since(
+            conn, (rec.event.sender,)
+        )
+        if not erased and self._visible(conn, rec, origin):
             return _pdu(rec)
         rv = rec.event.room_version
         pruned = redact(rec.event.pdu, rv)

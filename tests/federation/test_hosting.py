@@ -14,6 +14,7 @@ from pocketserver.errors import MatrixError
 from pocketserver.protocol.events import Event
 from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS
 from pocketserver.protocol.signing import sign_event, verify_event_signature
+from pocketserver.storage import accounts as accounts_store
 from pocketserver.storage import state as state_store
 from tests.api.helpers import V3, auth_headers, create_room, register, sync
 from tests.federation.conftest import Fed
@@ -514,3 +515,20 @@ async def test_an_invite_to_a_room_our_users_all_left_can_be_accepted(
         r = await hb.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
         assert r.status_code == 200, r.text
         assert room in (await sync(hb, btok, timeout=0))["rooms"]["join"]
+
+
+async def test_events_of_an_erased_user_are_served_redacted(fed: Fed) -> None:
+    room_id, alice, token = await fed.local_room()
+    await remote_join(fed, room_id)
+    r = await fed.http.put(
+        f"{V3}/rooms/{room_id}/send/m.room.message/e1", json={"msgtype": "m.text", "body": "forget me"},
+        headers=auth_headers(token),
+    )
+    msg_id = r.json()["event_id"]
+    (pdu,) = (await fed.hosting.get_event(REMOTE, msg_id))["pdus"]
+    assert pdu["content"]["body"] == "forget me"
+    await fed.services.db.write(lambda conn: accounts_store.deactivate_user(conn, alice, erase=True))
+    (pdu,) = (await fed.hosting.get_event(REMOTE, msg_id))["pdus"]
+    assert pdu["content"] == {}
+    back = await fed.hosting.backfill(REMOTE, room_id, [msg_id], 1)
+    assert back["pdus"][0]["content"] == {}
