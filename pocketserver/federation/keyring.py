@@ -266,16 +266,21 @@ class KeyRing:
             return [self.own_key_response()]
         if not self._has(server_name, minimum_valid_until_ts, key_ids):
             running = self._fetching.get(server_name)
-            last = self._attempted.get(server_name)
+            # Backing off per server and keys asked: a key not asked for before is
+            # worth one fetch even just after an unfruitful one for others.
+            attempt = " ".join([server_name, *sorted(key_ids)])
+            last = self._attempted.get(attempt)
             if running is not None:
                 await running.wait()
             elif last is None or self.clock.monotonic() - last >= RETRY_AFTER_S:
                 done = self._fetching[server_name] = trio.Event()
                 try:
                     if await self._fetch_direct(server_name):
-                        self._attempted.pop(server_name, None)
+                        self._attempted.pop(attempt, None)
                     else:
-                        self._attempted[server_name] = self.clock.monotonic()
+                        if len(self._attempted) > 10_000:
+                            self._attempted.clear()
+                        self._attempted[attempt] = self.clock.monotonic()
                 finally:
                     del self._fetching[server_name]
                     done.set()
