@@ -421,7 +421,7 @@ def _decode(response: HttpResponse, destination: str, method: str, path: str) ->
             return orjson.loads(response.body)
         except orjson.JSONDecodeError:
             raise FederationUnreachable(f"{method} {destination}{path}: the answer is not JSON") from None
-    errcode, message, given = "M_UNKNOWN", "", False
+    errcode, message, given, version = "M_UNKNOWN", "", False, None
     try:
         doc = orjson.loads(response.body)
     except orjson.JSONDecodeError:
@@ -431,4 +431,6 @@ def _decode(response: HttpResponse, destination: str, method: str, path: str) ->
             errcode, given = doc["errcode"], True
         if isinstance(doc.get("error"), str):
             message = doc["error"][:500]
-    raise FederationError(response.status, errcode, message, errcode_given=given)
+        if isinstance(doc.get("room_version"), str):
+            version = doc["room_version"][:100]
+    raise FederationError(response.status, errcode, message, errcode_given=given, room_version=version)

@@ -92,6 +92,18 @@ def _valid_device_keys(obj: Any, user_id: str, device_id: str) -> bool:
     )
 
 
+def _cacheable_device_keys(obj: Any, user_id: str, device_id: str) -> bool:
+    """Keys a user's own server publishes for their device in ``GET /user/devices`` or
+    ``m.device_list_update``: kept as sent (clients check the signatures), unless they
+    name another user or device."""
+    return (
+        isinstance(obj, dict)
+        and obj.get("user_id", user_id) == user_id
+        and obj.get("device_id", device_id) == device_id
+        and isinstance(obj.get("keys", {}), dict)
+    )
+
+
 def _valid_cross_signing(obj: Any, user_id: str) -> bool:
     return isinstance(obj, dict) and obj.get("user_id") == user_id and isinstance(obj.get("keys"), dict)
 
@@ -281,7 +293,7 @@ class FederatedKeys:
             keys = d.get("keys")
             name = d.get("device_display_name")
             devices[device_id] = (
-                keys if _valid_device_keys(keys, user_id, device_id) else None,
+                keys if _cacheable_device_keys(keys, user_id, device_id) else None,
                 name if isinstance(name, str) else None,
             )
         master = answer.get("master_key")
@@ -368,7 +380,7 @@ class FederatedKeys:
             stream_id,
             prev_ids,
             bool(content.get("deleted")),
-            keys if _valid_device_keys(keys, user_id, device_id) else None,
+            keys if _cacheable_device_keys(keys, user_id, device_id) else None,
             name if isinstance(name, str) else None,
         )
         if pos is not None:

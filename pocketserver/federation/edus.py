@@ -26,7 +26,10 @@ from typing import Any
 
 from pocketserver.federation.sender import FederationSender
 from pocketserver.protocol.events import Event
+from pocketserver.services.presence import presence_content
 from pocketserver.storage import e2e_keys, outbox
+from pocketserver.storage import presence as presence_store
+from pocketserver.storage import state as state_store
 from pocketserver.storage.database import Conn, Database
 
 JsonDict = dict[str, Any]
@@ -76,6 +79,7 @@ class FederationEdus:
         """
         if not event.sender.endswith(":" + self.server_name) and not _third_party_invite_of_ours(event, self.server_name):
             return
+        self.presence_on_join_in_txn(conn, event)
         servers = outbox.remote_servers_in_room(conn, event.room_id)
         if event.type == "m.room.member" and event.state_key:
             target = _server_of(event.state_key)
@@ -152,6 +156,48 @@ class FederationEdus:
         self.sender.queue_in_txn(
             conn, sorted(servers), outbox.EDU, {"edu_type": "m.presence", "content": {"push": [push]}}
         )
+
+    def presence_on_join_in_txn(self, conn: Conn, event: Event) -> None:
+        """A join (ours or another server's) makes users share a room who may not have
+        before: a local user who joined has their presence sent to the room's other
+        servers; a remote user who joined has their server sent the presence of the
+        room's local members. Otherwise they would only hear of it at the next change
+        or refresh ("Presence": servers send presence to those sharing a room)."""
+        if event.type != "m.room.member" or event.membership != "join" or not event.state_key:
+            return
+        joiner = event.state_key
+        if _server_of(joiner) == self.server_name:
+            servers = outbox.remote_servers_in_room(conn, event.room_id)
+            users = [joiner]
+        else:
+            servers = {_server_of(joiner)}
+            users = state_store.local_members(conn, event.room_id)
+        if not servers or not users:
+            return
+        now = self.sender.clock.time_ms()
+        push = [
+            {"user_id": p.user_id, **presence_content(p, now)}
+            for p in presence_store.get_presences(conn, sorted(users))
+        ]
+        if push:
+            self.sender.queue_in_txn(
+                conn, sorted(servers), outbox.EDU, {"edu_type": "m.presence", "content": {"push": push}}
+            )
+
+    async def on_remote_join(self, record: Any) -> None:
+        """A join another server sent us was stored (``record`` an EventRecord)."""
+        event = record.event
+        joiner = event.state_key
+        if event.type != "m.room.member" or event.membership != "join" or not joiner:
+            return
+
+        def txn(conn: Conn) -> None:
+            # Only a join that made it into the room's state (not a rejected or
+            # soft-failed one).
+            if state_store.get_membership(conn, event.room_id, joiner) == ("join", event.event_id):
+                self.presence_on_join_in_txn(conn, event)
+
+        await self.db.write(txn)
 
     # -- device lists and cross-signing ---------------------------------------------------
 

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.errors import Forbidden, InviteBlocked, MatrixError, NotFound
-from pocketserver.federation.intake import IntakeError, NonCanonicalPdu, PduIntake
+from pocketserver.federation.intake import BadlySigned, IntakeError, NonCanonicalPdu, PduIntake
 from pocketserver.federation.interfaces import FederationRequester, KeyLookup
 from pocketserver.federation.joining import RemoteRooms
 from pocketserver.federation.transactions import TransactionHandler
+from pocketserver.protocol import pdu_checks as pc
 from pocketserver.protocol.auth_rules import (
     CREATE,
     JOIN_RULES,
@@ -46,6 +47,7 @@ from pocketserver.services.client_events import stripped_state
 from pocketserver.services.clock import Clock
 from pocketserver.services.invite_permission import blocks_invites
 from pocketserver.services.notifier import Notifier
+from pocketserver.storage import accounts as accounts_store
 from pocketserver.storage import event_graph as graph
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import outbox
@@ -305,7 +307,12 @@ class RoomHosting:
             event = await self.intake.check_event(pdu, info.room_version)
         except NonCanonicalPdu as e:
             raise MatrixError(400, "M_BAD_JSON", str(e)) from None
+        except BadlySigned as e:
+            raise Forbidden(str(e)) from None
         except IntakeError as e:
+            if _unsigned(pdu, info.room_version):
+                # The template sent back as it came: no server vouches for it.
+                raise Forbidden("The event is not signed") from None
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
         if event.event_id != event_id:
             raise MatrixError(400, "M_INVALID_PARAM", "The event ID does not match the path")
@@ -443,7 +450,10 @@ class RoomHosting:
         ev_store.insert_event(conn, NewEvent(event, None, outlier=True, received_ts=now), now)
         pos = next_stream_pos(conn)
         assert event.state_key is not None
-        if state_store.current_state_group(conn, room_id) is None:
+        if state_store.current_state_group(conn, room_id) is None or not state_store.has_local_member(conn, room_id):
+            # A room we are not in (never were, or all our users left: what we hold of
+            # its state is stale, and its servers no longer send us its events): the
+            # invite is the invitee's membership until they join.
             state_store.set_membership(conn, room_id, event.state_key, "invite", event.event_id, pos, True)
         return pos
 
@@ -626,8 +636,13 @@ class RoomHosting:
         return any(m.event.membership in allowed for m in members.values())
 
     def _for_server(self, conn: Conn, rec: EventRecord, origin: str) -> JsonDict:
-        """The PDU, or its redacted copy when the server may not see it."""
-        if self._visible(conn, rec, origin):
+        """The PDU, or its redacted copy when the server may not see it or its sender
+        asked to be erased when deactivating (account_deactivation.yaml, ``erase``:
+        other servers are served what a user joining now would see)."""
+        erased = rec.event.sender.endswith(":" + self.server_name) and accounts_store.erased_since(
+            conn, (rec.event.sender,)
+        )
+        if not erased and self._visible(conn, rec, origin):
             return _pdu(rec)
         rv = rec.event.room_version
         pruned = redact(rec.event.pdu, rv)
@@ -635,6 +650,21 @@ class RoomHosting:
 
     def _envelope(self, pdus: list[JsonDict]) -> JsonDict:
         return {"origin": self.server_name, "origin_server_ts": self.clock.time_ms(), "pdus": pdus}
+
+
+def _unsigned(pdu: JsonDict, rv: RoomVersion) -> bool:
+    """A well-formed event that only lacks its hashes or signatures (or both): not
+    hashed and signed by its server."""
+    if pdu.get("signatures") and pdu.get("hashes"):
+        return False
+    try:
+        pc.check_format(
+            dict(pdu, hashes=pdu.get("hashes") or {"sha256": ""}, signatures=pdu.get("signatures") or {"x": {}}),
+            rv,
+        )
+    except pc.PduFormatError:
+        return False
+    return True
 
 
 def _pdu(rec: EventRecord) -> JsonDict:
@@ -689,6 +719,7 @@ def build_room_federation(services: Any, requester: FederationRequester, keys: K
     # Our users in rooms held elsewhere: the client API's joins, invites, leaves,
     # knocks, directory and history go through it.
     s.rooms.remote = remote
+    transactions.joining_through = remote.joining_through
     s.reader.remote = remote
     sender = s.federation_sender
     if sender is not None:

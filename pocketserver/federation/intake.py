@@ -95,6 +95,12 @@ class NonCanonicalPdu(IntakeError):
     from v6): endpoints that take one event answer 400 M_BAD_JSON (rooms/v6)."""
 
 
+class BadlySigned(IntakeError):
+    """Step 2 failed: a server whose signature the event needs did not sign it, or its
+    signature does not verify. Endpoints that take one event from its sender's server
+    answer 403 M_FORBIDDEN: the event is not that server's to send."""
+
+
 class PduIntake:
     def __init__(
         self,
@@ -209,7 +215,7 @@ class PduIntake:
             mine = sigs.get(server)
             key_ids = list(mine) if isinstance(mine, dict) else []
             if not key_ids:
-                raise IntakeError(f"event is not signed by {server}")
+                raise BadlySigned(f"event is not signed by {server}")
             if server == self.server_name:
                 k = self.signing_key
                 keys[server] = {k.key_id: k.verify_key} if k.key_id in key_ids else {}
@@ -228,7 +234,7 @@ class PduIntake:
         try:
             pc.verify_signatures(event, keys)
         except pc.SignatureError as e:
-            raise IntakeError(f"signature check failed: {e}") from None
+            raise BadlySigned(f"signature check failed: {e}") from None
 
     # -- one event, under the room's lock ----------------------------------------------
 

@@ -16,13 +16,23 @@ Query = Mapping[str, str | Sequence[str]]
 class FederationError(Exception):
     """The remote server answered with an error status."""
 
-    def __init__(self, status: int, errcode: str, message: str = "", *, errcode_given: bool = True) -> None:
+    def __init__(
+        self,
+        status: int,
+        errcode: str,
+        message: str = "",
+        *,
+        errcode_given: bool = True,
+        room_version: str | None = None,
+    ) -> None:
         super().__init__(f"{status} {errcode}: {message}")
         self.status = status
         self.errcode = errcode
         self.message = message
         # False when the answer carried no errcode (``errcode`` is then M_UNKNOWN)
         self.errcode_given = errcode_given
+        # M_INCOMPATIBLE_ROOM_VERSION's ``room_version``: the version the room has.
+        self.room_version = room_version
 
     @property
     def unknown_endpoint(self) -> bool:

@@ -13,9 +13,9 @@ Joining, step by step (:meth:`RemoteRooms.join`):
    turn until one answers (one that cannot be reached or refuses is skipped);
 2. the template filled in (our timestamp and content, ``join_authorised_via_users_server``
    kept as given), hashed and signed with our key, its event ID per the room version;
-3. ``send_join`` v2 to the same server;
+3. ``send_join`` v2 to the same server (v1 when it does not serve v2);
 4. the answer checked: every state and auth-chain event's format, signatures and
-   content hash (the intake's steps 1-3; one that fails refuses the whole answer), the
+   content hash (the intake's steps 1-3; one that fails is dropped), the
    create event of the state names the room version make_join gave, and the join
    itself is allowed by the state;
 5. one write transaction: the auth chain and state as outliers (each checked against
@@ -40,7 +40,7 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -75,6 +75,10 @@ StateMap = dict[StateKey, str]
 REQUEST_TIMEOUT_S = 30.0
 SEND_JOIN_TIMEOUT_S = 300.0  # a big room's state takes a while to gather and send
 MAX_CANDIDATES = 10
+# How long after a send_join its server's EDUs about users we share no room with yet
+# are kept (the answer of a big room takes minutes), and for how many servers at once.
+JOINING_GRACE_S = SEND_JOIN_TIMEOUT_S + 60.0
+MAX_JOINING_THROUGH = 1000
 MAX_BACKFILL = 100
 # The state an invitee's server is sent with an invite (and shown before joining).
 INVITE_STATE_TYPES = (
@@ -119,6 +123,12 @@ class RemoteRooms:
         self.server_name = server_name
         self.signing_key = signing_key
         self._backfill_turn = 0
+        # Called inside the write that stores one of our users' join to a room held
+        # elsewhere (the federation EDU producer: presence for the room's servers).
+        self.in_join_txn: list[Callable[[Conn, Event], None]] = []
+        # Servers we sent a send_join to lately -> until when (trio clock) their EDUs
+        # about users not yet in a room here are expected (see joining_through).
+        self._joined_through: dict[str, float] = {}
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -198,7 +208,8 @@ class RemoteRooms:
         version = answer.get("room_version", "1")
         rv = KNOWN_ROOM_VERSIONS.get(version) if isinstance(version, str) else None
         if rv is None:
-            raise JoinFailed(f"make_{kind} from {server}: unknown room version {version!r}")
+            # The room's version is one we do not know: no other server can help.
+            raise _incompatible(version if isinstance(version, str) else None)
         return answer["event"], rv
 
     def _fill(
@@ -252,14 +263,14 @@ class RemoteRooms:
             try:
                 template, rv = await self._make(server, "join", room_id, user_id, True)
                 event = self._fill(template, rv, room_id, user_id, "join", content)
-                path = f"/_matrix/federation/v2/send_join/{_q(room_id)}/{_q(event.event_id)}"
-                answer = await self.requester.put_json(server, path, event.pdu, timeout_s=SEND_JOIN_TIMEOUT_S)
+                self._note_joining_through(server)
+                answer = await self._send_join(server, event)
                 await self._complete_join(server, event, rv, answer)
                 return room_id
             except FederationError as e:
                 log.info("joining %s through %s refused: %s", room_id, server, e)
                 if e.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
-                    raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "The room's version is not supported here") from None
+                    raise _incompatible(e.room_version) from None
                 refused = e
                 if e.status in (400, 403):
                     break  # the room refuses (as Synapse: no other server is asked)
@@ -268,6 +279,39 @@ class RemoteRooms:
             except JoinFailed as e:
                 log.warning("joining %s through %s failed: %s", room_id, server, e)
         raise self._client_error(refused, "join")
+
+    async def _send_join(self, server: str, event: Event) -> Any:
+        """``send_join`` v2, or v1 (deprecated, its answer wrapped as ``[200, {...}]``)
+        when the server does not serve v2 ("Joining Rooms": a server should fall back to
+        v1 then)."""
+        tail = f"send_join/{_q(event.room_id)}/{_q(event.event_id)}"
+        try:
+            return await self.requester.put_json(
+                server, "/_matrix/federation/v2/" + tail, event.pdu, timeout_s=SEND_JOIN_TIMEOUT_S
+            )
+        except FederationError as e:
+            if not e.unknown_endpoint:
+                raise
+        answer = await self.requester.put_json(
+            server, "/_matrix/federation/v1/" + tail, event.pdu, timeout_s=SEND_JOIN_TIMEOUT_S
+        )
+        if isinstance(answer, list) and len(answer) == 2 and answer[0] == 200:
+            return answer[1]
+        return answer
+
+    def _note_joining_through(self, server: str) -> None:
+        now = trio.current_time()
+        if len(self._joined_through) >= MAX_JOINING_THROUGH:
+            self._joined_through = {s: t for s, t in self._joined_through.items() if t > now}
+        if len(self._joined_through) < MAX_JOINING_THROUGH:
+            self._joined_through[server] = now + JOINING_GRACE_S
+
+    def joining_through(self, server: str) -> bool:
+        """Whether we sent ``server`` a send_join in the last :data:`JOINING_GRACE_S`
+        seconds: the presence of the room's members it sends as it accepts the join
+        may arrive before the join is stored here."""
+        until = self._joined_through.get(server)
+        return until is not None and trio.current_time() < until
 
     async def _complete_join(self, server: str, event: Event, rv: RoomVersion, answer: Any) -> None:
         if not isinstance(answer, dict):
@@ -292,6 +336,7 @@ class RemoteRooms:
         t0 = time.perf_counter()
         events: dict[str, Event] = {}
         state: StateMap = {}
+        dropped = 0
         for which, pdus in (("auth_chain", chain_pdus), ("state", state_pdus)):
             for i, pdu in enumerate(pdus):
                 if i % 64 == 63:
@@ -300,7 +345,13 @@ class RemoteRooms:
                 try:
                     ev = await self.intake.check_event(pdu, rv)
                 except IntakeError as e:
-                    raise JoinFailed(f"a {which} event of the answer: {e}") from None
+                    # Dropped, as any PDU that fails steps 1-3 is (a bad signature,
+                    # say): the join goes on without it; events it authorises are
+                    # stored as rejected, and a missing create event fails the join.
+                    log.warning("joining %s: dropped a %s event of the answer: %s", room_id, which, e)
+                    pdus[i] = None
+                    dropped += 1
+                    continue
                 if ev.room_id != room_id:
                     raise JoinFailed(f"a {which} event of the answer is of another room")
                 events[ev.event_id] = ev
@@ -331,8 +382,8 @@ class RemoteRooms:
         pos = await self.db.write(self._persist_join, event, rv, events, state, create)
         self.notifier.notify(pos)
         log.info(
-            "joined %s through %s: %d events checked in %.2f s, stored in %.2f s",
-            room_id, server, len(events), t1 - t0, time.perf_counter() - t1,
+            "joined %s through %s: %d events checked (%d dropped) in %.2f s, stored in %.2f s",
+            room_id, server, len(events), dropped, t1 - t0, time.perf_counter() - t1,
         )
 
     def _persist_join(
@@ -382,6 +433,8 @@ class RemoteRooms:
         have = graph.known_events(conn, join.prev_event_ids)
         missing = [p for p in join.prev_event_ids if not (p in have and have[p].in_timeline)]
         graph.update_backward_extremities(conn, room_id, join.event_id, missing)
+        for hook in self.in_join_txn:
+            hook(conn, join)
         return pos
 
     # -- leaving a room we are not in (rejecting an invite, rescinding a knock) ------------
@@ -684,6 +737,13 @@ class RemoteRooms:
             stored = await self.intake.store_outliers(info, pdus)
             return event_id in stored
         return False
+
+
+def _incompatible(version: str | None) -> MatrixError:
+    """The client's error for a room whose version this server does not support
+    (with the room's version when the other server named it)."""
+    extra = {"room_version": version[:100]} if version else {}
+    return MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "The room's version is not supported here", **extra)
 
 
 def _stripped(entry: Any) -> JsonDict | None:

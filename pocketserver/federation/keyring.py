@@ -60,6 +60,9 @@ FETCH_TIMEOUT_S = 15.0
 MAX_KEY_RESPONSE = 256 * 1024
 MAX_NOTARY_RESPONSE = 4 * 1024 * 1024
 RESPONSES_KEPT = 256
+# Responses kept per server (a newer one that lacks a key an older one holds does not
+# replace it: a notary must not forget a key because its server did).
+RESPONSES_PER_SERVER = 4
 
 
 class KeyRequester(Protocol):
@@ -94,7 +97,7 @@ class KeyRing:
         self.trusted = list(trusted_key_servers)
         self._fetching: dict[str, trio.Event] = {}
         self._attempted: dict[str, float] = {}  # server -> monotonic time of an unfruitful fetch
-        self._responses: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._responses: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
     def statistics(self) -> dict[str, int]:
         return {"responses_kept": len(self._responses), "fetches_in_flight": len(self._fetching)}
@@ -238,41 +241,72 @@ class KeyRing:
         rows: list[store.KeyRow] = [(k, raw, capped, None) for k, raw in keys.verify_keys.items()]
         rows += [(k, raw, exp, exp) for k, (raw, exp) in keys.old_verify_keys.items() if k not in keys.verify_keys]
         await self.db.write(store.upsert_keys, keys.server_name, rows, now)
-        previous = self._responses.get(keys.server_name)
-        if previous is None or previous.get("valid_until_ts", 0) <= keys.valid_until_ts:
-            self._responses[keys.server_name] = response
+        held = set(_key_ids(response))
+        kept = [
+            r for r in self._responses.get(keys.server_name, [])
+            # dropped: those whose keys the new one holds, and is valid as long as
+            if not (set(_key_ids(r)) <= held and r.get("valid_until_ts", 0) <= keys.valid_until_ts)
+        ]
+        kept.append(response)
+        self._responses[keys.server_name] = kept[-RESPONSES_PER_SERVER:]
         self._responses.move_to_end(keys.server_name)
         while len(self._responses) > RESPONSES_KEPT:
             self._responses.popitem(last=False)
 
     # -- the notary --------------------------------------------------------------------
 
-    async def notary_responses(self, server_name: str, minimum_valid_until_ts: int) -> list[dict[str, Any]]:
+    async def notary_responses(
+        self, server_name: str, minimum_valid_until_ts: int, key_ids: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
         """``server_name``'s key responses as received, each also signed by us
-        (``/_matrix/key/v2/query``): the kept one when it is valid until the time
-        asked, else a fresh one fetched from the server; none when it cannot be had."""
+        (``/_matrix/key/v2/query``): those kept that hold the keys asked (``key_ids``;
+        none: the newest) when valid until the time asked, else a fresh one fetched
+        from the server added to them; none when it cannot be had."""
         if server_name == self.server_name:
             return [self.own_key_response()]
-        kept = self._responses.get(server_name)
-        if kept is None or kept.get("valid_until_ts", 0) < minimum_valid_until_ts:
+        if not self._has(server_name, minimum_valid_until_ts, key_ids):
             running = self._fetching.get(server_name)
-            last = self._attempted.get(server_name)
+            # Backing off per server and keys asked: a key not asked for before is
+            # worth one fetch even just after an unfruitful one for others.
+            attempt = " ".join([server_name, *sorted(key_ids)])
+            last = self._attempted.get(attempt)
             if running is not None:
                 await running.wait()
             elif last is None or self.clock.monotonic() - last >= RETRY_AFTER_S:
                 done = self._fetching[server_name] = trio.Event()
                 try:
                     if await self._fetch_direct(server_name):
-                        self._attempted.pop(server_name, None)
+                        self._attempted.pop(attempt, None)
                     else:
-                        self._attempted[server_name] = self.clock.monotonic()
+                        if len(self._attempted) > 10_000:
+                            self._attempted.clear()
+                        self._attempted[attempt] = self.clock.monotonic()
                 finally:
                     del self._fetching[server_name]
                     done.set()
-            kept = self._responses.get(server_name)
-        if kept is None:
-            return []
-        return [sign_json(kept, self.server_name, self.signing_key)]
+        kept = self._responses.get(server_name, [])
+        chosen = [r for r in kept if set(key_ids) & set(_key_ids(r))] if key_ids else []
+        if not chosen and kept:
+            chosen = [max(kept, key=lambda r: int(r.get("valid_until_ts", 0)))]
+        return [sign_json(r, self.server_name, self.signing_key) for r in chosen]
+
+    def _has(self, server_name: str, minimum_valid_until_ts: int, key_ids: Sequence[str]) -> bool:
+        valid = [
+            r for r in self._responses.get(server_name, [])
+            if r.get("valid_until_ts", 0) >= minimum_valid_until_ts
+        ]
+        if not key_ids:
+            return bool(valid)
+        return all(any(k in _key_ids(r) for r in valid) for k in key_ids)
+
+
+def _key_ids(response: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for section in ("verify_keys", "old_verify_keys"):
+        keys = response.get(section)
+        if isinstance(keys, dict):
+            out.extend(keys)
+    return out
 
 
 def decode_verify_key_base64_raw(raw: bytes) -> Any:

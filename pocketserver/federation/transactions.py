@@ -95,6 +95,11 @@ class TransactionHandler:
         # to FederatedKeys' handlers); by default the handler's own, simpler ones.
         self.device_list_edu: EduHandler = self._device_list_update
         self.signing_key_edu: EduHandler = self._signing_key_update
+        # Whether we are joining a room through ``origin`` (the wiring sets it to
+        # RemoteRooms'): its presence for users not in any room here yet is kept, since
+        # the resident server sends its members' presence as it accepts our join,
+        # before we have stored the room.
+        self.joining_through: Callable[[str], bool] = lambda origin: False
 
     async def on_transaction(self, origin: str, txn_id: str, body: Any) -> dict[str, Any]:
         """``PUT /_matrix/federation/v1/send/{txnId}``: the answer's body
@@ -238,6 +243,7 @@ class TransactionHandler:
         if not isinstance(push, list):
             return
         now = self.clock.time_ms()
+        joining = self.joining_through(origin)
 
         def write(conn: Conn) -> int | None:
             last: int | None = None
@@ -247,7 +253,7 @@ class TransactionHandler:
                 user_id, state = p.get("user_id"), p.get("presence")
                 if not isinstance(user_id, str) or _domain(user_id) != origin or state not in _PRESENCE_STATES:
                     continue
-                if not state_store.rooms_for_user(conn, user_id):
+                if not joining and not state_store.rooms_for_user(conn, user_id):
                     continue  # shares no room with anyone here
                 msg = p.get("status_msg")
                 ago = p.get("last_active_ago")

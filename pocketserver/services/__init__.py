@@ -189,10 +189,11 @@ def build_services(
         rooms.query_user = appservices.query_user
         accounts.query_user = appservices.query_user
         background.append(("appservices", appservices.run))
-    sender = fed_keys = None
+    sender = fed_keys = edus = None
     if config.federation.enabled:
         sender = FederationSender(db, clock, federation_client, config.server_name)
-        FederationEdus(db, sender, config.server_name).attach(pipeline, typing, receipts, presence, e2ee)
+        edus = FederationEdus(db, sender, config.server_name)
+        edus.attach(pipeline, typing, receipts, presence, e2ee)
         e2ee.remote_keys = fed_keys = FederatedKeys(
             db, clock, notifier, federation_client, config.server_name, e2ee
         )
@@ -250,4 +251,7 @@ def build_services(
         rf = svc.room_federation = build_room_federation(svc, federation_client, keyring)
         rf.transactions.device_list_edu = fed_keys.on_device_list_update
         rf.transactions.signing_key_edu = fed_keys.on_signing_key_update
+        if edus is not None:
+            rf.intake.on_persisted.append(edus.on_remote_join)
+            rf.remote.in_join_txn.append(edus.presence_on_join_in_txn)
     return svc

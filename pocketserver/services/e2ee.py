@@ -267,9 +267,9 @@ class E2eeService:
     async def upload_keys(self, user_id: str, device_id: str, body: JsonDict) -> JsonDict:
         """POST /keys/upload: store device, one-time and fallback keys; return counts.
 
-        Re-uploading an identical key is a no-op; a different key under an existing
-        key ID (or different identity keys for a device that has some) is refused with
-        400 and nothing is stored.
+        Re-uploading an identical key is a no-op; a different one-time or fallback key
+        under an existing key ID is refused with 400 and nothing is stored. New device
+        keys replace the device's old ones and are announced as a device-list change.
         """
         dk = body.get("device_keys")
         device_keys = _check_device_keys(dk, user_id, device_id) if dk is not None else None
@@ -294,11 +294,9 @@ class E2eeService:
             stored = e2e_keys.get_device_keys(conn, user_id, device_id)
             changed = False
             if device_keys is not None:
-                if stored is not None and stored.get("keys") != device_keys["keys"]:
-                    raise InvalidParam(
-                        "This device already has different identity keys; log in as a new"
-                        " device instead"
-                    )
+                # New identity keys for a device replace the old ones (a client that
+                # lost its keys re-uploads): the change reaches every user and server
+                # sharing a room, who re-query and see the new keys.
                 if stored != device_keys:
                     e2e_keys.set_device_keys(conn, user_id, device_id, device_keys)
                     changed = True

@@ -111,6 +111,7 @@ class UpgradeService:
         pos = await self.db.write(_carry_settings_over, user_id, old, room_id)
         if pos is not None:
             self.pipeline.notifier.notify(pos)
+        await self.db.write(_follow_tombstone, old, room_id)
 
     async def _state(self, room_id: str) -> dict[tuple[str, str], EventRecord]:
         ids = await self.db.read(state_store.get_current_state_ids, room_id)
@@ -293,6 +294,19 @@ class UpgradeService:
             await self.rooms.send_event(requester, room_id, etype, dict(content), state_key=state_key)
         except MatrixError as e:
             log.warning("upgrade: could not send %s to %s: %s", etype, room_id, e)
+
+
+def _follow_tombstone(conn: Conn, old: str, new: str) -> None:
+    """Another server upgraded ``old`` to ``new`` and one of our users joined ``new``:
+    our aliases of the old room and its listing in our directory move to the new one,
+    as the upgrading server moved its own (step 4). Only when the old room's
+    tombstone names ``new`` (a room claiming a predecessor cannot take its aliases)."""
+    tomb_id = state_store.get_current_state_ids(conn, old, [("m.room.tombstone", "")]).get(
+        ("m.room.tombstone", "")
+    )
+    tomb = ev_store.get_event(conn, tomb_id) if tomb_id is not None else None
+    if tomb is not None and tomb.event.content.get("replacement_room") == new:
+        upgrade_store.move_aliases_and_listing(conn, old, new)
 
 
 def _carry_settings_over(conn: Conn, user_id: str, old: str, new: str) -> int | None:

@@ -58,7 +58,7 @@ def membership_changes(
     """(newly sharing, maybe stopped sharing) users from joins and leaves in the range.
 
     Newly sharing: the other members of rooms ``user_id`` joined in the range, and users
-    who joined a room ``user_id`` is in. Stopped-sharing candidates: the members of rooms
+    who joined or were invited to a room ``user_id`` is in. Stopped-sharing candidates: the members of rooms
     ``user_id`` left, and users who left one of ``user_id``'s rooms; the caller keeps
     only those who share no room any more.
     """
@@ -81,6 +81,15 @@ def membership_changes(
         "SELECT DISTINCT user_id FROM room_memberships WHERE room_nid IN ("
         + joined_rooms_now
         + ") AND membership = 'join' AND stream_pos > ? AND stream_pos <= ? AND user_id != ?",
+        (user_id, after_pos, upto_pos, user_id),
+    )
+    new.update(r[0] for r in rows)
+    # Others invited to my rooms in the range: a client may share the room's keys with
+    # them before they join (end_to_end_encryption.md, "Sharing keys between users").
+    rows = conn.execute(
+        "SELECT DISTINCT user_id FROM room_memberships WHERE room_nid IN ("
+        + joined_rooms_now
+        + ") AND membership = 'invite' AND stream_pos > ? AND stream_pos <= ? AND user_id != ?",
         (user_id, after_pos, upto_pos, user_id),
     )
     new.update(r[0] for r in rows)

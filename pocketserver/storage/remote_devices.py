@@ -64,13 +64,17 @@ def get_list(conn: Conn, user_id: str) -> RemoteList | None:
 
 
 def tracked_since(conn: Conn, user_id: str, ts_ms: int) -> bool:
-    """Whether ``user_id`` has been in a room we are in since before ``ts_ms`` (their
-    current join arrived by then): then their server told us of every change since.
-    Otherwise they left and came back, and a list cached before may have missed some."""
+    """Whether ``user_id`` and a local user have both been in one room since before
+    ``ts_ms`` (both current joins arrived by then): then their server told us of every
+    change since. Otherwise they, or this server, left and came back, and a list cached
+    before may have missed some."""
     row = conn.execute(
         "SELECT 1 FROM room_memberships m JOIN events e ON e.event_nid = m.event_nid"
-        " WHERE m.user_id = ? AND m.membership = 'join' AND e.received_ts <= ? LIMIT 1",
-        (user_id, ts_ms),
+        " JOIN room_memberships l ON l.room_nid = m.room_nid"
+        " JOIN events le ON le.event_nid = l.event_nid"
+        " WHERE m.user_id = ? AND m.membership = 'join' AND e.received_ts <= ?"
+        " AND l.is_local = 1 AND l.membership = 'join' AND le.received_ts <= ? LIMIT 1",
+        (user_id, ts_ms, ts_ms),
     ).fetchone()
     return row is not None
 

@@ -22,13 +22,17 @@ def _content(blob: bytes) -> dict[str, Any]:
 
 
 def public_room_ids(conn: Conn) -> list[str]:
-    """Rooms whose join rule is ``public`` or whose history is ``world_readable``."""
+    """Rooms whose join rule is ``public`` or whose history is ``world_readable``, and
+    that this server is in (a local user is joined): once the server has left a room,
+    its state is no longer kept current, so its members are no longer listed."""
     out: list[str] = []
     for room_id, etype, blob in conn.execute(
         "SELECT r.room_id, k.type, e.json FROM current_state c"
         " JOIN state_keys k ON k.sk_nid = c.sk_nid"
         " JOIN rooms r ON r.room_nid = c.room_nid JOIN events e ON e.event_nid = c.event_nid"
         " WHERE k.state_key = '' AND k.type IN ('m.room.join_rules', 'm.room.history_visibility')"
+        " AND EXISTS (SELECT 1 FROM room_memberships m WHERE m.room_nid = c.room_nid"
+        " AND m.is_local = 1 AND m.membership = 'join')"
     ):
         content = _content(blob)
         if (etype == "m.room.join_rules" and content.get("join_rule") == "public") or (

@@ -68,3 +68,16 @@ async def test_login_rename_and_delete_reach_room_members(http: httpx.AsyncClien
     assert alice not in changed
     assert outsider not in changed
     del adev
+
+
+async def test_an_invited_user_is_news_to_the_room(http: httpx.AsyncClient) -> None:
+    # The inviter's client may share the room's keys with an invitee before they join
+    # (history sharing), so it must learn to query the invitee's devices.
+    alice, atok, _ = await register(http, "dl_inviter")
+    bob, _, _ = await register(http, "dl_invitee")
+    room = await create_room(http, atok)
+    since = (await sync(http, atok))["next_batch"]
+    r = await http.post(f"{V3}/rooms/{room}/invite", json={"user_id": bob}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    changed, _ = await _changed(http, atok, since)
+    assert bob in changed

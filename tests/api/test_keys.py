@@ -56,17 +56,26 @@ async def test_conflicting_one_time_key_is_refused_and_nothing_stored(http: http
     assert r.json()["one_time_key_counts"]["signed_curve25519"] == 2
 
 
-async def test_conflicting_device_keys_are_refused(http: httpx.AsyncClient) -> None:
-    alice = await device(http)
+async def test_new_device_keys_replace_the_old_ones_and_are_announced(
+    server: Any, http: httpx.AsyncClient
+) -> None:
+    # A client that lost its keys uploads new ones for the same device: the new keys
+    # are what others see, and a room member is told to re-query.
+    alice = await device(http, "rekey_alice")
+    bob = await device(http, "rekey_bob")
+    r = await post(http, alice, "/_matrix/client/v3/createRoom", {"preset": "public_chat"})
+    await post(http, bob, f"/_matrix/client/v3/join/{r.json()['room_id']}", {})
     await alice.upload(http)
-    impostor = FakeDevice(alice.user_id, alice.device_id, alice.token)
-    r = await post(http, alice, UPLOAD, {"device_keys": impostor.device_keys()})
-    assert r.status_code == 400
-    assert r.json()["errcode"] == "M_INVALID_PARAM"
-    bob = await device(http)
+    pos0 = server.services.notifier.position
+    fresh = FakeDevice(alice.user_id, alice.device_id, alice.token)
+    r = await post(http, alice, UPLOAD, {"device_keys": fresh.device_keys()})
+    assert r.status_code == 200, r.text
     r = await post(http, bob, QUERY, {"device_keys": {alice.user_id: []}})
     keys = r.json()["device_keys"][alice.user_id][alice.device_id]["keys"]
-    assert keys[alice.ed_key_id] == alice.ed_pub
+    assert keys[alice.ed_key_id] == fresh.ed_pub
+    params = {"from": str(pos0), "to": str(server.services.notifier.position)}
+    r = await http.get("/_matrix/client/v3/keys/changes", params=params, headers=bob.headers())
+    assert r.json()["changed"] == [alice.user_id]
 
 
 async def test_malformed_keys_are_refused(http: httpx.AsyncClient) -> None:

@@ -652,3 +652,33 @@ async def test_messages_lazy_loads_the_senders_and_ends_at_the_rooms_start(http:
         f"{V3}/rooms/{room}/messages", params={"dir": "b", "from": timeline["prev_batch"]}, headers=auth_headers(atok)
     )
     assert r.json()["chunk"] == [] and "end" not in r.json()
+
+
+async def test_joining_a_room_that_replaced_another_moves_our_aliases_and_listing(
+    http: httpx.AsyncClient,
+) -> None:
+    # The upgrade was made elsewhere (here: by hand, no /upgrade): once a user of ours
+    # joins the replacement, our alias and directory listing of the old room follow
+    # the old room's tombstone.
+    _alice, atok, _ = await register(http, "tomb_alice")
+    _bob, btok, _ = await register(http, "tomb_bob")
+    h = auth_headers(atok)
+    old = await create_room(http, atok, preset="public_chat")
+    alias = "#tomb:test.local"
+    r = await http.put(f"{V3}/directory/room/{quote(alias)}", json={"room_id": old}, headers=h)
+    assert r.status_code == 200, r.text
+    r = await http.put(f"{V3}/directory/list/room/{old}", json={"visibility": "public"}, headers=h)
+    assert r.status_code == 200, r.text
+    new = await create_room(
+        http, atok, preset="public_chat", creation_content={"predecessor": {"room_id": old}}
+    )
+    r = await http.put(f"{V3}/rooms/{old}/state/m.room.tombstone/", json={"body": "moved", "replacement_room": new}, headers=h)
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/directory/room/{quote(alias)}")
+    assert r.json()["room_id"] == old  # nothing moved by the tombstone alone
+    r = await http.post(f"{V3}/join/{new}", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    r = await http.get(f"{V3}/directory/room/{quote(alias)}")
+    assert r.json()["room_id"] == new
+    listed = [c["room_id"] for c in (await http.get(f"{V3}/publicRooms")).json()["chunk"]]
+    assert new in listed and old not in listed

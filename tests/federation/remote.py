@@ -308,6 +308,10 @@ class HostingRequester(FakeRequester):
         self.v1_invites_only: set[str] = set()
         # called with the countersigned invite event before it is answered
         self.tamper_invite: Any = None
+        # servers that answer only the deprecated v1 send_join
+        self.v1_send_join_only: set[str] = set()
+        # what make_join answers instead, by server (an error raised, or an answer)
+        self.make_join_answer: dict[str, Any] = {}
 
     def _check_up(self, destination: str) -> None:
         if destination in self.down:
@@ -337,6 +341,11 @@ class HostingRequester(FakeRequester):
                 return {"room_id": room_id, "servers": servers}
             if name == "publicRooms":
                 return {"chunk": self.public.get(destination, []), "total_room_count_estimate": 1}
+            if name == "make_join" and destination in self.make_join_answer:
+                answer = self.make_join_answer[destination]
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
             room = self.rooms.get(parts[5])
             if room is None:
                 raise FederationError(404, "M_NOT_FOUND", "unknown room")
@@ -392,6 +401,9 @@ class HostingRequester(FakeRequester):
                 return [200, self._sign_invite(destination, {"room_version": "1", "event": body, "invite_room_state": state})]
             if name == "invite":
                 return self._sign_invite(destination, body)
+            v1_only = name == "send_join" and destination in self.v1_send_join_only
+            if v1_only and parts[3] == "v2":
+                raise FederationError(404, "M_UNKNOWN", "", errcode_given=False)
             if room is None:
                 raise FederationError(404, "M_NOT_FOUND", "unknown room")
             before = dict(room.state)
@@ -413,7 +425,7 @@ class HostingRequester(FakeRequester):
             }
             if self.tamper_send_join is not None:
                 self.tamper_send_join(answer)
-            return answer
+            return [200, answer] if v1_only else answer
         return await super().put_json(destination, path, body, query, timeout_s=timeout_s)
 
     def _sign_invite(self, destination: str, body: JsonDict) -> JsonDict:

@@ -179,6 +179,30 @@ async def test_a_gap_in_stream_ids_resyncs_the_list(tmp_path: Path) -> None:
         assert all(p.endswith("/user/devices/%40bob%3Aa.remote") for p in key_requests(remotes))
 
 
+async def test_devices_are_listed_with_the_keys_their_server_published(tmp_path: Path) -> None:
+    # The owning server's device list is kept as sent (clients check the signatures),
+    # except keys that claim to be another user's or another device's.
+    a = RemoteA()
+    remotes = FakeRemotes(handler=a)
+    async with running_services(tmp_path, remotes) as svc:
+        alice, _ = await _shared_room(svc)
+        assert svc.federation_keys is not None
+        await svc.e2ee.query_keys(alice.user_id, {BOB: []})  # cached at stream ID 7
+        await svc.federation_keys.on_device_list_update(
+            "a.remote",
+            {"user_id": BOB, "device_id": "BARE", "stream_id": 8, "prev_id": [7],
+             "device_display_name": "bare", "keys": {"device_keys": {}}},
+        )
+        await svc.federation_keys.on_device_list_update(
+            "a.remote",
+            {"user_id": BOB, "device_id": "FORGED", "stream_id": 9, "prev_id": [8],
+             "keys": FakeDevice("@carol:a.remote", "FORGED").device_keys()},
+        )
+        got = await svc.e2ee.query_keys(alice.user_id, {BOB: []})
+        assert sorted(got["device_keys"][BOB]) == ["B1", "BARE"]
+        assert got["device_keys"][BOB]["BARE"]["unsigned"] == {"device_display_name": "bare"}
+
+
 async def test_a_signing_key_update_replaces_the_cached_keys(tmp_path: Path) -> None:
     a = RemoteA()
     remotes = FakeRemotes(handler=a)
@@ -245,3 +269,29 @@ async def test_a_list_cached_before_the_users_current_join_is_fetched_again(tmp_
         got = await svc.e2ee.query_keys(alice.user_id, {BOB: []})
         assert sorted(got["device_keys"][BOB]) == ["B1", "B5"]
         assert key_requests(remotes)[-1].startswith("/_matrix/federation/v1/user/devices/")
+
+
+async def test_a_list_cached_before_this_server_rejoined_is_fetched_again(tmp_path: Path) -> None:
+    """Our last user left the room (bob's server stopped telling us of changes) and
+    joined again: bob never left, but what was cached before cannot be trusted."""
+    a = RemoteA()
+    remotes = FakeRemotes(handler=a)
+    async with running_services(tmp_path, remotes) as svc:
+        alice, room_id = await _shared_room(svc)
+        await svc.e2ee.query_keys(alice.user_id, {BOB: []})
+        await svc.e2ee.query_keys(alice.user_id, {BOB: []})
+        assert len(key_requests(remotes)) == 1  # cached
+        a.devices["B6"] = FakeDevice(BOB, "B6")  # while we were away
+
+        def rejoined_later(conn: Any) -> None:
+            # alice's current join arrived after the list was fetched.
+            conn.execute(
+                "UPDATE events SET received_ts = received_ts + 60000 WHERE event_nid ="
+                " (SELECT event_nid FROM room_memberships WHERE user_id = ?)",
+                (alice.user_id,),
+            )
+
+        await svc.db.write(rejoined_later)
+        got = await svc.e2ee.query_keys(alice.user_id, {BOB: []})
+        assert sorted(got["device_keys"][BOB]) == ["B1", "B6"]
+        assert len(key_requests(remotes)) == 2

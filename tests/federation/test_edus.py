@@ -8,10 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
+import trio
+
 from pocketserver.services import Services
 from pocketserver.storage import accounts, outbox
 from tests.api.e2ee_helpers import CrossSigning, FakeDevice
+from tests.api.helpers import V3, auth_headers, create_room, register, sync
 from tests.federation.fakes import FakeRemotes, local_user, poll, remote_join, running_services
+from tests.federation.servers import start_federating_server
 
 
 async def _all_sent(svc: Services) -> bool:
@@ -188,3 +193,72 @@ async def test_the_outbox_is_written_with_what_it_describes(tmp_path: Path) -> N
         await remote_join(svc, room_id, "@bob:a.remote")
         await svc.rooms.send_event(alice, room_id, "m.room.message", {"body": "kept"})
         assert await svc.db.read(outbox.count_queued, "a.remote", outbox.PDU) == 1
+
+
+async def test_a_new_federated_chat_brings_both_users_presence(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """alice (on a) invites bob (on b) to a private room; once he joins, each sees the
+    other's presence without either changing it (SyTest's SYN-115): each server sends
+    its members' presence to the other as the join is made."""
+    a = await start_federating_server(nursery, tmp_path / "a")
+    b = await start_federating_server(nursery, tmp_path / "b")
+    async with httpx.AsyncClient(base_url=a.urls[0], timeout=30) as ha, httpx.AsyncClient(
+        base_url=b.urls[0], timeout=30
+    ) as hb:
+        alice, atok, _ = await register(ha, "alice")
+        bob, btok, _ = await register(hb, "bob")
+        for http, token, user in ((ha, atok, alice), (hb, btok, bob)):
+            r = await http.put(f"{V3}/presence/{user}/status", json={"presence": "online"}, headers=auth_headers(token))
+            assert r.status_code == 200, r.text
+        room = await create_room(ha, atok, preset="private_chat", invite=[bob])
+
+        async def invited() -> bool:
+            return room in (await sync(hb, btok, timeout=0))["rooms"]["invite"]
+
+        await poll(invited)
+        r = await hb.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+        assert r.status_code == 200, r.text
+
+        def sees(http: httpx.AsyncClient, token: str, other: str) -> Any:
+            async def check() -> bool:
+                events = (await sync(http, token, timeout=0))["presence"]["events"]
+                return any(e["sender"] == other and e["content"]["presence"] == "online" for e in events)
+
+            return check
+
+        await poll(sees(ha, atok, bob))
+        await poll(sees(hb, btok, alice))
+
+
+async def test_an_invite_reaches_the_invitees_server_when_it_is_in_the_room(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """b is in alice's private room through bob; alice invites carol of b: b's copy of
+    the room must hold the invite too, or carol's join (made by b itself) is refused."""
+    a = await start_federating_server(nursery, tmp_path / "a")
+    b = await start_federating_server(nursery, tmp_path / "b")
+    async with httpx.AsyncClient(base_url=a.urls[0], timeout=30) as ha, httpx.AsyncClient(
+        base_url=b.urls[0], timeout=30
+    ) as hb:
+        _, atok, _ = await register(ha, "alice")
+        bob, btok, _ = await register(hb, "bob")
+        carol, ctok, _ = await register(hb, "carol")
+        room = await create_room(ha, atok, preset="private_chat", invite=[bob])
+
+        def invited(token: str) -> Any:
+            async def check() -> bool:
+                return room in (await sync(hb, token, timeout=0))["rooms"]["invite"]
+
+            return check
+
+        await poll(invited(btok))
+        r = await hb.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+        assert r.status_code == 200, r.text
+        r = await ha.post(f"{V3}/rooms/{room}/invite", json={"user_id": carol}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        await poll(invited(ctok))
+
+        async def joined() -> bool:
+            r = await hb.post(f"{V3}/join/{room}", json={}, headers=auth_headers(ctok))
+            return r.status_code == 200
+
+        await poll(joined)

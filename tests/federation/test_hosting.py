@@ -3,18 +3,24 @@ server hosts, and invites this server's users to its own rooms."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import trio
 
 from pocketserver.errors import MatrixError
 from pocketserver.protocol.events import Event
 from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS
 from pocketserver.protocol.signing import sign_event, verify_event_signature
+from pocketserver.storage import accounts as accounts_store
 from pocketserver.storage import state as state_store
-from tests.api.helpers import V3, auth_headers, register, sync
+from tests.api.helpers import V3, auth_headers, create_room, register, sync
 from tests.federation.conftest import Fed
+from tests.federation.fakes import poll
 from tests.federation.remote import RemoteRoom, key_for
+from tests.federation.servers import start_federating_server
 from tests.federation.test_intake import BOB, bodies
 
 REMOTE = "remote.test"
@@ -98,9 +104,21 @@ async def test_send_join_checks_the_event(fed: Fed) -> None:
     assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
     forged = _sign(made["event"], rv, server="other.test")
     forged["signatures"] = {REMOTE: forged["signatures"]["other.test"]}
-    with pytest.raises(MatrixError) as e:
+    with pytest.raises(MatrixError) as e:  # signed with another server's key
         await fed.hosting.send_join(REMOTE, room_id, Event.from_pdu(forged, rv).event_id, forged)
-    assert e.value.errcode == "M_INVALID_PARAM"
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+    # The template sent back unsigned, and one with a made-up signature: not REMOTE's.
+    unsigned = dict(made["event"])
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.send_join(REMOTE, room_id, eid, unsigned)
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+    fake = dict(pdu, signatures={REMOTE: {key_for(REMOTE).key_id: "a" * 86}})
+    with pytest.raises(MatrixError) as e:
+        await fed.hosting.send_join(REMOTE, room_id, eid, fake)
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
+    with pytest.raises(MatrixError) as e:  # the same without hashes
+        await fed.hosting.send_join(REMOTE, room_id, eid, dict(unsigned, signatures=fake["signatures"]))
+    assert e.value.status == 403 and e.value.errcode == "M_FORBIDDEN"
     assert BOB not in await fed.services.db.read(state_store.room_members, room_id)
 
 
@@ -463,3 +481,54 @@ async def test_float_in_a_v6_invite_or_leave_is_bad_json(fed: Fed) -> None:
         await fed.hosting.send_leave(REMOTE, room_id, leave_id, pdu)
     assert e.value.status == 400 and e.value.errcode == "M_BAD_JSON"
     assert (await fed.services.db.read(state_store.get_membership, room_id, BOB))[0] == "join"
+
+
+async def test_an_invite_to_a_room_our_users_all_left_can_be_accepted(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """bob (on b) left a's room, so b is no longer sent its events; a's new invite for
+    him arrives by /invite only, and is what his /sync shows and his join follows."""
+    a = await start_federating_server(nursery, tmp_path / "a")
+    b = await start_federating_server(nursery, tmp_path / "b")
+    async with httpx.AsyncClient(base_url=a.urls[0], timeout=30) as ha, httpx.AsyncClient(
+        base_url=b.urls[0], timeout=30
+    ) as hb:
+        _, atok, _ = await register(ha, "alice")
+        bob, btok, _ = await register(hb, "bob")
+        room = await create_room(ha, atok, invite=[bob])
+
+        async def invited() -> bool:
+            return room in (await sync(hb, btok, timeout=0))["rooms"]["invite"]
+
+        await poll(invited)
+        r = await hb.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+        assert r.status_code == 200, r.text
+        r = await hb.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+        assert r.status_code == 200, r.text
+
+        async def invite_again() -> bool:  # once a has bob's leave
+            r = await ha.post(f"{V3}/rooms/{room}/invite", json={"user_id": bob}, headers=auth_headers(atok))
+            return r.status_code == 200
+
+        await poll(invite_again)
+        await poll(invited)
+        r = await hb.post(f"{V3}/join/{room}", json={}, headers=auth_headers(btok))
+        assert r.status_code == 200, r.text
+        assert room in (await sync(hb, btok, timeout=0))["rooms"]["join"]
+
+
+async def test_events_of_an_erased_user_are_served_redacted(fed: Fed) -> None:
+    room_id, alice, token = await fed.local_room()
+    await remote_join(fed, room_id)
+    r = await fed.http.put(
+        f"{V3}/rooms/{room_id}/send/m.room.message/e1", json={"msgtype": "m.text", "body": "forget me"},
+        headers=auth_headers(token),
+    )
+    msg_id = r.json()["event_id"]
+    (pdu,) = (await fed.hosting.get_event(REMOTE, msg_id))["pdus"]
+    assert pdu["content"]["body"] == "forget me"
+    await fed.services.db.write(lambda conn: accounts_store.deactivate_user(conn, alice, erase=True))
+    (pdu,) = (await fed.hosting.get_event(REMOTE, msg_id))["pdus"]
+    assert pdu["content"] == {}
+    back = await fed.hosting.backfill(REMOTE, room_id, [msg_id], 1)
+    assert back["pdus"][0]["content"] == {}

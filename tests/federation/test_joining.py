@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from pocketserver.federation.hosting import RoomHosting, build_room_federation
+from pocketserver.federation.interfaces import FederationError
 from pocketserver.federation.transactions import TransactionHandler
 from pocketserver.server import RunningServer
 from pocketserver.storage import events as ev_store
@@ -133,7 +134,8 @@ async def test_join_errors(host: Host) -> None:
     assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM"
 
 
-async def test_send_join_answer_with_a_forged_state_event_is_refused(host: Host) -> None:
+async def test_a_forged_event_in_the_send_join_answer_is_dropped(host: Host) -> None:
+    # A PDU that fails its signature check is dropped, as any is; the join goes on.
     room = host.room()
     topic = room.build(BOB, "m.room.topic", {"topic": "real"}, state_key="")
     forged_id = room.event_id(topic)
@@ -144,13 +146,57 @@ async def test_send_join_answer_with_a_forged_state_event_is_refused(host: Host)
                 answer["state"][i] = dict(pdu, signatures={REMOTE: {room.key.key_id: "A" * 86}})
 
     host.requester.tamper_send_join = forge
+    alice, token = await host.user()
+    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    assert r.status_code == 200, r.text
+    db = host.services.db
+    assert await host.services.rooms.membership(room.room_id, alice) == "join"
+    assert await db.read(ev_store.get_event, forged_id) is None
+    state = await db.read(state_store.get_current_state_ids, room.room_id)
+    assert ("m.room.topic", "") not in state
+
+
+async def test_a_send_join_answer_without_its_create_event_is_refused(host: Host) -> None:
+    room = host.room()
+
+    def drop_create(answer: dict[str, Any]) -> None:
+        for key in ("state", "auth_chain"):
+            answer[key] = [p for p in answer[key] if p["type"] != "m.room.create"]
+
+    host.requester.tamper_send_join = drop_create
     _alice, token = await host.user()
     r = await _join(host, token, room.room_id.replace("!", "%21"))
     assert r.status_code == 502, r.text
-    db = host.services.db
-    assert await db.read(ev_store.get_room, room.room_id) is None
-    for eid in room.events:
-        assert await db.read(ev_store.get_event, eid) is None
+    assert await host.services.db.read(ev_store.get_room, room.room_id) is None
+
+
+async def test_join_falls_back_to_v1_send_join(host: Host) -> None:
+    room = host.room()
+    host.requester.v1_send_join_only.add(REMOTE)
+    alice, token = await host.user()
+    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    assert r.status_code == 200, r.text
+    assert [p.split("/")[3] for m, _, p in host.requester.requests if "/send_join/" in p] == ["v2", "v1"]
+    assert await host.services.rooms.membership(room.room_id, alice) == "join"
+
+
+async def test_a_room_of_a_version_we_lack_is_m_incompatible_room_version(host: Host) -> None:
+    room = host.room()
+    host.requester.make_join_answer[REMOTE] = FederationError(
+        400, "M_INCOMPATIBLE_ROOM_VERSION", "upgrade", room_version="future-ver"
+    )
+    _alice, token = await host.user()
+    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    assert (r.status_code, r.json()) == (400, {
+        "errcode": "M_INCOMPATIBLE_ROOM_VERSION",
+        "error": "The room's version is not supported here",
+        "room_version": "future-ver",
+    })
+    # A make_join template of a version we do not know: the same.
+    host.requester.make_join_answer[REMOTE] = {"event": {}, "room_version": "future-ver"}
+    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION"
+    assert r.json()["room_version"] == "future-ver"
 
 
 async def test_invite_a_remote_user_is_countersigned_and_kept(host: Host) -> None:

@@ -244,3 +244,21 @@ async def test_the_notary_side_signs_what_it_serves(db: Database) -> None:
     assert fake.calls[("down.org", "/_matrix/key/v2/server")] == 1
     (own,) = await ring.notary_responses("me.org", NOW_MS)
     verify_json(own, "me.org", ME.key_id, ME.verify_key)
+
+
+async def test_the_notary_keeps_a_key_its_server_no_longer_serves(db: Database) -> None:
+    """A later response without k1 (the server rotated, or is lying) does not make the
+    notary forget k1: asked for k1, it still answers with the response that holds it."""
+    fake = FakeRequester()
+    fake.direct["remote.org"] = key_response
+    ring, _ = make_ring(db, fake)
+    (first,) = await ring.notary_responses("remote.org", 0, [REMOTE.key_id])
+    assert REMOTE.key_id in first["verify_keys"]
+    other = signing_key_from_seed(b"\x03" * 32, "k2")
+    fake.direct["remote.org"] = lambda: key_response(key=other)
+    # Asked for a key it does not hold: fetched again.
+    (second,) = await ring.notary_responses("remote.org", 0, ["ed25519:k2"])
+    assert list(second["verify_keys"]) == ["ed25519:k2"]
+    (again,) = await ring.notary_responses("remote.org", 0, [REMOTE.key_id])
+    assert list(again["verify_keys"]) == [REMOTE.key_id]
+    assert fake.calls[("remote.org", "/_matrix/key/v2/server")] == 2

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from quart import g, request
 
 from pocketserver.api.common import KEPT_BODY, read_body, services
-from pocketserver.errors import Forbidden, MatrixError, NotJson
+from pocketserver.errors import Forbidden, InvalidParam, MatrixError, NotJson
 from pocketserver.protocol.canonical_json import CanonicalJsonError, JsonParseError, parse_json
 from pocketserver.protocol.identifiers import is_valid_server_name
 from pocketserver.protocol.request_auth import (
@@ -79,8 +79,11 @@ async def authenticated_origin() -> str:
         except AuthHeaderError as e:
             raise Unauthorized(f"Malformed X-Matrix authorization: {e}") from None
     origin = parsed[0].origin
-    if any(p.origin != origin for p in parsed) or not is_valid_server_name(origin):
+    if any(p.origin != origin for p in parsed):
         raise Unauthorized("Invalid origin in X-Matrix authorization")
+    if not is_valid_server_name(origin):
+        # Not a server name at all ("localhost:http"): bad input, not a failed check.
+        raise InvalidParam("The X-Matrix origin is not a valid server name")
     me = svc.config.server_name
     for p in parsed:  # 3
         if p.destination is not None and p.destination != me:

@@ -31,14 +31,17 @@ async def server_keys(key_id: str | None = None) -> Response:
 
 
 @bp.route("/_matrix/key/v2/query/<server_name>", methods=["GET"])
-async def query_one(server_name: str) -> Response:
-    """GET /_matrix/key/v2/query/{serverName}"""
+@bp.route("/_matrix/key/v2/query/<server_name>/<key_id>", methods=["GET"])
+async def query_one(server_name: str, key_id: str | None = None) -> Response:
+    """GET /_matrix/key/v2/query/{serverName} (and the form with a key ID that older
+    servers send, which the spec dropped: all the server's keys answer it too)"""
     svc = services()
     if not is_valid_server_name(server_name):
         raise InvalidParam("Not a server name")
     minimum = query_int("minimum_valid_until_ts", svc.clock.time_ms(), minimum=0)
     assert minimum is not None
-    return json_response({"server_keys": await svc.keyring.notary_responses(server_name, minimum)})
+    key_ids = [key_id] if key_id else []
+    return json_response({"server_keys": await svc.keyring.notary_responses(server_name, minimum, key_ids)})
 
 
 @bp.route("/_matrix/key/v2/query", methods=["POST"])
@@ -52,7 +55,7 @@ async def query_many() -> Response:
     if len(criteria) > MAX_QUERIED_SERVERS:
         raise InvalidParam(f"At most {MAX_QUERIED_SERVERS} servers per query")
     now = svc.clock.time_ms()
-    wanted: list[tuple[str, int]] = []
+    wanted: list[tuple[str, int, list[str]]] = []
     for server_name, key_criteria in criteria.items():
         if not isinstance(key_criteria, dict):
             raise BadJson(f"server_keys.{server_name} must be an object")
@@ -68,17 +71,17 @@ async def query_many() -> Response:
                 asked.append(ts)
         minimum = max(asked) if asked else now
         if is_valid_server_name(server_name):
-            wanted.append((server_name, minimum))
+            wanted.append((server_name, minimum, list(key_criteria)[:MAX_QUERIED_SERVERS]))
     # Asked of the servers a few at a time: one that does not answer holds up only its slot.
     results: dict[int, list[dict[str, Any]]] = {}
     limiter = trio.CapacityLimiter(CONCURRENT_FETCHES)
 
-    async def one(i: int, server_name: str, minimum: int) -> None:
+    async def one(i: int, server_name: str, minimum: int, key_ids: list[str]) -> None:
         async with limiter:
-            results[i] = await svc.keyring.notary_responses(server_name, minimum)
+            results[i] = await svc.keyring.notary_responses(server_name, minimum, key_ids)
 
     async with trio.open_nursery() as nursery:
-        for i, (server_name, minimum) in enumerate(wanted):
-            nursery.start_soon(one, i, server_name, minimum)
+        for i, (server_name, minimum, key_ids) in enumerate(wanted):
+            nursery.start_soon(one, i, server_name, minimum, key_ids)
     out = [r for i in range(len(wanted)) for r in results.get(i, [])]
     return json_response({"server_keys": out})

@@ -110,6 +110,11 @@ async def test_claiming_another_origin(pair: Pair) -> None:
     assert_unauthorized(r)
 
 
+async def test_an_origin_that_is_not_a_server_name_is_bad_input(pair: Pair) -> None:
+    r = await pair.get([("Authorization", pair.header(origin="localhost:http"))])
+    assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM")
+
+
 async def test_wrong_destination(pair: Pair) -> None:
     r = await pair.get([("Authorization", pair.header(destination="elsewhere.org"))])
     assert_unauthorized(r)

@@ -65,6 +65,9 @@ async def test_version_and_notary(pair: tuple[RunningServer, RunningServer]) -> 
         verify_json(b_served, b_name, b_key_id, decode_verify_key_base64(entry["key"]))
         r = await ha.get(f"/_matrix/key/v2/query/{b_name}", params={"minimum_valid_until_ts": "1"})
         assert [k["server_name"] for k in r.json()["server_keys"]] == [b_name]
+        # The older form with a key ID (servers still send it).
+        r = await ha.get(f"/_matrix/key/v2/query/{b_name}/{b_key_id}")
+        assert [k["server_name"] for k in r.json()["server_keys"]] == [b_name]
         # Unreachable servers are left out; malformed queries are refused.
         r = await ha.post("/_matrix/key/v2/query", json={"server_keys": {"localhost:1": {}}})
         assert r.json() == {"server_keys": []}
