@@ -12,7 +12,8 @@ Two processes besides this one, talking real federation over HTTPS on loopback:
 
 A registered user joins the room (``POST /join/{roomId}?server_name=...``): make_join,
 send_join, every state and auth-chain event checked (format, signatures, hashes, auth
-against the auth chain) and stored. Measured on pocketserver's process alone (from
+against the auth chain) and stored. Measured on pocketserver's process alone (its CPU
+time during the join from /proc/<pid>/stat, the honest figure on a shared machine; memory from
 /proc/<pid>/status, sampled every 20 ms in a thread): VmRSS before the join, its peak
 during the join, after; VmHWM (the kernel's own peak) before and after. Also the time
 from the request to its answer (pocketserver answers once the full state is stored),
@@ -45,7 +46,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import ServerProcess, free_port, wait_ready  # noqa: E402
+from benchmarks.harness import ServerProcess, cpu_seconds, free_port, wait_ready  # noqa: E402
 from tests.interop.synapse import POCKETSERVER_FEDERATION_TOML, register  # noqa: E402
 
 PEER_READY_DEADLINE_S = 900.0
@@ -164,6 +165,7 @@ def main() -> int:
                 data = pocket.workdir / "data"
                 size0 = dir_bytes(data)
                 rss0, hwm0 = status_kb(pid, "VmRSS"), status_kb(pid, "VmHWM")
+                cpu0 = cpu_seconds(pid)
                 peak = [rss0]
                 stop = threading.Event()
 
@@ -194,18 +196,23 @@ def main() -> int:
                         print(pocket.log_tail(40), file=sys.stderr)
                         raise SystemExit(f"join failed: {r.status_code} {r.text}")
                     rss1, hwm1 = status_kb(pid, "VmRSS"), status_kb(pid, "VmHWM")
+                    cpu1 = cpu_seconds(pid)
                     size1 = dir_bytes(data)
+                    files = sorted(((f.stat().st_size, f.name) for f in data.rglob("*") if f.is_file()), reverse=True)
                     state = http.get(f"/_matrix/client/v3/rooms/{quote(room_id)}/state").json()
                     members = http.get(f"/_matrix/client/v3/rooms/{quote(room_id)}/joined_members").json()
                 n_state, n_joined = len(state), len(members["joined"])
     print(f"peer: {ready} (its own process; started in {peer_s:.1f} s, not measured)")
     print(f"pocketserver from {src}, pid {pid}")
     print(f"join (POST /join -> 200, full state stored): {join_s:.2f} s")
+    print(f"pocketserver CPU time during the join (user + system, all threads): {cpu1 - cpu0:.1f} s"
+          f" (wall time minus this is waiting: the peer, the network, a busy machine)")
     print(f"room state seen by the joiner: {n_state} state events, {n_joined} joined members")
     print(f"pocketserver VmRSS: {rss0 / 1024:.1f} MB before, peak {peak[0] / 1024:.1f} MB during "
           f"(+{(peak[0] - rss0) / 1024:.1f}), {rss1 / 1024:.1f} MB after")
     print(f"pocketserver VmHWM: {hwm0 / 1024:.1f} MB before, {hwm1 / 1024:.1f} MB after")
-    print(f"data folder growth: {(size1 - size0) / 1e6:.1f} MB (database with WAL)")
+    print(f"data folder growth: {(size1 - size0) / 1e6:.1f} MB; largest files: "
+          + ", ".join(f"{name} {size / 1e6:.1f} MB" for size, name in files[:3]))
     expected_state = max(args.state_events, args.members + 3)
     ok = n_state == expected_state + 1 and n_joined == args.members + 1
     print("complete" if ok else f"INCOMPLETE: expected {expected_state + 1} state events, {args.members + 1} members")

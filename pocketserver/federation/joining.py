@@ -85,6 +85,9 @@ MAX_ANSWER_VALUE = 1024 * 1024
 READ_CHUNK = 256 * 1024
 # Events stored per write transaction during a join (each read back from the spool).
 STORE_BATCH = 2000
+# Auth events of the answer kept decoded between batches (the create event, power
+# levels, join rules and the members that sent events, in a typical room).
+AUTH_EVENTS_KEPT = 2000
 MAX_CANDIDATES = 10
 MAX_BACKFILL = 100
 # The state an invitee's server is sent with an invite (and shown before joining).
@@ -313,6 +316,9 @@ class RemoteRooms:
         state: StateMap = {}
         memberships: dict[str, tuple[str, str]] = {}  # event ID -> (state_key, membership)
         creates: set[str] = set()
+        # the events named as auth events: kept in memory once stored (bounded), as
+        # the next batches' auth checks ask for the same few again and again
+        auth_refs: set[str] = set()
         countersigned: Any = None
         with tempfile.TemporaryFile(prefix="pocketserver-join-checked-") as checked:
             where = 0
@@ -352,6 +358,8 @@ class RemoteRooms:
                         memberships[ev.event_id] = (ev.state_key, ev.membership)
                     if ev.type == "m.room.create":
                         creates.add(ev.event_id)
+                    if len(auth_refs) < AUTH_EVENTS_KEPT:
+                        auth_refs.update(ev.auth_event_ids)
                     data = orjson.dumps(ev.pdu)
                     checked.write(data)
                     index[ev.event_id] = (ev.depth, ev.origin_server_ts, where, len(data))
@@ -397,14 +405,17 @@ class RemoteRooms:
             # of the answer's order by depth, then timestamp).
             order = sorted(index, key=lambda eid: index[eid][:2])
             rejected: set[str] = set()
+            kept: dict[str, Event] = {}
             await self.db.write(_insert_room, room_id, rv, create.sender, self.clock.time_ms())
             for i in range(0, len(order), STORE_BATCH):
                 batch = {eid: load(eid) for eid in order[i : i + STORE_BATCH]}
-                stored = await self.db.write(self.intake.persist_outliers, rv, room_id, batch)
+                stored = await self.db.write(
+                    self.intake.persist_outliers, rv, room_id, batch, (kept, auth_refs, AUTH_EVENTS_KEPT)
+                )
                 rejected.update(eid for eid, reason in stored.items() if reason is not None)
                 del batch
             n_events = len(index)
-            del order
+            del order, kept
             index.clear()
         pos = await self.db.write(self._persist_join, event, rv, state, rejected, memberships)
         self.notifier.notify(pos)

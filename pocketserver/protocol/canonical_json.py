@@ -94,20 +94,21 @@ def validate_json_value(obj: Any, *, strict: bool = True) -> None:
 
 # orjson with sorted keys writes canonical JSON's bytes (shortest escapes, raw UTF-8,
 # keys in code point order) and refuses lone surrogates, non-string keys, integers past
-# 64 bits and (with these options) subclasses, dataclasses and datetimes. What it would
-# let through that canonical JSON must refuse: floats (always written with a '.' or an
-# exponent after the first digits), integers past 2**53 (16 digits or more), NaN and
-# Infinity (written as null). Without whitespace, a number starts the output or follows
-# ':', ',' or '['. An output with none of those marks anywhere (inside strings too: a
-# false alarm only costs the slow path) needs no validation; otherwise the full check
-# and the reference encoder decide.
+# 64 bits (past 2**53 with OPT_STRICT_INTEGER, the strict rule) and, with these options,
+# subclasses, dataclasses and datetimes. What it would let through that canonical JSON
+# refuses or writes otherwise: floats (orjson writes a '.' or an exponent after the
+# digits), NaN and Infinity (written as null). Without whitespace a number follows ':',
+# ',' or '[' (or starts the output). An output with none of those marks anywhere (inside
+# strings too: a false alarm only costs the slow path) is the answer; otherwise the full
+# check and the reference encoder decide.
 _ORJSON_OPTIONS = (
     orjson.OPT_SORT_KEYS
     | orjson.OPT_PASSTHROUGH_SUBCLASS
     | orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
 )
-_NEEDS_CHECK = re.compile(rb"(?:\A|[:,\[])-?(?:[0-9]+[.eE]|[0-9]{16})|null")
+_NEEDS_CHECK = re.compile(rb"[:,\[]-?[0-9]+[.eE]|null")
+_NUMBER_START = frozenset(b"-0123456789")
 
 
 def encode_canonical_json(obj: Any, *, strict: bool = True) -> bytes:
@@ -119,11 +120,11 @@ def encode_canonical_json(obj: Any, *, strict: bool = True) -> bytes:
     above (same bytes, a tenth of the time).
     """
     try:
-        out = orjson.dumps(obj, option=_ORJSON_OPTIONS)
+        out = orjson.dumps(obj, option=_ORJSON_OPTIONS | orjson.OPT_STRICT_INTEGER if strict else _ORJSON_OPTIONS)
     except TypeError:
         pass
     else:
-        if _NEEDS_CHECK.search(out) is None:
+        if out[0] not in _NUMBER_START and _NEEDS_CHECK.search(out) is None:
             return out
     validate_json_value(obj, strict=strict)
     try:
