@@ -24,6 +24,7 @@ Usage::
 
     python3 benchmarks/bench_fed_join.py [--members 20000] [--state-events 50000]
         [--pocketserver-src DIR]   # run another checkout's pocketserver (a baseline)
+        [--profile FILE]           # py-spy (pip install py-spy) records the join
 """
 
 from __future__ import annotations
