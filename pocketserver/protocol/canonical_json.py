@@ -100,7 +100,10 @@ def validate_json_value(obj: Any, *, strict: bool = True) -> None:
 # digits), NaN and Infinity (written as null). Without whitespace a number follows ':',
 # ',' or '[' (or starts the output). An output with none of those marks anywhere (inside
 # strings too: a false alarm only costs the slow path) is the answer; otherwise the full
-# check and the reference encoder decide.
+# check and the reference encoder decide. Without a backslash in the output every '"'
+# delimits a string, so what lies outside strings is every other piece between quotes:
+# there, once "true" and "false" are gone, a '.', 'e' or 'E' is a float's and "null"
+# is null (found with bytes operations, faster than the regex that escapes need).
 _ORJSON_OPTIONS = (
     orjson.OPT_SORT_KEYS
     | orjson.OPT_PASSTHROUGH_SUBCLASS
@@ -124,7 +127,11 @@ def encode_canonical_json(obj: Any, *, strict: bool = True) -> bytes:
     except TypeError:
         pass
     else:
-        if out[0] not in _NUMBER_START and _NEEDS_CHECK.search(out) is None:
+        if b"\\" not in out:
+            outside = b"".join(out.split(b'"')[0::2]).replace(b"true", b"").replace(b"false", b"")
+            if not (b"." in outside or b"e" in outside or b"E" in outside or b"null" in outside):
+                return out
+        elif out[0] not in _NUMBER_START and _NEEDS_CHECK.search(out) is None:
             return out
     validate_json_value(obj, strict=strict)
     try:
