@@ -1,136 +1,224 @@
-"""Benchmark: a pocketserver user joining a big room hosted on another server.
+"""Benchmark: a pocketserver user joining a very large room hosted on another server.
 
-An in-process pocketserver; the other server is tests/federation/remote.py's
-HostingRequester serving a room of ``--members`` members (each join signed by the
-remote's key), built before the measurement. The send_join answer is handed over as
-a fresh structure decoded from its JSON (as the transport would), so its size is
-what the joiner really holds. Measured:
+Two processes besides this one, talking real federation over HTTPS on loopback:
 
-- time from ``POST /join`` to its answer (make_join, send_join, every state and
-  auth-chain event checked: format, signatures, hashes, auth; one write transaction);
-- the process's RSS before the join, its peak during the join (sampled every 10 ms
-  in a thread), and after;
-- the size of the send_join answer's JSON and the database's growth;
-- the joiner's first /sync of the room (lazy-loaded members).
+- the synthetic peer (benchmarks/fed_peer.py), hosting a signed room of ``--members``
+  members and ``--state-events`` state events in all (the rest: other state events of
+  the creator with distinct state keys), built before anything is measured; it checks
+  the X-Matrix signature of every request;
+- pocketserver (``python3 -m pocketserver --config ...``, its own process) with a TLS
+  federation listener, ``allowed_ip_ranges`` allowing loopback and ``verify_tls =
+  false`` (self-signed certificates), logging at warning.
 
-Usage: ``python benchmarks/bench_fed_join.py [--members 20000]``
+A registered user joins the room (``POST /join/{roomId}?server_name=...``): make_join,
+send_join, every state and auth-chain event checked (format, signatures, hashes, auth
+against the auth chain) and stored. Measured on pocketserver's process alone (its CPU
+time during the join from /proc/<pid>/stat, the honest figure on a shared machine; memory from
+/proc/<pid>/status, sampled every 20 ms in a thread): VmRSS before the join, its peak
+during the join, after; VmHWM (the kernel's own peak) before and after. Also the time
+from the request to its answer (pocketserver answers once the full state is stored),
+the size of the send_join answer, the database folder's growth, and a check that the
+room's state and members are all there.
+
+Usage::
+
+    python3 benchmarks/bench_fed_join.py [--members 20000] [--state-events 50000]
+        [--pocketserver-src DIR]   # run another checkout's pocketserver (a baseline)
+        [--profile FILE]           # py-spy (pip install py-spy) records the join
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from urllib.parse import quote
 
 import httpx
-import orjson
-import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-from pocketserver.federation.hosting import build_room_federation  # noqa: E402
-from pocketserver.server import run_server  # noqa: E402
-from tests.api.helpers import V3, auth_headers, register, sync  # noqa: E402
-from tests.conftest import make_config  # noqa: E402
-from tests.federation.remote import FakeKeys, HostingRequester, RemoteRoom, key_for, room_version  # noqa: E402
+from benchmarks.harness import ServerProcess, cpu_seconds, free_port, wait_ready  # noqa: E402
+from tests.interop.synapse import POCKETSERVER_FEDERATION_TOML, register  # noqa: E402
 
-REMOTE = "remote.test"
-BOB = "@bob:remote.test"
+PEER_READY_DEADLINE_S = 900.0
+JOIN_TIMEOUT_S = 900.0
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def big_room(members: int) -> RemoteRoom:
-    room = RemoteRoom.create(REMOTE, BOB, room_version("10"))
-    base = {k: room.state[k] for k in (("m.room.create", ""), ("m.room.power_levels", ""), ("m.room.join_rules", ""))}
-    for i in range(members - 1):
-        user = f"@u{i}:{REMOTE}"
-        pdu = room.build(user, "m.room.member", {"membership": "join", "displayname": f"User {i}"},
-                         state_key=user, auth_state=base, advance=False)
-        eid = room.event_id(pdu)
-        room.state[("m.room.member", user)] = eid
-        room.extremities = [eid]
-        room.state_before.pop(eid, None)
-    return room
+def stop_pid(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process we started, then SIGKILL if it lingers (by pid)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
 
 
-class WireRequester(HostingRequester):
-    """Answers send_join as bytes decoded again: a fresh structure, like the wire's."""
-
-    async def put_json(self, destination: str, path: str, body: Any, query: Any = None, *, timeout_s: float = 60.0) -> Any:
-        answer = await super().put_json(destination, path, body, query, timeout_s=timeout_s)
-        if "/send_join/" in path:
-            raw = orjson.dumps(answer)
-            self.answer_bytes = len(raw)
-            del answer
-            return orjson.loads(raw)
-        return answer
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-async def main(members: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fed-join-"))
-    config = make_config(tmp)
-    t0 = time.perf_counter()
-    room = big_room(members)
-    build_s = time.perf_counter() - t0
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(partial(run_server, config, out=None, handle_signals=False))
-        async with httpx.AsyncClient(base_url=server.urls[0], timeout=600) as http:
-            s = server.services
-            requester = WireRequester(room)
-            build_room_federation(s, requester, FakeKeys((REMOTE, key_for(REMOTE))))
-            _, token, _ = await register(http)
-            db_file = config.path("database")
-            size0 = sum(f.stat().st_size for f in db_file.parent.glob(db_file.name + "*"))
-            rss0 = rss_mb()
-            peak = [rss0]
-            stop = threading.Event()
+@contextlib.contextmanager
+def peer_process(tmp: Path, members: int, state_events: int, room_version: str) -> Iterator[tuple[str, str, str]]:
+    """The synthetic peer, stopped by pid on exit: (server name, room ID, ready line)."""
+    port = free_port()
+    log = (tmp / "peer.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "fed_peer.py"), "--port", str(port),
+         "--members", str(members), "--state-events", str(state_events), "--room-version", room_version],
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + PEER_READY_DEADLINE_S
+        line = b""
+        while time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            if line.startswith(b"ready "):
+                break
+        if not line.startswith(b"ready "):
+            raise RuntimeError("the peer did not start: " + (tmp / "peer.log").read_text()[-2000:])
+        text = line.decode().strip()
+        yield f"localhost:{port}", text.split()[1], text
+    finally:
+        stop_pid(proc)
+        log.close()
 
-            def sample() -> None:
-                while not stop.wait(0.01):
-                    peak[0] = max(peak[0], rss_mb())
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            t1 = time.perf_counter()
-            r = await http.post(f"{V3}/join/{room.room_id}", json={}, headers=auth_headers(token))
-            join_s = time.perf_counter() - t1
-            stop.set()
-            sampler.join()
-            assert r.status_code == 200, r.text
-            rss1 = rss_mb()
-            size1 = sum(f.stat().st_size for f in db_file.parent.glob(db_file.name + "*"))
-            t2 = time.perf_counter()
-            resp = await sync(http, token, filter='{"room":{"state":{"lazy_load_members":true}}}')
-            sync_ms = (time.perf_counter() - t2) * 1000
-            assert room.room_id in resp["rooms"]["join"]
-            count = await s.db.read(lambda c: c.execute(
-                "SELECT COUNT(*) FROM room_memberships m JOIN rooms r ON r.room_nid = m.room_nid"
-                " WHERE r.room_id = ? AND m.membership = 'join'", (room.room_id,)).fetchone()[0])
-            assert count == members + 1, count
-        server.stop.set()
-    print(f"room: {members} members, {len(room.state)} state events (built in {build_s:.1f} s, not measured)")
-    print(f"send_join answer: {requester.answer_bytes / 1e6:.1f} MB of JSON")
+@contextlib.contextmanager
+def pocketserver_process(tmp: Path, src: Path) -> Iterator[ServerProcess]:
+    client_port, fed_port = free_port(), free_port()
+    workdir = tmp / "pocketserver"
+    workdir.mkdir()
+    config = workdir / "pocketserver.toml"
+    config.write_text(
+        f'server_name = "localhost:{fed_port}"\n'
+        f'data_dir = "{workdir / "data"}"\n'
+        'log_level = "warning"\n'
+        "[[listeners]]\n"
+        f'address = "127.0.0.1"\nport = {client_port}\nresources = ["client"]\n'
+        "[[listeners]]\n"
+        f'address = "127.0.0.1"\nport = {fed_port}\ntls = true\nresources = ["federation"]\n'
+        "[rate_limits]\nenabled = false\n"
+        "[registration]\nmode = \"open\"\n" + POCKETSERVER_FEDERATION_TOML,
+        encoding="utf-8",
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(src)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    log_path = workdir / "pocketserver.log"
+    with log_path.open("wb") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pocketserver", "--config", str(config)],
+            cwd=src, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = ServerProcess("pocketserver", f"localhost:{fed_port}", f"http://127.0.0.1:{client_port}",
+                           proc, workdir, t0, log_path=log_path)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--members", type=int, default=20000)
+    ap.add_argument("--state-events", type=int, default=50000)
+    ap.add_argument("--room-version", default="10")
+    ap.add_argument("--pocketserver-src", type=Path, default=REPO,
+                    help="the checkout whose pocketserver runs (default: this one)")
+    ap.add_argument("--profile", type=Path,
+                    help="record pocketserver during the join with py-spy (collapsed stacks, all threads)")
+    args = ap.parse_args()
+    src = args.pocketserver_src.resolve()
+    with tempfile.TemporaryDirectory(prefix="bench-fed-join-") as d:
+        tmp = Path(d)
+        t0 = time.perf_counter()
+        with peer_process(tmp, args.members, args.state_events, args.room_version) as (peer, room_id, ready):
+            peer_s = time.perf_counter() - t0
+            with pocketserver_process(tmp, src) as pocket:
+                pid = pocket.pid
+                _alice, token = register(pocket.base_url, "alice")
+                data = pocket.workdir / "data"
+                size0 = dir_bytes(data)
+                rss0, hwm0 = status_kb(pid, "VmRSS"), status_kb(pid, "VmHWM")
+                cpu0 = cpu_seconds(pid)
+                peak = [rss0]
+                stop = threading.Event()
+
+                def sample() -> None:
+                    while not stop.wait(0.02):
+                        peak[0] = max(peak[0], status_kb(pid, "VmRSS"))
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                spy = None
+                if args.profile is not None:
+                    spy = subprocess.Popen(
+                        ["py-spy", "record", "--pid", str(pid), "--threads", "--format", "raw",
+                         "--rate", "50", "--output", str(args.profile)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
+                headers = {"Authorization": f"Bearer {token}"}
+                with httpx.Client(base_url=pocket.base_url, headers=headers, timeout=JOIN_TIMEOUT_S) as http:
+                    t1 = time.perf_counter()
+                    r = http.post(f"/_matrix/client/v3/join/{quote(room_id)}", params={"server_name": peer}, json={})
+                    join_s = time.perf_counter() - t1
+                    stop.set()
+                    sampler.join()
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(timeout=60)
+                    if r.status_code != 200:
+                        print(pocket.log_tail(40), file=sys.stderr)
+                        raise SystemExit(f"join failed: {r.status_code} {r.text}")
+                    rss1, hwm1 = status_kb(pid, "VmRSS"), status_kb(pid, "VmHWM")
+                    cpu1 = cpu_seconds(pid)
+                    size1 = dir_bytes(data)
+                    files = sorted(((f.stat().st_size, f.name) for f in data.rglob("*") if f.is_file()), reverse=True)
+                    state = http.get(f"/_matrix/client/v3/rooms/{quote(room_id)}/state").json()
+                    members = http.get(f"/_matrix/client/v3/rooms/{quote(room_id)}/joined_members").json()
+                n_state, n_joined = len(state), len(members["joined"])
+    print(f"peer: {ready} (its own process; started in {peer_s:.1f} s, not measured)")
+    print(f"pocketserver from {src}, pid {pid}")
     print(f"join (POST /join -> 200, full state stored): {join_s:.2f} s")
-    print(f"RSS: {rss0:.1f} MB before, peak {peak[0]:.1f} MB during (+{peak[0] - rss0:.1f}), {rss1:.1f} MB after")
-    print(f"database growth: {(size1 - size0) / 1e6:.1f} MB (with WAL)")
-    print(f"first /sync of the room (lazy-loaded members): {sync_ms:.0f} ms")
-    print(f"pid {os.getpid()}")
+    print(f"pocketserver CPU time during the join (user + system, all threads): {cpu1 - cpu0:.1f} s"
+          f" (wall time minus this is waiting: the peer, the network, a busy machine)")
+    print(f"room state seen by the joiner: {n_state} state events, {n_joined} joined members")
+    print(f"pocketserver VmRSS: {rss0 / 1024:.1f} MB before, peak {peak[0] / 1024:.1f} MB during "
+          f"(+{(peak[0] - rss0) / 1024:.1f}), {rss1 / 1024:.1f} MB after")
+    print(f"pocketserver VmHWM: {hwm0 / 1024:.1f} MB before, {hwm1 / 1024:.1f} MB after")
+    print(f"data folder growth: {(size1 - size0) / 1e6:.1f} MB; largest files: "
+          + ", ".join(f"{name} {size / 1e6:.1f} MB" for size, name in files[:3]))
+    expected_state = max(args.state_events, args.members + 3)
+    ok = n_state == expected_state + 1 and n_joined == args.members + 1
+    print("complete" if ok else f"INCOMPLETE: expected {expected_state + 1} state events, {args.members + 1} members")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--members", type=int, default=20000)
-    args = p.parse_args()
-    trio.run(main, args.members)
+    raise SystemExit(main())

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
 import orjson
@@ -146,6 +146,58 @@ class FederationClient:
             "POST", destination, path, query, body, timeout_s=timeout_s, max_size=max_size, signed=signed
         )
 
+    async def put_json_to_file(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        sink: BinaryIO,
+        *,
+        timeout_s: float = 60.0,
+        max_size: int = DEFAULT_MAX_RESPONSE,
+    ) -> int:
+        """A PUT whose 2xx answer is too big to hold (a big room's send_join): its body
+        written to ``sink`` as it arrives, never held whole; how many bytes. An error
+        status raises :class:`FederationError` (its errcode decoded, as
+        :meth:`request_json`); over ``max_size`` bytes or past ``timeout_s`` for the
+        whole exchange, :class:`FederationUnreachable`."""
+        if not self.enabled:
+            raise FederationUnreachable("federation is turned off ([federation] enabled = false)")
+        try:
+            payload = encode_canonical_json(body)
+        except CanonicalJsonError as e:
+            raise FederationUnreachable(f"the request body is not canonical JSON: {e}") from None
+        headers = [
+            ("Accept", "application/json"),
+            ("Content-Type", "application/json"),
+            ("Authorization", self.authorization("PUT", destination, path, body)),
+        ]
+        written = 0
+        with trio.move_on_after(timeout_s) as scope:
+            target, conn, head = await self._start(destination, path, headers, max_size, "PUT", payload)
+            done = False
+            try:
+                if not 200 <= head.status < 300:
+                    head.body = b"".join([p async for p in conn.body(ERROR_BODY_MAX)])
+                    done = True
+                    _decode(head, destination, "PUT", path)  # raises FederationError
+                async for piece in conn.body(max_size):
+                    sink.write(piece)
+                    written += len(piece)
+                done = True
+            except ResponseTooLarge as e:
+                raise ResponseTooLargeError(f"PUT {destination}{path}: {e}") from None
+            except OUTBOUND_ERRORS as e:
+                raise FederationUnreachable(f"PUT {destination}{path}: {e or type(e).__name__}") from None
+            finally:
+                if done:
+                    await self._give_back(target, conn)
+                else:
+                    await conn.aclose()
+        if scope.cancelled_caught:
+            raise FederationUnreachable(f"PUT {destination}{path}: timed out after {timeout_s} s")
+        return written
+
     # -- the work ----------------------------------------------------------------------
 
     def authorization(self, method: str, destination: str, uri: str, content: Any) -> str:
@@ -258,7 +310,13 @@ class FederationClient:
                 await conn.aclose()
 
     async def _start(
-        self, destination: str, uri: str, headers: list[tuple[str, str]], max_size: int
+        self,
+        destination: str,
+        uri: str,
+        headers: list[tuple[str, str]],
+        max_size: int,
+        method: str = "GET",
+        payload: bytes | None = None,
     ) -> tuple[Target, HttpConnection, HttpResponse]:
         """The first target of ``destination`` that answers with a response head."""
         errors: list[str] = []
@@ -267,7 +325,9 @@ class FederationClient:
             conn = await self._take(target)
             if conn is not None:
                 try:
-                    return target, conn, await self._start_on(conn, destination, uri, all_headers, max_size)
+                    return target, conn, await self._start_on(
+                        conn, destination, method, uri, all_headers, payload, max_size
+                    )
                 except OUTBOUND_ERRORS as e:
                     if conn.received_any:
                         errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
@@ -275,22 +335,30 @@ class FederationClient:
             try:
                 addresses = await self.dns.addresses(target.host, target.port)
                 conn = await connect(self.outbound, self.policy, addresses, target.port, target.tls_name)
-                return target, conn, await self._start_on(conn, destination, uri, all_headers, max_size)
+                return target, conn, await self._start_on(
+                    conn, destination, method, uri, all_headers, payload, max_size
+                )
             except OUTBOUND_ERRORS as e:
                 errors.append(f"{target.host}:{target.port}: {e or type(e).__name__}")
         self.resolver.forget(destination)
-        raise FederationUnreachable(f"GET {destination}: " + "; ".join(errors))
+        raise FederationUnreachable(f"{method} {destination}: " + "; ".join(errors))
 
     @staticmethod
     async def _start_on(
-        conn: HttpConnection, destination: str, uri: str, headers: list[tuple[str, str]], max_size: int
+        conn: HttpConnection,
+        destination: str,
+        method: str,
+        uri: str,
+        headers: list[tuple[str, str]],
+        payload: bytes | None,
+        max_size: int,
     ) -> HttpResponse:
-        """A GET's response head on ``conn``; the connection is closed if it fails."""
+        """A request's response head on ``conn``; the connection is closed if it fails."""
         try:
-            return await conn.start("GET", uri, headers, None, max_size)
+            return await conn.start(method, uri, headers, payload, max_size)
         except ResponseTooLarge as e:
             await conn.aclose()
-            raise ResponseTooLargeError(f"GET {destination}: {e}") from None
+            raise ResponseTooLargeError(f"{method} {destination}: {e}") from None
         except BaseException:
             await conn.aclose()
             raise

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from typing import Any
 
 import nacl.signing
@@ -685,18 +685,31 @@ class PduIntake:
         return list(self.persist_outliers(conn, info.room_version, info.room_id, checked))
 
     def persist_outliers(
-        self, conn: Conn, rv: RoomVersion, room_id: str, checked: Mapping[str, Event]
+        self,
+        conn: Conn,
+        rv: RoomVersion,
+        room_id: str,
+        checked: Mapping[str, Event],
+        carry: tuple[dict[str, Event], Container[str], int] | None = None,
     ) -> dict[str, str | None]:
         """Store checked events (steps 1-3 done) as outliers inside the caller's write
         transaction, each against its own auth events (step 4): {event ID: rejected
-        reason or None} of those stored now (known ones are skipped)."""
+        reason or None} of those stored now (known ones are skipped).
+
+        ``carry``, for a caller storing many events in several calls (a big join):
+        ``(kept, wanted, cap)``; the events stored here whose IDs are in ``wanted`` are
+        added to ``kept`` (as the auth rules must see them, up to ``cap``), and auth
+        events are looked up there before the database."""
         now = self.clock.time_ms()
         known = graph.known_events(conn, checked)
         batch: dict[str, Event] = {}
+        kept, wanted, cap = carry if carry is not None else ({}, (), 0)
 
         def get(eid: str) -> Event | None:
             if eid in batch:
                 return batch[eid]
+            if eid in kept:
+                return kept[eid]
             rec = ev_store.get_event(conn, eid)
             return _with_rejection(rec) if rec is not None else None
 
@@ -721,6 +734,8 @@ class PduIntake:
                 ev = _rejected_copy(ev, reason)
             batch[ev.event_id] = ev
             stored[ev.event_id] = reason
+            if ev.event_id in wanted and len(kept) < cap:
+                kept[ev.event_id] = ev
         return stored
 
 

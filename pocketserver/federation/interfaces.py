@@ -8,7 +8,7 @@ are tested with fakes and never depend on how requests are signed or routed.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 Query = Mapping[str, str | Sequence[str]]
 
@@ -77,6 +77,21 @@ class FederationRequester(Protocol):
         *,
         timeout_s: float = 60.0,
     ) -> Any: ...
+
+    async def put_json_to_file(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        sink: BinaryIO,
+        *,
+        timeout_s: float = 60.0,
+        max_size: int = ...,
+    ) -> int:
+        """A PUT whose answer may be too big to hold decoded (a big room's send_join):
+        the raw JSON of a 2xx answer written to ``sink`` as it arrives (at most
+        ``max_size`` bytes); how many bytes were written."""
+        ...
 
 
 class KeyLookup(Protocol):

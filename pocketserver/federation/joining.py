@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
+import orjson
 import trio
 
 from pocketserver.errors import Forbidden, MatrixError, NotFound
@@ -56,6 +58,7 @@ from pocketserver.protocol import pdu_checks as pc
 from pocketserver.protocol.auth_rules import CREATE, AuthError, auth_types_for_event, check_auth
 from pocketserver.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from pocketserver.protocol.events import Event, EventFormatError, StateKey
+from pocketserver.protocol.json_stream import JsonStreamError, ObjectSplitter
 from pocketserver.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from pocketserver.protocol.signing import SigningKey, sign_event
 from pocketserver.services.clock import Clock
@@ -74,6 +77,17 @@ StateMap = dict[StateKey, str]
 
 REQUEST_TIMEOUT_S = 30.0
 SEND_JOIN_TIMEOUT_S = 300.0  # a big room's state takes a while to gather and send
+# A send_join answer is spooled to a temporary file, never held whole: this bounds the
+# disk it may take (a room of 50,000 state events answers ~60 MB).
+SEND_JOIN_MAX_BYTES = 1024 * 1024 * 1024
+# Any one value in it (a PDU is at most 64 KiB; "event" is one PDU).
+MAX_ANSWER_VALUE = 1024 * 1024
+READ_CHUNK = 256 * 1024
+# Events stored per write transaction during a join (each read back from the spool).
+STORE_BATCH = 2000
+# Auth events of the answer kept decoded between batches (the create event, power
+# levels, join rules and the members that sent events, in a typical room).
+AUTH_EVENTS_KEPT = 2000
 MAX_CANDIDATES = 10
 # How long after a send_join its server's EDUs about users we share no room with yet
 # are kept (the answer of a big room takes minutes), and for how many servers at once.
@@ -264,8 +278,7 @@ class RemoteRooms:
                 template, rv = await self._make(server, "join", room_id, user_id, True)
                 event = self._fill(template, rv, room_id, user_id, "join", content)
                 self._note_joining_through(server)
-                answer = await self._send_join(server, event)
-                await self._complete_join(server, event, rv, answer)
+                await self._send_join(server, event, rv)
                 return room_id
             except FederationError as e:
                 log.info("joining %s through %s refused: %s", room_id, server, e)
@@ -280,24 +293,34 @@ class RemoteRooms:
                 log.warning("joining %s through %s failed: %s", room_id, server, e)
         raise self._client_error(refused, "join")
 
-    async def _send_join(self, server: str, event: Event) -> Any:
-        """``send_join`` v2, or v1 (deprecated, its answer wrapped as ``[200, {...}]``)
-        when the server does not serve v2 ("Joining Rooms": a server should fall back to
-        v1 then)."""
+    async def _send_join(self, server: str, event: Event, rv: RoomVersion) -> None:
+        """``send_join`` v2, its answer spooled to a temporary file as it arrives (never
+        held whole), then checked and stored from there (:meth:`_complete_join`); v1
+        (deprecated, its answer wrapped as ``[200, {...}]``) when the server does not
+        serve v2 ("Joining Rooms": a server should fall back to v1 then)."""
         tail = f"send_join/{_q(event.room_id)}/{_q(event.event_id)}"
-        try:
-            return await self.requester.put_json(
-                server, "/_matrix/federation/v2/" + tail, event.pdu, timeout_s=SEND_JOIN_TIMEOUT_S
-            )
-        except FederationError as e:
-            if not e.unknown_endpoint:
-                raise
-        answer = await self.requester.put_json(
-            server, "/_matrix/federation/v1/" + tail, event.pdu, timeout_s=SEND_JOIN_TIMEOUT_S
-        )
-        if isinstance(answer, list) and len(answer) == 2 and answer[0] == 200:
-            return answer[1]
-        return answer
+        with tempfile.TemporaryFile(prefix="pocketserver-send-join-") as raw:
+            try:
+                await self.requester.put_json_to_file(
+                    server, "/_matrix/federation/v2/" + tail, event.pdu, raw,
+                    timeout_s=SEND_JOIN_TIMEOUT_S, max_size=SEND_JOIN_MAX_BYTES,
+                )
+            except FederationError as e:
+                if not e.unknown_endpoint:
+                    raise
+                answer = await self.requester.put_json(
+                    server, "/_matrix/federation/v1/" + tail, event.pdu, timeout_s=SEND_JOIN_TIMEOUT_S
+                )
+                if isinstance(answer, list) and len(answer) == 2 and answer[0] == 200:
+                    answer = answer[1]
+                if not isinstance(answer, dict):
+                    raise JoinFailed("send_join answered no object") from None
+                raw.seek(0)
+                raw.truncate()
+                raw.write(orjson.dumps(answer))
+                del answer
+            raw.seek(0)
+            await self._complete_join(server, event, rv, raw)
 
     def _note_joining_through(self, server: str) -> None:
         now = trio.current_time()
@@ -313,77 +336,142 @@ class RemoteRooms:
         until = self._joined_through.get(server)
         return until is not None and trio.current_time() < until
 
-    async def _complete_join(self, server: str, event: Event, rv: RoomVersion, answer: Any) -> None:
-        if not isinstance(answer, dict):
-            raise JoinFailed("send_join answered no object")
+    async def _complete_join(self, server: str, event: Event, rv: RoomVersion, raw: BinaryIO) -> None:
+        """Steps 4 and 5 of a join over the spooled answer ``raw``.
+
+        Pass 1 reads the answer piece by piece (:class:`~pocketserver.protocol.json_stream.ObjectSplitter`)
+        and checks each event as it comes (format, signatures, hashes; one that fails is dropped
+        as the intake drops it); what passed is written to a second temporary file,
+        and only a small index entry of each (depth, timestamp, where it is) and the
+        state map stay in memory. Then the create event and the join are checked
+        against the state. Pass 2 stores the events oldest first (the order one
+        big write would take: by depth, then timestamp) in batches of
+        ``STORE_BATCH``, each read back from the file, each against its own auth
+        events; then one write makes the join and the room's state. Nothing is
+        stored before the whole answer passed pass 1; outliers stored by pass 2 stay
+        harmless if the join stops there.
+        """
         room_id = event.room_id
-        # The resident server may have countersigned a restricted join: its copy.
-        theirs = answer.pop("event", None)
-        if isinstance(theirs, dict):
-            try:
-                signed = await self.intake.check_event(theirs, rv)
-            except IntakeError as e:
-                raise JoinFailed(f"the countersigned join: {e}") from None
-            # Only their signature may differ from ours (a redacted copy, same ID, would not).
-            if signed.event_id == event.event_id and signed.pdu.get("content") == event.pdu.get("content"):
-                event = signed
-        state_pdus = answer.pop("state", None)
-        chain_pdus = answer.pop("auth_chain", None)
-        del answer
-        if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):
-            raise JoinFailed("send_join answered no state or auth_chain")
-        # Steps 1-3 for every event; the lists' dicts are wrapped, not copied.
         t0 = time.perf_counter()
-        events: dict[str, Event] = {}
+        splitter = ObjectSplitter(("state", "auth_chain"), ("event",), max_value=MAX_ANSWER_VALUE)
+        # event ID -> (depth, origin_server_ts, offset, length) in ``checked``; first
+        # insertion order kept (as a dict of events would), the last copy wins.
+        index: dict[str, tuple[int, int, int, int]] = {}
         state: StateMap = {}
         dropped = 0
-        for which, pdus in (("auth_chain", chain_pdus), ("state", state_pdus)):
-            for i, pdu in enumerate(pdus):
-                if i % 64 == 63:
-                    # A big room's checks take seconds of CPU: let other requests in.
-                    await trio.lowlevel.checkpoint()
+        memberships: dict[str, tuple[str, str]] = {}  # event ID -> (state_key, membership)
+        creates: set[str] = set()
+        # the events named as auth events: kept in memory once stored (bounded), as
+        # the next batches' auth checks ask for the same few again and again
+        auth_refs: set[str] = set()
+        countersigned: Any = None
+        with tempfile.TemporaryFile(prefix="pocketserver-join-checked-") as checked:
+            where = 0
+            count = 0
+            while True:
+                chunk = raw.read(READ_CHUNK)
                 try:
-                    ev = await self.intake.check_event(pdu, rv)
+                    pieces = splitter.feed(chunk) if chunk else None
+                    if pieces is None:
+                        splitter.close()
+                        break
+                except JsonStreamError as e:
+                    raise JoinFailed(f"send_join answered invalid JSON: {e}") from None
+                del chunk
+                for piece in pieces:
+                    if piece.key == "event":
+                        countersigned = piece.value
+                        continue
+                    if piece.index is None:
+                        raise JoinFailed("send_join answered no state or auth_chain")
+                    which = piece.key
+                    count += 1
+                    if count % 64 == 0:
+                        # A big room's checks take seconds of CPU: let other requests in.
+                        await trio.lowlevel.checkpoint()
+                    try:
+                        ev = await self.intake.check_event(piece.value, rv)
+                    except IntakeError as e:
+                        # Dropped, as any PDU that fails steps 1-3 is (a bad signature,
+                        # say): the join goes on without it; events it authorises are
+                        # stored as rejected, and a missing create event fails the join.
+                        log.warning("joining %s: dropped a %s event of the answer: %s", room_id, which, e)
+                        dropped += 1
+                        continue
+                    if ev.room_id != room_id:
+                        raise JoinFailed(f"a {which} event of the answer is of another room")
+                    if which == "state":
+                        if ev.state_key is None:
+                            raise JoinFailed("a state event of the answer has no state_key")
+                        state[ev.state_tuple] = ev.event_id
+                    if ev.type == "m.room.member" and ev.state_key is not None and ev.membership is not None:
+                        memberships[ev.event_id] = (ev.state_key, ev.membership)
+                    if ev.type == "m.room.create":
+                        creates.add(ev.event_id)
+                    if len(auth_refs) < AUTH_EVENTS_KEPT:
+                        auth_refs.update(ev.auth_event_ids)
+                    data = orjson.dumps(ev.pdu)
+                    checked.write(data)
+                    index[ev.event_id] = (ev.depth, ev.origin_server_ts, where, len(data))
+                    where += len(data)
+            if not {"state", "auth_chain"} <= splitter.arrays_seen:
+                raise JoinFailed("send_join answered no state or auth_chain")
+            del splitter
+            checked.flush()
+
+            def load(eid: str) -> Event:
+                _, _, offset, length = index[eid]
+                checked.seek(offset)
+                return Event.from_stored(orjson.loads(checked.read(length)), rv, eid)
+
+            # The resident server may have countersigned a restricted join: its copy.
+            if isinstance(countersigned, dict):
+                try:
+                    signed = await self.intake.check_event(countersigned, rv)
                 except IntakeError as e:
-                    # Dropped, as any PDU that fails steps 1-3 is (a bad signature,
-                    # say): the join goes on without it; events it authorises are
-                    # stored as rejected, and a missing create event fails the join.
-                    log.warning("joining %s: dropped a %s event of the answer: %s", room_id, which, e)
-                    pdus[i] = None
-                    dropped += 1
-                    continue
-                if ev.room_id != room_id:
-                    raise JoinFailed(f"a {which} event of the answer is of another room")
-                events[ev.event_id] = ev
-                if which == "state":
-                    if ev.state_key is None:
-                        raise JoinFailed("a state event of the answer has no state_key")
-                    state[ev.state_tuple] = ev.event_id
-                pdus[i] = None  # the Event holds the dict now
-        del state_pdus, chain_pdus
-        create_id = state.get(CREATE)
-        create = events.get(create_id) if create_id is not None else None
-        if create is None:
-            raise JoinFailed("the state has no create event")
-        if create.content.get("room_version", "1") != rv.identifier:
-            raise JoinFailed("the create event names another room version than make_join")
-        if rv.room_id_is_create_event_hash and room_id != "!" + create.event_id[1:]:
-            raise JoinFailed("the create event is not the room's")
-        if any(e.type == "m.room.create" and e.event_id != create.event_id for e in events.values()):
-            raise JoinFailed("the answer holds a second create event")
-        # The join against the state before it (the resident server accepted it there).
-        auth_state = {k: events[state[k]] for k in auth_types_for_event(event, rv) | {CREATE} if k in state}
-        try:
-            check_auth(event, auth_state)
-        except AuthError as e:
-            raise JoinFailed(f"the join is not allowed by the room's state: {e}") from None
-        del auth_state
-        t1 = time.perf_counter()
-        pos = await self.db.write(self._persist_join, event, rv, events, state, create)
+                    raise JoinFailed(f"the countersigned join: {e}") from None
+                # Only their signature may differ from ours (a redacted copy, same ID, would not).
+                if signed.event_id == event.event_id and signed.pdu.get("content") == event.pdu.get("content"):
+                    event = signed
+            create_id = state.get(CREATE)
+            if create_id is None or create_id not in index:
+                raise JoinFailed("the state has no create event")
+            create = load(create_id)
+            if create.content.get("room_version", "1") != rv.identifier:
+                raise JoinFailed("the create event names another room version than make_join")
+            if rv.room_id_is_create_event_hash and room_id != "!" + create.event_id[1:]:
+                raise JoinFailed("the create event is not the room's")
+            if creates - {create.event_id}:
+                raise JoinFailed("the answer holds a second create event")
+            # The join against the state before it (the resident server accepted it there).
+            auth_state = {k: load(state[k]) for k in auth_types_for_event(event, rv) | {CREATE} if k in state}
+            try:
+                check_auth(event, auth_state)
+            except AuthError as e:
+                raise JoinFailed(f"the join is not allowed by the room's state: {e}") from None
+            del auth_state
+            t1 = time.perf_counter()
+            # Oldest first, as one write of all of them would take them (a stable sort
+            # of the answer's order by depth, then timestamp).
+            order = sorted(index, key=lambda eid: index[eid][:2])
+            rejected: set[str] = set()
+            kept: dict[str, Event] = {}
+            await self.db.write(_insert_room, room_id, rv, create.sender, self.clock.time_ms())
+            for i in range(0, len(order), STORE_BATCH):
+                batch = {eid: load(eid) for eid in order[i : i + STORE_BATCH]}
+                stored = await self.db.write(
+                    self.intake.persist_outliers, rv, room_id, batch, (kept, auth_refs, AUTH_EVENTS_KEPT)
+                )
+                rejected.update(eid for eid, reason in stored.items() if reason is not None)
+                del batch
+            n_events = len(index)
+            del order, kept
+            index.clear()
+        pos = await self.db.write(self._persist_join, event, rv, state, rejected, memberships)
         self.notifier.notify(pos)
         log.info(
             "joined %s through %s: %d events checked (%d dropped) in %.2f s, stored in %.2f s",
-            room_id, server, len(events), dropped, t1 - t0, time.perf_counter() - t1,
+            room_id, server, n_events, dropped, t1 - t0, time.perf_counter() - t1,
         )
 
     def _persist_join(
@@ -391,17 +479,14 @@ class RemoteRooms:
         conn: Conn,
         join: Event,
         rv: RoomVersion,
-        events: dict[str, Event],
         state: StateMap,
-        create: Event,
+        rejected: set[str],
+        memberships: dict[str, tuple[str, str]],
     ) -> int:
+        """The join itself, after the answer's events are stored as outliers (those
+        rejected are kept out of the state)."""
         room_id = join.room_id
         now = self.clock.time_ms()
-        if ev_store.get_room(conn, room_id) is None:
-            ev_store.insert_room(conn, room_id, rv.identifier, create.sender, now)
-        # The auth chain and state as outliers, each against its own auth events.
-        stored = self.intake.persist_outliers(conn, rv, room_id, events)
-        rejected = {eid for eid, reason in stored.items() if reason is not None}
         before = {k: v for k, v in state.items() if v not in rejected}
         # The state before the join, the join, the state after it.
         before_group = state_store.create_state_group(conn, room_id, None, before)
@@ -421,13 +506,13 @@ class RemoteRooms:
         changes: dict[StateKey, str | None] = {k: v for k, v in after.items() if old.get(k) != v}
         changes.update({k: None for k in old if k not in after})
         state_store.set_current_state(conn, room_id, after_group, changes)
-        events[join.event_id] = join
+        assert join.state_key is not None and join.membership is not None
+        memberships = {**memberships, join.event_id: (join.state_key, join.membership)}
         for (etype, _), eid in changes.items():
-            ev = events.get(eid) if etype == "m.room.member" and eid is not None else None
-            if ev is not None and ev.membership is not None and ev.state_key is not None:
+            m = memberships.get(eid) if etype == "m.room.member" and eid is not None else None
+            if m is not None and eid is not None:
                 state_store.set_membership(
-                    conn, room_id, ev.state_key, ev.membership, ev.event_id, pos,
-                    ev.state_key.endswith(":" + self.server_name),
+                    conn, room_id, m[0], m[1], eid, pos, m[0].endswith(":" + self.server_name),
                 )
         graph.replace_forward_extremities(conn, room_id, join.event_id)
         have = graph.known_events(conn, join.prev_event_ids)
@@ -744,6 +829,11 @@ def _incompatible(version: str | None) -> MatrixError:
     (with the room's version when the other server named it)."""
     extra = {"room_version": version[:100]} if version else {}
     return MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "The room's version is not supported here", **extra)
+
+
+def _insert_room(conn: Conn, room_id: str, rv: RoomVersion, creator: str, now: int) -> None:
+    if ev_store.get_room(conn, room_id) is None:
+        ev_store.insert_room(conn, room_id, rv.identifier, creator, now)
 
 
 def _stripped(entry: Any) -> JsonDict | None:

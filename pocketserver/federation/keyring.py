@@ -3,7 +3,9 @@
 Spec: shared/spec/content/server-server-api.md, "Retrieving server keys".
 
 :meth:`KeyRing.verify_keys` (the :class:`~pocketserver.federation.interfaces.KeyLookup`
-the services use) answers from the ``server_keys`` table when it can. For keys it does
+the services use) answers from the ``server_keys`` table when it can (the keys last read
+from it are kept in memory, bounded, and dropped when that server's keys are stored
+again). For keys it does
 not have, or that are not valid until the time asked about, it fetches, in order:
 
 1. ``GET /_matrix/key/v2/server`` from the server itself: the answer must be for that
@@ -63,6 +65,9 @@ RESPONSES_KEPT = 256
 # Responses kept per server (a newer one that lacks a key an older one holds does not
 # replace it: a notary must not forget a key because its server did).
 RESPONSES_PER_SERVER = 4
+# Verify keys kept in memory after a read from the table: checking a big room's
+# send_join answer asks for the same key tens of thousands of times.
+KEYS_KEPT = 1024
 
 
 class KeyRequester(Protocol):
@@ -98,9 +103,15 @@ class KeyRing:
         self._fetching: dict[str, trio.Event] = {}
         self._attempted: dict[str, float] = {}  # server -> monotonic time of an unfruitful fetch
         self._responses: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        # (server, key ID) -> (raw key, valid_until_ts) as last read from the table
+        self._keys: OrderedDict[tuple[str, str], tuple[bytes, int]] = OrderedDict()
 
     def statistics(self) -> dict[str, int]:
-        return {"responses_kept": len(self._responses), "fetches_in_flight": len(self._fetching)}
+        return {
+            "responses_kept": len(self._responses),
+            "fetches_in_flight": len(self._fetching),
+            "keys_kept": len(self._keys),
+        }
 
     # -- our own keys ------------------------------------------------------------------
 
@@ -131,7 +142,15 @@ class KeyRing:
         return await self._stored(server_name, wanted, minimum_valid_until_ts)
 
     async def _stored(self, server_name: str, key_ids: list[str], min_ts: int) -> dict[str, bytes]:
+        kept = [self._keys.get((server_name, k)) for k in key_ids]
+        if key_ids and all(v is not None and v[1] >= min_ts for v in kept):
+            return {k: v[0] for k, v in zip(key_ids, kept, strict=True) if v is not None}
         rows = await self.db.read(store.get_keys, server_name, key_ids)
+        for k, row in rows.items():
+            self._keys[(server_name, k)] = row
+            self._keys.move_to_end((server_name, k))
+        while len(self._keys) > KEYS_KEPT:
+            self._keys.popitem(last=False)
         return {k: raw for k, (raw, valid_until) in rows.items() if valid_until >= min_ts}
 
     async def _fetch_once(self, server_name: str, key_ids: list[str], min_ts: int) -> None:
@@ -241,6 +260,8 @@ class KeyRing:
         rows: list[store.KeyRow] = [(k, raw, capped, None) for k, raw in keys.verify_keys.items()]
         rows += [(k, raw, exp, exp) for k, (raw, exp) in keys.old_verify_keys.items() if k not in keys.verify_keys]
         await self.db.write(store.upsert_keys, keys.server_name, rows, now)
+        for key in [k for k in self._keys if k[0] == keys.server_name]:
+            del self._keys[key]  # read again from the table, as now stored
         held = set(_key_ids(response))
         kept = [
             r for r in self._responses.get(keys.server_name, [])

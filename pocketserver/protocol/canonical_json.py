@@ -29,6 +29,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import canonicaljson
+import orjson
 
 JsonDict = dict[str, Any]
 
@@ -91,12 +92,47 @@ def validate_json_value(obj: Any, *, strict: bool = True) -> None:
             raise CanonicalJsonError(f"{path}: {type(value).__name__} is not a JSON type")
 
 
+# orjson with sorted keys writes canonical JSON's bytes (shortest escapes, raw UTF-8,
+# keys in code point order) and refuses lone surrogates, non-string keys, integers past
+# 64 bits (past 2**53 with OPT_STRICT_INTEGER, the strict rule) and, with these options,
+# subclasses, dataclasses and datetimes. What it would let through that canonical JSON
+# refuses or writes otherwise: floats (orjson writes a '.' or an exponent after the
+# digits), NaN and Infinity (written as null). Without whitespace a number follows ':',
+# ',' or '[' (or starts the output). An output with none of those marks anywhere (inside
+# strings too: a false alarm only costs the slow path) is the answer; otherwise the full
+# check and the reference encoder decide. Without a backslash in the output every '"'
+# delimits a string, so what lies outside strings is every other piece between quotes:
+# there, once "true" and "false" are gone, a '.', 'e' or 'E' is a float's and "null"
+# is null (found with bytes operations, faster than the regex that escapes need).
+_ORJSON_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
+_NEEDS_CHECK = re.compile(rb"[:,\[]-?[0-9]+[.eE]|null")
+_NUMBER_START = frozenset(b"-0123456789")
+
+
 def encode_canonical_json(obj: Any, *, strict: bool = True) -> bytes:
     """Encode ``obj`` as canonical JSON bytes (appendices, "Canonical JSON").
 
     Validates first (see :func:`validate_json_value`) and raises
     :class:`CanonicalJsonError` rather than produce bytes another server would refuse.
+    Checking a big room's events encodes each several times: most take the fast path
+    above (same bytes, a tenth of the time).
     """
+    try:
+        out = orjson.dumps(obj, option=_ORJSON_OPTIONS | orjson.OPT_STRICT_INTEGER if strict else _ORJSON_OPTIONS)
+    except TypeError:
+        pass
+    else:
+        if b"\\" not in out:
+            outside = b"".join(out.split(b'"')[0::2]).replace(b"true", b"").replace(b"false", b"")
+            if not (b"." in outside or b"e" in outside or b"E" in outside or b"null" in outside):
+                return out
+        elif out[0] not in _NUMBER_START and _NEEDS_CHECK.search(out) is None:
+            return out
     validate_json_value(obj, strict=strict)
     try:
         return canonicaljson.encode_canonical_json(obj)

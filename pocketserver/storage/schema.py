@@ -692,6 +692,14 @@ CREATE TABLE appservice_rooms (
     network_id TEXT NOT NULL,
     room_id TEXT NOT NULL,
     PRIMARY KEY (as_id, network_id, room_id)
+) WITHOUT ROWID;
+"""
+
+
+def _migration_appservices(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_APPSERVICES)
+
+
 # E-mail validation (client-server-api "Adding Account Administrative Contact
 # Information"): one row per requestToken session. The mailed token is kept only as
 # its SHA-256; a session is single-use (consumed_ts) and expires (expires_ts). The
@@ -730,8 +738,6 @@ CREATE TABLE user_threepid_id_servers (
 """
 
 
-def _migration_appservices(conn: apsw.Connection) -> None:
-    conn.execute(SCHEMA_APPSERVICES)
 def _migration_threepids(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_THREEPIDS)
 

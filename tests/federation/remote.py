@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
+
+import orjson
 
 from pocketserver.federation.interfaces import FederationError, FederationUnreachable, Query
 from pocketserver.protocol.auth_rules import AuthError, auth_types_for_event, check_auth
@@ -206,6 +208,8 @@ class FakeRequester:
         self.answer_missing_events = True
         self.offline = False
         self.other: dict[str, Any] = {}
+        # Tamper with the bytes of a streamed answer (send_join) before they are written.
+        self.raw_answer: Any = None
 
     def _event(self, eid: str) -> tuple[RemoteRoom, Event] | None:
         for room in self.rooms.values():
@@ -250,6 +254,19 @@ class FakeRequester:
         if path in self.other:
             return self.other[path]
         raise FederationError(404, "M_UNRECOGNIZED", path)
+
+    async def put_json_to_file(
+        self, destination: str, path: str, body: Any, sink: BinaryIO, *, timeout_s: float = 60.0,
+        max_size: int = 1 << 30,
+    ) -> int:
+        """put_json's answer as the bytes the wire would carry."""
+        raw = orjson.dumps(await self.put_json(destination, path, body, timeout_s=timeout_s))
+        if self.raw_answer is not None:
+            raw = self.raw_answer(raw)
+        if len(raw) > max_size:
+            raise FederationUnreachable(f"answer over {max_size} bytes")
+        sink.write(raw)
+        return len(raw)
 
     async def post_json(
         self, destination: str, path: str, body: Any, query: Query | None = None, *, timeout_s: float = 60.0

@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -74,6 +75,28 @@ async def test_size_limit_and_bad_names(pair: tuple[RunningServer, RunningServer
         await client.get_json(name(b), "/_matrix/key/v2/server", max_size=100, signed=False)
     with pytest.raises(FederationUnreachable, match="not a server name"):
         await client.get_json("not a name", "/_matrix/key/v2/server")
+
+
+async def test_a_put_answer_streamed_to_a_file(pair: tuple[RunningServer, RunningServer], tmp_path: Path) -> None:
+    """put_json_to_file (send_join's transport): the 2xx answer's bytes land in the file;
+    an error status is a FederationError, a too big answer is refused."""
+    import io
+
+    a, b = pair
+    client = a.services.federation_client
+    body = {"origin": name(a), "origin_server_ts": 1, "pdus": [], "edus": []}
+    sink = io.BytesIO()
+    n = await client.put_json_to_file(name(b), "/_matrix/federation/v1/send/t1", body, sink)
+    assert n == len(sink.getvalue()) and orjson.loads(sink.getvalue()) == {"pdus": {}}
+    with pytest.raises(FederationError) as e:
+        await client.put_json_to_file(name(b), "/_matrix/federation/v1/no_such_thing", {}, io.BytesIO())
+    assert e.value.errcode == "M_UNRECOGNIZED"
+    with pytest.raises(FederationUnreachable, match="over 5 bytes"):
+        await client.put_json_to_file(name(b), "/_matrix/federation/v1/send/t2", body, io.BytesIO(), max_size=5)
+    # the connection is still good for the next request
+    sink = io.BytesIO()
+    await client.put_json_to_file(name(b), "/_matrix/federation/v1/send/t3", body, sink)
+    assert orjson.loads(sink.getvalue()) == {"pdus": {}}
 
 
 def _client(**federation: object) -> FederationClient:

@@ -475,3 +475,57 @@ async def test_join_and_talk_in_each_event_format(host: Host, version: str) -> N
     await host.deliver(room.build(BOB, "m.room.message", {"msgtype": "m.text", "body": "reply"}))
     resp = await sync(host.http, token, since=first["next_batch"], timeout=5000)
     assert bodies(timeline(resp, room.room_id)) == [f"v{version}", "reply"]
+
+
+async def test_send_join_answer_that_is_not_json_or_too_big_is_refused_and_nothing_kept(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pocketserver.federation import joining
+
+    room = host.room()
+    _alice, token = await host.user()
+    db = host.services.db
+    # cut short in the middle of the state: the join fails, clearly, and nothing is kept
+    host.requester.raw_answer = lambda raw: raw[: len(raw) // 2]
+    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    assert r.status_code == 502, r.text
+    assert await db.read(ev_store.get_room, room.room_id) is None
+    # bigger than the answer's size limit
+    host.requester.raw_answer = None
+    monkeypatch.setattr(joining, "SEND_JOIN_MAX_BYTES", 512)
+    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    assert r.status_code == 502, r.text
+    assert await db.read(ev_store.get_room, room.room_id) is None
+    for eid in room.events:
+        assert await db.read(ev_store.get_event, eid) is None
+
+
+async def test_join_stores_a_big_answer_in_batches_in_auth_order(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer's events come newest first and are stored a few per transaction: each
+    is still stored after its auth events, none is rejected, every member is in."""
+    from pocketserver.federation import joining
+
+    monkeypatch.setattr(joining, "STORE_BATCH", 3)
+    room = host.room()
+    members = [f"@m{i}:{REMOTE}" for i in range(12)]
+    for user in members:
+        room.build(user, "m.room.member", {"membership": "join"}, state_key=user)
+    room.build(BOB, "m.room.topic", {"topic": "batched"}, state_key="")
+
+    def newest_first(answer: dict[str, Any]) -> None:
+        answer["state"].sort(key=lambda p: -p["depth"])
+        answer["auth_chain"].sort(key=lambda p: -p["depth"])
+
+    host.requester.tamper_send_join = newest_first
+    alice, token = await host.user()
+    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    assert r.status_code == 200, r.text
+    r = await host.http.get(f"{V3}/rooms/{room.room_id}/joined_members", headers=auth_headers(token))
+    assert r.status_code == 200, r.text
+    assert set(r.json()["joined"]) == {BOB, alice, *members}
+    r = await host.http.get(f"{V3}/rooms/{room.room_id}/state/m.room.topic", headers=auth_headers(token))
+    assert r.json() == {"topic": "batched"}
+    db = host.services.db
+    for eid in room.events:
+        rec = await db.read(ev_store.get_event, eid)
+        assert rec is not None and rec.rejected_reason is None, eid

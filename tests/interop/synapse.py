@@ -67,8 +67,11 @@ class Pair:
 
 
 @contextlib.contextmanager
-def start_federating_synapse(workdir: Path) -> Iterator[harness.ServerProcess]:
-    """Synapse on loopback with a TLS federation listener; stopped (by pid) on exit."""
+def start_federating_synapse(
+    workdir: Path, extra_config: dict[str, Any] | None = None
+) -> Iterator[harness.ServerProcess]:
+    """Synapse on loopback with a TLS federation listener; stopped (by pid) on exit.
+    ``extra_config`` adds homeserver.yaml settings (a benchmark's)."""
     from pocketserver.services.tls import write_self_signed_certificate
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,7 @@ def start_federating_synapse(workdir: Path) -> Iterator[harness.ServerProcess]:
     server = harness.start_synapse(
         workdir / "synapse",
         server_name=f"localhost:{fed_port}",
-        extra_config=SYNAPSE_FEDERATION_SETTINGS,
+        extra_config={**SYNAPSE_FEDERATION_SETTINGS, **(extra_config or {})},
         federation_port=fed_port,
         tls_files=(cert, key),
     )

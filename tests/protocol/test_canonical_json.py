@@ -203,3 +203,87 @@ def test_huge_exponent_is_cheap() -> None:
     # Must not try to build a billion-digit integer.
     with pytest.raises(JsonParseError):
         parse_json(b"1e999999999")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"hashes": {"sha256": "5E9e1.2E3xyz"}, "signatures": {"s": {"ed25519:1": "0e5A+/9.9"}}},
+        {"ctl": "".join(chr(i) for i in range(0x80)), "seps": "\u2028\u2029\ufeff", "astral": "\U0001f600"},
+        {"\U0001f600": 1, "\ue000": 2, "a": [1, -1, 0, MAX_SAFE_INTEGER, MIN_SAFE_INTEGER], "b": True},
+        {"server": "@u:1.2.3.4", "n": None, "t": ("x", 1)},
+        {"esc": 'a \\ b "q" \n 1.5 e', "flags": [True, False], "n": 12},
+        [[], {}, "", 0],
+        "just a string",
+        12345,
+    ],
+)
+def test_fast_path_writes_the_reference_bytes(value: object) -> None:
+    """encode_canonical_json's orjson path writes exactly what the reference encoder does."""
+    import canonicaljson
+
+    assert encode_canonical_json(value) == canonicaljson.encode_canonical_json(value)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        1e20, -0.0, [1.5], {"a": [2, 1e-7]}, {"a": 10**16}, [-(10**16)], {"s": "5E", "f": 2.0},
+        {"s": 'esc \\ "q" \n', "f": 1e5}, ['"', 0.5], {"t": True, "f": False, "x": [3.0]},
+    ],
+)
+def test_fast_path_never_lets_a_float_or_big_integer_through(bad: object) -> None:
+    with pytest.raises(CanonicalJsonError):
+        encode_canonical_json(bad)
+
+
+def test_fast_path_refuses_nan_and_objects_it_could_write() -> None:
+    import dataclasses
+    import datetime
+
+    @dataclasses.dataclass
+    class D:
+        x: int = 1
+
+    for bad in ([float("nan")], {"a": float("inf")}, {"d": D()}, {"t": datetime.datetime(2020, 1, 1)}):
+        with pytest.raises(CanonicalJsonError):
+            encode_canonical_json(bad, strict=False)
+
+
+def test_fast_path_agrees_with_the_reference_on_random_values() -> None:
+    """Random nested values (strings with quotes, backslashes, digits and 'e', numbers of
+    every kind, literals): the same bytes as validate + canonicaljson, or the same refusal."""
+    import random
+
+    import canonicaljson
+
+    rng = random.Random(12)
+    alphabet = ['"', "\\", "e", "E", ".", "1", "-", ":", ",", "[", "n", "u", "l", "\n", "é", "\U0001f600", "a"]
+
+    def value(depth: int) -> object:
+        kind = rng.randrange(9 if depth < 4 else 6)
+        if kind == 0:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(8)))
+        if kind == 1:
+            return rng.choice([0, -1, 7, 2**53 - 1, -(2**53) + 1, 2**53, 10**17, -(10**16)])
+        if kind == 2:
+            return rng.choice([1.5, 1e20, -0.0, 2.0])
+        if kind in (3, 4, 5):
+            return rng.choice([True, False, None])
+        if kind in (6, 7):
+            return {"".join(rng.choice(alphabet) for _ in range(3)): value(depth + 1) for _ in range(rng.randrange(4))}
+        return [value(depth + 1) for _ in range(rng.randrange(4))]
+
+    for _ in range(3000):
+        v = value(0)
+        for strict in (True, False):
+            try:
+                validate_json_value(v, strict=strict)
+                expected: bytes | None = canonicaljson.encode_canonical_json(v)
+            except CanonicalJsonError:
+                expected = None
+            if expected is None:
+                with pytest.raises(CanonicalJsonError):
+                    encode_canonical_json(v, strict=strict)
+            else:
+                assert encode_canonical_json(v, strict=strict) == expected, v
