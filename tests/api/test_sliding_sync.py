@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import trio
 
-from tests.api.helpers import V3, auth_headers, create_room, join, register, send
+from tests.api.e2ee_helpers import FakeDevice
+from tests.api.helpers import V3, auth_headers, create_room, join, login, register, send, sync
 
 SS = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 _txn = itertools.count()
@@ -418,8 +419,6 @@ async def test_to_device_extension_delivers_each_message_once(http: httpx.AsyncC
 
 
 async def test_e2ee_extension_counts_keys_and_tracks_device_lists(http: httpx.AsyncClient) -> None:
-    from tests.api.e2ee_helpers import FakeDevice
-
     alice, atok, adev = await register(http)
     bob, btok, _ = await register(http)
     me = FakeDevice(alice, adev, atok)
@@ -432,17 +431,9 @@ async def test_e2ee_extension_counts_keys_and_tracks_device_lists(http: httpx.As
     assert isinstance(e2ee["device_unused_fallback_key_types"], list)
     assert "device_lists" not in e2ee  # nothing to compare with on a first answer
     # Bob's new device: alice's client must re-query him.
-    await login_device(http, bob)
+    await login_device_named(http, bob, "BOBPHONE")
     nxt = await ss(http, atok, {**all_rooms(), **extensions()}, pos=first["pos"])
     assert bob in nxt["extensions"]["e2ee"]["device_lists"]["changed"]
-
-
-async def login_device(http: httpx.AsyncClient, user: str) -> str:
-    from tests.api.helpers import login
-
-    name = user.split(":")[0][1:]
-    session = await login(http, name)
-    return str(session["access_token"])
 
 
 async def test_account_data_receipts_and_typing_extensions(http: httpx.AsyncClient) -> None:
@@ -507,3 +498,80 @@ async def test_is_dm_changes_and_unread_counts(http: httpx.AsyncClient) -> None:
     later = await ss(http, atok, all_rooms(), pos=nxt["pos"])
     assert later["rooms"][room]["notification_count"] == 1 and later["rooms"][room]["highlight_count"] == 0
     assert "is_dm" not in later["rooms"][room]  # unchanged
+
+
+async def test_sliding_sync_and_v2_sync_of_one_user_see_the_same(http: httpx.AsyncClient) -> None:
+    """One user, two devices: one syncs with sliding sync, the other with /v3/sync. Both
+    see the same messages, each device gets the to-device messages sent to it exactly
+    once, and both learn of the same device-list changes."""
+    alice, atok, adev = await register(http)
+    session = await login_device_named(http, alice, "V2DEVICE")
+    vtok, vdev = str(session["access_token"]), str(session["device_id"])
+    bob, btok, _ = await register(http)
+    rooms = [await create_room(http, atok, preset="public_chat") for _ in range(3)]
+    for room in rooms:
+        await join(http, btok, room)
+
+    body_ss = {**all_rooms([[0, 9]], limit=50), **extensions(to_device={"enabled": True, "limit": 3})}
+    resp = await ss(http, atok, body_ss)
+    v2 = await sync(http, vtok, filter='{"room": {"timeline": {"limit": 50}}}')
+    seen_ss: dict[str, list[str]] = {}
+    seen_v2: dict[str, list[str]] = {}
+    td_ss: list[Any] = []
+    td_v2: list[Any] = []
+    lists_ss: set[str] = set()
+    lists_v2: set[str] = set()
+
+    def take_ss(r: dict[str, Any]) -> None:
+        for rid, entry in r["rooms"].items():
+            seen_ss.setdefault(rid, []).extend(e["event_id"] for e in entry.get("timeline", []))
+        td_ss.extend(r["extensions"]["to_device"]["events"])
+        lists_ss.update(r["extensions"]["e2ee"].get("device_lists", {}).get("changed", []))
+
+    def take_v2(r: dict[str, Any]) -> None:
+        for rid, entry in r["rooms"]["join"].items():
+            seen_v2.setdefault(rid, []).extend(e["event_id"] for e in entry["timeline"]["events"])
+        td_v2.extend(r.get("to_device", {}).get("events", []))
+        lists_v2.update(r.get("device_lists", {}).get("changed", []))
+
+    take_ss(resp)
+    take_v2(v2)
+    sent: list[str] = []
+    for round_ in range(3):
+        for i, room in enumerate(rooms):
+            sent.append(await send(http, btok, room, {"msgtype": "m.text", "body": f"r{round_} m{i}"}))
+        for n in range(4):
+            r = await http.put(
+                f"{V3}/sendToDevice/m.test/p{next(_txn)}",
+                json={"messages": {alice: {adev: {"n": f"{round_}.{n}"}, vdev: {"n": f"{round_}.{n}"}}}},
+                headers=auth_headers(btok),
+            )
+            assert r.status_code == 200
+        if round_ == 1:
+            await login_device_named(http, bob, f"BOB{round_}")  # a device-list change
+        # Each side syncs until it has nothing more (bounded).
+        for _ in range(10):
+            since = resp["extensions"]["to_device"]["next_batch"]
+            body = {**body_ss, **extensions(to_device={"enabled": True, "limit": 3, "since": since})}
+            resp = await ss(http, atok, body, pos=resp["pos"])
+            take_ss(resp)
+            if not resp["rooms"] and not resp["extensions"]["to_device"]["events"]:
+                break
+        for _ in range(10):
+            v2 = await sync(http, vtok, since=v2["next_batch"], filter='{"room": {"timeline": {"limit": 50}}}')
+            take_v2(v2)
+            if not v2["rooms"]["join"] and not v2.get("to_device", {}).get("events"):
+                break
+
+    for room in rooms:
+        assert seen_ss[room] == seen_v2[room]
+    assert set(sent) <= {e for ids in seen_ss.values() for e in ids}
+    expected = [f"{r}.{n}" for r in range(3) for n in range(4)]
+    assert [e["content"]["n"] for e in td_ss] == expected
+    assert [e["content"]["n"] for e in td_v2] == expected
+    assert bob in lists_ss and bob in lists_v2
+    assert lists_ss == lists_v2
+
+
+async def login_device_named(http: httpx.AsyncClient, user: str, device_id: str) -> dict[str, object]:
+    return await login(http, user.split(":")[0][1:], device_id=device_id)
