@@ -303,7 +303,7 @@ class SlidingSyncService:
                 matching = [
                     rid
                     for rid in ordered
-                    if ss.filter_matches(lst.filters, facts.of(candidates[rid].room), children)
+                    if ss.filter_matches(lst.filters, facts.of(candidates[rid].room, lst.filters), children)
                 ]
             counts[key] = len(matching)
             for rid in ss.select_ranges(matching, lst.ranges):
@@ -458,7 +458,7 @@ class SlidingSyncService:
         if config.lazy_members and lazy:
             keys = [(ss.MEMBER, u) for u in sorted(lazy) if (ss.MEMBER, u) not in state_ids]
             if end_state is None:
-                state_ids.update(state_store.get_current_state_ids(db, rid, keys))
+                state_ids.update(ss_store.current_state_ids(db, rid, keys))
             else:
                 state_ids.update({k: end_state[k] for k in keys if k in end_state})
             if changes is not None and not limited:
@@ -470,16 +470,24 @@ class SlidingSyncService:
             return None  # nothing the client is shown changed (an event it may not see)
 
         # Name, avatar, heroes and counts: on the first sending, and when they change.
+        name_key, avatar_key = ("m.room.name", ""), ("m.room.avatar", "")
+        looked_up: dict[tuple[str, str], JsonDict | None] = {}
+
         def current(key: tuple[str, str]) -> JsonDict | None:
-            if end_state is not None:
-                eid = end_state.get(key)
-            else:
-                eid = state_store.get_current_state_ids(db, rid, [key]).get(key)
-            rec = ev_store.get_event(db, eid) if eid is not None else None
-            return dict(rec.event.content) if rec is not None else None
+            if not looked_up:
+                # Name and avatar in one look-up (the answer usually needs both).
+                keys = [name_key, avatar_key]
+                if end_state is not None:
+                    ids = {k: end_state[k] for k in keys if k in end_state}
+                else:
+                    ids = ss_store.current_state_ids(db, rid, keys)
+                recs = ev_store.get_events(db, ids.values())
+                for k in keys:
+                    rec = recs.get(ids[k]) if k in ids else None
+                    looked_up[k] = dict(rec.event.content) if rec is not None else None
+            return looked_up.get(key)
 
         changed_keys = set(changes) if changes is not None else None
-        name_key, avatar_key = ("m.room.name", ""), ("m.room.avatar", "")
         name_changed = changed_keys is None or name_key in changed_keys
         if name_changed:
             name = _name(current(name_key))
@@ -541,7 +549,7 @@ class SlidingSyncService:
             else:
                 exact = config.exact_keys(user_id)
                 if exact is not None:
-                    picked = state_store.get_current_state_ids(db, rid, [k for k in exact if keep(*k)])
+                    picked = ss_store.current_state_ids(db, rid, [k for k in exact if keep(*k)])
                 else:
                     picked = state_store.get_current_state_ids(db, rid, keep=keep)
         else:
@@ -715,15 +723,19 @@ class _Facts:
             self._tags = tags
         return self._tags.get(room_id, frozenset())
 
-    def of(self, room: ss_store.UserRoom) -> RoomFacts:
+    def of(self, room: ss_store.UserRoom, f: ss.RoomFilters) -> RoomFacts:
+        """The facts ``f`` asks about (the others left at their defaults, unread)."""
         rid = room.room_id
+        types = f.room_types is not None or f.not_room_types is not None
         return RoomFacts(
             room_id=rid,
             membership=room.membership,
-            is_dm=self.is_dm(rid),
-            is_encrypted=ss_store.has_state(self.db, rid, "m.room.encryption", ""),
-            room_type=self.svc.room_type(self.db, rid, self.user_id, room.membership),
-            tags=self.tags(rid),
+            is_dm=self.is_dm(rid) if f.is_dm is not None else False,
+            is_encrypted=(
+                ss_store.has_state(self.db, rid, "m.room.encryption", "") if f.is_encrypted is not None else False
+            ),
+            room_type=self.svc.room_type(self.db, rid, self.user_id, room.membership) if types else None,
+            tags=self.tags(rid) if f.tags is not None or f.not_tags is not None else frozenset(),
         )
 
     def space_children(self, spaces: tuple[str, ...]) -> frozenset[str]:
