@@ -83,6 +83,10 @@ TO_DEVICE_MAX_LIMIT = 1000
 _NO_FILTER = Filter()
 
 
+# The membership strings a SentRoom holds (one shared object each).
+_MEMBERSHIPS = {m: m for m in ("join", "invite", "knock", "leave", "ban")}
+
+
 class UnknownPos(MatrixError):
     def __init__(self, message: str = "Unknown or expired position; start a new connection") -> None:
         super().__init__(400, "M_UNKNOWN_POS", message)
@@ -91,11 +95,12 @@ class UnknownPos(MatrixError):
 @dataclass(frozen=True, slots=True)
 class SentRoom:
     """What a connection was sent of a room: everything up to ``upto``, with ``config``
-    (shared between rooms: configs are interned), or only its stripped state."""
+    (shared between rooms: configs are interned), while the user's membership was
+    ``membership`` (an invite or knock: only its stripped state)."""
 
     upto: int
     config: RoomConfig
-    stripped: bool = False
+    membership: str = "join"
 
 
 @dataclass(slots=True)
@@ -316,6 +321,12 @@ class SlidingSyncService:
                 configs.setdefault(rid, []).append(cfg)
 
         new_rooms = dict(prev.rooms) if prev is not None else {}
+        # Rooms whose unread counts the user's own read receipts changed (read on
+        # another device): sent again for their counts.
+        reread: set[str] = set()
+        if prev is not None and upto > prev.stream:
+            mine = room_store.receipts_since(db, [r for r in configs if r in prev.rooms], prev.stream, upto, user_id)
+            reread = {rid for rid, rows in mine.items() if any(row[2] == user_id for row in rows)}
         rooms_out: JsonDict = {}
         initial_rooms: set[str] = set()
         for rid, cfgs in configs.items():
@@ -325,8 +336,10 @@ class SlidingSyncService:
             sent = prev.rooms.get(rid) if prev is not None else None
             stripped = info.membership in ("invite", "knock")
             key = sys.intern(rid)
-            if sent is not None and sent.stripped and not stripped:
-                sent = None  # an invite since joined: the room itself is new to the client
+            if sent is not None and sent.membership != "join" and info.membership == "join":
+                sent = None  # joined since (an invite accepted, a room rejoined): all of it again
+            elif sent is not None and sent.membership in ("invite", "knock") and not stripped:
+                sent = None  # the client had only the stripped state
             if sent is None:
                 rooms_out[rid] = self._room(db, requester, info, config, None, None, prev, upto, now, facts)
                 initial_rooms.add(rid)
@@ -335,11 +348,13 @@ class SlidingSyncService:
                 changed = (activity or 0) > sent.upto or info.membership_pos > sent.upto
                 expanded = not stripped and config.timeline_limit > sent.config.timeline_limit
                 grew = not stripped and config.required_state != sent.config.required_state
-                if changed or expanded or grew:
-                    room = self._room(db, requester, info, config, sent, expanded, prev, upto, now, facts)
+                if changed or expanded or grew or rid in reread:
+                    room = self._room(
+                        db, requester, info, config, sent, expanded, prev, upto, now, facts, rid in reread
+                    )
                     if room is not None:
                         rooms_out[rid] = room
-            new_rooms[key] = SentRoom(upto, config, stripped)
+            new_rooms[key] = SentRoom(upto, config, _MEMBERSHIPS.get(info.membership, "leave"))
             if rid in rooms_out and room_lists.get(rid):
                 rooms_out[rid]["lists"] = room_lists[rid]
 
@@ -404,9 +419,12 @@ class SlidingSyncService:
         upto: int,
         now: int,
         facts: _Facts,
+        reread: bool = False,
     ) -> JsonDict | None:
         """A room's entry: whole when ``sent`` is None, else what changed after
-        ``sent.upto`` (or, ``expanded``, the newest events of a grown timeline)."""
+        ``sent.upto`` (or, ``expanded``, the newest events of a grown timeline); None
+        when nothing the client is shown changed. ``reread``: the user's read receipt
+        moved, so the counts are news."""
         user_id = requester.user_id
         rid = info.room_id
         out: JsonDict = {"membership": info.membership}
@@ -466,7 +484,7 @@ class SlidingSyncService:
                 state_ids.update({k: v for k, v in changes.items() if k[0] == ss.MEMBER})
         if state_ids or sent is None:
             out["required_state"] = self.sync._state_events(db, requester, _NO_FILTER, state_ids, now)
-        if sent is not None and not timeline and not state_ids and not expanded:
+        if sent is not None and not timeline and not state_ids and not expanded and not reread:
             return None  # nothing the client is shown changed (an event it may not see)
 
         # Name, avatar, heroes and counts: on the first sending, and when they change.

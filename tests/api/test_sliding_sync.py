@@ -494,8 +494,11 @@ async def test_is_dm_changes_and_unread_counts(http: httpx.AsyncClient) -> None:
     assert entry["notification_count"] == 1 and entry["highlight_count"] == 1
     r = await http.post(f"{V3}/rooms/{room}/receipt/m.read/{event}", json={}, headers=auth_headers(atok))
     assert r.status_code == 200
+    # Read (on any device): the room comes again with its counts, nothing else.
+    read = await ss(http, atok, all_rooms(), pos=nxt["pos"])
+    assert read["rooms"][room]["notification_count"] == 0 and read["rooms"][room]["timeline"] == []
     await send(http, btok, room, {"msgtype": "m.text", "body": "more"})
-    later = await ss(http, atok, all_rooms(), pos=nxt["pos"])
+    later = await ss(http, atok, all_rooms(), pos=read["pos"])
     assert later["rooms"][room]["notification_count"] == 1 and later["rooms"][room]["highlight_count"] == 0
     assert "is_dm" not in later["rooms"][room]  # unchanged
 
