@@ -287,10 +287,13 @@ class SlidingSyncService:
         user_id = requester.user_id
         upto = current_stream_pos(db)
         now = self.clock.time_ms()
-        all_rooms = {
-            r.room_id: r
-            for r in ss_store.user_rooms(db, user_id, ("join", "invite", "knock", "leave", "ban"))
-        }
+        # A connection of extensions only (a client's to-device and key loop) never
+        # reads the room list.
+        all_rooms = (
+            {r.room_id: r for r in ss_store.user_rooms(db, user_id, ("join", "invite", "knock", "leave", "ban"))}
+            if req.lists or req.subscriptions
+            else {}
+        )
         candidates = self._room_list(db, user_id, all_rooms, prev)
         ordered = ss.sort_rooms({rid: c.stamp for rid, c in candidates.items()})
         facts = _Facts(self, db, user_id, upto)

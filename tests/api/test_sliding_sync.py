@@ -578,3 +578,43 @@ async def test_sliding_sync_and_v2_sync_of_one_user_see_the_same(http: httpx.Asy
 
 async def login_device_named(http: httpx.AsyncClient, user: str, device_id: str) -> dict[str, object]:
     return await login(http, user.split(":")[0][1:], device_id=device_id)
+
+
+async def test_an_extensions_only_connection_long_polls_for_to_device(http: httpx.AsyncClient, server: Any) -> None:
+    """Element X keeps a second connection with only the to-device and e2ee extensions."""
+    alice, atok, adev = await register(http)
+    bob, btok, _ = await register(http)
+    await create_room(http, atok)
+    body = {"conn_id": "encryption", **extensions(to_device={"enabled": True}, e2ee={"enabled": True})}
+    del body["extensions"]["account_data"], body["extensions"]["receipts"], body["extensions"]["typing"]
+    first = await ss(http, atok, body)
+    assert first["rooms"] == {} and first["lists"] == {}
+    since = first["extensions"]["to_device"]["next_batch"]
+    got: dict[str, Any] = {}
+
+    async def poll() -> None:
+        got.update(await ss(http, atok, {**body, "extensions": {**body["extensions"], "to_device": {
+            "enabled": True, "since": since}}}, pos=first["pos"], timeout=60_000))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poll)
+        await _wait_for_waiter(server)
+        r = await http.put(f"{V3}/sendToDevice/m.test/w{next(_txn)}", json={"messages": {alice: {adev: {"k": 1}}}},
+                           headers=auth_headers(btok))
+        assert r.status_code == 200
+    assert [e["content"] for e in got["extensions"]["to_device"]["events"]] == [{"k": 1}]
+
+
+async def test_pos_works_as_a_token_of_other_endpoints(http: httpx.AsyncClient) -> None:
+    alice, atok, _ = await register(http)
+    bob, btok, _ = await register(http)
+    room = await create_room(http, atok, preset="public_chat")
+    await join(http, btok, room)
+    first = await ss(http, atok, all_rooms())
+    await login_device_named(http, bob, "NEWPHONE")
+    nxt = await ss(http, atok, all_rooms(), pos=first["pos"])
+    r = await http.get(f"{V3}/keys/changes", params={"from": first["pos"], "to": nxt["pos"]}, headers=auth_headers(atok))
+    assert r.status_code == 200, r.text
+    assert bob in r.json()["changed"]
+    r = await http.get(f"{V3}/rooms/{room}/messages", params={"from": "ss1_zz_1", "dir": "b"}, headers=auth_headers(atok))
+    assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM")
