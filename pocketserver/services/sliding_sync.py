@@ -568,9 +568,12 @@ class SlidingSyncService:
             if end_state is not None:
                 picked = {k: v for k, v in end_state.items() if keep(*k)}
             else:
-                exact = config.exact_keys(user_id)
-                if exact is not None:
+                plan = config.key_plan(user_id)
+                if plan is not None:
+                    exact, types = plan
                     picked = ss_store.current_state_ids(db, rid, [k for k in exact if keep(*k)])
+                    for t in types:
+                        picked.update(state_store.get_current_state_ids(db, rid, etype=t, keep=keep))
                 else:
                     picked = state_store.get_current_state_ids(db, rid, keep=keep)
         else:
