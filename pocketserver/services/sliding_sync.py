@@ -48,6 +48,7 @@ from pocketserver.protocol.sliding_sync import (
     RoomFacts,
 )
 from pocketserver.services.auth import Requester
+from pocketserver.services.client_events import serialize_events
 from pocketserver.services.e2ee import SIGNED_CURVE25519, E2eeService
 from pocketserver.services.ephemeral import TypingSnapshot
 from pocketserver.services.filtering import Filter
@@ -458,7 +459,6 @@ class SlidingSyncService:
         out["num_live"] = (
             sum(1 for r in timeline if (r.stream_pos or 0) > live_from) if live_from is not None else 0
         )
-        out["timeline"] = self.sync._timeline_events(db, requester, _NO_FILTER, timeline, now)
         out["limited"] = limited
         out["prev_batch"] = f"t{first_pos - 1}"
 
@@ -485,8 +485,16 @@ class SlidingSyncService:
             if changes is not None and not limited:
                 # Every membership change since (the proposal's third lazy rule).
                 state_ids.update({k: v for k, v in changes.items() if k[0] == ss.MEMBER})
+        # Timeline and state serialised as one page: relations, redactions and erasures
+        # are looked up once for both.
+        state_recs = ev_store.get_events(db, state_ids.values())
+        state_list = [state_recs[e] for e in state_ids.values() if e in state_recs]
+        page = serialize_events(
+            db, [*timeline, *state_list], user_id=user_id, device_id=requester.device_id, now_ms=now
+        )
+        out["timeline"] = page[: len(timeline)]
         if state_ids or sent is None:
-            out["required_state"] = self.sync._state_events(db, requester, _NO_FILTER, state_ids, now)
+            out["required_state"] = page[len(timeline) :]
         if sent is not None and not timeline and not state_ids and not expanded and not reread:
             return None  # nothing the client is shown changed (an event it may not see)
 
