@@ -366,7 +366,7 @@ class SlidingSyncService:
         in_scope = [rid for rid in configs if rid in all_rooms]
         ext_news = self._extensions(
             db, requester, req, prev, upto, typing, typing_serial, in_scope, room_lists, subscribed,
-            initial_rooms, extensions,
+            initial_rooms, rooms_out, extensions,
         )
         counts_changed = prev is None or counts != prev.counts
         response: JsonDict = {
@@ -605,6 +605,7 @@ class SlidingSyncService:
         room_lists: dict[str, list[str]],
         subscribed: set[str],
         initial_rooms: set[str],
+        rooms_out: JsonDict,
         out: JsonDict,
     ) -> bool:
         """Every enabled extension but to-device (which writes); whether any has news."""
@@ -656,6 +657,11 @@ class SlidingSyncService:
             fresh = [r for r in rooms if since is None or r in initial_rooms]
             rest = [r for r in rooms if r not in fresh]
             rows = ss_store.receipts_in_rooms(db, fresh, user_id)
+            for rid in fresh:
+                # A room new to the client: the receipts of the events it is sent, and
+                # the user's own (the rest of a big room's would be most of the answer).
+                shown = {e.get("event_id") for e in rooms_out.get(rid, {}).get("timeline", ())}
+                rows[rid] = [row for row in rows.get(rid, ()) if row[0] in shown or row[2] == user_id]
             if rest and since is not None:
                 rows.update(room_store.receipts_since(db, rest, since, upto, user_id))
             by_room = {rid: receipt_event(r) for rid, r in sorted(rows.items()) if r}
