@@ -102,6 +102,7 @@ class SentRoom:
     upto: int
     config: RoomConfig
     membership: str = "join"
+    is_dm: bool = False
 
 
 @dataclass(slots=True)
@@ -298,7 +299,6 @@ class SlidingSyncService:
         candidates = self._room_list(db, user_id, all_rooms, prev)
         ordered = ss.sort_rooms({rid: c.stamp for rid, c in candidates.items()})
         facts = _Facts(self, db, user_id, upto)
-        facts.since = prev.stream if prev is not None else None
 
         # Which rooms each rule selects, and with what config.
         room_lists: dict[str, list[str]] = {}
@@ -352,13 +352,16 @@ class SlidingSyncService:
                 changed = (activity or 0) > sent.upto or info.membership_pos > sent.upto
                 expanded = not stripped and config.timeline_limit > sent.config.timeline_limit
                 grew = not stripped and config.required_state != sent.config.required_state
-                if changed or expanded or grew or rid in reread:
+                # A room marked or unmarked as a DM (m.direct) comes again for its is_dm.
+                dm_flipped = not stripped and sent.is_dm != facts.is_dm(rid)
+                if changed or expanded or grew or dm_flipped or rid in reread:
                     room = self._room(
-                        db, requester, info, config, sent, expanded, prev, upto, now, facts, rid in reread
+                        db, requester, info, config, sent, expanded, prev, upto, now, facts,
+                        rid in reread or dm_flipped,
                     )
                     if room is not None:
                         rooms_out[rid] = room
-            new_rooms[key] = SentRoom(upto, config, _MEMBERSHIPS.get(info.membership, "leave"))
+            new_rooms[key] = SentRoom(upto, config, _MEMBERSHIPS.get(info.membership, "leave"), facts.is_dm(rid))
             if rid in rooms_out and room_lists.get(rid):
                 rooms_out[rid]["lists"] = room_lists[rid]
 
@@ -423,12 +426,12 @@ class SlidingSyncService:
         upto: int,
         now: int,
         facts: _Facts,
-        reread: bool = False,
+        force: bool = False,
     ) -> JsonDict | None:
         """A room's entry: whole when ``sent`` is None, else what changed after
         ``sent.upto`` (or, ``expanded``, the newest events of a grown timeline); None
-        when nothing the client is shown changed. ``reread``: the user's read receipt
-        moved, so the counts are news."""
+        when nothing the client is shown changed. ``force``: something outside the room
+        changed what it shows (the user's read receipt moved the counts; m.direct)."""
         user_id = requester.user_id
         rid = info.room_id
         out: JsonDict = {"membership": info.membership}
@@ -495,7 +498,7 @@ class SlidingSyncService:
         out["timeline"] = page[: len(timeline)]
         if state_ids or sent is None:
             out["required_state"] = page[len(timeline) :]
-        if sent is not None and not timeline and not state_ids and not expanded and not reread:
+        if sent is not None and not timeline and not state_ids and not expanded and not force:
             return None  # nothing the client is shown changed (an event it may not see)
 
         # Name, avatar, heroes and counts: on the first sending, and when they change.
@@ -537,7 +540,7 @@ class SlidingSyncService:
         if sent is None:
             if facts.is_dm(rid):
                 out["is_dm"] = True
-        elif facts.direct_changed():
+        elif sent.is_dm != facts.is_dm(rid):
             out["is_dm"] = facts.is_dm(rid)
         if joined:
             notif, highlight = self.sync.unread_counter(db, user_id, rid)
@@ -722,8 +725,6 @@ class _Facts:
         self.upto = upto
         self._direct: frozenset[str] | None = None
         self._tags: dict[str, frozenset[str]] | None = None
-        self._direct_changed_since: dict[int, bool] = {}
-        self.since: int | None = None
 
     def direct(self) -> frozenset[str]:
         if self._direct is None:
@@ -738,16 +739,6 @@ class _Facts:
 
     def is_dm(self, room_id: str) -> bool:
         return room_id in self.direct()
-
-    def direct_changed(self) -> bool:
-        """Whether ``m.direct`` changed after the connection's previous answer."""
-        since = self.since
-        if since is None:
-            return True
-        if since not in self._direct_changed_since:
-            changes = ad_store.get_account_data_since(self.db, self.user_id, since, self.upto)
-            self._direct_changed_since[since] = "m.direct" in changes.global_
-        return self._direct_changed_since[since]
 
     def tags(self, room_id: str) -> frozenset[str]:
         if self._tags is None:
