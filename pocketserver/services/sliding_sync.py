@@ -507,13 +507,19 @@ class SlidingSyncService:
 
         def current(key: tuple[str, str]) -> JsonDict | None:
             if not looked_up:
-                # Name and avatar in one look-up (the answer usually needs both).
+                # Name and avatar in one look-up (the answer usually needs both), none
+                # at all when this answer's required_state already holds the current
+                # state of both (a first sending that asks for them).
                 keys = [name_key, avatar_key]
                 if end_state is not None:
                     ids = {k: end_state[k] for k in keys if k in end_state}
+                    recs = ev_store.get_events(db, ids.values())
+                elif sent is None and all(config.wants_state(*k, user_id) for k in keys):
+                    ids = {k: state_ids[k] for k in keys if k in state_ids}
+                    recs = state_recs
                 else:
                     ids = ss_store.current_state_ids(db, rid, keys)
-                recs = ev_store.get_events(db, ids.values())
+                    recs = ev_store.get_events(db, ids.values())
                 for k in keys:
                     rec = recs.get(ids[k]) if k in ids else None
                     looked_up[k] = dict(rec.event.content) if rec is not None else None
