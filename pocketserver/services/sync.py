@@ -541,10 +541,13 @@ class SyncService:
         picked: list[EventRecord] = []
         limited = False
         cursor = upto + 1
-        page_size = max(limit * 2, 20)
+        # Twice the limit (room for events the user may not see), read in one query;
+        # a one-event timeline (a room list's preview) reads a handful, not twenty.
+        page_size = max(limit * 2, 4)
         # Walk back in pages until the limit is filled with visible, filter-passing
-        # events; ``limited`` says that more of those exist before the first one.
-        for _ in range(20):
+        # events; ``limited`` says that more of those exist before the first one. The
+        # walk reads at most 400 events (or 20 pages), however small the pages.
+        for _ in range(max(20, 400 // page_size)):
             page = ev_store.room_timeline(
                 conn, room_id, from_pos=cursor, to_pos=since, backwards=True, limit=page_size
             )
