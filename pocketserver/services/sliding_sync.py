@@ -475,16 +475,14 @@ class SlidingSyncService:
             changes = state_store.current_state_since(db, rid, sent.upto)
             if end_state is not None:
                 changes = {k: v for k, v in changes.items() if end_state.get(k) == v}
-        state_ids = self._required_state(db, rid, user_id, config, sent, changes, end_state)
         lazy = {r.event.sender for r in timeline} | {
             r.event.state_key for r in timeline if r.event.type == ss.MEMBER and r.event.state_key
         }
-        if config.lazy_members and lazy:
-            keys = [(ss.MEMBER, u) for u in sorted(lazy) if (ss.MEMBER, u) not in state_ids]
-            if end_state is None:
-                state_ids.update(ss_store.current_state_ids(db, rid, keys))
-            else:
-                state_ids.update({k: end_state[k] for k in keys if k in end_state})
+        lazy_keys = [(ss.MEMBER, u) for u in sorted(lazy)] if config.lazy_members else []
+        state_ids = self._required_state(db, rid, user_id, config, sent, changes, end_state, lazy_keys)
+        if lazy_keys:
+            if end_state is not None:
+                state_ids.update({k: end_state[k] for k in lazy_keys if k in end_state})
             if changes is not None and not limited:
                 # Every membership change since (the proposal's third lazy rule).
                 state_ids.update({k: v for k, v in changes.items() if k[0] == ss.MEMBER})
@@ -567,11 +565,14 @@ class SlidingSyncService:
         sent: SentRoom | None,
         changes: dict[tuple[str, str], str] | None,
         end_state: dict[tuple[str, str], str] | None,
+        also: list[tuple[str, str]] | None = None,
     ) -> dict[tuple[str, str], str]:
         """The state the config asks for: all of it on a first sending; else what
-        changed after the room was last sent, plus what a grown config newly asks for."""
+        changed after the room was last sent, plus what a grown config newly asks for.
+        ``also``: current state keys to read with it in the same query (lazy members),
+        whether the config asks for them or not."""
         if not config.required_state:
-            return {}
+            return ss_store.current_state_ids(db, rid, also) if also and end_state is None else {}
 
         def wanted(t: str, s: str) -> bool:
             return config.wants_state(t, s, user_id)
@@ -588,7 +589,10 @@ class SlidingSyncService:
                 plan = config.key_plan(user_id)
                 if plan is not None:
                     exact, types = plan
-                    picked = ss_store.current_state_ids(db, rid, [k for k in exact if keep(*k)])
+                    if old is not None or any(rs.exclude for rs in config.required_state):
+                        exact = [k for k in exact if keep(*k)]
+                    picked = ss_store.current_state_ids(db, rid, exact + (also or []))
+                    also = None
                     for t in types:
                         picked.update(state_store.get_current_state_ids(db, rid, etype=t, keep=keep))
                 else:
@@ -597,6 +601,8 @@ class SlidingSyncService:
             picked = {}
         if changes is not None:
             picked.update({k: v for k, v in changes.items() if wanted(*k)})
+        if also and end_state is None:
+            picked.update(ss_store.current_state_ids(db, rid, [k for k in also if k not in picked]))
         return picked
 
     # -- extensions ----------------------------------------------------------------------
