@@ -8,6 +8,8 @@ user would notice: the list's room count, the most recent rooms first and a room
 moving to the top after a new message, room names (a DM's from its hero), timelines, a
 room subscription with full state, an invite that can be joined, a to-device message
 delivered exactly once, typing, a read receipt and account data.
+``js/sliding_sync_e2ee.mjs``: an encrypted DM between a sliding-sync client (Rust
+crypto) and a /v3/sync client, each decrypting the other.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from tests.interop.test_js_sdk import run_script
 pytestmark = pytest.mark.interop
 
 
-def _run(base_url: str, log: str = "") -> dict[str, Any]:
-    proc = run_script("sliding_sync.mjs", base_url, os.urandom(3).hex(), timeout=240)
+def _run(script: str, base_url: str, log: str = "") -> dict[str, Any]:
+    proc = run_script(script, base_url, os.urandom(3).hex(), timeout=240)
     assert proc.returncode == 0, (
         f"stderr:\n{proc.stderr[-4000:]}\nstdout:\n{proc.stdout[-4000:]}\nserver log:\n{log[-3000:]}"
     )
@@ -68,9 +70,22 @@ def _check(result: dict[str, Any]) -> None:
     assert "syncErrors" not in result
 
 
+def _check_e2ee(result: dict[str, Any]) -> None:
+    assert result["aliceSeesEncrypted"] is True
+    assert result["aliceGot"] == {"body": result["hello"], "wireType": "m.room.encrypted"}
+    assert result["bobGot"] == {"body": result["reply"], "wireType": "m.room.encrypted"}
+
+
 def test_js_sdk_sliding_sync(pocketserver_process: ServerProcess) -> None:
-    _check(_run(pocketserver_process.base_url, pocketserver_process.log()))
+    _check(_run("sliding_sync.mjs", pocketserver_process.base_url, pocketserver_process.log()))
+
+
+def test_js_sdk_sliding_sync_encrypted_dm(pocketserver_process: ServerProcess) -> None:
+    """Alice's room keys come through the to_device extension and Bob's devices through
+    the e2ee extension; Bob syncs with /v3/sync."""
+    _check_e2ee(_run("sliding_sync_e2ee.mjs", pocketserver_process.base_url, pocketserver_process.log()))
 
 
 def test_js_sdk_sliding_sync_reference_synapse(pair: Pair) -> None:
-    _check(_run(pair.synapse.base_url, pair.synapse.log_tail(60)))
+    _check(_run("sliding_sync.mjs", pair.synapse.base_url, pair.synapse.log_tail(60)))
+    _check_e2ee(_run("sliding_sync_e2ee.mjs", pair.synapse.base_url, pair.synapse.log_tail(60)))
