@@ -36,7 +36,7 @@ SPEC_VERSIONS = [
 @bp.route("/_matrix/client/versions", methods=["GET"])
 async def versions() -> Response:
     """GET /_matrix/client/versions"""
-    return json_response({"versions": SPEC_VERSIONS, "unstable_features": {}})
+    return json_response({"versions": SPEC_VERSIONS, "unstable_features": {"org.matrix.simplified_msc3575": True}})
 
 
 @bp.route("/.well-known/matrix/client", methods=["GET"])

@@ -35,6 +35,7 @@ from pocketserver.services.room_reader import RoomReader
 from pocketserver.services.rooms import RoomService
 from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
+from pocketserver.services.sliding_sync import SlidingSyncService
 from pocketserver.services.sync import SyncService, e2ee_extension
 from pocketserver.services.third_party_invites import IdentityClient, ThirdPartyInviteService
 from pocketserver.services.uia import UIAService
@@ -76,6 +77,7 @@ class Services:
     typing: TypingTracker
     receipts: ReceiptService
     sync: SyncService
+    sliding_sync: SlidingSyncService
     relations: RelationsService
     search: SearchService
     upgrades: UpgradeService
@@ -184,6 +186,7 @@ def build_services(
         typing=typing,
         receipts=receipts,
         sync=sync,
+        sliding_sync=SlidingSyncService(sync, e2ee, push),
         relations=relations,
         search=SearchService(db, clock),
         upgrades=upgrades,

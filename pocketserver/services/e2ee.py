@@ -78,9 +78,10 @@ def parse_stream_token(token: str) -> int:
     """The main-stream position of a /sync ``next_batch`` token.
 
     Accepts the forms this server hands out: a position optionally prefixed with ``s``
-    and optionally followed by ``_`` or ``.`` and further components.
+    and optionally followed by ``_`` or ``.`` and further components; a sliding sync
+    ``pos`` (``ss`` prefix) too.
     """
-    m = re.fullmatch(r"s?([0-9]{1,16})(?:[_.~].*)?", token)
+    m = re.fullmatch(r"(?:ss|s)?([0-9]{1,16})(?:[_.~].*)?", token)
     if m is None:
         raise InvalidParam(f"Invalid stream token {token!r}")
     return int(m.group(1))

@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from pocketserver.errors import Forbidden, InvalidParam
+from pocketserver.protocol.sliding_sync import Pos
 from pocketserver.services.auth import Requester
 from pocketserver.services.client_events import (
     federation_format,
@@ -100,6 +101,12 @@ def parse_stream_token(raw: str) -> int:
         return parse_int(raw[1:], "pagination token")
     if raw.startswith("b"):
         return parse_int(raw[1:], "pagination token", minimum=0)
+    if raw.startswith("ss"):
+        # A sliding sync ``pos`` (MSC4186: usable wherever a ``next_batch`` is).
+        pos = Pos.parse(raw)
+        if pos is None:
+            raise InvalidParam("Invalid pagination token")
+        return pos.stream
     return SyncToken.parse(raw).pos
 
 
@@ -519,9 +526,13 @@ class SyncService:
         upto: int,
         filt: Filter,
         newly_joined: bool = False,
+        *,
+        limit: int | None = None,
     ) -> tuple[list[EventRecord], bool, int]:
-        """(events oldest first, limited, position before the first event)."""
-        limit = filt.room.timeline.limit
+        """(events oldest first, limited, position before the first event). ``limit``
+        overrides the filter's (sliding sync's ``timeline_limit``)."""
+        if limit is None:
+            limit = filt.room.timeline.limit
         if limit is None:
             limit = DEFAULT_TIMELINE_LIMIT
         limit = min(limit, MAX_TIMELINE_LIMIT)
@@ -752,10 +763,7 @@ class SyncService:
             conn, room_id, [("m.room.name", ""), ("m.room.canonical_alias", "")]
         )
         if not named:
-            joined = state_store.room_members(conn, room_id, "join")
-            invited = state_store.room_members(conn, room_id, "invite")
-            heroes = sorted(u for u in joined + invited if u != user_id)[:5]
-            summary["m.heroes"] = heroes
+            summary["m.heroes"] = room_heroes(conn, room_id, user_id)
         return summary
 
     def _stripped(self, conn: Conn, room_id: str, user_id: str) -> list[JsonDict]:
@@ -853,6 +861,19 @@ def _stream_extras(
         if users is not None:
             out.append({"type": "m.typing", "room_id": rid, "content": {"user_ids": users}})
     return out
+
+
+def room_heroes(conn: Conn, room_id: str, user_id: str, *, include_left: bool = False) -> list[str]:
+    """Up to five members who name a room that has no name ("Calculating the display
+    name for a room"): joined and invited ones; ``include_left`` fills up with those who
+    left when fewer are in the room (sliding sync's ``heroes``)."""
+    joined = state_store.room_members(conn, room_id, "join")
+    invited = state_store.room_members(conn, room_id, "invite")
+    heroes = sorted(u for u in joined + invited if u != user_id)[:5]
+    if include_left and len(heroes) < 5:
+        left = state_store.room_members(conn, room_id, "leave") + state_store.room_members(conn, room_id, "ban")
+        heroes += sorted(u for u in left if u != user_id)[: 5 - len(heroes)]
+    return heroes
 
 
 def presence_event(p: presence_store.Presence, now: int) -> JsonDict:
