@@ -19,7 +19,8 @@ see the same machine load (each server left to settle first):
   room, then Alice's request with the last ``pos`` (``timeout`` 10 s) must carry that
   event; time from the request to its answer;
 * memory per connection: RSS (process tree) before and after opening ``--conns`` more
-  connections (distinct ``conn_id``, each an initial and one incremental request),
+  connections (distinct ``conn_id``, each an initial and one incremental request;
+  100 by default),
   each side left to settle; reported as KB per connection.
 
 Timings are client wall times over loopback (median and p95). ratio = Synapse /
@@ -31,7 +32,9 @@ Synapse, first response under 100 ms. A server without the endpoint is reported 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import random
 import statistics
 import sys
@@ -142,7 +145,7 @@ class Bench:
                 await self.mc.send_text(sender, rid, f"message {m} in room {i}")
             ids[i] = rid
 
-        await pool(8, [lambda i=i: make(i) for i in range(self.rooms)])  # type: ignore[misc]
+        await pool(8, [functools.partial(make, i) for i in range(self.rooms)])
         self.room_ids = ids
 
     async def sss(self, payload: dict[str, Any], pos: str | None = None, timeout_ms: int = 0) -> tuple[float, dict[str, Any], int]:
@@ -250,7 +253,7 @@ async def run_all(running: list[ServerProcess], args: argparse.Namespace) -> lis
             for b in live:  # alternating: both servers see the same machine load
                 await step(b)
     for b in live:
-        await b.connections(args.conns, lambda b=b: settle(b.server))  # type: ignore[misc]
+        await b.connections(args.conns, functools.partial(settle, b.server))
     for b in benches:
         await b.mc.aclose()
     return benches
@@ -260,7 +263,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rooms", type=int, default=200)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--conns", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="40 rooms, 10 runs, 20 connections")
     ap.add_argument("--only", choices=["pocketserver", "synapse"])
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
@@ -270,8 +273,10 @@ def main() -> int:
     if args.rooms < WINDOW:
         ap.error(f"--rooms must be at least {WINDOW}")
     names = (args.only,) if args.only else ("pocketserver", "synapse")
+    load_before = os.getloadavg()[0]
     with servers(names) as running:
         benches = trio.run(run_all, running, args)
+    load_after = os.getloadavg()[0]
     by_name = {b.name: b for b in benches}
 
     def stat(name: str, key: str, q: float | None) -> float:
@@ -319,7 +324,8 @@ def main() -> int:
     print()
     print(
         f"{args.rooms} rooms x {MESSAGES_PER_ROOM} messages, window [0,{WINDOW - 1}], "
-        f"{args.runs} runs each; ratio = synapse / pocketserver"
+        f"{args.runs} runs each; ratio = synapse / pocketserver; "
+        f"machine load average {load_before:.1f} before, {load_after:.1f} after ({os.cpu_count()} cores)"
     )
     print_table(rows)
     for b in benches:
