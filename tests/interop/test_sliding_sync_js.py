@@ -37,7 +37,7 @@ def _run(script: str, base_url: str, log: str = "") -> dict[str, Any]:
     return result
 
 
-def _check(result: dict[str, Any]) -> None:
+def _check(result: dict[str, Any], *, counts: bool = True) -> None:
     # Five named rooms and a DM: the recent window [0,2] holds the three newest rooms.
     assert result["recentCount"] == 6
     assert result["dmsCount"] == 1
@@ -45,6 +45,12 @@ def _check(result: dict[str, Any]) -> None:
     assert result["names"] == ["SS Room 2", "SS Room 3", "SS Room 4"]
     # timeline_limit 3: the room's last three messages, oldest first.
     assert result["room4Timeline"] == ["room 4 message 1", "room 4 message 2", "room 4 message 3"]
+    assert result["room4SenderName"] == "Bob Sliding"
+    # Bob's four messages in each room are unread; the one in room 2 that mentions
+    # Alice is a highlight. (Synapse 1.163 always sends 0 for both: MSC4186's text
+    # dropped the counts, but matrix-js-sdk still shows them as the room's badge.)
+    if counts:
+        assert result["unread"] == [[4, 1], [4, 0], [4, 0]]
     # The DM list brings the unnamed DM, named after Bob (its hero).
     assert result["dmInFirst"] is True
     assert result["dmName"] == "Bob Sliding"
@@ -87,5 +93,5 @@ def test_js_sdk_sliding_sync_encrypted_dm(pocketserver_process: ServerProcess) -
 
 
 def test_js_sdk_sliding_sync_reference_synapse(pair: Pair) -> None:
-    _check(_run("sliding_sync.mjs", pair.synapse.base_url, pair.synapse.log_tail(60)))
+    _check(_run("sliding_sync.mjs", pair.synapse.base_url, pair.synapse.log_tail(60)), counts=False)
     _check_e2ee(_run("sliding_sync_e2ee.mjs", pair.synapse.base_url, pair.synapse.log_tail(60)))

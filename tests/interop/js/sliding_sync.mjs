@@ -67,10 +67,11 @@ async function register(name) {
 }
 
 let txn = 0;
-const send = (user, roomId, body) =>
+const send = (user, roomId, body, extra = {}) =>
   api(user, "PUT", `/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t${suffix}-${++txn}`, {
     msgtype: "m.text",
     body,
+    ...extra,
   }).then((r) => r.event_id);
 
 const REQUIRED_STATE = [
@@ -113,7 +114,10 @@ async function main() {
       invite: [alice.user_id],
     });
     await api(alice, "POST", `/join/${encodeURIComponent(roomId)}`, {});
-    for (let m = 0; m < 4; m++) await send(bob, roomId, `room ${i} message ${m}`);
+    for (let m = 0; m < 3; m++) await send(bob, roomId, `room ${i} message ${m}`);
+    // Room 2's last message mentions Alice: a highlight.
+    const mention = i === 2 ? { "m.mentions": { user_ids: [alice.user_id] } } : {};
+    await send(bob, roomId, `room ${i} message 3`, mention);
     rooms.push(roomId);
   }
 
@@ -192,6 +196,12 @@ async function main() {
   result.dmName = dmRoom.name;
   result.dmHeroes = (first.rooms[dm]?.heroes ?? []).map((h) => h.user_id);
   result.room0Known = client.getRoom(rooms[0]) !== null;
+  // The sender's name ($LAZY brings Bob's membership) and the unread badges.
+  result.room4SenderName = room4.getMember(bob.user_id)?.name ?? null;
+  result.unread = [2, 3, 4].map((i) => {
+    const r = client.getRoom(rooms[i]);
+    return [r.getUnreadNotificationCount("total"), r.getUnreadNotificationCount("highlight")];
+  });
 
   // A new message in the oldest named room moves it to the top of the recent list.
   step = "new message in room 0";
