@@ -73,6 +73,7 @@ def _check(result: dict[str, Any], *, counts: bool = True) -> None:
     assert result["globalAccountData"] == {"hello": "world"}
     assert result["room0Tags"] == ["m.favourite"]
     assert result["toDevice"] == [{"n": 1}]
+    assert result["room4Expanded"] == [f"room 4 message {m}" for m in range(4)]
     assert "syncErrors" not in result
 
 

@@ -302,6 +302,20 @@ async function main() {
     client.getRoom(rooms[0])?.getLiveTimeline().getEvents().some((e) => e.getId() === lastId),
   );
   result.toDevice = toDevice;
+
+  // A larger timeline_limit for the window: room 4 (still in it) gets its earlier
+  // message as history before what Alice had (expanded_timeline).
+  step = "timeline_limit 10";
+  slidingSync.setList("recent", { ...lists.get("recent"), timeline_limit: 10 });
+  const messages4 = () =>
+    client
+      .getRoom(rooms[4])
+      .getLiveTimeline()
+      .getEvents()
+      .filter((e) => e.getType() === "m.room.message")
+      .map((e) => e.getContent().body);
+  await waitFor("room 4's earlier message", () => messages4().includes("room 4 message 0"));
+  result.room4Expanded = messages4();
   result.responses = responses.length;
 
   slidingSync.stop();
