@@ -83,6 +83,10 @@ TO_DEVICE_MAX_LIMIT = 1000
 _NO_FILTER = Filter()
 
 
+# The membership strings a SentRoom holds (one shared object each).
+_MEMBERSHIPS = {m: m for m in ("join", "invite", "knock", "leave", "ban")}
+
+
 class UnknownPos(MatrixError):
     def __init__(self, message: str = "Unknown or expired position; start a new connection") -> None:
         super().__init__(400, "M_UNKNOWN_POS", message)
@@ -91,11 +95,12 @@ class UnknownPos(MatrixError):
 @dataclass(frozen=True, slots=True)
 class SentRoom:
     """What a connection was sent of a room: everything up to ``upto``, with ``config``
-    (shared between rooms: configs are interned), or only its stripped state."""
+    (shared between rooms: configs are interned), while the user's membership was
+    ``membership`` (an invite or knock: only its stripped state)."""
 
     upto: int
     config: RoomConfig
-    stripped: bool = False
+    membership: str = "join"
 
 
 @dataclass(slots=True)
@@ -282,10 +287,13 @@ class SlidingSyncService:
         user_id = requester.user_id
         upto = current_stream_pos(db)
         now = self.clock.time_ms()
-        all_rooms = {
-            r.room_id: r
-            for r in ss_store.user_rooms(db, user_id, ("join", "invite", "knock", "leave", "ban"))
-        }
+        # A connection of extensions only (a client's to-device and key loop) never
+        # reads the room list.
+        all_rooms = (
+            {r.room_id: r for r in ss_store.user_rooms(db, user_id, ("join", "invite", "knock", "leave", "ban"))}
+            if req.lists or req.subscriptions
+            else {}
+        )
         candidates = self._room_list(db, user_id, all_rooms, prev)
         ordered = ss.sort_rooms({rid: c.stamp for rid, c in candidates.items()})
         facts = _Facts(self, db, user_id, upto)
@@ -303,7 +311,7 @@ class SlidingSyncService:
                 matching = [
                     rid
                     for rid in ordered
-                    if ss.filter_matches(lst.filters, facts.of(candidates[rid].room), children)
+                    if ss.filter_matches(lst.filters, facts.of(candidates[rid].room, lst.filters), children)
                 ]
             counts[key] = len(matching)
             for rid in ss.select_ranges(matching, lst.ranges):
@@ -316,6 +324,12 @@ class SlidingSyncService:
                 configs.setdefault(rid, []).append(cfg)
 
         new_rooms = dict(prev.rooms) if prev is not None else {}
+        # Rooms whose unread counts the user's own read receipts changed (read on
+        # another device): sent again for their counts.
+        reread: set[str] = set()
+        if prev is not None and upto > prev.stream:
+            mine = room_store.receipts_since(db, [r for r in configs if r in prev.rooms], prev.stream, upto, user_id)
+            reread = {rid for rid, rows in mine.items() if any(row[2] == user_id for row in rows)}
         rooms_out: JsonDict = {}
         initial_rooms: set[str] = set()
         for rid, cfgs in configs.items():
@@ -325,8 +339,10 @@ class SlidingSyncService:
             sent = prev.rooms.get(rid) if prev is not None else None
             stripped = info.membership in ("invite", "knock")
             key = sys.intern(rid)
-            if sent is not None and sent.stripped and not stripped:
-                sent = None  # an invite since joined: the room itself is new to the client
+            if sent is not None and sent.membership != "join" and info.membership == "join":
+                sent = None  # joined since (an invite accepted, a room rejoined): all of it again
+            elif sent is not None and sent.membership in ("invite", "knock") and not stripped:
+                sent = None  # the client had only the stripped state
             if sent is None:
                 rooms_out[rid] = self._room(db, requester, info, config, None, None, prev, upto, now, facts)
                 initial_rooms.add(rid)
@@ -335,11 +351,13 @@ class SlidingSyncService:
                 changed = (activity or 0) > sent.upto or info.membership_pos > sent.upto
                 expanded = not stripped and config.timeline_limit > sent.config.timeline_limit
                 grew = not stripped and config.required_state != sent.config.required_state
-                if changed or expanded or grew:
-                    room = self._room(db, requester, info, config, sent, expanded, prev, upto, now, facts)
+                if changed or expanded or grew or rid in reread:
+                    room = self._room(
+                        db, requester, info, config, sent, expanded, prev, upto, now, facts, rid in reread
+                    )
                     if room is not None:
                         rooms_out[rid] = room
-            new_rooms[key] = SentRoom(upto, config, stripped)
+            new_rooms[key] = SentRoom(upto, config, _MEMBERSHIPS.get(info.membership, "leave"))
             if rid in rooms_out and room_lists.get(rid):
                 rooms_out[rid]["lists"] = room_lists[rid]
 
@@ -404,9 +422,12 @@ class SlidingSyncService:
         upto: int,
         now: int,
         facts: _Facts,
+        reread: bool = False,
     ) -> JsonDict | None:
         """A room's entry: whole when ``sent`` is None, else what changed after
-        ``sent.upto`` (or, ``expanded``, the newest events of a grown timeline)."""
+        ``sent.upto`` (or, ``expanded``, the newest events of a grown timeline); None
+        when nothing the client is shown changed. ``reread``: the user's read receipt
+        moved, so the counts are news."""
         user_id = requester.user_id
         rid = info.room_id
         out: JsonDict = {"membership": info.membership}
@@ -458,7 +479,7 @@ class SlidingSyncService:
         if config.lazy_members and lazy:
             keys = [(ss.MEMBER, u) for u in sorted(lazy) if (ss.MEMBER, u) not in state_ids]
             if end_state is None:
-                state_ids.update(state_store.get_current_state_ids(db, rid, keys))
+                state_ids.update(ss_store.current_state_ids(db, rid, keys))
             else:
                 state_ids.update({k: end_state[k] for k in keys if k in end_state})
             if changes is not None and not limited:
@@ -466,20 +487,28 @@ class SlidingSyncService:
                 state_ids.update({k: v for k, v in changes.items() if k[0] == ss.MEMBER})
         if state_ids or sent is None:
             out["required_state"] = self.sync._state_events(db, requester, _NO_FILTER, state_ids, now)
-        if sent is not None and not timeline and not state_ids and not expanded:
+        if sent is not None and not timeline and not state_ids and not expanded and not reread:
             return None  # nothing the client is shown changed (an event it may not see)
 
         # Name, avatar, heroes and counts: on the first sending, and when they change.
+        name_key, avatar_key = ("m.room.name", ""), ("m.room.avatar", "")
+        looked_up: dict[tuple[str, str], JsonDict | None] = {}
+
         def current(key: tuple[str, str]) -> JsonDict | None:
-            if end_state is not None:
-                eid = end_state.get(key)
-            else:
-                eid = state_store.get_current_state_ids(db, rid, [key]).get(key)
-            rec = ev_store.get_event(db, eid) if eid is not None else None
-            return dict(rec.event.content) if rec is not None else None
+            if not looked_up:
+                # Name and avatar in one look-up (the answer usually needs both).
+                keys = [name_key, avatar_key]
+                if end_state is not None:
+                    ids = {k: end_state[k] for k in keys if k in end_state}
+                else:
+                    ids = ss_store.current_state_ids(db, rid, keys)
+                recs = ev_store.get_events(db, ids.values())
+                for k in keys:
+                    rec = recs.get(ids[k]) if k in ids else None
+                    looked_up[k] = dict(rec.event.content) if rec is not None else None
+            return looked_up.get(key)
 
         changed_keys = set(changes) if changes is not None else None
-        name_key, avatar_key = ("m.room.name", ""), ("m.room.avatar", "")
         name_changed = changed_keys is None or name_key in changed_keys
         if name_changed:
             name = _name(current(name_key))
@@ -541,7 +570,7 @@ class SlidingSyncService:
             else:
                 exact = config.exact_keys(user_id)
                 if exact is not None:
-                    picked = state_store.get_current_state_ids(db, rid, [k for k in exact if keep(*k)])
+                    picked = ss_store.current_state_ids(db, rid, [k for k in exact if keep(*k)])
                 else:
                     picked = state_store.get_current_state_ids(db, rid, keep=keep)
         else:
@@ -715,15 +744,19 @@ class _Facts:
             self._tags = tags
         return self._tags.get(room_id, frozenset())
 
-    def of(self, room: ss_store.UserRoom) -> RoomFacts:
+    def of(self, room: ss_store.UserRoom, f: ss.RoomFilters) -> RoomFacts:
+        """The facts ``f`` asks about (the others left at their defaults, unread)."""
         rid = room.room_id
+        types = f.room_types is not None or f.not_room_types is not None
         return RoomFacts(
             room_id=rid,
             membership=room.membership,
-            is_dm=self.is_dm(rid),
-            is_encrypted=ss_store.has_state(self.db, rid, "m.room.encryption", ""),
-            room_type=self.svc.room_type(self.db, rid, self.user_id, room.membership),
-            tags=self.tags(rid),
+            is_dm=self.is_dm(rid) if f.is_dm is not None else False,
+            is_encrypted=(
+                ss_store.has_state(self.db, rid, "m.room.encryption", "") if f.is_encrypted is not None else False
+            ),
+            room_type=self.svc.room_type(self.db, rid, self.user_id, room.membership) if types else None,
+            tags=self.tags(rid) if f.tags is not None or f.not_tags is not None else frozenset(),
         )
 
     def space_children(self, spaces: tuple[str, ...]) -> frozenset[str]:

@@ -275,6 +275,30 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         },
         ("POST", "/keys/query"): {"device_keys": {user: [], bob: [dev]}, "timeout": 10000},
         ("POST", "/keys/claim"): {"one_time_keys": {user: {dev: "signed_curve25519"}}, "timeout": 10000},
+        ("POST", "/org.matrix.simplified_msc3575/sync"): {
+            "conn_id": "main",
+            "lists": {
+                "all": {
+                    "ranges": [[0, 19]],
+                    "range": [0, 5],
+                    "timeline_limit": 5,
+                    "required_state": [["m.room.member", "$LAZY"], ["*", "*"]],
+                    "filters": {"is_dm": False, "is_invite": False, "is_encrypted": False, "room_types": [None],
+                                "not_room_types": ["m.space"], "spaces": [room], "tags": ["m.favourite"],
+                                "not_tags": ["m.lowpriority"]},
+                },
+                "new": {"timeline_limit": 1, "required_state": {"include": [{}], "exclude": [{"type": "m.room.create"}],
+                                                                 "lazy_members": True}},
+            },
+            "room_subscriptions": {room: {"timeline_limit": 10, "required_state": [["*", "*"]]}},
+            "extensions": {
+                "to_device": {"enabled": True, "since": "0", "limit": 10},
+                "e2ee": {"enabled": True},
+                "account_data": {"enabled": True, "lists": ["*"], "rooms": ["*"]},
+                "receipts": {"enabled": True},
+                "typing": {"enabled": True},
+            },
+        },
         ("POST", "/keys/device_signing/upload"): {
             "master_key": cross_key,
             "self_signing_key": {**cross_key, "usage": ["self_signing"]},
