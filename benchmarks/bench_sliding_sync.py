@@ -7,8 +7,9 @@ side by side in one run.
 Both servers speak ``POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync``
 (Synapse 1.163 has it on by default). Setup per server: Alice creates ``--rooms`` rooms,
 each with a name and a topic; Bob joins every room; each room gets 5 messages from both
-of them. Then, one request at a time and alternating between the servers so that both
-see the same machine load (each server left to settle first):
+of them. Each server is left to settle, then gets 3 unrecorded warm-up rounds; then
+``--runs`` rounds, one request at a time, each measurement below in turn and alternating
+between the servers so that both see the same machine load:
 
 * first response: a new connection (its own ``conn_id``, no ``pos``) asking for one list
   with range [0,19], ``required_state`` (create, name, avatar, topic, encryption,
@@ -20,8 +21,7 @@ see the same machine load (each server left to settle first):
   event; time from the request to its answer;
 * memory per connection: RSS (process tree) before and after opening ``--conns`` more
   connections (distinct ``conn_id``, each an initial and one incremental request;
-  100 by default),
-  each side left to settle; reported as KB per connection.
+  100 by default), each side left to settle; reported as KB per connection.
 
 Timings are client wall times over loopback (median and p95). ratio = Synapse /
 pocketserver (above 1: pocketserver faster). Targets (issue 14): at least 2x faster than
@@ -62,6 +62,7 @@ SSS_PATH = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 PASSWORD = "bench-password-123"
 MESSAGES_PER_ROOM = 5
 WINDOW = 20
+WARMUP_ROUNDS = 3
 REQUIRED_STATE = [
     ["m.room.create", ""],
     ["m.room.name", ""],
@@ -242,15 +243,23 @@ async def run_all(running: list[ServerProcess], args: argparse.Namespace) -> lis
     for b in live:
         await settle(b.server)
     rnd = random.Random(14)
-    steps: list[tuple[str, Callable[[Bench], Awaitable[None]]]] = [
-        ("first response, timeline_limit 1", lambda b: b.first(1)),
-        ("first response, timeline_limit 10", lambda b: b.first(10)),
-        ("incremental response", lambda b: b.incremental(rnd)),
+    steps: list[Callable[[Bench], Awaitable[None]]] = [
+        lambda b: b.first(1),
+        lambda b: b.first(10),
+        lambda b: b.incremental(rnd),
     ]
-    for label, step in steps:
-        print(f"{label}: {args.runs} runs ...", flush=True)
-        for _ in range(args.runs):
-            for b in live:  # alternating: both servers see the same machine load
+    # Warm-up rounds, not recorded: the servers' caches and code paths, as on a
+    # server that has been running for a while.
+    for b in live:
+        for step in steps * WARMUP_ROUNDS:
+            await step(b)
+        b.times.clear()
+        b.sizes.clear()
+        b.extra_requests = 0
+    print(f"{args.runs} rounds of: first response (timeline_limit 1, 10), incremental ...", flush=True)
+    for _ in range(args.runs):
+        for step in steps:
+            for b in live:  # interleaved: both servers see the same machine load
                 await step(b)
     for b in live:
         await b.connections(args.conns, functools.partial(settle, b.server))
