@@ -79,15 +79,6 @@ class RequiredState:
             self.exclude, etype, state_key, user_id
         )
 
-    def exact_keys(self, user_id: str) -> list[tuple[str, str]] | None:
-        """The keys this rule can return when it names each one, else None (wildcards)."""
-        out = []
-        for t, s in self.include:
-            if t == WILDCARD or s == WILDCARD:
-                return None
-            out.append((t, user_id if s == ME else s))
-        return out
-
 
 def _matches_any(pairs: frozenset[tuple[str, str]], etype: str, state_key: str, user_id: str) -> bool:
     if not pairs:
@@ -117,15 +108,21 @@ class RoomConfig:
             _matches_any(rs.include, MEMBER, WILDCARD, "") and not rs.exclude for rs in self.required_state
         )
 
-    def exact_keys(self, user_id: str) -> list[tuple[str, str]] | None:
-        """Every key the config can return, when no part has a wildcard."""
-        out: list[tuple[str, str]] = []
+    def key_plan(self, user_id: str) -> tuple[list[tuple[str, str]], list[str]] | None:
+        """How to read the state this config can return without reading all of it:
+        (exact keys, types wanted with any state key), or None when some part asks for
+        every type (only reading all the room's state will do)."""
+        exact: set[tuple[str, str]] = set()
+        types: set[str] = set()
         for rs in self.required_state:
-            keys = rs.exact_keys(user_id)
-            if keys is None:
-                return None
-            out.extend(keys)
-        return sorted(set(out))
+            for t, s in rs.include:
+                if t == WILDCARD:
+                    return None
+                if s == WILDCARD:
+                    types.add(t)
+                else:
+                    exact.add((t, user_id if s == ME else s))
+        return sorted(k for k in exact if k[0] not in types), sorted(types)
 
     def expands(self, old: RoomConfig, user_id: str, etype: str, state_key: str) -> bool:
         """Whether this config returns a key the ``old`` one did not."""

@@ -48,6 +48,7 @@ from pocketserver.protocol.sliding_sync import (
     RoomFacts,
 )
 from pocketserver.services.auth import Requester
+from pocketserver.services.client_events import serialize_events
 from pocketserver.services.e2ee import SIGNED_CURVE25519, E2eeService
 from pocketserver.services.ephemeral import TypingSnapshot
 from pocketserver.services.filtering import Filter
@@ -101,6 +102,7 @@ class SentRoom:
     upto: int
     config: RoomConfig
     membership: str = "join"
+    is_dm: bool = False
 
 
 @dataclass(slots=True)
@@ -297,7 +299,6 @@ class SlidingSyncService:
         candidates = self._room_list(db, user_id, all_rooms, prev)
         ordered = ss.sort_rooms({rid: c.stamp for rid, c in candidates.items()})
         facts = _Facts(self, db, user_id, upto)
-        facts.since = prev.stream if prev is not None else None
 
         # Which rooms each rule selects, and with what config.
         room_lists: dict[str, list[str]] = {}
@@ -351,13 +352,16 @@ class SlidingSyncService:
                 changed = (activity or 0) > sent.upto or info.membership_pos > sent.upto
                 expanded = not stripped and config.timeline_limit > sent.config.timeline_limit
                 grew = not stripped and config.required_state != sent.config.required_state
-                if changed or expanded or grew or rid in reread:
+                # A room marked or unmarked as a DM (m.direct) comes again for its is_dm.
+                dm_flipped = not stripped and sent.is_dm != facts.is_dm(rid)
+                if changed or expanded or grew or dm_flipped or rid in reread:
                     room = self._room(
-                        db, requester, info, config, sent, expanded, prev, upto, now, facts, rid in reread
+                        db, requester, info, config, sent, expanded, prev, upto, now, facts,
+                        rid in reread or dm_flipped,
                     )
                     if room is not None:
                         rooms_out[rid] = room
-            new_rooms[key] = SentRoom(upto, config, _MEMBERSHIPS.get(info.membership, "leave"))
+            new_rooms[key] = SentRoom(upto, config, _MEMBERSHIPS.get(info.membership, "leave"), facts.is_dm(rid))
             if rid in rooms_out and room_lists.get(rid):
                 rooms_out[rid]["lists"] = room_lists[rid]
 
@@ -365,7 +369,7 @@ class SlidingSyncService:
         in_scope = [rid for rid in configs if rid in all_rooms]
         ext_news = self._extensions(
             db, requester, req, prev, upto, typing, typing_serial, in_scope, room_lists, subscribed,
-            initial_rooms, extensions,
+            initial_rooms, rooms_out, extensions,
         )
         counts_changed = prev is None or counts != prev.counts
         response: JsonDict = {
@@ -422,12 +426,12 @@ class SlidingSyncService:
         upto: int,
         now: int,
         facts: _Facts,
-        reread: bool = False,
+        force: bool = False,
     ) -> JsonDict | None:
         """A room's entry: whole when ``sent`` is None, else what changed after
         ``sent.upto`` (or, ``expanded``, the newest events of a grown timeline); None
-        when nothing the client is shown changed. ``reread``: the user's read receipt
-        moved, so the counts are news."""
+        when nothing the client is shown changed. ``force``: something outside the room
+        changed what it shows (the user's read receipt moved the counts; m.direct)."""
         user_id = requester.user_id
         rid = info.room_id
         out: JsonDict = {"membership": info.membership}
@@ -458,7 +462,6 @@ class SlidingSyncService:
         out["num_live"] = (
             sum(1 for r in timeline if (r.stream_pos or 0) > live_from) if live_from is not None else 0
         )
-        out["timeline"] = self.sync._timeline_events(db, requester, _NO_FILTER, timeline, now)
         out["limited"] = limited
         out["prev_batch"] = f"t{first_pos - 1}"
 
@@ -485,9 +488,17 @@ class SlidingSyncService:
             if changes is not None and not limited:
                 # Every membership change since (the proposal's third lazy rule).
                 state_ids.update({k: v for k, v in changes.items() if k[0] == ss.MEMBER})
+        # Timeline and state serialised as one page: relations, redactions and erasures
+        # are looked up once for both.
+        state_recs = ev_store.get_events(db, state_ids.values())
+        state_list = [state_recs[e] for e in state_ids.values() if e in state_recs]
+        page = serialize_events(
+            db, [*timeline, *state_list], user_id=user_id, device_id=requester.device_id, now_ms=now
+        )
+        out["timeline"] = page[: len(timeline)]
         if state_ids or sent is None:
-            out["required_state"] = self.sync._state_events(db, requester, _NO_FILTER, state_ids, now)
-        if sent is not None and not timeline and not state_ids and not expanded and not reread:
+            out["required_state"] = page[len(timeline) :]
+        if sent is not None and not timeline and not state_ids and not expanded and not force:
             return None  # nothing the client is shown changed (an event it may not see)
 
         # Name, avatar, heroes and counts: on the first sending, and when they change.
@@ -529,7 +540,7 @@ class SlidingSyncService:
         if sent is None:
             if facts.is_dm(rid):
                 out["is_dm"] = True
-        elif facts.direct_changed():
+        elif sent.is_dm != facts.is_dm(rid):
             out["is_dm"] = facts.is_dm(rid)
         if joined:
             notif, highlight = self.sync.unread_counter(db, user_id, rid)
@@ -568,9 +579,12 @@ class SlidingSyncService:
             if end_state is not None:
                 picked = {k: v for k, v in end_state.items() if keep(*k)}
             else:
-                exact = config.exact_keys(user_id)
-                if exact is not None:
+                plan = config.key_plan(user_id)
+                if plan is not None:
+                    exact, types = plan
                     picked = ss_store.current_state_ids(db, rid, [k for k in exact if keep(*k)])
+                    for t in types:
+                        picked.update(state_store.get_current_state_ids(db, rid, etype=t, keep=keep))
                 else:
                     picked = state_store.get_current_state_ids(db, rid, keep=keep)
         else:
@@ -594,6 +608,7 @@ class SlidingSyncService:
         room_lists: dict[str, list[str]],
         subscribed: set[str],
         initial_rooms: set[str],
+        rooms_out: JsonDict,
         out: JsonDict,
     ) -> bool:
         """Every enabled extension but to-device (which writes); whether any has news."""
@@ -645,6 +660,11 @@ class SlidingSyncService:
             fresh = [r for r in rooms if since is None or r in initial_rooms]
             rest = [r for r in rooms if r not in fresh]
             rows = ss_store.receipts_in_rooms(db, fresh, user_id)
+            for rid in fresh:
+                # A room new to the client: the receipts of the events it is sent, and
+                # the user's own (the rest of a big room's would be most of the answer).
+                shown = {e.get("event_id") for e in rooms_out.get(rid, {}).get("timeline", ())}
+                rows[rid] = [row for row in rows.get(rid, ()) if row[0] in shown or row[2] == user_id]
             if rest and since is not None:
                 rows.update(room_store.receipts_since(db, rest, since, upto, user_id))
             by_room = {rid: receipt_event(r) for rid, r in sorted(rows.items()) if r}
@@ -705,8 +725,6 @@ class _Facts:
         self.upto = upto
         self._direct: frozenset[str] | None = None
         self._tags: dict[str, frozenset[str]] | None = None
-        self._direct_changed_since: dict[int, bool] = {}
-        self.since: int | None = None
 
     def direct(self) -> frozenset[str]:
         if self._direct is None:
@@ -721,16 +739,6 @@ class _Facts:
 
     def is_dm(self, room_id: str) -> bool:
         return room_id in self.direct()
-
-    def direct_changed(self) -> bool:
-        """Whether ``m.direct`` changed after the connection's previous answer."""
-        since = self.since
-        if since is None:
-            return True
-        if since not in self._direct_changed_since:
-            changes = ad_store.get_account_data_since(self.db, self.user_id, since, self.upto)
-            self._direct_changed_since[since] = "m.direct" in changes.global_
-        return self._direct_changed_since[since]
 
     def tags(self, room_id: str) -> frozenset[str]:
         if self._tags is None:

@@ -486,11 +486,15 @@ async def test_is_dm_changes_and_unread_counts(http: httpx.AsyncClient) -> None:
     await join(http, btok, room)
     first = await ss(http, atok, all_rooms())
     assert "is_dm" not in first["rooms"][room]
+    # Marked as a DM, nothing else new: the room comes again for its is_dm alone.
     await put_account_data(http, atok, alice, "m.direct", {bob: [room]})
+    marked = await ss(http, atok, all_rooms(), pos=first["pos"])
+    assert marked["rooms"][room]["is_dm"] is True and marked["rooms"][room]["timeline"] == []
+    first = marked
     event = await send(http, btok, room, {"msgtype": "m.text", "body": "hey", "m.mentions": {"user_ids": [alice]}})
     nxt = await ss(http, atok, all_rooms(), pos=first["pos"])
     entry = nxt["rooms"][room]
-    assert entry["is_dm"] is True
+    assert "is_dm" not in entry  # unchanged since
     assert entry["notification_count"] == 1 and entry["highlight_count"] == 1
     r = await http.post(f"{V3}/rooms/{room}/receipt/m.read/{event}", json={}, headers=auth_headers(atok))
     assert r.status_code == 200
@@ -500,7 +504,10 @@ async def test_is_dm_changes_and_unread_counts(http: httpx.AsyncClient) -> None:
     await send(http, btok, room, {"msgtype": "m.text", "body": "more"})
     later = await ss(http, atok, all_rooms(), pos=read["pos"])
     assert later["rooms"][room]["notification_count"] == 1 and later["rooms"][room]["highlight_count"] == 0
-    assert "is_dm" not in later["rooms"][room]  # unchanged
+    # Unmarked: is_dm false comes down.
+    await put_account_data(http, atok, alice, "m.direct", {})
+    unmarked = await ss(http, atok, all_rooms(), pos=later["pos"])
+    assert unmarked["rooms"][room]["is_dm"] is False
 
 
 async def test_sliding_sync_and_v2_sync_of_one_user_see_the_same(http: httpx.AsyncClient) -> None:

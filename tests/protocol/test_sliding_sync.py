@@ -72,12 +72,6 @@ def test_combine_takes_the_superset() -> None:
     assert c.expands(a, ME, "m.room.topic", "") and not c.expands(a, ME, "m.room.name", "")
 
 
-def test_exact_keys_only_without_wildcards() -> None:
-    named = RoomConfig(1, (RequiredState(frozenset({("m.room.member", "$ME"), ("m.room.name", "")})),))
-    assert named.exact_keys(ME) == [("m.room.member", ME), ("m.room.name", "")]
-    assert RoomConfig(1, (RequiredState(frozenset({("*", "")})),)).exact_keys(ME) is None
-
-
 # (filters, facts, space children, passes?)
 FILTER_CASES: list[tuple[RoomFilters, RoomFacts, frozenset[str] | None, bool]] = [
     (RoomFilters(), RoomFacts("!a", "join"), None, True),
@@ -215,3 +209,20 @@ def test_pos_round_trip() -> None:
     assert Pos.parse(str(pos)) == pos
     for junk in ("", "s1_2_3", "ss1_zz_3", "ss1_2", "ssx_1_1", "ss1_1_1_1"):
         assert Pos.parse(junk) is None
+
+
+# (required_state as sent, plan: (exact keys, types with any state key) or None)
+KEY_PLANS: list[tuple[Any, tuple[list[tuple[str, str]], list[str]] | None]] = [
+    ([["m.room.name", ""], ["m.room.member", "$ME"]], ([("m.room.member", ME), ("m.room.name", "")], [])),
+    ([["m.space.parent", "*"], ["m.room.name", ""]], ([("m.room.name", "")], ["m.space.parent"])),
+    ([["m.room.member", "*"], ["m.room.member", "$ME"]], ([], ["m.room.member"])),
+    ([["*", "*"]], None),
+    ([["*", ""]], None),
+    ([["m.room.member", "$LAZY"]], ([], [])),
+]
+
+
+@pytest.mark.parametrize(("required", "plan"), KEY_PLANS)
+def test_key_plan_reads_only_what_can_match(required: Any, plan: Any) -> None:
+    req = parse_request({"lists": {"a": {"timeline_limit": 1, "required_state": required}}})
+    assert req.lists["a"].config.key_plan(ME) == plan

@@ -32,4 +32,7 @@ async def sliding_sync() -> Response:
     if set_presence not in (None, "online", "offline", "unavailable"):
         raise InvalidParam("set_presence must be online, offline or unavailable")
     await svc.presence.touch(requester.user_id, set_presence or "online")
-    return json_response(await svc.sliding_sync.sync_rooms(requester, req))
+    # A connection's first answer may be as big as an initial /sync: it takes one of
+    # the same slots until it is encoded.
+    async with svc.sync.slot(req.pos, False):
+        return json_response(await svc.sliding_sync.sync_rooms(requester, req))
