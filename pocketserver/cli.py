@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         if args.command in (None, "serve"):
+            from pocketserver.services.appservices import AppserviceConfigError, load_registrations
+
+            try:
+                load_registrations(cfg)
+            except AppserviceConfigError as e:
+                print(f"pocketserver: {e}", file=sys.stderr)
+                return 1
             _reexec_without_docstrings(argv)
             return _serve(cfg)
         if args.command == "register-user":

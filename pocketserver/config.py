@@ -136,6 +136,13 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AppservicesConfig:
+    # Registration files (YAML) of application services (bridges, bots); a relative
+    # path is relative to the configuration file's folder. Read and checked at start.
+    registration_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server_name: str = "localhost"
     public_baseurl: str = ""
@@ -157,6 +164,7 @@ class Config:
     well_known: WellKnownConfig = WellKnownConfig()
     turn: TurnConfig = TurnConfig()
     caches: CacheConfig = CacheConfig()
+    appservices: AppservicesConfig = AppservicesConfig()
     # Users created by `register-user --admin` may use the admin API.
     max_event_size: int = 65536
 
@@ -377,7 +385,14 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    return config_from_dict(data, **overrides)
+    cfg = config_from_dict(data, **overrides)
+    files = cfg.appservices.registration_files
+    if any(not Path(f).expanduser().is_absolute() for f in files):
+        resolved = tuple(str((p.parent / Path(f).expanduser()).resolve()) for f in files)
+        cfg = dataclasses.replace(
+            cfg, appservices=dataclasses.replace(cfg.appservices, registration_files=resolved)
+        )
+    return cfg
 
 
 EXAMPLE_CONFIG = """\
@@ -465,6 +480,13 @@ lifetime_seconds = 86400
 [caches]
 event_cache_size = 2000
 database_cache_kib = 2048     # per connection; three connections
+
+[appservices]
+# Application services (bridges to IRC, Telegram, ...; bots): the registration file
+# (YAML) each one generates. Relative paths are relative to this file's folder. A file
+# that is missing or wrong stops the server at start with the file and field named.
+# registration_files = ["heisenbridge.yaml"]
+registration_files = []
 """
 
 __all__ = [

@@ -9,6 +9,7 @@ def register_blueprints(app: Any) -> None:
     """Register every route module's blueprint on ``app``."""
     from pocketserver.api import discovery
     from pocketserver.api.client import account, account_data, capabilities, presence, profile
+    from pocketserver.api.client import appservice as client_appservice
     from pocketserver.api.client import initial_sync as client_initial_sync
     from pocketserver.api.client import key_backup as client_key_backup
     from pocketserver.api.client import keys as client_keys
@@ -35,5 +36,5 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.federation import transactions as federation_transactions
     from pocketserver.api.federation import version as federation_version
 
-    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_openid, federation_openid, federation_query, federation_version, federation_transactions, federation_membership, federation_media, federation_events, federation_devices, federation_directory):
+    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_appservice, client_openid, federation_openid, federation_query, federation_version, federation_transactions, federation_membership, federation_media, federation_events, federation_devices, federation_directory):
         app.register_blueprint(module.bp)

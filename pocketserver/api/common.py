@@ -207,6 +207,8 @@ async def require_auth(*, allow_guest: bool = False, allow_locked: bool = False)
         allow_locked=allow_locked,
         ip=request.remote_addr,
         user_agent=request.headers.get("User-Agent"),
+        as_user_id=request.args.get("user_id"),
+        as_device_id=request.args.get("device_id") or request.args.get("org.matrix.msc3202.device_id"),
     )
 
 

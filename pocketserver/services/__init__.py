@@ -14,6 +14,7 @@ from pocketserver.federation.e2e import FederatedKeys
 from pocketserver.federation.edus import FederationEdus
 from pocketserver.federation.sender import FederationSender
 from pocketserver.services.accounts import AccountsService
+from pocketserver.services.appservices import AppserviceService, load_registrations
 from pocketserver.services.auth import AuthService
 from pocketserver.services.clock import Clock
 from pocketserver.services.e2ee import E2eeService
@@ -85,6 +86,7 @@ class Services:
     voip: VoipService
     push: PushService
     openid: OpenIdService
+    appservices: AppserviceService
     federation_sender: FederationSender | None
     federation_keys: FederatedKeys | None
     # Background tasks each service wants run in the root nursery: (name, async fn).
@@ -104,11 +106,15 @@ def build_services(
 
     clock = clock or Clock()
     notifier = Notifier()
-    auth = AuthService(db, clock)
+    registry = load_registrations(config)
+    auth = AuthService(db, clock, registry)
     ratelimiter = RateLimiter(config.rate_limits, clock)
+    if registry:
+        ratelimiter.exempt = registry.exempt_from_rate_limits
     passwords = PasswordHasher(config.accounts.password_hash_threads)
     uia = UIAService(db, clock, config.server_name, passwords)
     accounts = AccountsService(config, db, clock, notifier, uia, ratelimiter, passwords)
+    accounts.appservices = registry
     presence = PresenceService(db, clock, notifier)
     # The one opener of outbound connections: one TLS context from [federation].
     outbound = Outbound(config.federation)
@@ -153,6 +159,16 @@ def build_services(
     accounts.on_profile_changed.append(member_profiles.on_profile_changed)
     accounts.on_deactivate.append(member_profiles.on_deactivate)
     background: list[Any] = [("media", media.run), ("push", push.run)]
+    appservices = AppserviceService(db, clock, notifier, outbound, registry, config.server_name)
+    if registry:
+        appservices.ensure_user = accounts.ensure_appservice_user
+        receipts.in_receipt_txn.append(appservices.receipt_in_txn)
+        presence.in_presence_txn.append(appservices.presence_in_txn)
+        typing.on_typing.append(appservices.on_typing)
+        rooms.appservices = registry
+        rooms.query_alias = appservices.query_alias
+        rooms.query_user = appservices.query_user
+        background.append(("appservices", appservices.run))
     sender = fed_keys = None
     if config.federation.enabled:
         sender = FederationSender(db, clock, federation_client, config.server_name)
@@ -195,6 +211,7 @@ def build_services(
         voip=VoipService(config.turn, clock),
         push=push,
         openid=OpenIdService(db, clock, config.server_name),
+        appservices=appservices,
         federation_sender=sender,
         federation_keys=fed_keys,
         background=background,

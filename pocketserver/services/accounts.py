@@ -37,6 +37,7 @@ from pocketserver.errors import (
     TooLarge,
     UserLocked,
 )
+from pocketserver.protocol.appservice import AppserviceRegistry, Registration
 from pocketserver.protocol.canonical_json import JsonParseError, parse_json
 from pocketserver.protocol.identifiers import (
     MAX_IDENTIFIER_BYTES,
@@ -186,8 +187,9 @@ def _delete_devices_txn(
     return accounts.delete_devices(conn, user_id, device_ids)
 
 
-def _deactivate_txn(conn: Conn, user_id: str, erase: bool, auth: AuthResult) -> list[str]:
-    finish_in_txn(conn, auth)
+def _deactivate_txn(conn: Conn, user_id: str, erase: bool, auth: AuthResult | None) -> list[str]:
+    if auth is not None:
+        finish_in_txn(conn, auth)
     return accounts.deactivate_user(conn, user_id, erase=erase)
 
 
@@ -239,6 +241,7 @@ class AccountsService:
         self.on_device_updated: list[DeviceHook] = []
         self.on_profile_changed: list[UserHook] = []
         self.on_deactivate: list[UserHook] = []
+        self.appservices = AppserviceRegistry()
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -305,8 +308,15 @@ class AccountsService:
             raise MatrixError(400, "M_INVALID_USERNAME", "User name too long")
         return user_id
 
+    def refuse_exclusive_user(self, user_id: str) -> None:
+        """400 M_EXCLUSIVE for a user ID in an application service's exclusive
+        namespace (application-service-api.md, "Server admin style permissions")."""
+        if self.appservices.exclusive_owner_of_user(user_id) is not None:
+            raise MatrixError(400, "M_EXCLUSIVE", "This user ID is reserved by an application service")
+
     async def username_available(self, username: str) -> bool:
         user_id = self.check_localpart(username)
+        self.refuse_exclusive_user(user_id)
         if await self.db.read(accounts.user_exists, user_id):
             raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
         return True
@@ -380,6 +390,7 @@ class AccountsService:
         upgrading = False
         if username and not isinstance(registered, str):
             user_id = self.check_localpart(username)
+            self.refuse_exclusive_user(user_id)
             if guest_token is not None:
                 # Guest access: a guest upgrades its own account by naming its localpart
                 # and passing its access token (modules/guest_access.md).
@@ -446,6 +457,108 @@ class AccountsService:
         await self._run_hooks(self.on_device_created, uid, session.device_id)
         return session.to_json(self.server_name)
 
+    async def register_appservice_user(
+        self,
+        reg: Registration,
+        body: Mapping[str, Any],
+        *,
+        ip: str | None,
+        user_agent: str | None = None,
+    ) -> dict[str, Any]:
+        """POST /register with ``type: m.login.application_service`` and the AS's token:
+        a user of its namespace, with no password and no user-interactive auth; a
+        device and access token only unless ``inhibit_login``."""
+        username = body.get("username")
+        if username is None:
+            raise MissingParam("Missing 'username'")
+        if not isinstance(username, str) or not username:
+            raise BadJson("'username' must be a non-empty string")
+        inhibit = body.get("inhibit_login", False)
+        want_refresh = body.get("refresh_token", False)
+        device_id = body.get("device_id")
+        display = body.get("initial_device_display_name")
+        if not isinstance(inhibit, bool) or not isinstance(want_refresh, bool):
+            raise BadJson("'inhibit_login' and 'refresh_token' must be booleans")
+        if device_id is not None and (not isinstance(device_id, str) or not device_id):
+            raise BadJson("'device_id' must be a non-empty string")
+        if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
+            raise InvalidParam("device_id too long")
+        if display is not None and not isinstance(display, str):
+            raise BadJson("'initial_device_display_name' must be a string")
+        _check_device_name(display)
+        if username.startswith("@"):
+            user_id = username
+            if not is_valid_user_id(user_id) or not user_id.endswith(":" + self.server_name):
+                raise MatrixError(400, "M_INVALID_USERNAME", "Not a user ID of this server")
+        else:
+            localpart = username.lower()
+            if not is_valid_localpart(localpart):
+                raise MatrixError(400, "M_INVALID_USERNAME", "User names may contain only a-z, 0-9, and . _ = - / +")
+            user_id = f"@{localpart}:{self.server_name}"
+        if len(user_id.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+            raise MatrixError(400, "M_INVALID_USERNAME", "User name too long")
+        if not reg.is_interested_in_user(user_id):
+            raise MatrixError(400, "M_EXCLUSIVE", "This user ID is not in the application service's namespace")
+        owner = self.appservices.exclusive_owner_of_user(user_id)
+        if owner is not None and owner.id != reg.id:
+            raise MatrixError(400, "M_EXCLUSIVE", "This user ID is reserved by another application service")
+        args: tuple[Any, ...] | None = None
+        make: Callable[[str], Session] | None = None
+        if not inhibit:
+            _s, args, make = self._session_args(
+                device_id or new_device_id(), display, want_refresh, ip, user_agent
+            )
+        ok = await self.db.write(_register_txn, user_id, None, self.clock.time_ms(), False, None, args)
+        if not ok:
+            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+        log.info("application service %s registered %s", reg.id, user_id)
+        if make is None:
+            return {"user_id": user_id, "home_server": self.server_name}
+        session = make(user_id)
+        await self._run_hooks(self.on_device_created, user_id, session.device_id)
+        return session.to_json(self.server_name)
+
+    async def ensure_appservice_user(self, reg: Registration) -> None:
+        """The AS's own user (``sender_localpart``) exists: it joins rooms and sends."""
+        await self.db.write(accounts.insert_user, reg.sender, None, self.clock.time_ms())
+
+    async def login_appservice(
+        self, reg: Registration, body: Mapping[str, Any], *, ip: str | None, user_agent: str | None = None
+    ) -> dict[str, Any]:
+        """POST /login with ``type: m.login.application_service``: a session for a user
+        of the AS's namespace, without a password."""
+        ident = body.get("identifier")
+        if ident is not None and (not isinstance(ident, dict) or ident.get("type") != "m.id.user"):
+            raise BadJson("'identifier' must be an m.id.user identifier")
+        user_id = password_identifier_user(body, self.server_name)
+        if user_id is None:
+            raise MissingParam("Missing user identifier")
+        if not reg.is_interested_in_user(user_id):
+            raise MatrixError(400, "M_EXCLUSIVE", "This user is not in the application service's namespace")
+        device_id = body.get("device_id")
+        display = body.get("initial_device_display_name")
+        want_refresh = body.get("refresh_token", False)
+        if device_id is not None and (not isinstance(device_id, str) or not device_id):
+            raise BadJson("'device_id' must be a non-empty string")
+        if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
+            raise InvalidParam("device_id too long")
+        if display is not None and not isinstance(display, str):
+            raise BadJson("'initial_device_display_name' must be a string")
+        _check_device_name(display)
+        if not isinstance(want_refresh, bool):
+            raise BadJson("'refresh_token' must be a boolean")
+        user = await self.db.read(accounts.get_user, user_id)
+        if user is None:
+            raise Forbidden("Unknown user")
+        if user["deactivated"]:
+            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+        device = device_id or new_device_id()
+        _s, args, make = self._session_args(device, display, want_refresh, ip, user_agent)
+        created = await self.db.write(_create_session_txn, user_id, *args)
+        if created:
+            await self._run_hooks(self.on_device_created, user_id, device)
+        return make(user_id).to_json(self.server_name)
+
     def _generated_user_id(self) -> str:
         return f"@{secrets.randbelow(10**10):010d}:{self.server_name}"
 
@@ -469,7 +582,10 @@ class AccountsService:
     # -- login / logout / refresh ----------------------------------------------------
 
     def login_flows(self) -> list[dict[str, Any]]:
-        return [{"type": "m.login.password"}]
+        flows = [{"type": "m.login.password"}]
+        if self.appservices:
+            flows.append({"type": "m.login.application_service"})
+        return flows
 
     async def login(
         self, body: Mapping[str, Any], *, ip: str | None, user_agent: str | None = None
@@ -586,10 +702,14 @@ class AccountsService:
         auth = body.get("auth")
         if auth is not None and not isinstance(auth, dict):
             raise BadJson("'auth' must be an object")
-        result = await self.uia.authenticate(
-            auth, flows=[[PASSWORD]], request_key="POST /account/deactivate",
-            user_id=requester.user_id,
-        )
+        result: AuthResult | None = None
+        # Application service API, "Server admin style permissions": an AS manages its
+        # users without their passwords.
+        if requester.appservice is None:
+            result = await self.uia.authenticate(
+                auth, flows=[[PASSWORD]], request_key="POST /account/deactivate",
+                user_id=requester.user_id,
+            )
         deleted = await self.db.write(_deactivate_txn, requester.user_id, erase, result)
         log.info("deactivated %s", requester.user_id)
         await self._devices_deleted(requester.user_id, deleted)
@@ -637,9 +757,12 @@ class AccountsService:
     ) -> None:
         if auth is not None and not isinstance(auth, dict):
             raise BadJson("'auth' must be an object")
-        result = await self.uia.authenticate(
-            auth, flows=[[PASSWORD]], request_key=request_key, user_id=requester.user_id
-        )
+        result: AuthResult | None = None
+        # "Deleting devices": no user-interactive auth for an application service.
+        if requester.appservice is None:
+            result = await self.uia.authenticate(
+                auth, flows=[[PASSWORD]], request_key=request_key, user_id=requester.user_id
+            )
         deleted = await self.db.write(_delete_devices_txn, requester.user_id, device_ids, result)
         await self._devices_deleted(requester.user_id, deleted)
 

@@ -6,7 +6,15 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from pocketserver.errors import MatrixError, MissingToken, UnknownToken, UserLocked, UserSuspended
+from pocketserver.errors import (
+    Forbidden,
+    MatrixError,
+    MissingToken,
+    UnknownToken,
+    UserLocked,
+    UserSuspended,
+)
+from pocketserver.protocol.appservice import AppserviceRegistry, Registration
 from pocketserver.services.clock import Clock
 from pocketserver.services.lru import LruCache
 from pocketserver.storage import accounts
@@ -24,6 +32,9 @@ class Requester:
     is_admin: bool = False
     token_hash: bytes = b""
     is_suspended: bool = False
+    # Set when an application service makes the request (with its as_token), acting
+    # as its own user or as ``user_id`` of its namespace.
+    appservice: Registration | None = None
 
     def refuse_if_suspended(self) -> None:
         """403 M_USER_SUSPENDED ("Account suspension"): a suspended account reads, leaves,
@@ -57,9 +68,10 @@ class AuthService:
     request answers. Expiry is checked against the clock at every use.
     """
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, appservices: AppserviceRegistry | None = None) -> None:
         self.db = db
         self.clock = clock
+        self.appservices = appservices or AppserviceRegistry()
         self._tokens: LruCache[bytes, accounts.TokenInfo] = LruCache(TOKEN_CACHE_SIZE)
         self._tokens_generation = db.generation("auth")
 
@@ -84,9 +96,14 @@ class AuthService:
         allow_locked: bool = False,
         ip: str | None = None,
         user_agent: str | None = None,
+        as_user_id: str | None = None,
+        as_device_id: str | None = None,
     ) -> Requester:
         if token is None:
             raise MissingToken()
+        reg = self.appservices.by_as_token(token) if self.appservices else None
+        if reg is not None:
+            return await self._appservice_requester(reg, as_user_id, as_device_id)
         th = hash_token(token)
         info = await self._token_info(th)
         if info is None or info.deactivated:
@@ -102,3 +119,24 @@ class AuthService:
         return Requester(
             info.user_id, info.device_id, info.is_guest, info.is_admin, th, info.suspended
         )
+
+    async def _appservice_requester(
+        self, reg: Registration, user_id: str | None, device_id: str | None
+    ) -> Requester:
+        """Application service API, "Identity assertion": the AS acts as its own user,
+        or as ``user_id`` when that is a local user of its namespaces who exists (a
+        ghost registers first); ``device_id`` (v1.17) must be one of that user's."""
+        if not user_id:
+            user_id = reg.sender
+        elif user_id != reg.sender:
+            if not reg.is_interested_in_user(user_id):
+                raise Forbidden("Application service cannot masquerade as this user")
+            info = await self.db.read(accounts.get_user, user_id)
+            if info is None:
+                raise Forbidden("Application service has not registered this user")
+            if info["deactivated"]:
+                raise Forbidden("This account has been deactivated")
+        if device_id:
+            if device_id not in await self.db.read(accounts.list_device_ids, user_id):
+                raise MatrixError(400, "M_UNKNOWN_DEVICE", "Unknown device for this user")
+        return Requester(user_id, device_id or None, appservice=reg)

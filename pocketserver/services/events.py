@@ -108,6 +108,7 @@ class EventPipeline:
         redacts: str | None = None,
         before_persist: Callable[[str], Awaitable[None]] | None = None,
         exchange: Callable[[Event], Awaitable[Event]] | None = None,
+        origin_server_ts: int | None = None,
     ) -> Persisted:
         """Build, authorise and persist one event in an existing room.
 
@@ -131,6 +132,8 @@ class EventPipeline:
                 pdu_base["state_key"] = state_key
             if redacts is not None and not rv.updated_redaction_rules:
                 pdu_base["redacts"] = redacts
+            if origin_server_ts is not None:
+                pdu_base["origin_server_ts"] = origin_server_ts
             prepared = await self.db.read(self._prepare, pdu_base, rv, txn_key)
             if isinstance(prepared, str):  # the transaction was sent before: its event
                 rec = await self.get_event(prepared)
@@ -250,7 +253,9 @@ class EventPipeline:
             auth_map[("m.room.create", "")] = records[create_id].event
         auth_ids = sorted(state_ids.values())
         pdu = dict(pdu)
-        pdu["origin_server_ts"] = self.clock.time_ms()
+        # An application service's ``ts=`` ("Timestamp massaging") is given in the base.
+        if not isinstance(pdu.get("origin_server_ts"), int):
+            pdu["origin_server_ts"] = self.clock.time_ms()
         pdu["depth"] = depth
         if rv.uses_event_id_in_pdu:
             prev_recs = ev_store.get_events(conn, [e for e, _ in prevs])

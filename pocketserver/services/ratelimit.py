@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 
 from pocketserver.config import RateLimit, RateLimitsConfig
 from pocketserver.errors import LimitExceeded
@@ -34,10 +35,16 @@ class RateLimiter:
         # (action, key) -> (tokens, last refill time in monotonic seconds)
         self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
         self.rejected = 0
+        # Users no limit applies to (application services' users, see
+        # AppserviceRegistry.exempt_from_rate_limits); keys of per-user actions start
+        # with the user ID ("@u:hs" or "@u:hs/DEVICE").
+        self.exempt: Callable[[str], bool] | None = None
 
     def check(self, action: str, key: str, cost: float = 1.0) -> None:
         """Take ``cost`` tokens from the (action, key) bucket or raise LimitExceeded."""
         if not self.enabled:
+            return
+        if self.exempt is not None and key.startswith("@") and self.exempt(key.split("/", 1)[0]):
             return
         limit = self.limits[action]
         now = self.clock.monotonic()

@@ -27,6 +27,7 @@ from pocketserver.services.params import parse_int
 from pocketserver.services.sync import parse_stream_token, presence_event, receipt_event
 from pocketserver.services.visibility import VisibilityChecker
 from pocketserver.storage import account_data as ad_store
+from pocketserver.storage import appservices as as_store
 from pocketserver.storage import event_graph as graph
 from pocketserver.storage import events as ev_store
 from pocketserver.storage import presence as presence_store
@@ -609,7 +610,18 @@ class RoomReader:
 
         await self.db.write(run)
 
-    async def public_rooms(self, *, limit: int | None, since: str | None, search: str | None) -> JsonDict:
+    async def public_rooms(
+        self,
+        *,
+        limit: int | None,
+        since: str | None,
+        search: str | None,
+        instance: tuple[str, str] | None = None,
+        include_all_networks: bool = False,
+    ) -> JsonDict:
+        """The room directory: the server's own list; or one application service
+        network's (``instance`` = (AS ID, network ID), from ``third_party_instance_id``);
+        or both with ``include_all_networks``."""
         offset = 0
         if since:
             try:
@@ -620,7 +632,13 @@ class RoomReader:
 
         def run(conn: Conn) -> JsonDict:
             entries = []
-            for room_id in room_store.public_room_ids(conn):
+            if instance is not None:
+                room_ids = as_store.published_rooms(conn, *instance)
+            else:
+                room_ids = room_store.public_room_ids(conn)
+                if include_all_networks:
+                    room_ids = list(dict.fromkeys([*room_ids, *as_store.published_rooms(conn)]))
+            for room_id in room_ids:
                 entry = self._directory_entry(conn, room_id)
                 if search:
                     hay = " ".join(str(entry.get(k, "")) for k in ("name", "topic", "canonical_alias")).lower()

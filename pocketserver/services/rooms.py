@@ -22,6 +22,7 @@ from pocketserver.errors import (
     MatrixError,
     NotFound,
 )
+from pocketserver.protocol.appservice import AppserviceRegistry
 from pocketserver.protocol.events import Event
 from pocketserver.protocol.identifiers import (
     InvalidIdentifier,
@@ -114,6 +115,21 @@ class RoomService:
         self.before_send: list[Callable[[str, str, str, Mapping[str, Any]], Awaitable[None]]] = []
         # Rooms on other servers (set when federation is wired; None: local rooms only).
         self.remote: RemoteMembership | None = None
+        # Application services (set when some are configured): namespaces, and asking
+        # them about unknown aliases and users (services/appservices.py).
+        self.appservices = AppserviceRegistry()
+        self.query_alias: Callable[[str], Awaitable[bool]] | None = None
+        self.query_user: Callable[[str], Awaitable[bool]] | None = None
+
+    async def _local_alias(self, alias: str) -> tuple[str, str] | None:
+        """The alias's (room ID, creator); an unknown alias of an application
+        service's namespace is asked of the AS first (application-service-api.md,
+        "Querying"), which creates it if it wants to."""
+        row = await self.db.read(room_store.get_alias, alias)
+        if row is None and self.query_alias is not None and self.appservices.interested_in_alias(alias):
+            if await self.query_alias(alias):
+                row = await self.db.read(room_store.get_alias, alias)
+        return row
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -152,7 +168,7 @@ class RoomService:
                 RoomAlias.parse(room_id_or_alias)
             except InvalidIdentifier:
                 raise InvalidParam("Invalid room alias") from None
-            row = await self.db.read(room_store.get_alias, room_id_or_alias)
+            row = await self._local_alias(room_id_or_alias)
             if row is None:
                 raise NotFound(f"Room alias {room_id_or_alias} not found")
             return row[0]
@@ -171,6 +187,7 @@ class RoomService:
         *,
         state_key: str | None = None,
         txn_id: str | None = None,
+        ts: int | None = None,
     ) -> Persisted:
         requester.refuse_if_suspended()
         txn_key = None
@@ -201,6 +218,7 @@ class RoomService:
             state_key=state_key,
             txn_key=txn_key,
             redacts=redacts,
+            origin_server_ts=ts,
         )
 
     async def get_room_for_sender(self, room_id: str) -> RoomInfo:
@@ -211,7 +229,8 @@ class RoomService:
         return info
 
     async def send_state(
-        self, requester: Requester, room_id: str, etype: str, state_key: str, content: JsonDict
+        self, requester: Requester, room_id: str, etype: str, state_key: str, content: JsonDict,
+        ts: int | None = None,
     ) -> Persisted:
         if etype == "m.room.member":
             membership = content.get("membership")
@@ -225,7 +244,7 @@ class RoomService:
         same = await self._unchanged_state(requester.user_id, room_id, etype, state_key, content)
         if same is not None:
             return same
-        persisted = await self.send_event(requester, room_id, etype, content, state_key=state_key)
+        persisted = await self.send_event(requester, room_id, etype, content, state_key=state_key, ts=ts)
         if etype == "m.room.guest_access" and state_key == "":
             await self._remove_guests_unless_allowed(room_id)
         return persisted
@@ -364,6 +383,16 @@ class RoomService:
             and await self.db.read(blocks_invites, target)
         ):
             raise InviteBlocked()
+        if (
+            membership == "invite"
+            and self.query_user is not None
+            and _domain(target) == self.server_name
+            and self.appservices.interested_in_user(target)
+            and not await self.db.read(accounts.user_exists, target)
+        ):
+            # An unknown user of an application service's namespace: the AS is asked
+            # and may register it ("Querying").
+            await self.query_user(target)
         info = await self.db.read(ev_store.get_room, room_id)
         if info is None:
             if membership == "join":
@@ -730,7 +759,19 @@ class RoomService:
             raise InvalidParam("Invalid room ID")
         if await self.db.read(ev_store.get_room, room_id) is None:
             raise NotFound("Unknown room")
-        if await self.membership(room_id, requester.user_id) != "join" and not requester.is_admin:
+        # Application service API, "Server admin style permissions": an alias in an
+        # exclusive namespace is the AS's alone; an AS manages those of its namespaces
+        # without being in the room.
+        owner = self.appservices.exclusive_owner_of_alias(alias)
+        as_reg = requester.appservice
+        if owner is not None and (as_reg is None or as_reg.id != owner.id):
+            raise MatrixError(400, "M_EXCLUSIVE", "This alias is reserved by an application service")
+        managed = as_reg is not None and as_reg.is_interested_in_alias(alias)
+        if (
+            not managed
+            and await self.membership(room_id, requester.user_id) != "join"
+            and not requester.is_admin
+        ):
             raise Forbidden("You must be in the room to create an alias for it")
         ok = await self.db.write(room_store.insert_alias, alias, room_id, requester.user_id)
         if not ok:
@@ -741,7 +782,8 @@ class RoomService:
         if row is None:
             raise NotFound("Room alias not found")
         room_id, creator = row
-        if creator != requester.user_id and not requester.is_admin:
+        managed = requester.appservice is not None and requester.appservice.is_interested_in_alias(alias)
+        if creator != requester.user_id and not requester.is_admin and not managed:
             info = await self.db.read(ev_store.get_room, room_id)
             pl = await self.current_state_event(room_id, "m.room.power_levels") or {}
             needed = _int((pl.get("events") or {}).get("m.room.canonical_alias"), _int(pl.get("state_default"), 50))
@@ -785,7 +827,7 @@ class RoomService:
                 raise InvalidParam("Invalid room alias") from None
             if parsed.domain != self.server_name:
                 return await self.remote.resolve_alias(alias)
-        row = await self.db.read(room_store.get_alias, alias)
+        row = await self._local_alias(alias)
         if row is None:
             raise NotFound(f"Room alias {alias} not found")
         # This server first (it holds the alias), then the room's other servers, which a

@@ -664,9 +664,46 @@ def _migration_erased_users(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_ERASED_USERS)
 
 
+SCHEMA_APPSERVICES = """
+CREATE TABLE appservice_state (
+    as_id TEXT PRIMARY KEY,
+    stream_pos INTEGER NOT NULL,        -- events up to here are in a transaction (or skipped)
+    next_txn_id INTEGER NOT NULL,
+    last_success_ts INTEGER,
+    failing_since_ts INTEGER
+) WITHOUT ROWID;
+CREATE TABLE appservice_txns (
+    as_id TEXT NOT NULL,
+    txn_id INTEGER NOT NULL,
+    body BLOB NOT NULL,                 -- the JSON sent, unchanged on every retry
+    n_events INTEGER NOT NULL,
+    created_ts INTEGER NOT NULL,
+    PRIMARY KEY (as_id, txn_id)
+) WITHOUT ROWID;
+CREATE TABLE appservice_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    as_id TEXT NOT NULL,
+    kind TEXT NOT NULL,                 -- 'ephemeral' or 'to_device'
+    payload BLOB NOT NULL
+);
+CREATE INDEX appservice_queue_as ON appservice_queue (as_id, id);
+CREATE TABLE appservice_rooms (
+    as_id TEXT NOT NULL,
+    network_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    PRIMARY KEY (as_id, network_id, room_id)
+) WITHOUT ROWID;
+"""
+
+
+def _migration_appservices(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_APPSERVICES)
+
+
 # Append-only: each merge that brings migrations puts them after the ones already here.
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_erased_users,
+    _migration_appservices,
 ]
 
 

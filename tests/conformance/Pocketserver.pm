@@ -268,8 +268,9 @@ sub start
 
 # The config file, in pocketserver's own TOML format (`pocketserver init FILE`
 # writes every key with its default; unknown keys are refused, so only keys
-# that exist are written here). pocketserver has no settings for appservices,
-# email, recaptcha or CAS, so SyTest's mocks for those are not wired in.
+# that exist are written here). SyTest's application services go into
+# [appservices]; pocketserver has no settings for email, recaptcha or CAS, so
+# SyTest's mocks for those are not wired in.
 sub _get_config
 {
    my $self = shift;
@@ -278,6 +279,10 @@ sub _get_config
    my $hs_dir    = $self->{hs_dir};
    my $bind_host = $self->{bind_host};
    my @loopback  = ( "127.0.0.0/8", "::1/128" );
+
+   # Application services: SyTest writes a registration file for each of its
+   # fake ASes (tests/05homeserver.pl) and hands the paths to configure().
+   my @appservices = @{ $self->{app_service_config_files} // [] };
 
    return [
       # top-level keys
@@ -316,6 +321,7 @@ sub _get_config
          extra_ca_file     => $ca_file,
          allowed_ip_ranges => [ @loopback ],
       } ],
+      ( @appservices ? [ "appservices", { registration_files => [ @appservices ] } ] : () ),
    ];
 }
 

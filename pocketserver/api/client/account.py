@@ -14,12 +14,21 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from pocketserver.api.common import (
+    access_token_from_request,
     json_body,
     json_response,
     require_auth,
     services,
 )
-from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam
+from pocketserver.errors import (
+    BadJson,
+    Forbidden,
+    MatrixError,
+    MissingParam,
+    MissingToken,
+    UnknownToken,
+)
+from pocketserver.protocol.appservice import Registration
 
 bp = Blueprint("client_account", __name__)
 
@@ -42,11 +51,31 @@ def client_route(bp: Blueprint, path: str, methods: list[str], prefixes: tuple[s
 # -- registration ----------------------------------------------------------------
 
 
+def _appservice_of_request(body: dict[str, Any]) -> Registration | None:
+    """The application service registering or logging in a user: the request names
+    ``m.login.application_service`` (401 without a valid as_token), or carries an
+    as_token (as Synapse, which takes that as the same request)."""
+    token = access_token_from_request()
+    reg = services().auth.appservices.by_as_token(token) if token else None
+    if body.get("type") == "m.login.application_service":
+        if token is None:
+            raise MissingToken()
+        if reg is None:
+            raise UnknownToken()
+    return reg
+
+
 @client_route(bp, "/register", ["POST"])
 async def register() -> Response:
     """POST /_matrix/client/v3/register"""
     kind = request.args.get("kind", "user")
     body = await json_body(allow_empty=True)
+    reg = _appservice_of_request(body)
+    if reg is not None:
+        out = await services().accounts.register_appservice_user(
+            reg, body, ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
+        )
+        return json_response(out)
     out = await services().accounts.register(
         body, kind=kind, ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
     )
@@ -94,6 +123,12 @@ async def login_flows() -> Response:
 async def login() -> Response:
     """POST /_matrix/client/v3/login"""
     body = await json_body()
+    reg = _appservice_of_request(body)
+    if reg is not None:
+        out = await services().accounts.login_appservice(
+            reg, body, ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
+        )
+        return json_response(out)
     out = await services().accounts.login(
         body, ip=request.remote_addr, user_agent=request.headers.get("User-Agent")
     )

@@ -13,6 +13,7 @@ from pocketserver.api.common import (
     get_str,
     json_body,
     json_response,
+    query_bool,
     query_int,
     require_auth,
     services,
@@ -212,7 +213,9 @@ async def send_event(room_id: str, event_type: str, txn_id: str | None = None) -
         assert redacts is not None
         persisted = await svc.rooms.redact(requester, rid, redacts, get_str(body, "reason"), txn_id)
     else:
-        persisted = await svc.rooms.send_event(requester, rid, event_type, body, txn_id=txn_id)
+        persisted = await svc.rooms.send_event(
+            requester, rid, event_type, body, txn_id=txn_id, ts=_massaged_ts(requester)
+        )
     return json_response({"event_id": persisted.record.event.event_id})
 
 
@@ -240,8 +243,18 @@ async def put_state(room_id: str, event_type: str, state_key: str = "") -> Respo
     body = await json_body()
     svc = services()
     svc.ratelimiter.check("messages", requester.user_id)
-    persisted = await svc.rooms.send_state(requester, _room_id(room_id), event_type, state_key, body)
+    persisted = await svc.rooms.send_state(
+        requester, _room_id(room_id), event_type, state_key, body, ts=_massaged_ts(requester)
+    )
     return json_response({"event_id": persisted.record.event.event_id})
+
+
+def _massaged_ts(requester: Requester) -> int | None:
+    """Application service API, "Timestamp massaging": an AS may set the event's
+    ``origin_server_ts`` with ``ts=`` on send and state; others' ``ts`` is ignored."""
+    if requester.appservice is None:
+        return None
+    return query_int("ts", None, minimum=0)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -465,11 +478,17 @@ async def public_rooms() -> Response:
         if term is not None and not isinstance(term, str):
             raise BadJson("generic_search_term must be a string")
         server = request.args.get("server")
+        all_networks = body.get("include_all_networks", False)
+        if not isinstance(all_networks, bool):
+            raise BadJson("include_all_networks must be a boolean")
+        instance_id = get_str(body, "third_party_instance_id")
     else:
         limit = query_int("limit", None, minimum=0)
         since = request.args.get("since")
         term = None
         server = request.args.get("server")
+        all_networks = query_bool("include_all_networks")
+        instance_id = request.args.get("third_party_instance_id")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise BadJson("limit must be a non-negative integer")
     svc = services()
@@ -482,7 +501,15 @@ async def public_rooms() -> Response:
             return json_response(await svc.rooms.remote_public_rooms(server, {}, fed_body))
         query = {k: str(v) for k, v in (("limit", limit), ("since", since)) if v is not None}
         return json_response(await svc.rooms.remote_public_rooms(server, query, None))
-    out = await svc.reader.public_rooms(limit=limit, since=since, search=term)
+    instance: tuple[str, str] | None = None
+    if instance_id is not None:
+        as_id, sep, network_id = instance_id.partition("|")
+        if not sep:
+            raise InvalidParam("third_party_instance_id is not an instance of a network")
+        instance = (as_id, network_id)
+    out = await svc.reader.public_rooms(
+        limit=limit, since=since, search=term, instance=instance, include_all_networks=all_networks
+    )
     return json_response(out)
 
 
