@@ -283,8 +283,9 @@ class Gate:
     def __init__(self, listen_port: int, target_port: int) -> None:
         self.listen_port, self.target_port = listen_port, target_port
         self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
         self._conns: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
+        self._pumps: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -295,26 +296,25 @@ class Gate:
         listener.listen(64)
         listener.settimeout(0.2)
         self._listener = listener
-        self._spawn(self._accept_loop, listener)
+        self._acceptor = threading.Thread(target=self._accept_loop, args=(listener,), daemon=True)
+        self._acceptor.start()
 
     def close(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        if self._acceptor is not None:  # no new connection after this
+            self._acceptor.join(timeout=5)
+            self._acceptor = None
         with self._lock:
             conns, self._conns = self._conns, []
+            pumps, self._pumps = self._pumps, []
         for c in conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
             c.close()
-        threads, self._threads = self._threads, []
-        for t in threads:
+        for t in pumps:
             t.join(timeout=5)
-
-    def _spawn(self, fn: Callable[..., None], *args: object) -> None:
-        t = threading.Thread(target=fn, args=args, daemon=True)
-        self._threads.append(t)
-        t.start()
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while self._listener is listener:
@@ -331,10 +331,15 @@ class Gate:
                 continue
             client.settimeout(None)
             upstream.settimeout(None)
+            pumps = [
+                threading.Thread(target=self._pump, args=(client, upstream), daemon=True),
+                threading.Thread(target=self._pump, args=(upstream, client), daemon=True),
+            ]
             with self._lock:
                 self._conns += [client, upstream]
-            self._spawn(self._pump, client, upstream)
-            self._spawn(self._pump, upstream, client)
+                self._pumps += pumps
+            for t in pumps:
+                t.start()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
