@@ -276,3 +276,23 @@ def test_check_federation_against_a_loopback_server(tmp_path: Path) -> None:
     r = _cli("check-federation", "not a name")
     assert r.returncode == 1
     assert r.stdout.strip().splitlines()[-1] == "federation with not a name: NOT working"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("id: x\nurl: null\nhs_token: h\nsender_localpart: bot\nnamespaces: {}\n", "as_token"),
+        ("id: x\nurl: null\nas_token: a\nhs_token: h\nsender_localpart: bot\n"
+         "namespaces:\n  users:\n    - regex: '@x('\n      exclusive: true\n", "namespaces.users[0].regex"),
+        ("id: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_appservice_registration_is_one_line_and_exit_1(tmp_path: Path, yaml_text: str, field: str) -> None:
+    (tmp_path / "bridge.yaml").write_text(yaml_text)
+    cfg = tmp_path / "pocketserver.toml"
+    # A relative path is relative to the configuration file's folder, not the cwd.
+    cfg.write_text(f'data_dir = "{tmp_path}/data"\n[appservices]\nregistration_files = ["bridge.yaml"]\n')
+    r = _cli("--config", str(cfg), "serve")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bridge.yaml" in lines[0] and field in lines[0], r.stderr

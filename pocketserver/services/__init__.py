@@ -165,9 +165,11 @@ def build_services(
         receipts.in_receipt_txn.append(appservices.receipt_in_txn)
         presence.in_presence_txn.append(appservices.presence_in_txn)
         typing.on_typing.append(appservices.on_typing)
+        appservices.typing_users = lambda room_id: typing.typing_since(room_id, None) or []
         rooms.appservices = registry
         rooms.query_alias = appservices.query_alias
         rooms.query_user = appservices.query_user
+        accounts.query_user = appservices.query_user
         background.append(("appservices", appservices.run))
     sender = fed_keys = None
     if config.federation.enabled:

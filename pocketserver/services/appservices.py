@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +261,8 @@ class AppserviceService:
         self.ensure_user: Any = None
         self._running = False
         self._protocol_cache: dict[tuple[str, str], JsonDict] = {}
+        # Who is typing in a room now (set by build_services from the typing tracker).
+        self.typing_users: Callable[[str], list[str]] | None = None
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -351,10 +353,11 @@ class AppserviceService:
         if not any(q.reg.receive_ephemeral for q in self._queues.values()):
             return
         targets = await self.db.read(self._ephemeral_targets, room_id, user_id)
+        users = self.typing_users(room_id) if self.typing_users is not None else ([user_id] if typing else [])
         for q in targets:
             # The AS gets the room's typing set as clients do; the newest replaces older.
             q.typing = [t for t in q.typing if t["room_id"] != room_id]
-            q.typing.append({"type": "m.typing", "room_id": room_id, "content": {"user_ids": [user_id] if typing else []}})
+            q.typing.append({"type": "m.typing", "room_id": room_id, "content": {"user_ids": users}})
             del q.typing[:-MAX_EPHEMERAL_PER_TXN]
             q.wake.set()
 

@@ -782,6 +782,9 @@ class RoomService:
         if row is None:
             raise NotFound("Room alias not found")
         room_id, creator = row
+        owner = self.appservices.exclusive_owner_of_alias(alias)
+        if owner is not None and (requester.appservice is None or requester.appservice.id != owner.id):
+            raise MatrixError(400, "M_EXCLUSIVE", "This alias is managed by an application service")
         managed = requester.appservice is not None and requester.appservice.is_interested_in_alias(alias)
         if creator != requester.user_id and not requester.is_admin and not managed:
             info = await self.db.read(ev_store.get_room, room_id)

@@ -250,6 +250,8 @@ def example_body(path: str, method: str, w: World) -> Json | None:
         ("POST", "/rooms/<room_id>/read_markers"): {"m.fully_read": ev, "m.read": ev, "m.read.private": ev},
         ("PUT", "/directory/room/<room_alias>"): {"room_id": room},
         ("PUT", "/directory/list/room/<room_id>"): {"visibility": "public"},
+        ("PUT", "/directory/list/appservice/<network_id>/<room_id>"): {"visibility": "public"},
+        ("POST", "/appservice/<appservice_id>/ping"): {"transaction_id": "t1"},
         ("POST", "/publicRooms"): {
             "limit": 10,
             "since": "x",

@@ -216,6 +216,11 @@ async def update_device(device_id: str) -> Response:
     """PUT /_matrix/client/v3/devices/{deviceId}"""
     requester = await require_auth(allow_guest=True)
     body = await json_body(allow_empty=True)
+    if requester.appservice is not None:
+        # Application service API, "Creating devices" (v1.17): an AS makes its users'
+        # devices here, without /login.
+        await services().accounts.ensure_device(requester.user_id, device_id, body)
+        return json_response({})
     await services().accounts.update_device(requester.user_id, device_id, body)
     return json_response({})
 

@@ -6,7 +6,7 @@ them. Thin: parse, call :class:`~pocketserver.services.appservices.AppserviceSer
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from pocketserver.api.client.routing import client_route
 from pocketserver.api.common import (
@@ -43,21 +43,30 @@ async def ping(appservice_id: str) -> Response:
     return json_response({"duration_ms": duration})
 
 
-@client_route(bp, "/directory/list/appservice/<network_id>/<room_id>", ["PUT", "DELETE"])
+@client_route(bp, "/directory/list/appservice/<network_id>/<room_id>", ["PUT"])
 async def publish(network_id: str, room_id: str) -> Response:
-    """PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}
-
-    Also ``DELETE`` (unpublish), which Synapse serves and SyTest uses."""
+    """PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}"""
     reg = _appservice(await require_auth())
+    _check_room_id(room_id)
+    body = await json_body()
+    visibility = get_choice(body, "visibility", ("public", "private"))
+    if visibility is None:
+        raise MissingParam("Missing 'visibility'")
+    await services().appservices.publish_room(reg, network_id, room_id, visibility == "public")
+    return json_response({})
+
+
+@client_route(bp, "/directory/list/appservice/<network_id>/<room_id>", ["DELETE"])
+async def unpublish(network_id: str, room_id: str) -> Response:
+    """DELETE /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}
+
+    Not in the spec (PUT with ``private`` does it); Synapse serves it and SyTest uses it."""
+    reg = _appservice(await require_auth())
+    _check_room_id(room_id)
+    await services().appservices.publish_room(reg, network_id, room_id, False)
+    return json_response({})
+
+
+def _check_room_id(room_id: str) -> None:
     if not is_valid_room_id(room_id):
         raise InvalidParam("Invalid room ID")
-    if request.method == "DELETE":
-        public = False
-    else:
-        body = await json_body()
-        visibility = get_choice(body, "visibility", ("public", "private"))
-        if visibility is None:
-            raise MissingParam("Missing 'visibility'")
-        public = visibility == "public"
-    await services().appservices.publish_room(reg, network_id, room_id, public)
-    return json_response({})

@@ -103,7 +103,8 @@ async def device_signing_upload() -> Response:
     body = await json_body()
     svc = services()
     result = None
-    if await svc.e2ee.cross_signing_needs_auth(req.user_id, body):
+    # Application service API, "Cross-signing": never user-interactive auth for an AS.
+    if req.appservice is None and await svc.e2ee.cross_signing_needs_auth(req.user_id, body):
         auth = body.get("auth")
         result = await svc.uia.authenticate(
             auth if isinstance(auth, dict) else None,
