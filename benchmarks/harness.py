@@ -193,10 +193,12 @@ def start_pocketserver(
     server_name: str = "pocket.test",
     media_toml: str = "",
     executable: Path | None = None,
+    extra_toml: str = "",
 ) -> ServerProcess:
     """Start (or restart, on the same data) pocketserver in ``workdir``; ``media_toml``
-    adds lines to its ``[media]`` table. ``executable``: a packaged pocketserver
-    (pyinstaller.spec) to run instead of ``python3 -m pocketserver`` from this tree."""
+    adds lines to its ``[media]`` table, ``extra_toml`` more tables at the end.
+    ``executable``: a packaged pocketserver (pyinstaller.spec) to run instead of
+    ``python3 -m pocketserver`` from this tree."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "pocketserver.toml"
@@ -223,7 +225,8 @@ enabled = false
 
 [media]
 url_preview_enabled = false
-{media_toml}""",
+{media_toml}
+{extra_toml}""",
         encoding="utf-8",
     )
     log_path = workdir / "pocketserver.log"
