@@ -195,7 +195,7 @@ async def _then_next_request(conn: Conn, first: Answer | None) -> str:
 
 # Routes that answer without reading the body: unknown path, wrong method, no token.
 EARLY = [
-    ("/_matrix/client/v3/account/3pid/bind", "POST", 404),
+    ("/_matrix/client/v3/account/no_such_thing", "POST", 404),
     ("/_matrix/client/versions", "POST", 405),
     ("/_matrix/client/v3/createRoom", "POST", 401),
     ("/_matrix/federation/v1/nowhere", "PUT", 404),
