@@ -87,6 +87,11 @@ async def test_invite_completed_by_onbind_on_the_invitees_server(
                           headers=auth_headers(atok))
         assert r.status_code == 200, r.text
         stored = {"token": "tok1", "room_id": room, "sender": alice}
+        # The invitee's server learns of the third-party invite through the room.
+        with trio.fail_after(20):
+            while (await hb.get(f"{V3}/rooms/{room}/state/m.room.third_party_invite/tok1",
+                                headers=auth_headers(ctok))).status_code != 200:
+                await trio.sleep(0.05)
 
         # Signed by a key the room does not know: refused, and nobody is invited.
         forged = onbind_body(ids, "bob@example.org", bob, [stored], key=generate_signing_key("0"))
