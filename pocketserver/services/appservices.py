@@ -37,9 +37,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
-import h11
 import orjson
 import trio
 
@@ -160,48 +159,20 @@ async def as_request(
     """One request to the AS (``hs_token`` as a bearer token), bounded in time and
     size; :class:`AppserviceUnreachable` for any failure to get an answer."""
     assert reg.url is not None
-    parts = urlsplit(reg.url)
-    tls = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if tls else 80)
-    target = parts.path.rstrip("/") + path
+    url = reg.url.rstrip("/") + path
     if query:
-        target += "?" + urlencode(query)
-    headers = [
-        ("Host", parts.netloc.rsplit("@", 1)[-1]),
-        ("Authorization", f"Bearer {reg.hs_token}"),
-        ("User-Agent", "pocketserver"),
-        ("Connection", "close"),
-    ]
+        url += "?" + urlencode(query)
+    headers = [("Authorization", f"Bearer {reg.hs_token}")]
     if body is not None:
-        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        headers.append(("Content-Type", "application/json"))
     try:
-        with trio.fail_after(timeout_s):
-            stream = await outbound.open_stream(host, port, tls=tls, server_hostname=host)
-            async with stream:
-                conn = h11.Connection(h11.CLIENT)
-                await stream.send_all(conn.send(h11.Request(method=method, target=target, headers=headers)) or b"")
-                if body is not None:
-                    await stream.send_all(conn.send(h11.Data(data=body)) or b"")
-                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-                status = 0
-                raw = bytearray()
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        conn.receive_data(bytes(await stream.receive_some(65536)))
-                        continue
-                    if isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data):
-                        raw += event.data
-                        if len(raw) > MAX_RESPONSE_BYTES:
-                            raise AppserviceUnreachable("answer too large")
-                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                        break
+        answer = await outbound.request(
+            method, url, body=body, headers=headers, policy=None,
+            max_bytes=MAX_RESPONSE_BYTES, timeout_s=timeout_s,
+        )
     except OUTBOUND_ERRORS as e:
         raise AppserviceUnreachable(f"{type(e).__name__}: {e}") from None
-    return AsResponse(status, bytes(raw))
+    return AsResponse(answer.status, answer.body)
 
 
 # -- the service ---------------------------------------------------------------------------

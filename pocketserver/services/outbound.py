@@ -1,4 +1,6 @@
-"""Outbound connections (push gateways, URL previews; federation later): TCP, then TLS.
+"""Outbound connections (push gateways, application services, identity servers, URL
+previews; federation has its own client on top): TCP, then TLS, and one small HTTP/1.1
+client, :meth:`Outbound.request`, for the JSON exchanges.
 
 :class:`Outbound` is the one opener every outbound request goes through, so the TLS
 settings of ``[federation]`` apply to all of them: ``verify_tls = false`` accepts any
@@ -23,6 +25,8 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import h11
 import trio
@@ -39,6 +43,16 @@ class OutboundError(Exception):
 class BlockedAddress(OutboundError):
     """Every address (or, for :meth:`Outbound.open_vetted`, some address) of the remote is
     one the caller's :class:`IpPolicy` does not allow."""
+
+
+class ResponseTooLarge(OutboundError):
+    """The remote's answer was larger than the caller allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    status: int
+    body: bytes
 
 
 class IpPolicy:
@@ -145,3 +159,65 @@ class Outbound:
             await trio.aclose_forcefully(stream)
             raise
         return ssl_stream
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        policy: IpPolicy | None,
+        max_bytes: int,
+        timeout_s: float,
+    ) -> HttpAnswer:
+        """One HTTP/1.1 request to an ``http(s)://`` URL on a fresh connection, bounded in
+        time (``timeout_s`` for all of it) and in the size of the answer's body
+        (:class:`ResponseTooLarge`). With a ``policy`` the host's addresses are vetted
+        first (:meth:`open_vetted`); without, the URL is one the operator configured.
+        Fails with one of :data:`OUTBOUND_ERRORS`; any status is an answer."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OutboundError(f"not an http(s) URL: {url!r}")
+        tls = parts.scheme == "https"
+        host = parts.hostname
+        try:
+            port = parts.port or (443 if tls else 80)
+        except ValueError:
+            raise OutboundError(f"bad port in {url!r}") from None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        all_headers = [
+            ("Host", parts.netloc.rsplit("@", 1)[-1]),
+            ("User-Agent", "pocketserver"),
+            ("Connection", "close"),
+            *headers,
+        ]
+        if body is not None or method not in ("GET", "HEAD"):
+            all_headers.append(("Content-Length", str(len(body or b""))))
+        with trio.fail_after(timeout_s):
+            if policy is None:
+                stream = await self.open_stream(host, port, tls=tls, server_hostname=host)
+            else:
+                stream = await self.open_vetted(host, port, tls=tls, policy=policy)
+            async with stream:
+                conn = h11.Connection(h11.CLIENT)
+                request = h11.Request(method=method, target=target, headers=all_headers)
+                await stream.send_all(conn.send(request) or b"")
+                if body:
+                    await stream.send_all(conn.send(h11.Data(data=body)) or b"")
+                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+                status = 0
+                raw = bytearray()
+                while True:  # bounded by the deadline above and by max_bytes
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(bytes(await stream.receive_some(65536)))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data):
+                        raw += event.data
+                        if len(raw) > max_bytes:
+                            raise ResponseTooLarge(f"{host} answered more than {max_bytes} bytes")
+                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                        break
+        return HttpAnswer(status, bytes(raw))

@@ -868,54 +868,23 @@ class PushService:
 
     async def _post(self, url: str, body: JsonDict) -> list[str]:
         """POST a notification to a push gateway; its ``rejected`` pushkeys."""
-        import h11
-
-        parts = urlsplit(url)
-        tls = parts.scheme == "https"
-        host = parts.hostname or ""
-        port = parts.port or (443 if tls else 80)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        with trio.fail_after(PUSH_TIMEOUT_S):
-            stream = await self.outbound.open_vetted(host, port, tls=tls, policy=self.policy)
-            async with stream:
-                conn = h11.Connection(h11.CLIENT)
-                req = h11.Request(
-                    method="POST",
-                    target=target,
-                    headers=[
-                        ("Host", parts.netloc.rsplit("@", 1)[-1]),
-                        ("Content-Type", "application/json"),
-                        ("Content-Length", str(len(payload))),
-                        ("User-Agent", "pocketserver"),
-                        ("Connection", "close"),
-                    ],
-                )
-                await stream.send_all(conn.send(req) or b"")
-                await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
-                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-                status = 0
-                raw = bytearray()
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        conn.receive_data(bytes(await stream.receive_some(65536)))
-                        continue
-                    if isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data):
-                        raw += event.data
-                        if len(raw) > MAX_GATEWAY_RESPONSE:
-                            raise ValueError("gateway response too large")
-                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                        break
-        if not 200 <= status < 300:
-            raise ValueError(f"gateway answered HTTP {status}")
+        answer = await self.outbound.request(
+            "POST",
+            url,
+            body=payload,
+            headers=[("Content-Type", "application/json")],
+            policy=self.policy,
+            max_bytes=MAX_GATEWAY_RESPONSE,
+            timeout_s=PUSH_TIMEOUT_S,
+        )
+        if not 200 <= answer.status < 300:
+            raise ValueError(f"gateway answered HTTP {answer.status}")
         try:
-            answer = json.loads(raw or b"{}")
+            decoded = json.loads(answer.body or b"{}")
         except ValueError:
             return []
-        rejected = answer.get("rejected") if isinstance(answer, dict) else None
+        rejected = decoded.get("rejected") if isinstance(decoded, dict) else None
         return [k for k in rejected if isinstance(k, str)] if isinstance(rejected, list) else []
 
 

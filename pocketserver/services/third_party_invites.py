@@ -45,15 +45,12 @@ into its own network.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import h11
-import trio
 from unpaddedbase64 import encode_base64
 
 from pocketserver.config import Config
@@ -73,7 +70,7 @@ from pocketserver.federation.interfaces import (
 from pocketserver.protocol.auth_rules import verify_third_party_signed
 from pocketserver.protocol.identifiers import is_valid_user_id
 from pocketserver.services.auth import Requester
-from pocketserver.services.outbound import OUTBOUND_ERRORS, Outbound
+from pocketserver.services.outbound import OUTBOUND_ERRORS, IpPolicy, Outbound
 from pocketserver.services.rooms import RoomService
 from pocketserver.storage import accounts as accounts_store
 from pocketserver.storage import events as ev_store
@@ -99,15 +96,7 @@ class IdentityClient:
 
     def __init__(self, outbound: Outbound, allowed_ip_ranges: tuple[str, ...]) -> None:
         self.outbound = outbound
-        self._allow = [ipaddress.ip_network(c, strict=False) for c in allowed_ip_ranges]
-
-    def ip_allowed(self, ip: str) -> bool:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        if any(addr in net for net in self._allow):
-            return True
-        return addr.is_global and not addr.is_multicast
+        self.policy = IpPolicy(allowed_ip_ranges)
 
     async def request(
         self,
@@ -123,54 +112,22 @@ class IdentityClient:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise IdentityServerError("not an https URL")
-        host = parts.hostname
-        try:
-            port = parts.port or 443
-        except ValueError:
-            raise IdentityServerError("bad port") from None
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = [
-            ("Host", parts.netloc.rsplit("@", 1)[-1]),
-            ("User-Agent", "pocketserver"),
-            ("Connection", "close"),
-            ("Content-Length", str(len(payload))),
-        ]
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = []
         if body is not None:
             headers.append(("Content-Type", "application/json"))
         if token is not None:
             headers.append(("Authorization", f"Bearer {token}"))
         elif authorization is not None:
             headers.append(("Authorization", authorization))
-        status = 0
-        raw = bytearray()
         try:
-            with trio.fail_after(IDENTITY_TIMEOUT_S):
-                infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
-                ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
-                if not ips or not all(self.ip_allowed(ip) for ip in ips):
-                    raise IdentityServerError(f"{host} does not resolve to a public address")
-                stream = await self.outbound.open_stream(ips[0], port, tls=True, server_hostname=host)
-                async with stream:
-                    conn = h11.Connection(h11.CLIENT)
-                    await stream.send_all(conn.send(h11.Request(method=method, target=target, headers=headers)) or b"")
-                    if payload:
-                        await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
-                    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-                    for _ in range(10_000):
-                        event = conn.next_event()
-                        if event is h11.NEED_DATA:
-                            conn.receive_data(bytes(await stream.receive_some(65536)))
-                        elif isinstance(event, h11.Response):
-                            status = event.status_code
-                        elif isinstance(event, h11.Data):
-                            raw += event.data
-                            if len(raw) > MAX_IDENTITY_RESPONSE:
-                                raise IdentityServerError("response too large")
-                        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                            break
+            answer = await self.outbound.request(
+                method, url, body=payload, headers=headers, policy=self.policy,
+                max_bytes=MAX_IDENTITY_RESPONSE, timeout_s=IDENTITY_TIMEOUT_S,
+            )
         except OUTBOUND_ERRORS as e:  # getaddrinfo's failures are OSErrors too
-            raise IdentityServerError(f"{host}: {e}") from None
+            raise IdentityServerError(f"{parts.hostname}: {e}") from None
+        status, raw = answer.status, answer.body
         try:
             return status, json.loads(raw) if raw else None
         except ValueError:

@@ -125,3 +125,61 @@ async def test_open_vetted_refuses_a_name_with_a_loopback_address(tls_port: int)
         stream = await outbound.open_vetted("127.0.0.1", tls_port, tls=True, policy=IpPolicy(["127.0.0.0/8"]))
         async with stream:
             assert await stream.receive_some(100) == b"hello"
+
+
+async def _http_server(nursery: trio.Nursery, answer_body: bytes, seen: list[bytes]) -> int:
+    """A loopback plain-HTTP server that records each request and answers 200 with
+    ``answer_body``."""
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        raw = b""
+        with trio.move_on_after(10):
+            while b"\r\n\r\n" not in raw:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                raw += chunk
+            head, _, rest = raw.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(rest) < length:
+                rest += await stream.receive_some(65536)
+            seen.append(head + b"\r\n\r\n" + rest)
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(answer_body)
+                + answer_body
+            )
+        await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(lambda task_status: trio.serve_tcp(handle, 0, host="127.0.0.1", task_status=task_status))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_request_sends_the_body_and_returns_the_answer(nursery: trio.Nursery) -> None:
+    seen: list[bytes] = []
+    port = await _http_server(nursery, b'{"ok":true}', seen)
+    answer = await Outbound().request(
+        "POST", f"http://127.0.0.1:{port}/push?x=1", body=b'{"a":1}',
+        headers=[("Content-Type", "application/json")], policy=IpPolicy(["127.0.0.0/8"]),
+        max_bytes=1000, timeout_s=10,
+    )
+    assert (answer.status, answer.body) == (200, b'{"ok":true}')
+    request = seen[0]
+    assert request.startswith(b"POST /push?x=1 HTTP/1.1\r\n")
+    assert b"host: 127.0.0.1:%d" % port in request.lower()
+    assert request.endswith(b'\r\n\r\n{"a":1}')
+
+
+async def test_request_refuses_large_answers_and_blocked_addresses(nursery: trio.Nursery) -> None:
+    port = await _http_server(nursery, b"x" * 5000, [])
+    outbound = Outbound()
+    with pytest.raises(OutboundError, match="more than 1000 bytes"):
+        await outbound.request("GET", f"http://127.0.0.1:{port}/", policy=None, max_bytes=1000, timeout_s=10)
+    with pytest.raises(BlockedAddress):
+        await outbound.request("GET", f"http://127.0.0.1:{port}/", policy=IpPolicy(), max_bytes=1000, timeout_s=10)
+    with pytest.raises(OutboundError, match="not an http"):
+        await outbound.request("GET", "ftp://127.0.0.1/", policy=None, max_bytes=1000, timeout_s=10)
