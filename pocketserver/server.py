@@ -297,6 +297,7 @@ async def run_server(
                         running.services.threepids.learn_base_url(binds[0])
                 if out is not None:
                     _print_banner(cfg, ordered, running.urls, notes, trio.current_time() - started, out)
+                await db.shrink_memory()
                 release_free_memory()
                 task_status.started(running)
                 await running.stop.wait()
@@ -351,6 +352,7 @@ async def _memory_housekeeping(
             busy = True
         elif busy:
             # No full collection here: it would stall the event loop for tens of ms.
+            await db.shrink_memory()
             release_free_memory(collect=False)
             busy = False
         last = now

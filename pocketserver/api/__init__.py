@@ -39,5 +39,10 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.federation import transactions as federation_transactions
     from pocketserver.api.federation import version as federation_version
 
-    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_appservice, client_openid, federation_openid, federation_query, federation_version, federation_transactions, federation_membership, federation_media, federation_events, federation_devices, federation_directory, client_threepids, federation_third_party_invites, identity, client_sliding_sync):
+    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_appservice, client_openid, federation_openid, federation_query, federation_version, federation_transactions, federation_membership, federation_media, federation_events, federation_devices, federation_directory, client_threepids, federation_third_party_invites, client_sliding_sync):
         app.register_blueprint(module.bp)
+    # The identity service's routes exist only where it runs (20 routes an ordinary
+    # homeserver would carry for nothing).
+    svc = app.extensions.get("pocketserver")
+    if svc is None or svc.config.identity.enabled:
+        app.register_blueprint(identity.bp)

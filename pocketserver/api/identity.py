@@ -1,6 +1,7 @@
 """The Identity Service API v2 (/_matrix/identity), thin over
 :class:`~pocketserver.services.identity.IdentityService`; served on the client listeners
-when ``[identity] enabled = true``, else every path answers 404 ``M_UNRECOGNIZED``.
+when ``[identity] enabled = true``, else not routed at all
+(every path answers 404 ``M_UNRECOGNIZED``).
 
 Access tokens come in ``Authorization: Bearer`` (or, as v1.19 still allows, the
 ``access_token`` query parameter). ``GET /validate/email/submitToken`` is the link in
@@ -13,6 +14,7 @@ by the user's homeserver (``Authorization: X-Matrix``).
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
 from quart import Blueprint, Response, redirect, request
 
@@ -20,7 +22,9 @@ from pocketserver.api.common import json_body, json_response, services
 from pocketserver.api.federation.auth import authenticated_origin
 from pocketserver.errors import MatrixError, Unrecognized
 from pocketserver.protocol.request_auth import is_x_matrix
-from pocketserver.services.identity import IdentityService
+
+if TYPE_CHECKING:
+    from pocketserver.services.identity import IdentityService
 
 bp = Blueprint("identity", __name__)
 

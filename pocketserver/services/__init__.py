@@ -21,7 +21,6 @@ from pocketserver.services.e2ee import E2eeService
 from pocketserver.services.ephemeral import ReceiptService, TypingTracker
 from pocketserver.services.events import EventPipeline
 from pocketserver.services.hierarchy import HierarchyService
-from pocketserver.services.identity import IdentityService, homeserver_calls
 from pocketserver.services.key_backup import KeyBackupService
 from pocketserver.services.mailer import Mailer
 from pocketserver.services.media import MediaService
@@ -38,7 +37,6 @@ from pocketserver.services.room_reader import RoomReader
 from pocketserver.services.rooms import RoomService
 from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
-from pocketserver.services.sliding_sync import SlidingSyncService
 from pocketserver.services.sync import SyncService, e2ee_extension
 from pocketserver.services.third_party_invites import IdentityClient, ThirdPartyInviteService
 from pocketserver.services.threepids import ThreepidService
@@ -54,6 +52,8 @@ if TYPE_CHECKING:  # federation/ imports services.outbound: imported in build_se
     from pocketserver.federation.hosting import RoomFederation
     from pocketserver.federation.keyring import KeyRing
     from pocketserver.federation.profiles import RemoteProfiles
+    from pocketserver.services.identity import IdentityService
+    from pocketserver.services.sliding_sync import SlidingSyncService
 
 
 @dataclass
@@ -81,7 +81,6 @@ class Services:
     typing: TypingTracker
     receipts: ReceiptService
     sync: SyncService
-    sliding_sync: SlidingSyncService
     relations: RelationsService
     search: SearchService
     upgrades: UpgradeService
@@ -103,6 +102,17 @@ class Services:
     # federation routes call; None when federation is off.
     room_federation: RoomFederation | None = None
     identity: IdentityService | None = None
+    _sliding_sync: SlidingSyncService | None = None
+
+    @property
+    def sliding_sync(self) -> SlidingSyncService:
+        """Made on the first sliding-sync request: a server whose clients all use
+        ``/sync`` never loads it."""
+        if self._sliding_sync is None:
+            from pocketserver.services.sliding_sync import SlidingSyncService
+
+            self._sliding_sync = SlidingSyncService(self.sync, self.e2ee, self.push)
+        return self._sliding_sync
 
 
 def build_services(
@@ -223,7 +233,6 @@ def build_services(
         typing=typing,
         receipts=receipts,
         sync=sync,
-        sliding_sync=SlidingSyncService(sync, e2ee, push),
         relations=relations,
         search=SearchService(db, clock),
         upgrades=upgrades,
@@ -243,6 +252,8 @@ def build_services(
     if config.federation.enabled:
         svc.third_party_invites.federation = federation_client
     if config.identity.enabled:
+        from pocketserver.services.identity import IdentityService, homeserver_calls
+
         userinfo, onbind = homeserver_calls(
             config.server_name, svc.openid, svc.third_party_invites.on_bind,
             federation_client if config.federation.enabled else None,

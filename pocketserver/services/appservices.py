@@ -93,7 +93,9 @@ class AppserviceConfigError(ConfigError):
 
 def load_registrations(config: Config) -> AppserviceRegistry:
     """Read and check every ``[appservices] registration_files`` entry."""
-    import yaml
+    if not config.appservices.registration_files:
+        return AppserviceRegistry([])
+    import yaml  # only a server with bridges pays for the YAML parser
 
     regs: list[Registration] = []
     seen_ids: dict[str, str] = {}

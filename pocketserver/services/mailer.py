@@ -16,19 +16,18 @@ SMTP allows 998 characters), so the mail is sent as 7-bit text where it can be.
 from __future__ import annotations
 
 import logging
-import smtplib
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import formataddr, make_msgid
+from typing import TYPE_CHECKING
 
 import trio
 
 from pocketserver.config import EmailConfig
 from pocketserver.services.outbound import Outbound, OutboundError
 
-log = logging.getLogger("pocketserver.mailer")
+if TYPE_CHECKING:
+    import smtplib
+    from email.message import EmailMessage
 
-_POLICY = SMTP_POLICY.clone(max_line_length=998)
+log = logging.getLogger("pocketserver.mailer")
 
 
 class MailError(Exception):
@@ -88,10 +87,18 @@ class Mailer:
         if self.config.notif_from:
             return self.config.notif_from
         host = self.server_name.rsplit(":", 1)[0] if not self.server_name.endswith("]") else self.server_name
+        from email.utils import formataddr
+
         return formataddr(("pocketserver", f"noreply@{host}"))
 
     def compose(self, to: str, subject: str, text: str) -> EmailMessage:
-        msg = EmailMessage(policy=_POLICY)
+        # The email package is imported on the first mail: a server without [email]
+        # never needs it (it costs about a megabyte).
+        from email.message import EmailMessage
+        from email.policy import SMTP as SMTP_POLICY
+        from email.utils import make_msgid
+
+        msg = EmailMessage(policy=SMTP_POLICY.clone(max_line_length=998))
         msg["From"] = self.sender
         msg["To"] = to
         msg["Subject"] = subject
@@ -103,6 +110,8 @@ class Mailer:
         """Hand one mail to the SMTP server; :class:`MailError` if it fails."""
         if not self.enabled:
             raise MailError("no SMTP server is configured")
+        import smtplib
+
         msg = self.compose(to, subject, text)
         try:
             await trio.to_thread.run_sync(self._send_blocking, msg, limiter=self._limiter)
@@ -113,6 +122,8 @@ class Mailer:
         self.sent += 1
 
     def _send_blocking(self, msg: EmailMessage) -> None:
+        import smtplib
+
         cfg = self.config
         timeout = cfg.timeout_seconds
         client: smtplib.SMTP

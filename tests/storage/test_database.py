@@ -217,3 +217,16 @@ def test_watched_changes_bump_their_generation_after_commit(tmp_path: Path) -> N
     other.execute("UPDATE users SET locked = 0")
     other.execute("DELETE FROM access_tokens")
     other.close()
+
+
+async def test_shrink_memory_hands_back_page_caches_and_keeps_the_data(tmp_path: Path) -> None:
+    db = Database(tmp_path / "s.db")
+    try:
+        _write_megabytes(db, 2)
+        rows = await db.read(lambda c: c.execute("SELECT count(*) FROM b").get)
+        before = apsw.memory_used()
+        await db.shrink_memory()
+        assert apsw.memory_used() < before
+        assert await db.read(lambda c: c.execute("SELECT count(*) FROM b").get) == rows
+    finally:
+        db.close()
