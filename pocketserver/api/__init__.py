@@ -21,6 +21,7 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.client import search as client_search
     from pocketserver.api.client import sliding_sync as client_sliding_sync
     from pocketserver.api.client import spaces as client_spaces
+    from pocketserver.api.client import sso as client_sso
     from pocketserver.api.client import sync as client_sync
     from pocketserver.api.client import thirdparty as client_thirdparty
     from pocketserver.api.client import threepids as client_threepids
@@ -39,5 +40,5 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.federation import transactions as federation_transactions
     from pocketserver.api.federation import version as federation_version
 
-    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_appservice, client_openid, federation_openid, federation_query, federation_version, federation_transactions, federation_membership, federation_media, federation_events, federation_devices, federation_directory, client_threepids, federation_third_party_invites, identity, client_sliding_sync):
+    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_appservice, client_openid, federation_openid, federation_query, federation_version, federation_transactions, federation_membership, federation_media, federation_events, federation_devices, federation_directory, client_threepids, federation_third_party_invites, identity, client_sliding_sync, client_sso):
         app.register_blueprint(module.bp)

@@ -16,6 +16,7 @@ from pocketserver.federation.sender import FederationSender
 from pocketserver.services.accounts import AccountsService
 from pocketserver.services.appservices import AppserviceService, load_registrations
 from pocketserver.services.auth import AuthService
+from pocketserver.services.captcha import RecaptchaVerifier
 from pocketserver.services.clock import Clock
 from pocketserver.services.e2ee import E2eeService
 from pocketserver.services.ephemeral import ReceiptService, TypingTracker
@@ -39,6 +40,7 @@ from pocketserver.services.rooms import RoomService
 from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
 from pocketserver.services.sliding_sync import SlidingSyncService
+from pocketserver.services.sso import CasService
 from pocketserver.services.sync import SyncService, e2ee_extension
 from pocketserver.services.third_party_invites import IdentityClient, ThirdPartyInviteService
 from pocketserver.services.threepids import ThreepidService
@@ -103,6 +105,10 @@ class Services:
     # federation routes call; None when federation is off.
     room_federation: RoomFederation | None = None
     identity: IdentityService | None = None
+    # Single sign-on ([cas]; answers M_UNRECOGNIZED while off) and registration's
+    # reCAPTCHA (None while its keys are not set).
+    cas: CasService | None = None
+    captcha: RecaptchaVerifier | None = None
 
 
 def build_services(
@@ -177,6 +183,13 @@ def build_services(
         federation_client.authorization,
     )
     uia.email_identity = threepids.auth_stage
+    captcha = RecaptchaVerifier(config.registration, outbound) if config.registration.recaptcha_enabled else None
+    if captcha is not None:
+        uia.recaptcha = captcha.verify
+    cas = CasService(config, db, clock, outbound, uia, accounts)
+    if cas.enabled:
+        uia.sso_enabled = True
+        accounts.extra_login_flows.extend(cas.login_flows())
     background: list[Any] = [("media", media.run), ("push", push.run)]
     appservices = AppserviceService(db, clock, notifier, outbound, registry, config.server_name)
     if registry:
@@ -239,6 +252,8 @@ def build_services(
         federation_keys=fed_keys,
         mailer=mailer,
         background=background,
+        cas=cas,
+        captcha=captcha,
     )
     if config.federation.enabled:
         svc.third_party_invites.federation = federation_client
