@@ -7,6 +7,12 @@ from typing import Any
 
 def register_blueprints(app: Any) -> None:
     """Register every route module's blueprint on ``app``."""
+    # Single sign-on's and the CAPTCHA's pages only where one is configured.
+    sso_svc = app.extensions.get("pocketserver")
+    if sso_svc is None or sso_svc.cas is not None or sso_svc.captcha is not None:
+        from pocketserver.api.client import sso as client_sso
+
+        app.register_blueprint(client_sso.bp)
     from pocketserver.api import discovery, identity
     from pocketserver.api.client import account, account_data, capabilities, presence, profile
     from pocketserver.api.client import appservice as client_appservice
@@ -21,7 +27,6 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.client import search as client_search
     from pocketserver.api.client import sliding_sync as client_sliding_sync
     from pocketserver.api.client import spaces as client_spaces
-    from pocketserver.api.client import sso as client_sso
     from pocketserver.api.client import sync as client_sync
     from pocketserver.api.client import thirdparty as client_thirdparty
     from pocketserver.api.client import threepids as client_threepids
@@ -40,5 +45,5 @@ def register_blueprints(app: Any) -> None:
     from pocketserver.api.federation import transactions as federation_transactions
     from pocketserver.api.federation import version as federation_version
 
-    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_appservice, client_openid, federation_openid, federation_query, federation_version, federation_transactions, federation_membership, federation_media, federation_events, federation_devices, federation_directory, client_threepids, federation_third_party_invites, identity, client_sliding_sync, client_sso):
+    for module in (client_rooms, client_sync, client_keys, client_to_device, client_key_backup, discovery, federation_keys, account, account_data, capabilities, presence, profile, client_media, client_push, client_relations, client_search, client_spaces, client_user_directory, client_voip, client_initial_sync, client_thirdparty, client_appservice, client_openid, federation_openid, federation_query, federation_version, federation_transactions, federation_membership, federation_media, federation_events, federation_devices, federation_directory, client_threepids, federation_third_party_invites, identity, client_sliding_sync):
         app.register_blueprint(module.bp)

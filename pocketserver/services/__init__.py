@@ -16,7 +16,6 @@ from pocketserver.federation.sender import FederationSender
 from pocketserver.services.accounts import AccountsService
 from pocketserver.services.appservices import AppserviceService, load_registrations
 from pocketserver.services.auth import AuthService
-from pocketserver.services.captcha import RecaptchaVerifier
 from pocketserver.services.clock import Clock
 from pocketserver.services.e2ee import E2eeService
 from pocketserver.services.ephemeral import ReceiptService, TypingTracker
@@ -40,7 +39,6 @@ from pocketserver.services.rooms import RoomService
 from pocketserver.services.search import SearchService
 from pocketserver.services.server_keys import ServerSigningKey
 from pocketserver.services.sliding_sync import SlidingSyncService
-from pocketserver.services.sso import CasService
 from pocketserver.services.sync import SyncService, e2ee_extension
 from pocketserver.services.third_party_invites import IdentityClient, ThirdPartyInviteService
 from pocketserver.services.threepids import ThreepidService
@@ -50,6 +48,10 @@ from pocketserver.services.user_directory import UserDirectoryService
 from pocketserver.services.voip import VoipService
 from pocketserver.storage import events as ev_store
 from pocketserver.storage.database import Database
+
+if TYPE_CHECKING:  # made only where configured: imported in build_services
+    from pocketserver.services.captcha import RecaptchaVerifier
+    from pocketserver.services.sso import CasService
 
 if TYPE_CHECKING:  # federation/ imports services.outbound: imported in build_services
     from pocketserver.federation.client import FederationClient
@@ -104,11 +106,10 @@ class Services:
     # fed-rooms: the inbound room services (intake, transactions, hosting) the
     # federation routes call; None when federation is off.
     room_federation: RoomFederation | None = None
-    identity: IdentityService | None = None
-    # Single sign-on ([cas]; answers M_UNRECOGNIZED while off) and registration's
-    # reCAPTCHA (None while its keys are not set).
+    # Single sign-on ([cas]) and registration's reCAPTCHA; None where not configured.
     cas: CasService | None = None
     captcha: RecaptchaVerifier | None = None
+    identity: IdentityService | None = None
 
 
 def build_services(
@@ -183,11 +184,16 @@ def build_services(
         federation_client.authorization,
     )
     uia.email_identity = threepids.auth_stage
-    captcha = RecaptchaVerifier(config.registration, outbound) if config.registration.recaptcha_enabled else None
-    if captcha is not None:
+    captcha = cas = None
+    if config.registration.recaptcha_enabled:
+        from pocketserver.services.captcha import RecaptchaVerifier
+
+        captcha = RecaptchaVerifier(config.registration, outbound)
         uia.recaptcha = captcha.verify
-    cas = CasService(config, db, clock, outbound, uia, accounts)
-    if cas.enabled:
+    if config.cas.enabled:
+        from pocketserver.services.sso import CasService
+
+        cas = CasService(config, db, clock, outbound, uia, accounts)
         uia.sso_enabled = True
         accounts.extra_login_flows.extend(cas.login_flows())
     background: list[Any] = [("media", media.run), ("push", push.run)]

@@ -9,6 +9,7 @@ page, anything else gets the JSON error contract.
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, redirect, request
@@ -16,8 +17,10 @@ from quart import Blueprint, Response, redirect, request
 from pocketserver.api.client.routing import client_route
 from pocketserver.api.common import services
 from pocketserver.errors import MatrixError, MissingParam, NotFound
-from pocketserver.services.sso import CasService
 from pocketserver.services.uia import RECAPTCHA, SSO
+
+if TYPE_CHECKING:
+    from pocketserver.services.sso import CasService
 
 bp = Blueprint("client_sso", __name__)
 
