@@ -41,6 +41,19 @@ class RegistrationConfig:
     # Empty means: open while every listener is on loopback, closed otherwise.
     mode: str = ""
     allow_guests: bool = False
+    # reCAPTCHA (v2) for registration (the m.login.recaptcha stage), off while the keys
+    # are empty. The server checks each answer with the siteverify API.
+    recaptcha_public_key: str = ""
+    recaptcha_private_key: str = ""
+    recaptcha_siteverify_api: str = "https://www.recaptcha.net/recaptcha/api/siteverify"
+    # With the keys set, every registration flow starts with the CAPTCHA. false: the
+    # stage is only checked when a client offers it (as Synapse without
+    # enable_registration_captcha).
+    require_recaptcha: bool = True
+
+    @property
+    def recaptcha_enabled(self) -> bool:
+        return bool(self.recaptcha_public_key and self.recaptcha_private_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +206,33 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CasConfig:
+    """Single sign-on through a CAS server (client-server-api "SSO client login"): the
+    m.login.sso (and legacy m.login.cas) login, and the m.login.sso stage of
+    user-interactive auth for users who signed in through it. Off by default."""
+
+    enabled: bool = False
+    # The CAS server's base URL; /login and /proxyValidate are under it.
+    server_url: str = ""
+    # This server's public base URL as the CAS server sees it (the ticket callback is
+    # <service_url>/_matrix/client/r0/login/cas/ticket); empty: public_baseurl.
+    service_url: str = ""
+    # A CAS attribute whose value becomes a new user's display name (empty: localpart).
+    displayname_attribute: str = ""
+    # Attributes a CAS user must have to sign in: name -> required value ("" = any value).
+    required_attributes: dict[str, str] = field(default_factory=dict)
+    # The name clients show on the sign-in button.
+    idp_name: str = "CAS"
+    # Client URLs (prefixes) that receive the login token straight away; any other
+    # redirectUrl is shown to the user first, who confirms that the site may sign in.
+    trusted_client_urls: tuple[str, ...] = ()
+    # How long a login token handed to a client stays valid (it is used once).
+    login_token_lifetime_seconds: int = 120
+    # Seconds to wait for the CAS server's answer to a ticket validation.
+    timeout_seconds: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     # Number of events kept decoded in memory.
     event_cache_size: int = 2000
@@ -231,6 +271,7 @@ class Config:
     turn: TurnConfig = TurnConfig()
     email: EmailConfig = EmailConfig()
     identity: IdentityConfig = IdentityConfig()
+    cas: CasConfig = CasConfig()
     caches: CacheConfig = CacheConfig()
     appservices: AppservicesConfig = AppservicesConfig()
     # Users created by `register-user --admin` may use the admin API.
@@ -444,6 +485,20 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("identity.invite_lifetime_days: must be at least 1")
     if cfg.identity.base_url and not cfg.identity.base_url.startswith(("https://", "http://")):
         raise ConfigError("identity.base_url: must be an http(s) URL")
+    reg = cfg.registration
+    if bool(reg.recaptcha_public_key) != bool(reg.recaptcha_private_key):
+        raise ConfigError("registration.recaptcha_public_key and recaptcha_private_key go together")
+    if reg.recaptcha_enabled and not reg.recaptcha_siteverify_api.startswith(("https://", "http://")):
+        raise ConfigError("registration.recaptcha_siteverify_api: must be an http(s) URL")
+    cas = cfg.cas
+    if cas.enabled and not cas.server_url.startswith(("https://", "http://")):
+        raise ConfigError("cas.server_url: must be an http(s) URL when cas.enabled")
+    if cas.service_url and not cas.service_url.startswith(("https://", "http://")):
+        raise ConfigError("cas.service_url: must be an http(s) URL")
+    if not 1 <= cas.login_token_lifetime_seconds <= 3600:
+        raise ConfigError("cas.login_token_lifetime_seconds: must be 1-3600")
+    if cas.timeout_seconds <= 0:
+        raise ConfigError("cas.timeout_seconds: must be positive")
     if cfg.caches.event_cache_size < 1:
         raise ConfigError("caches.event_cache_size: must be at least 1")
     if cfg.caches.database_cache_kib < 64:
@@ -521,6 +576,11 @@ resources = ["federation"]
 # Unset: open while every listener is on loopback, closed otherwise.
 # mode = "token"
 allow_guests = false
+# reCAPTCHA for registration (https://www.google.com/recaptcha/admin): off while empty.
+recaptcha_public_key = ""
+recaptcha_private_key = ""
+recaptcha_siteverify_api = "https://www.recaptcha.net/recaptcha/api/siteverify"
+require_recaptcha = true  # false: checked only when a client offers it
 
 [accounts]
 refreshable_access_token_lifetime_ms = 300000
@@ -595,6 +655,19 @@ mails_per_address_per_hour = 5
 invite_lifetime_days = 30
 # Policies users accept before using it:
 # terms = [{ id = "privacy_policy", version = "1.0", name = "Privacy Policy", url = "https://example.org/privacy-1.0.html" }]
+
+[cas]
+# Single sign-on through a CAS server: clients offer "Sign in with CAS"; a CAS user
+# "jo.smith" becomes @jo.smith:<server_name> (made on first sign-in).
+enabled = false
+server_url = ""           # e.g. "https://cas.example.org/cas"
+service_url = ""          # default: public_baseurl
+displayname_attribute = ""
+required_attributes = {}  # e.g. { department = "staff", email = "" }
+idp_name = "CAS"
+trusted_client_urls = []  # e.g. ["https://app.element.io/"]: no confirmation page
+login_token_lifetime_seconds = 120
+timeout_seconds = 15.0
 
 [caches]
 event_cache_size = 2000

@@ -54,3 +54,25 @@ def test_database_cache_size_reaches_every_connection(tmp_path: Path) -> None:
         config_from_dict({"caches": {"database_cache_kib": 1}})
     with pytest.raises(ConfigError, match="state_cache_size"):
         config_from_dict({"caches": {"state_cache_size": 100}})
+
+
+def test_sso_and_captcha_settings_are_checked() -> None:
+    """[cas] and the reCAPTCHA keys: off by default; a half-made setting is refused
+    with the key's name."""
+    from pocketserver.config import ConfigError
+
+    cfg = config_from_dict({})
+    assert not cfg.cas.enabled and not cfg.registration.recaptcha_enabled
+    cas = config_from_dict({"cas": {"enabled": True, "server_url": "https://cas.example.org/cas"}}).cas
+    assert cas.enabled and cas.login_token_lifetime_seconds == 120
+    for bad, key in [
+        ({"cas": {"enabled": True}}, "cas.server_url"),
+        ({"cas": {"service_url": "matrix.example.org"}}, "cas.service_url"),
+        ({"cas": {"login_token_lifetime_seconds": 0}}, "cas.login_token_lifetime_seconds"),
+        ({"cas": {"required_attributes": {"dept": 1}}}, "cas.required_attributes.dept"),
+        ({"registration": {"recaptcha_public_key": "k"}}, "registration.recaptcha_public_key"),
+        ({"registration": {"recaptcha_public_key": "k", "recaptcha_private_key": "s",
+                           "recaptcha_siteverify_api": "ftp://x"}}, "registration.recaptcha_siteverify_api"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            config_from_dict(bad)

@@ -7,6 +7,12 @@ from typing import Any
 
 def register_blueprints(app: Any) -> None:
     """Register every route module's blueprint on ``app``."""
+    # Single sign-on's and the CAPTCHA's pages only where one is configured.
+    sso_svc = app.extensions.get("pocketserver")
+    if sso_svc is None or sso_svc.cas is not None or sso_svc.captcha is not None:
+        from pocketserver.api.client import sso as client_sso
+
+        app.register_blueprint(client_sso.bp)
     from pocketserver.api import discovery, identity
     from pocketserver.api.client import account, account_data, capabilities, presence, profile
     from pocketserver.api.client import appservice as client_appservice

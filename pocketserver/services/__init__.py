@@ -47,6 +47,10 @@ from pocketserver.services.voip import VoipService
 from pocketserver.storage import events as ev_store
 from pocketserver.storage.database import Database
 
+if TYPE_CHECKING:  # made only where configured: imported in build_services
+    from pocketserver.services.captcha import RecaptchaVerifier
+    from pocketserver.services.sso import CasService
+
 if TYPE_CHECKING:  # federation/ imports services.outbound: imported in build_services
     from pocketserver.federation.client import FederationClient
     from pocketserver.federation.hosting import RoomFederation
@@ -101,6 +105,9 @@ class Services:
     # fed-rooms: the inbound room services (intake, transactions, hosting) the
     # federation routes call; None when federation is off.
     room_federation: RoomFederation | None = None
+    # Single sign-on ([cas]) and registration's reCAPTCHA; None where not configured.
+    cas: CasService | None = None
+    captcha: RecaptchaVerifier | None = None
     identity: IdentityService | None = None
     _sliding_sync: SlidingSyncService | None = None
 
@@ -187,6 +194,18 @@ def build_services(
         federation_client.authorization,
     )
     uia.email_identity = threepids.auth_stage
+    captcha = cas = None
+    if config.registration.recaptcha_enabled:
+        from pocketserver.services.captcha import RecaptchaVerifier
+
+        captcha = RecaptchaVerifier(config.registration, outbound)
+        uia.recaptcha = captcha.verify
+    if config.cas.enabled:
+        from pocketserver.services.sso import CasService
+
+        cas = CasService(config, db, clock, outbound, uia, accounts)
+        uia.sso_enabled = True
+        accounts.extra_login_flows.extend(cas.login_flows())
     background: list[Any] = [("media", media.run), ("push", push.run)]
     appservices = AppserviceService(db, clock, notifier, outbound, registry, config.server_name)
     if registry:
@@ -248,6 +267,8 @@ def build_services(
         federation_keys=fed_keys,
         mailer=mailer,
         background=background,
+        cas=cas,
+        captcha=captcha,
     )
     if config.federation.enabled:
         svc.third_party_invites.federation = federation_client

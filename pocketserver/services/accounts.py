@@ -54,7 +54,7 @@ from pocketserver.services.ratelimit import RateLimiter
 from pocketserver.services.uia import (
     DUMMY,
     EMAIL_IDENTITY,
-    PASSWORD,
+    RECAPTCHA,
     REGISTRATION_TOKEN,
     AuthRequired,
     AuthResult,
@@ -66,6 +66,7 @@ from pocketserver.services.uia import (
 from pocketserver.storage import account_data as ad_store
 from pocketserver.storage import accounts
 from pocketserver.storage import rooms as room_store
+from pocketserver.storage import sso as sso_store
 from pocketserver.storage import state as state_store
 from pocketserver.storage import threepids as threepid_store
 from pocketserver.storage.database import Conn, Database
@@ -260,6 +261,8 @@ class AccountsService:
         self.on_deactivate: list[UserHook] = []
         self.appservices = AppserviceRegistry()
         self.query_user: Callable[[str], Awaitable[bool]] | None = None
+        # Login types other services add to GET /login (single sign-on's).
+        self.extra_login_flows: list[dict[str, Any]] = []
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -309,13 +312,21 @@ class AccountsService:
     def registration_flows(self) -> list[list[str]]:
         mode = self.config.registration_mode
         email = self.config.email
+        reg = self.config.registration
+        captcha = [RECAPTCHA] if reg.recaptcha_enabled and reg.require_recaptcha else []
         first = [REGISTRATION_TOKEN] if mode == "token" else []
         if email.enabled and email.require_for_registration:
-            return [first + [EMAIL_IDENTITY]]
-        flows = [first or [DUMMY]]
+            return [captcha + first + [EMAIL_IDENTITY]]
+        flows = [captcha + (first or [DUMMY])]
         if email.enabled and email.enable_registration_by_email:
-            flows.append(first + [EMAIL_IDENTITY])
+            flows.append(captcha + first + [EMAIL_IDENTITY])
         return flows
+
+    def optional_registration_stages(self) -> list[str]:
+        """Stages checked when a client offers them but not required (a CAPTCHA the
+        operator set up with ``require_recaptcha = false``)."""
+        reg = self.config.registration
+        return [RECAPTCHA] if reg.recaptcha_enabled and not reg.require_recaptcha else []
 
     def check_localpart(self, username: str) -> str:
         """The user ID for a requested username, or M_INVALID_USERNAME."""
@@ -433,7 +444,8 @@ class AccountsService:
             pw_hash = earlier["password_hash"]
         try:
             result = await self.uia.authenticate(
-                auth, flows=self.registration_flows(), request_key="POST /register"
+                auth, flows=self.registration_flows(), request_key="POST /register",
+                optional=self.optional_registration_stages(),
             )
         except AuthRequired as exc:
             started = exc.body.get("session")
@@ -605,10 +617,60 @@ class AccountsService:
     # -- login / logout / refresh ----------------------------------------------------
 
     def login_flows(self) -> list[dict[str, Any]]:
-        flows = [{"type": "m.login.password"}]
+        flows: list[dict[str, Any]] = [{"type": "m.login.password"}]
+        flows.extend(self.extra_login_flows)
         if self.appservices:
             flows.append({"type": "m.login.application_service"})
         return flows
+
+    def _session_params(self, body: Mapping[str, Any]) -> tuple[str | None, str | None, bool]:
+        """``device_id``, ``initial_device_display_name`` and ``refresh_token`` of a
+        /login body, checked."""
+        device_id = body.get("device_id")
+        display = body.get("initial_device_display_name")
+        want_refresh = body.get("refresh_token", False)
+        if device_id is not None and (not isinstance(device_id, str) or not device_id):
+            raise BadJson("'device_id' must be a non-empty string")
+        if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
+            raise MatrixError(400, "M_INVALID_PARAM", "device_id too long")
+        if display is not None and not isinstance(display, str):
+            raise BadJson("'initial_device_display_name' must be a string")
+        _check_device_name(display)
+        if not isinstance(want_refresh, bool):
+            raise BadJson("'refresh_token' must be a boolean")
+        return device_id, display, want_refresh
+
+    async def login_with_token(
+        self, body: Mapping[str, Any], *, ip: str | None, user_agent: str | None = None
+    ) -> dict[str, Any]:
+        """POST /login with ``type: m.login.token``: a one-time token from single
+        sign-on, used up by this login (in the same write as the new session)."""
+        token = body.get("token")
+        if token is None:
+            raise MissingParam("Missing 'token'")
+        if not isinstance(token, str):
+            raise BadJson("'token' must be a string")
+        device_id, display, want_refresh = self._session_params(body)
+        device = device_id or new_device_id()
+        _s, args, make = self._session_args(device, display, want_refresh, ip, user_agent)
+        now = self.clock.time_ms()
+
+        def txn(conn: Conn) -> tuple[str, bool]:
+            user_id = sso_store.consume_login_token(conn, hash_token(token), now)
+            if user_id is None:
+                raise Forbidden("Invalid or expired login token")
+            user = accounts.get_user(conn, user_id)
+            if user is None or user["deactivated"]:
+                raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+            if user["locked"]:
+                raise UserLocked()
+            return user_id, _create_session_txn(conn, user_id, *args)
+
+        # A refusal rolls the write back: the token stays unused until it expires.
+        user_id, created = await self.db.write(txn)
+        if created:
+            await self._run_hooks(self.on_device_created, user_id, device)
+        return make(user_id).to_json(self.server_name)
 
     async def login(
         self, body: Mapping[str, Any], *, ip: str | None, user_agent: str | None = None
@@ -616,6 +678,9 @@ class AccountsService:
         login_type = body.get("type")
         if not isinstance(login_type, str):
             raise MissingParam("Missing 'type'")
+        if login_type == "m.login.token":
+            self.ratelimiter.check("login", ip or "?")
+            return await self.login_with_token(body, ip=ip, user_agent=user_agent)
         if login_type != "m.login.password":
             raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {login_type!r}")
         self.ratelimiter.check("login", ip or "?")
@@ -642,18 +707,7 @@ class AccountsService:
         password = body.get("password")
         if not isinstance(password, str):
             raise MissingParam("Missing 'password'")
-        device_id = body.get("device_id")
-        display = body.get("initial_device_display_name")
-        want_refresh = body.get("refresh_token", False)
-        if device_id is not None and (not isinstance(device_id, str) or not device_id):
-            raise BadJson("'device_id' must be a non-empty string")
-        if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
-            raise MatrixError(400, "M_INVALID_PARAM", "device_id too long")
-        if display is not None and not isinstance(display, str):
-            raise BadJson("'initial_device_display_name' must be a string")
-        _check_device_name(display)
-        if not isinstance(want_refresh, bool):
-            raise BadJson("'refresh_token' must be a boolean")
+        device_id, display, want_refresh = self._session_params(body)
         # A second, per-account bucket stops password guessing spread over addresses.
         if user_id is not None:
             self.ratelimiter.check("login", user_id)
@@ -727,7 +781,8 @@ class AccountsService:
         if auth is not None and not isinstance(auth, dict):
             raise BadJson("'auth' must be an object")
         result = await self.uia.authenticate(
-            auth, flows=[[PASSWORD]] if requester is not None else [[EMAIL_IDENTITY]],
+            auth,
+            flows=await self.uia.reauth_flows(requester.user_id) if requester is not None else [[EMAIL_IDENTITY]],
             request_key="POST /account/password",
             user_id=requester.user_id if requester is not None else None,
         )
@@ -764,7 +819,8 @@ class AccountsService:
         # users without their passwords.
         if requester.appservice is None:
             result = await self.uia.authenticate(
-                auth, flows=[[PASSWORD]], request_key="POST /account/deactivate",
+                auth, flows=await self.uia.reauth_flows(requester.user_id),
+                request_key="POST /account/deactivate",
                 user_id=requester.user_id,
             )
         deleted = await self.db.write(_deactivate_txn, requester.user_id, erase, result)
@@ -833,7 +889,8 @@ class AccountsService:
         # "Deleting devices": no user-interactive auth for an application service.
         if requester.appservice is None:
             result = await self.uia.authenticate(
-                auth, flows=[[PASSWORD]], request_key=request_key, user_id=requester.user_id
+                auth, flows=await self.uia.reauth_flows(requester.user_id), request_key=request_key,
+                user_id=requester.user_id,
             )
         deleted = await self.db.write(_delete_devices_txn, requester.user_id, device_ids, result)
         await self._devices_deleted(requester.user_id, deleted)

@@ -13,7 +13,15 @@ use of the token is counted when the stage succeeds and turned into a completed 
 when the registration commits; an abandoned session gives its pending use back when it
 expires), ``m.login.email.identity`` (checked by :attr:`UIAService.email_identity`, the
 third-party identifier service: the address it validated is kept in the session and
-handed to the endpoint as :attr:`AuthResult.threepid`).
+handed to the endpoint as :attr:`AuthResult.threepid`), ``m.login.recaptcha`` (checked by
+:attr:`UIAService.recaptcha`, a siteverify call; also through its fallback page), and
+``m.login.sso``, which is only ever completed out of band: the SSO callback calls
+:meth:`UIAService.complete_stage` for the session, and if single sign-on identified
+someone other than the session's user the session is refused (403) from then on.
+
+``optional`` stages (a CAPTCHA an operator checks when offered but does not demand)
+may be completed before a flow's stages; they are reported in ``completed`` but are
+not needed to finish a flow.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pocketserver.errors import MatrixError
 from pocketserver.services.clock import Clock
 from pocketserver.services.passwords import PasswordHasher
 from pocketserver.storage import accounts
+from pocketserver.storage import sso as sso_store
 from pocketserver.storage import uia as uia_store
 from pocketserver.storage.database import Conn, Database
 
@@ -34,9 +43,31 @@ DUMMY = "m.login.dummy"
 PASSWORD = "m.login.password"
 REGISTRATION_TOKEN = "m.login.registration_token"
 EMAIL_IDENTITY = "m.login.email.identity"
+RECAPTCHA = "m.login.recaptcha"
+SSO = "m.login.sso"
+
+# What a re-authentication protects, for the SSO confirmation page.
+_OPERATIONS = (
+    ("POST /account/deactivate", "deactivate your account"),
+    ("POST /account/password", "change your password"),
+    ("DELETE /devices/", "sign out one of your devices"),
+    ("POST /delete_devices", "sign out some of your devices"),
+    ("POST /account/3pid/add", "add an e-mail address to your account"),
+    ("POST /keys/device_signing/upload", "replace your cross-signing keys"),
+)
+
+
+def describe_operation(request_key: str) -> str:
+    """Words for what a session's request does (``"deactivate your account"``)."""
+    for prefix, words in _OPERATIONS:
+        if request_key.startswith(prefix):
+            return words
+    return "make a change to your account"
 
 # (auth dict, request key) -> {"medium", "address", "validated_at"}; MatrixError if not.
 EmailIdentityCheck = Callable[[Mapping[str, Any], str], Awaitable[dict[str, Any]]]
+# A CAPTCHA answer -> True if the verifier accepts it (MatrixError if it cannot tell).
+CaptchaCheck = Callable[[str], Awaitable[bool]]
 
 SESSION_LIFETIME_MS = 6 * 60 * 60 * 1000
 
@@ -133,6 +164,48 @@ class UIAService:
         self.clock = clock
         self.server_name = server_name
         self.email_identity: EmailIdentityCheck | None = None
+        self.recaptcha: CaptchaCheck | None = None
+        # Whether the m.login.sso stage is offered (single sign-on is configured).
+        self.sso_enabled = False
+
+    async def reauth_flows(self, user_id: str) -> list[list[str]]:
+        """The flows that prove a signed-in user is who they are: their password if
+        they have one, single sign-on if they have an identity there."""
+        def read(conn: Conn) -> tuple[bool, bool]:
+            user = accounts.get_user(conn, user_id)
+            has_password = bool(user and user.get("password_hash"))
+            return has_password, self.sso_enabled and sso_store.user_has_external_id(conn, user_id)
+
+        has_password, has_sso = await self.db.read(read)
+        flows = [[PASSWORD]] if has_password else []
+        if has_sso:
+            flows.append([SSO])
+        return flows or [[PASSWORD]]
+
+    async def live_session(self, session_id: str) -> uia_store.UIASession | None:
+        """A session that exists and has not expired."""
+        found = await self.db.read(uia_store.get_session, session_id)
+        if found is None or found.created_ts < self.clock.time_ms() - SESSION_LIFETIME_MS:
+            return None
+        return found
+
+    async def complete_stage(self, session_id: str, stage: str, *, as_user: str | None) -> bool:
+        """Complete ``stage`` of a session out of band (a fallback page, the SSO
+        callback). ``as_user``: whom the stage identified, which must be the session's
+        user; if not, the session is marked so that the request it protects is refused.
+        False if the session is unknown, expired, or for someone else."""
+        session = await self.live_session(session_id)
+        if session is None:
+            return False
+        if as_user is not None and session.user_id != as_user:
+
+            def refuse(conn: Conn) -> None:
+                uia_store.set_session_param(conn, session_id, "refused", as_user)
+
+            await self.db.write(refuse)
+            return False
+        await self.db.write(uia_store.add_completed_stage, session_id, stage)
+        return True
 
     def _body(
         self, flows: Sequence[Sequence[str]], params: Mapping[str, Any], session: str, completed: list[str]
@@ -169,6 +242,7 @@ class UIAService:
         request_key: str,
         user_id: str | None = None,
         params: Mapping[str, Any] | None = None,
+        optional: Sequence[str] = (),
     ) -> AuthResult:
         """Check ``auth`` (the request's ``auth`` dict) against ``flows``.
 
@@ -198,6 +272,9 @@ class UIAService:
                 )
             if found.user_id != user_id:
                 raise MatrixError(403, "M_FORBIDDEN", "This session belongs to another user")
+            if found.params.get("refused") is not None:
+                # Single sign-on during this session identified someone else.
+                raise MatrixError(403, "M_FORBIDDEN", "This session was authenticated as another user")
             session = found
 
         completed = list(session.completed)
@@ -212,14 +289,18 @@ class UIAService:
             if not isinstance(stage, str):
                 raise MatrixError(400, "M_BAD_JSON", "'auth.type' must be a string")
             if stage not in completed:
-                if not any(list(f[: len(completed) + 1]) == completed + [stage] for f in flows):
+                core = [s for s in completed if s not in optional]
+                if stage not in optional and not any(
+                    list(f[: len(core) + 1]) == core + [stage] for f in flows
+                ):
                     raise fail("M_FORBIDDEN", f"Auth type {stage!r} is not expected now")
                 completed = await self._attempt(
                     stage, auth, session_id, user_id, now, fail, session.request_hash
                 )
 
+        core = [s for s in completed if s not in optional]
         for f in flows:
-            if list(f) == completed:
+            if list(f) == core:
                 final = await self.db.read(uia_store.get_session, session_id)
                 token = final.params.get("registration_token") if final else None
                 threepid = final.params.get("threepid") if final else None
@@ -275,6 +356,18 @@ class UIAService:
                 return uia_store.add_completed_stage(conn, session_id, EMAIL_IDENTITY)
 
             return await self.db.write(complete)
+        if stage == RECAPTCHA and self.recaptcha is not None:
+            answer = auth.get("response")
+            if not isinstance(answer, str) or not answer:
+                raise fail("M_BAD_JSON", "m.login.recaptcha needs a 'response'")
+            if not await self.recaptcha(answer):
+                raise fail("M_FORBIDDEN", "The CAPTCHA was not solved")
+            return await self.db.write(uia_store.add_completed_stage, session_id, RECAPTCHA)
+        if stage == SSO and self.sso_enabled:
+            raise fail(
+                "M_FORBIDDEN",
+                "Complete m.login.sso in a browser at /_matrix/client/v3/auth/m.login.sso/fallback/web",
+            )
         raise fail("M_UNRECOGNIZED", f"Unsupported auth type {stage!r}")
 
     async def finish(self, result: AuthResult) -> None:

@@ -802,12 +802,37 @@ def _migration_identity(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_IDENTITY)
 
 
+SCHEMA_SSO = """
+CREATE TABLE user_external_ids (
+    auth_provider TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_ts INTEGER NOT NULL,
+    PRIMARY KEY (auth_provider, external_id)
+) WITHOUT ROWID;
+CREATE INDEX user_external_ids_user ON user_external_ids (user_id);
+CREATE TABLE login_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    auth_provider TEXT NOT NULL,
+    created_ts INTEGER NOT NULL,
+    expires_ts INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX login_tokens_expiry ON login_tokens (expires_ts);
+"""
+
+
+def _migration_sso(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_SSO)
+
+
 # Append-only: each merge that brings migrations puts them after the ones already here.
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_erased_users,
     _migration_appservices,
     _migration_threepids,
     _migration_identity,
+    _migration_sso,
 ]
 
 

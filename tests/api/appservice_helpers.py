@@ -1,8 +1,9 @@
 """A small fake application service on loopback, for tests of the AS API.
 
-It records every request (method, path, query, headers, JSON body) and answers with
-what ``handler`` returns: ``(status, json)``, or it never answers (a handler that
-sleeps), to see the server retry. Waiting for something to arrive is an event, not a
+It records every request (method, path, query, headers, JSON body, raw body) and
+answers with what ``handler`` returns: ``(status, json)`` (or ``(status, bytes)``, sent
+as they are: other loopback fakes, a CAS server or a CAPTCHA verifier, reuse it), or it
+never answers (a handler that sleeps), to see the server retry. Waiting for something to arrive is an event, not a
 sleep: :meth:`FakeAppservice.wait_for` wakes at each request, with a deadline.
 """
 
@@ -26,6 +27,7 @@ class AsRequest:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any
+    raw: bytes = b""
 
 
 Handler = Callable[[AsRequest], Awaitable[tuple[int, Any]]]
@@ -73,21 +75,28 @@ class FakeAppservice:
                     return
             assert request is not None
             parts = urlsplit(request.target.decode())
+            try:
+                parsed = json.loads(body) if body else None
+            except ValueError:
+                parsed = None  # not JSON (a form): see ``raw``
             req = AsRequest(
                 request.method.decode(),
                 unquote(parts.path),
                 dict(parse_qsl(parts.query)),
                 {k.decode().lower(): v.decode() for k, v in request.headers},
-                json.loads(body) if body else None,
+                parsed,
+                bytes(body),
             )
             self.requests.append(req)
             self._changed.set()
             self._changed = trio.Event()
             status, answer = await self.handler(req)
-            payload = json.dumps(answer).encode()
+            raw = isinstance(answer, bytes)
+            payload = answer if raw else json.dumps(answer).encode()
+            ctype = "text/plain; charset=utf-8" if raw else "application/json"
             await stream.send_all(conn.send(h11.Response(
                 status_code=status,
-                headers=[("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+                headers=[("Content-Type", ctype), ("Content-Length", str(len(payload)))],
             )) or b"")
             await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")

@@ -636,8 +636,16 @@ def _headers(p: Probe, w: World) -> dict[str, Any]:
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     """The tests' configuration with the identity service on (no mail server: what
-    would send a mail answers M_EMAIL_SEND_ERROR)."""
-    return make_config(tmp_path, {"identity": {"enabled": True}})
+    would send a mail answers M_EMAIL_SEND_ERROR), and single sign-on and an optional
+    CAPTCHA whose servers are not there (what would ask them answers 502)."""
+    return make_config(tmp_path, {
+        "identity": {"enabled": True},
+        "cas": {"enabled": True, "server_url": "http://127.0.0.1:9/cas"},
+        "registration": {
+            "recaptcha_public_key": "public", "recaptcha_private_key": "private",
+            "recaptcha_siteverify_api": "http://127.0.0.1:9/siteverify", "require_recaptcha": False,
+        },
+    })
 
 
 @pytest.fixture

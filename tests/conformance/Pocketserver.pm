@@ -270,8 +270,8 @@ sub start
 # writes every key with its default; unknown keys are refused, so only keys
 # that exist are written here). SyTest's application services go into
 # [appservices], its mail server (tests/04mail-server.pl, plain SMTP on
-# bind_host) into [email]; pocketserver has no settings for recaptcha or CAS,
-# so SyTest's mocks for those are not wired in.
+# bind_host) into [email], its mock reCAPTCHA verifier into [registration] and its
+# mock CAS server into [cas].
 sub _get_config
 {
    my $self = shift;
@@ -311,7 +311,25 @@ sub _get_config
          tls       => JSON::true,
          resources => [ "federation" ],
       } ],
-      [ "registration", { mode => "open", allow_guests => JSON::true } ],
+      [ "registration", {
+         mode => "open", allow_guests => JSON::true,
+         # SyTest's mock siteverify API (tests/05homeserver.pl). As with Synapse's
+         # driver, which sets the keys but not enable_registration_captcha, the
+         # CAPTCHA is checked when a client offers it but not required.
+         ( $self->{recaptcha_config} ? (
+            recaptcha_public_key     => $self->{recaptcha_config}{public_key},
+            recaptcha_private_key    => $self->{recaptcha_config}{private_key},
+            recaptcha_siteverify_api => $self->{recaptcha_config}{siteverify_api},
+            require_recaptcha        => JSON::false,
+         ) : () ),
+      } ],
+      # SyTest's mock CAS server (tests/05homeserver.pl gives its server_url; the
+      # service URL is public_baseurl, as Synapse's default).
+      ( $self->{cas_config} ? ( [ "cas", {
+         enabled    => JSON::true,
+         server_url => $self->{cas_config}{server_url},
+         ( $self->{cas_config}{service_url} ? ( service_url => $self->{cas_config}{service_url} ) : () ),
+      } ] ) : () ),
       [ "rate_limits", { enabled => JSON::false } ],
       # everything SyTest runs (URL preview targets included) is on loopback
       [ "media", { url_preview_ip_allowlist => [ @loopback ] } ],

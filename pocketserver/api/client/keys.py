@@ -15,7 +15,6 @@ from quart import Blueprint, Response, request
 
 from pocketserver.api.common import json_body, json_response, require_auth, services
 from pocketserver.errors import MatrixError, MissingParam
-from pocketserver.services.uia import PASSWORD
 
 bp = Blueprint("client_keys", __name__)
 
@@ -108,7 +107,7 @@ async def device_signing_upload() -> Response:
         auth = body.get("auth")
         result = await svc.uia.authenticate(
             auth if isinstance(auth, dict) else None,
-            flows=[[PASSWORD]],
+            flows=await svc.uia.reauth_flows(req.user_id),
             request_key="POST /keys/device_signing/upload",
             user_id=req.user_id,
         )

@@ -53,7 +53,7 @@ async def add_threepid() -> Response:
     if auth is not None and not isinstance(auth, dict):
         raise BadJson("'auth' must be an object")
     result = await svc.uia.authenticate(
-        auth, flows=[["m.login.password"]], request_key="POST /account/3pid/add",
+        auth, flows=await svc.uia.reauth_flows(requester.user_id), request_key="POST /account/3pid/add",
         user_id=requester.user_id,
     )
     await svc.threepids.add(requester.user_id, sid, client_secret, result)
