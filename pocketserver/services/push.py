@@ -560,6 +560,13 @@ class PushService:
                     {
                         "actions": list(result.actions),
                         "event": event,
+                        # "The profile tag of the rule that matched": every rule here is
+                        # in the global scope, which has none (the per-device rule sets
+                        # that had profile tags are gone from the spec). The key is
+                        # sent all the same, as the empty string: Synapse always sends
+                        # it (as null, which the spec's schema, a string, does not
+                        # allow) and code written against Synapse may read it.
+                        "profile_tag": "",
                         "read": read,
                         "room_id": room_id,
                         "ts": rec.event.origin_server_ts,

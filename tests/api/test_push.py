@@ -320,6 +320,8 @@ async def test_notifications_list_pages_and_highlights(http: httpx.AsyncClient) 
     assert [n["read"] for n in notes] == [False, False, True]
     assert notes[0]["room_id"] == room and notes[0]["actions"] == ["notify"]
     assert isinstance(notes[0]["ts"], int)
+    # The rules are global, without a profile tag; the key is there all the same.
+    assert all(n["profile_tag"] == "" for n in notes)
     # Paging.
     page1 = (await http.get(f"{V3}/notifications", params={"limit": 2}, headers=h)).json()
     assert [n["event"]["event_id"] for n in page1["notifications"]] == [e3, e2]
