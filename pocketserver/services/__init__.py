@@ -20,6 +20,7 @@ from pocketserver.services.clock import Clock
 from pocketserver.services.e2ee import E2eeService
 from pocketserver.services.ephemeral import ReceiptService, TypingTracker
 from pocketserver.services.events import EventPipeline
+from pocketserver.services.expiry import EventExpiry
 from pocketserver.services.hierarchy import HierarchyService
 from pocketserver.services.identity import IdentityService, homeserver_calls
 from pocketserver.services.key_backup import KeyBackupService
@@ -103,6 +104,8 @@ class Services:
     # federation routes call; None when federation is off.
     room_federation: RoomFederation | None = None
     identity: IdentityService | None = None
+    # MSC2228 self-destructing messages ([experimental]); None while off.
+    expiry: EventExpiry | None = None
 
 
 def build_services(
@@ -178,6 +181,12 @@ def build_services(
     )
     uia.email_identity = threepids.auth_stage
     background: list[Any] = [("media", media.run), ("push", push.run)]
+    expiry: EventExpiry | None = None
+    if config.experimental.msc2228_self_destruct:
+        expiry = EventExpiry(db, clock, pipeline.cache.pop)
+        pipeline.in_persist_txn.append(expiry.in_persist_txn)
+        pipeline.on_persisted.append(expiry.on_persisted)
+        background.append(("expiry", expiry.run))
     appservices = AppserviceService(db, clock, notifier, outbound, registry, config.server_name)
     if registry:
         appservices.ensure_user = accounts.ensure_appservice_user
@@ -239,6 +248,7 @@ def build_services(
         federation_keys=fed_keys,
         mailer=mailer,
         background=background,
+        expiry=expiry,
     )
     if config.federation.enabled:
         svc.third_party_invites.federation = federation_client
@@ -257,4 +267,7 @@ def build_services(
         if edus is not None:
             rf.intake.on_persisted.append(edus.on_remote_join)
             rf.remote.in_join_txn.append(edus.presence_on_join_in_txn)
+        if expiry is not None:
+            rf.intake.in_persist_txn.append(expiry.in_persist_txn)
+            rf.intake.on_persisted.append(expiry.on_persisted)
     return svc
