@@ -38,6 +38,7 @@ SELF_DESTRUCT_AFTER = "org.matrix.self_destruct_after"
 # that jumps is caught up with at least this often).
 BATCH = 100
 MAX_SLEEP_S = 300.0
+RETRY_S = 30.0
 _MAX_TS = 2**53 - 1
 
 
@@ -81,7 +82,11 @@ class EventExpiry:
             due = await self.db.read(store.next_expiry_ts)
             now = self.clock.time_ms()
             if due is not None and due <= now:
-                await self.expire_due(now)
+                try:
+                    await self.expire_due(now)
+                except Exception:  # the database, say: try again later, keep serving
+                    log.exception("expiring self-destructing events failed")
+                    await trio.sleep(RETRY_S)
                 continue
             wait_s = MAX_SLEEP_S if due is None else min(MAX_SLEEP_S, (due - now) / 1000)
             with trio.move_on_after(wait_s):
