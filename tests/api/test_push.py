@@ -545,6 +545,28 @@ async def test_event_id_only_retry_and_rejection(http: httpx.AsyncClient, gatewa
             await trio.sleep(0.05)
 
 
+async def test_a_rejected_pushkey_removes_only_its_pusher(http: httpx.AsyncClient, gateway: Gateway) -> None:
+    """Two phones of Alice's on one gateway; the gateway says one pushkey is no longer
+    valid: that pusher goes (push gateway API, ``rejected``), the other keeps getting
+    notifications."""
+    (_, atok), (_, btok), room = await three_people(http)
+    for key in ("key_1", "key_2"):
+        r = await http.post(f"{V3}/pushers/set", json=pusher_body(gateway.url, key), headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+    gateway.rejected = ["key_1"]
+    await send(http, btok, room, text("one"))
+    await gateway.wait_for(2)
+    with trio.fail_after(10):
+        while len((await http.get(f"{V3}/pushers", headers=auth_headers(atok))).json()["pushers"]) != 1:
+            await trio.sleep(0.05)
+    [left] = (await http.get(f"{V3}/pushers", headers=auth_headers(atok))).json()["pushers"]
+    assert left["pushkey"] == "key_2"
+    await send(http, btok, room, text("two"))
+    got = await gateway.wait_for(3)
+    assert got[2]["notification"]["content"]["body"] == "two"
+    assert got[2]["notification"]["devices"][0]["pushkey"] == "key_2"
+
+
 async def test_a_read_receipt_sends_the_new_badge_count(http: httpx.AsyncClient, gateway: Gateway) -> None:
     (_, atok), (bob, btok), room = await three_people(http)
     await http.post(f"{V3}/pushers/set", json=pusher_body(gateway.url), headers=auth_headers(atok))
