@@ -249,6 +249,13 @@ class AppservicesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExperimentalConfig:
+    # MSC2228 self-destructing messages: a message whose content holds
+    # ``org.matrix.self_destruct_after`` (a timestamp in ms) loses its content then.
+    msc2228_self_destruct: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server_name: str = "localhost"
     public_baseurl: str = ""
@@ -274,6 +281,7 @@ class Config:
     cas: CasConfig = CasConfig()
     caches: CacheConfig = CacheConfig()
     appservices: AppservicesConfig = AppservicesConfig()
+    experimental: ExperimentalConfig = ExperimentalConfig()
     # Users created by `register-user --admin` may use the admin API.
     max_event_size: int = 65536
 
@@ -679,6 +687,13 @@ database_cache_kib = 2048     # per connection; three connections
 # that is missing or wrong stops the server at start with the file and field named.
 # registration_files = ["heisenbridge.yaml"]
 registration_files = []
+
+[experimental]
+# Features from proposals not yet in the spec, off until they are.
+# MSC2228 self-destructing messages: a message event whose content holds
+# "org.matrix.self_destruct_after" (a time, in ms since 1970) loses its content then
+# (as a redaction would take it), here and in the copies that come over federation.
+msc2228_self_destruct = false
 """
 
 __all__ = [

@@ -130,6 +130,8 @@ class PduIntake:
         self._forget_cached = forget_cached
         # Called after each event that entered a room's timeline (push, ...).
         self.on_persisted: list[PersistedHook] = []
+        # Called inside the transaction that puts an event into a room's timeline.
+        self.in_persist_txn: list[Callable[[Conn, Event], None]] = []
 
     def _own_lock(self, room_id: str) -> trio.Lock:
         lock = self._locks.get(room_id)
@@ -444,6 +446,8 @@ class PduIntake:
         self._update_current_state(conn, event, rv, after_group, before_group, pos)
         if event.type == "m.room.redaction":
             self._apply_redaction(conn, event, rv)
+        for hook in self.in_persist_txn:
+            hook(conn, event)
         return pos
 
     def _group_for(self, conn: Conn, room_id: str, event: Event, state: StateMap) -> int:

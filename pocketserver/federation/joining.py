@@ -792,6 +792,8 @@ class RemoteRooms:
             graph.promote_outlier(conn, ev.event_id, pos, reason)
             if reason is None:
                 stored += 1
+                for hook in self.intake.in_persist_txn:
+                    hook(conn, ev)
             have = graph.known_events(conn, ev.prev_event_ids)
             missing = [p for p in ev.prev_event_ids if not (p in have and not have[p].outlier)]
             graph.update_backward_extremities(conn, room_id, ev.event_id, missing)

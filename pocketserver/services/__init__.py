@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # federation/ imports services.outbound: imported in build_se
     from pocketserver.federation.hosting import RoomFederation
     from pocketserver.federation.keyring import KeyRing
     from pocketserver.federation.profiles import RemoteProfiles
+    from pocketserver.services.expiry import EventExpiry
     from pocketserver.services.identity import IdentityService
     from pocketserver.services.sliding_sync import SlidingSyncService
 
@@ -109,6 +110,8 @@ class Services:
     cas: CasService | None = None
     captcha: RecaptchaVerifier | None = None
     identity: IdentityService | None = None
+    # MSC2228 self-destructing messages ([experimental]); None while off.
+    expiry: EventExpiry | None = None
     _sliding_sync: SlidingSyncService | None = None
 
     @property
@@ -207,6 +210,14 @@ def build_services(
         uia.sso_enabled = True
         accounts.extra_login_flows.extend(cas.login_flows())
     background: list[Any] = [("media", media.run), ("push", push.run)]
+    expiry: EventExpiry | None = None
+    if config.experimental.msc2228_self_destruct:
+        from pocketserver.services.expiry import EventExpiry
+
+        expiry = EventExpiry(db, clock, pipeline.cache.pop)
+        pipeline.in_persist_txn.append(expiry.in_persist_txn)
+        pipeline.on_persisted.append(expiry.on_persisted)
+        background.append(("expiry", expiry.run))
     appservices = AppserviceService(db, clock, notifier, outbound, registry, config.server_name)
     if registry:
         appservices.ensure_user = accounts.ensure_appservice_user
@@ -269,6 +280,7 @@ def build_services(
         background=background,
         cas=cas,
         captcha=captcha,
+        expiry=expiry,
     )
     if config.federation.enabled:
         svc.third_party_invites.federation = federation_client
@@ -289,4 +301,7 @@ def build_services(
         if edus is not None:
             rf.intake.on_persisted.append(edus.on_remote_join)
             rf.remote.in_join_txn.append(edus.presence_on_join_in_txn)
+        if expiry is not None:
+            rf.intake.in_persist_txn.append(expiry.in_persist_txn)
+            rf.intake.on_persisted.append(expiry.on_persisted)
     return svc

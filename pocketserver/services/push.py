@@ -19,7 +19,10 @@ messages made 400,000 rows). Here sending an event costs nothing extra:
   memberships: few rows), then hands each notification to that pusher's sender task,
   which POSTs it to the gateway with a timeout and exponential backoff. The worker's
   position is stored, and never ahead of an undelivered notification, so a restart
-  re-sends rather than loses (gateways de-duplicate by event ID).
+  re-sends rather than loses (gateways de-duplicate by event ID). An invite from another
+  server into a room this server is not in has no place in the event stream (an
+  outlier; the invitee's membership moves instead): the worker picks those up by the
+  membership's position and names the room from the stripped state sent with it.
 
 Changing rules also writes the ``m.push_rules`` account data (push.md "Push Rules:
 Events"), so clients see the new ruleset in their next /sync.
@@ -163,6 +166,18 @@ class _RoomFacts:
             self._names[user_id] = name
         return self._names[user_id]
 
+    def names(self) -> tuple[str | None, str | None]:
+        """(the room's ``m.room.name``, its canonical alias), each None when unset."""
+        ids = state_store.get_current_state_ids(
+            self.conn, self.room_id, [("m.room.name", ""), ("m.room.canonical_alias", "")]
+        )
+        recs = ev_store.get_events(self.conn, ids.values())
+        name_rec = recs.get(ids.get(("m.room.name", ""), ""))
+        alias_rec = recs.get(ids.get(("m.room.canonical_alias", ""), ""))
+        name = name_rec.event.content.get("name") if name_rec is not None else None
+        alias = alias_rec.event.content.get("alias") if alias_rec is not None else None
+        return (name if isinstance(name, str) and name else None, alias if isinstance(alias, str) else None)
+
     def context(self, ruleset: Ruleset, user_id: str, sender: str) -> PushContext:
         power = self.power
         return PushContext(
@@ -172,6 +187,34 @@ class _RoomFacts:
             sender_power_level=power.user_level(sender),
             notification_level=power.notification_level,
         )
+
+
+class _InvitedRoomFacts(_RoomFacts):
+    """A room this server is not in, known to it only by an invite that came over
+    federation: its names and members are those of the stripped state the inviting
+    server sent with the invite (server-server "Inviting to a room"), not the state
+    this server holds of the room (none, or stale since its users left)."""
+
+    def __init__(self, conn: Conn, invite: EventRecord) -> None:
+        super().__init__(conn, invite.event.room_id)
+        sent = (invite.event.pdu.get("unsigned") or {}).get("invite_room_state")
+        self._stripped: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for s in sent if isinstance(sent, list) else ():
+            if isinstance(s, Mapping) and isinstance(s.get("type"), str) and isinstance(s.get("state_key"), str) \
+                    and isinstance(s.get("content"), Mapping):
+                self._stripped[(s["type"], s["state_key"])] = s["content"]
+        self._members = sum(
+            1 for (t, _), c in self._stripped.items() if t == "m.room.member" and c.get("membership") == "join"
+        )
+
+    def display_name(self, user_id: str) -> str | None:
+        dn = self._stripped.get(("m.room.member", user_id), {}).get("displayname")
+        return dn if isinstance(dn, str) else None
+
+    def names(self) -> tuple[str | None, str | None]:
+        name = self._stripped.get(("m.room.name", ""), {}).get("name")
+        alias = self._stripped.get(("m.room.canonical_alias", ""), {}).get("alias")
+        return (name if isinstance(name, str) and name else None, alias if isinstance(alias, str) else None)
 
 
 def _push_view(rec: EventRecord) -> JsonDict:
@@ -517,6 +560,13 @@ class PushService:
                     {
                         "actions": list(result.actions),
                         "event": event,
+                        # "The profile tag of the rule that matched": every rule here is
+                        # in the global scope, which has none (the per-device rule sets
+                        # that had profile tags are gone from the spec). The key is
+                        # sent all the same, as the empty string: Synapse always sends
+                        # it (as null, which the spec's schema, a string, does not
+                        # allow) and code written against Synapse may read it.
+                        "profile_tag": "",
                         "read": read,
                         "room_id": room_id,
                         "ts": rec.event.origin_server_ts,
@@ -715,23 +765,40 @@ class PushService:
             f = facts.get(ev.room_id)
             if f is None:
                 f = facts[ev.room_id] = _RoomFacts(conn, ev.room_id)
-            by_user: dict[str, list[store.Pusher]] = {}
-            for p in pushers:
-                if p.kind == "http" and p.user_id != ev.sender:
-                    by_user.setdefault(p.user_id, []).append(p)
-            for user_id, ups in by_user.items():
-                _, ruleset = self.ruleset_in(conn, user_id)
-                result = ruleset.evaluate(_push_view(rec), f.context(ruleset, user_id, ev.sender))
-                if result is None or not result.notify:
-                    continue
-                unread = self.total_unread(conn, user_id)
-                for p in ups:
-                    body = self._notify_body(conn, f, rec, p, result, unread)
-                    out.append((p.key, _Delivery(pos, body)))
-                    self._badges[p.key] = unread
+            out.extend(self._notifications_for(conn, f, rec, pos, pushers))
+        # Invites into rooms this server is not in: no timeline event, the invitee's
+        # membership instead, and the room known only by the state sent with it.
+        for rec, pos in store.invites_from_elsewhere_after(conn, after, reached):
+            invitee = rec.event.state_key or ""
+            pushers = [p for p in store.get_pushers(conn, invitee) if p.last_stream_pos < pos]
+            if pushers:
+                out.extend(self._notifications_for(conn, _InvitedRoomFacts(conn, rec), rec, pos, pushers))
         out.extend(self._badge_updates(conn, after, reached))
         out.sort(key=lambda item: item[1].stream_pos)
         return out, reached
+
+    def _notifications_for(
+        self, conn: Conn, facts: _RoomFacts, rec: EventRecord, pos: int, pushers: list[store.Pusher]
+    ) -> list[tuple[tuple[str, str, str], _Delivery]]:
+        """The deliveries one event makes: each pusher's owner's rules decide (the
+        sender's own pushers never hear of it, push.md "Push Rules")."""
+        ev = rec.event
+        by_user: dict[str, list[store.Pusher]] = {}
+        for p in pushers:
+            if p.kind == "http" and p.user_id != ev.sender:
+                by_user.setdefault(p.user_id, []).append(p)
+        out: list[tuple[tuple[str, str, str], _Delivery]] = []
+        for user_id, ups in by_user.items():
+            _, ruleset = self.ruleset_in(conn, user_id)
+            result = ruleset.evaluate(_push_view(rec), facts.context(ruleset, user_id, ev.sender))
+            if result is None or not result.notify:
+                continue
+            unread = self.total_unread(conn, user_id)
+            for p in ups:
+                body = self._notify_body(facts, rec, p, result, unread)
+                out.append((p.key, _Delivery(pos, body)))
+                self._badges[p.key] = unread
+        return out
 
     def _badge_updates(
         self, conn: Conn, after: int, upto: int
@@ -763,7 +830,7 @@ class PushService:
         return {"notification": {"counts": {"unread": unread}, "devices": [device]}}
 
     def _notify_body(
-        self, conn: Conn, facts: _RoomFacts, rec: EventRecord, pusher: store.Pusher, result: PushResult, unread: int
+        self, facts: _RoomFacts, rec: EventRecord, pusher: store.Pusher, result: PushResult, unread: int
     ) -> JsonDict:
         ev = rec.event
         device = {**_device_entry(pusher), "tweaks": dict(result.tweaks)}
@@ -785,21 +852,13 @@ class PushService:
             name = facts.display_name(ev.sender)
             if name:
                 note["sender_display_name"] = name
-            ids = state_store.get_current_state_ids(
-                conn, ev.room_id, [("m.room.name", ""), ("m.room.canonical_alias", "")]
-            )
-            recs = ev_store.get_events(conn, ids.values())
-            room_name = recs.get(ids.get(("m.room.name", ""), ""))
-            alias = recs.get(ids.get(("m.room.canonical_alias", ""), ""))
-            if alias is not None and isinstance(alias.event.content.get("alias"), str):
-                note["room_alias"] = alias.event.content["alias"]
+            room_name, alias = facts.names()
+            if alias is not None:
+                note["room_alias"] = alias
             # The room's name as clients show it: its m.room.name, else its canonical
             # alias (client-server API "Calculating the display name for a room").
-            if room_name is not None and isinstance(room_name.event.content.get("name"), str) \
-                    and room_name.event.content["name"]:
-                note["room_name"] = room_name.event.content["name"]
-            elif "room_alias" in note:
-                note["room_name"] = note["room_alias"]
+            if room_name is not None or alias is not None:
+                note["room_name"] = room_name if room_name is not None else alias
             if ev.type == "m.room.member":
                 note["user_is_target"] = ev.state_key == pusher.user_id
                 # Not in the spec's list, but sent by Synapse and read by gateways that

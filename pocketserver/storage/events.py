@@ -154,31 +154,33 @@ def have_events(conn: Conn, event_ids: Iterable[str]) -> set[str]:
 _RECORD_COLS = (
     "e.event_id, e.json, r.room_version, e.stream_pos, e.outlier, e.rejected_reason,"
     " e.redacted_by, (SELECT event_id FROM events p WHERE p.event_nid = e.replaces_nid),"
-    " e.txn_key"
+    " e.txn_key, e.expired_ts"
 )
+# The columns above, for queries that select more after them.
+_RECORD_NCOLS = 10
 _RECORD_FROM = " FROM events e JOIN rooms r ON r.room_nid = e.room_nid "
 
 
 class DecodedEvents:
     """The events last read, decoded: a bounded LRU by (database file, event ID,
-    redacting event ID).
+    redacting event ID, time its content self-destructed).
 
     Decoding (zstd, then JSON) is most of what reading an event costs, and a big room's
     member list or a busy timeline is read again and again. An event's JSON changes
-    only when it is redacted, which changes the second half of the key, so an entry
-    is never stale. Shared by the reader and writer threads (a lock); ``Event`` is
+    only when it is redacted or self-destructs, which changes the rest of the key, so
+    an entry is never stale. Shared by the reader and writer threads (a lock); ``Event`` is
     immutable, each read still gets its own ``EventRecord``. Sized by
     ``caches.event_cache_size`` (:func:`configure_event_cache`).
     """
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max(1, max_size)
-        self._data: OrderedDict[tuple[str, str, str | None], Event] = OrderedDict()
+        self._data: OrderedDict[tuple[str, str, str | None, int | None], Event] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, str, str | None]) -> Event | None:
+    def get(self, key: tuple[str, str, str | None, int | None]) -> Event | None:
         with self._lock:
             ev = self._data.get(key)
             if ev is None:
@@ -188,7 +190,7 @@ class DecodedEvents:
             self.hits += 1
             return ev
 
-    def put(self, key: tuple[str, str, str | None], ev: Event) -> None:
+    def put(self, key: tuple[str, str, str | None, int | None], ev: Event) -> None:
         with self._lock:
             self._data[key] = ev
             while len(self._data) > self.max_size:
@@ -220,11 +222,12 @@ def _record(conn: Conn, row: Sequence[Any]) -> EventRecord:
     # Keyed by the database file too: tests run many servers in one process. An
     # in-memory database (storage tests) is never cached: they all have the same name.
     db_file = conn.filename
-    ev = _decoded.get((db_file, row[0], row[6])) if db_file else None
+    key = (db_file, row[0], row[6], row[9])
+    ev = _decoded.get(key) if db_file else None
     if ev is None:
         ev = Event.from_stored(decode_pdu(row[1]), KNOWN_ROOM_VERSIONS[row[2]], row[0])
         if db_file:
-            _decoded.put((db_file, row[0], row[6]), ev)
+            _decoded.put(key, ev)
     return EventRecord(ev, row[3], bool(row[4]), row[5], row[6], row[7], row[8])
 
 
@@ -582,7 +585,7 @@ def search_messages(
         f"{extra} ORDER BY e.stream_pos DESC LIMIT ?",
         args,
     ).fetchall()
-    return [(_record(conn, r[:9]), -float(r[9])) for r in rows]
+    return [(_record(conn, r[:_RECORD_NCOLS]), -float(r[_RECORD_NCOLS])) for r in rows]
 
 
 def count_relations(conn: Conn, parent_id: str, rel_type: str) -> int:

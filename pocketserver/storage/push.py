@@ -334,6 +334,27 @@ def events_after(conn: Conn, after_pos: int, upto: int, limit: int) -> list[Even
     return [recs[i] for i in ids if i in recs]
 
 
+def invites_from_elsewhere_after(conn: Conn, after_pos: int, upto: int) -> list[tuple[EventRecord, int]]:
+    """Invites of users with an HTTP pusher into rooms this server is not in, received in
+    (after_pos, upto], oldest first, each with the stream position of the membership.
+
+    Such an invite arrives alone (``PUT /invite``), is kept as an outlier with no
+    timeline position, and is the invitee's membership until they join: it is never
+    among :func:`events_after`, yet the invitee is to be told about it.
+    """
+    rows = conn.execute(
+        "SELECT e.event_id, m.stream_pos FROM room_memberships m"
+        " JOIN events e ON e.event_nid = m.event_nid"
+        " WHERE m.user_id IN (SELECT user_id FROM pushers WHERE kind = 'http')"
+        " AND m.stream_pos > ? AND m.stream_pos <= ? AND m.membership = 'invite'"
+        " AND e.stream_pos IS NULL AND e.rejected_reason IS NULL"
+        " ORDER BY m.stream_pos",
+        (after_pos, upto),
+    ).fetchall()
+    recs = ev_store.get_events(conn, [r[0] for r in rows])
+    return [(recs[eid], int(pos)) for eid, pos in rows if eid in recs]
+
+
 def events_in_rooms_before(
     conn: Conn, room_ids: Iterable[str], before_pos: int | None, limit: int, not_sender: str
 ) -> list[EventRecord]:

@@ -826,6 +826,23 @@ def _migration_sso(conn: apsw.Connection) -> None:
     conn.execute(SCHEMA_SSO)
 
 
+# MSC2228 self-destructing messages (``[experimental] msc2228_self_destruct``): the
+# events whose content is to be destroyed, and when; ``expired_ts`` marks an event
+# whose content was (it is part of the decoded-event cache key: the JSON changed).
+SCHEMA_EVENT_EXPIRY = """
+ALTER TABLE events ADD COLUMN expired_ts INTEGER;
+CREATE TABLE event_expiry (
+    event_nid INTEGER PRIMARY KEY,
+    expiry_ts INTEGER NOT NULL
+);
+CREATE INDEX event_expiry_ts ON event_expiry (expiry_ts);
+"""
+
+
+def _migration_event_expiry(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA_EVENT_EXPIRY)
+
+
 # Append-only: each merge that brings migrations puts them after the ones already here.
 MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_erased_users,
@@ -833,6 +850,7 @@ MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
     _migration_threepids,
     _migration_identity,
     _migration_sso,
+    _migration_event_expiry,
 ]
 
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketserver.storage.database import Conn
-from pocketserver.storage.events import _RECORD_COLS, _RECORD_FROM, EventRecord, _record
+from pocketserver.storage.events import (
+    _RECORD_COLS,
+    _RECORD_FROM,
+    _RECORD_NCOLS,
+    EventRecord,
+    _record,
+)
 
 _TERM = re.compile(r'(-?)"([^"]*)"?|(\S+)')
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -158,7 +164,7 @@ def search_events(
         f" WHERE event_search MATCH ? AND {where} ORDER BY {order} LIMIT ? OFFSET ?",
         [match, *args, limit, offset if by_rank else 0],
     ).fetchall()
-    return [(_record(conn, r[:9]), -float(r[9])) for r in rows]
+    return [(_record(conn, r[:_RECORD_NCOLS]), -float(r[_RECORD_NCOLS])) for r in rows]
 
 
 def matching_rooms(conn: Conn, match: str, scope: Scope) -> set[str]:

@@ -18,6 +18,7 @@ from pocketserver.config import Config
 from pocketserver.server import RunningServer
 from tests.api.helpers import V3, auth_headers, create_room, join, register, send, sync
 from tests.conftest import make_config
+from tests.federation.servers import start_federating_server
 
 
 @pytest.fixture
@@ -319,6 +320,8 @@ async def test_notifications_list_pages_and_highlights(http: httpx.AsyncClient) 
     assert [n["read"] for n in notes] == [False, False, True]
     assert notes[0]["room_id"] == room and notes[0]["actions"] == ["notify"]
     assert isinstance(notes[0]["ts"], int)
+    # The rules are global, without a profile tag; the key is there all the same.
+    assert all(n["profile_tag"] == "" for n in notes)
     # Paging.
     page1 = (await http.get(f"{V3}/notifications", params={"limit": 2}, headers=h)).json()
     assert [n["event"]["event_id"] for n in page1["notifications"]] == [e3, e2]
@@ -542,6 +545,28 @@ async def test_event_id_only_retry_and_rejection(http: httpx.AsyncClient, gatewa
             await trio.sleep(0.05)
 
 
+async def test_a_rejected_pushkey_removes_only_its_pusher(http: httpx.AsyncClient, gateway: Gateway) -> None:
+    """Two phones of Alice's on one gateway; the gateway says one pushkey is no longer
+    valid: that pusher goes (push gateway API, ``rejected``), the other keeps getting
+    notifications."""
+    (_, atok), (_, btok), room = await three_people(http)
+    for key in ("key_1", "key_2"):
+        r = await http.post(f"{V3}/pushers/set", json=pusher_body(gateway.url, key), headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+    gateway.rejected = ["key_1"]
+    await send(http, btok, room, text("one"))
+    await gateway.wait_for(2)
+    with trio.fail_after(10):
+        while len((await http.get(f"{V3}/pushers", headers=auth_headers(atok))).json()["pushers"]) != 1:
+            await trio.sleep(0.05)
+    [left] = (await http.get(f"{V3}/pushers", headers=auth_headers(atok))).json()["pushers"]
+    assert left["pushkey"] == "key_2"
+    await send(http, btok, room, text("two"))
+    got = await gateway.wait_for(3)
+    assert got[2]["notification"]["content"]["body"] == "two"
+    assert got[2]["notification"]["devices"][0]["pushkey"] == "key_2"
+
+
 async def test_a_read_receipt_sends_the_new_badge_count(http: httpx.AsyncClient, gateway: Gateway) -> None:
     (_, atok), (bob, btok), room = await three_people(http)
     await http.post(f"{V3}/pushers/set", json=pusher_body(gateway.url), headers=auth_headers(atok))
@@ -617,6 +642,101 @@ async def test_invite_pushes_to_the_invitee(http: httpx.AsyncClient, gateway: Ga
     got = await gateway.wait_for(1)
     note = got[0]["notification"]
     assert note["type"] == "m.room.member" and note["user_is_target"] is True
+
+
+# -- what arrives over federation -------------------------------------------------------------
+
+
+async def _messages_pushed(gw: Gateway, last_body: str) -> list[str]:
+    """The bodies of the messages pushed, in order, once ``last_body`` has been (a
+    pusher delivers in stream order, so what was not pushed before it never will be)."""
+    with trio.fail_after(30):
+        while not any((g["notification"].get("content") or {}).get("body") == last_body for g in gw.received):
+            await gw.changed.wait()
+    return [
+        g["notification"]["content"]["body"]
+        for g in gw.received
+        if g["notification"].get("type") == "m.room.message"
+    ]
+
+
+async def test_an_invite_from_another_server_is_pushed_with_the_rooms_name(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    """Carol on another server invites Alice into a room Alice's server is not in: the
+    invite arrives alone (federation /invite, no room timeline here), and Alice's phone
+    is still told who invited her to which room."""
+    here = await start_federating_server(nursery, tmp_path / "here")
+    there = await start_federating_server(nursery, tmp_path / "there")
+    gw = await start_gateway(nursery)
+    async with httpx.AsyncClient(base_url=here.urls[0], timeout=30) as h, httpx.AsyncClient(
+        base_url=there.urls[0], timeout=30
+    ) as t:
+        alice, atok, _ = await register(h, "alice")
+        carol, ctok, _ = await register(t, "carol")
+        r = await t.put(f"{V3}/profile/{carol}/displayname", json={"displayname": "Carol C"}, headers=auth_headers(ctok))
+        assert r.status_code == 200, r.text
+        r = await h.post(f"{V3}/pushers/set", json=pusher_body(gw.url), headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        room = await create_room(t, ctok, preset="private_chat", name="Tea room", invite=[alice])
+        note = (await gw.wait_for(1))[0]["notification"]
+        assert note["type"] == "m.room.member" and note["room_id"] == room
+        assert note["sender"] == carol and note["sender_display_name"] == "Carol C"
+        assert note["membership"] == "invite" and note["user_is_target"] is True
+        assert note["room_name"] == "Tea room"
+        assert note["devices"][0]["tweaks"] == {"sound": "default"}
+        # An invite this server never saw in a room timeline is not pushed twice when
+        # it is accepted, and the room's messages push as any room's do.
+        r = await h.post(f"{V3}/join/{quote(room)}", json={}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        await send(t, ctok, room, text("welcome"))
+        assert await _messages_pushed(gw, "welcome") == ["welcome"]
+        assert [g["notification"].get("type") for g in gw.received].count("m.room.member") == 1
+
+
+async def test_a_muted_room_stays_quiet_for_events_from_another_server(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    """The two ways Element mutes a room, for messages that come over federation:
+    "Mentions & keywords" (a room rule without actions) lets only mentions through,
+    "Mute" (an override rule on the room ID) silences even those; an invite elsewhere
+    still gets through."""
+    here = await start_federating_server(nursery, tmp_path / "here")
+    there = await start_federating_server(nursery, tmp_path / "there")
+    gw = await start_gateway(nursery)
+    async with httpx.AsyncClient(base_url=here.urls[0], timeout=30) as h, httpx.AsyncClient(
+        base_url=there.urls[0], timeout=30
+    ) as t:
+        alice, atok, _ = await register(h, "alice")
+        carol, ctok, _ = await register(t, "carol")
+        room = await create_room(t, ctok, preset="private_chat", invite=[alice])
+        with trio.fail_after(30):
+            while room not in (await sync(h, atok, timeout=0))["rooms"]["invite"]:
+                await trio.sleep(0.05)
+        r = await h.post(f"{V3}/join/{quote(room)}", json={}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        r = await h.post(f"{V3}/pushers/set", json=pusher_body(gw.url), headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        rules = f"{V3}/pushrules/global"
+        r = await h.put(f"{rules}/room/{quote(room)}", json={"actions": ["dont_notify"]}, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        await send(t, ctok, room, text("chatter"))
+        await send(t, ctok, room, text(f"chatter naming {alice}"))  # no intentional mention
+        await send(t, ctok, room, text("alice, look", mentions=[alice]))
+        assert await _messages_pushed(gw, "alice, look") == ["alice, look"]
+        mute = {"actions": [], "conditions": [{"kind": "event_match", "key": "room_id", "pattern": room}]}
+        r = await h.put(f"{rules}/override/{quote(room)}", json=mute, headers=auth_headers(atok))
+        assert r.status_code == 200, r.text
+        await send(t, ctok, room, text("muted mention", mentions=[alice]))
+        await send(t, ctok, room, {"msgtype": "m.text", "body": "muted @room", "m.mentions": {"room": True}})
+        # Carol then invites Alice elsewhere: a pusher delivers in stream order, so once
+        # that invite is pushed, whatever came before it and was not pushed never will be.
+        other = await create_room(t, ctok, preset="private_chat", invite=[alice])
+        with trio.fail_after(30):
+            while not any(g["notification"].get("room_id") == other for g in gw.received):
+                await gw.changed.wait()
+        assert [g["notification"]["content"]["body"] for g in gw.received
+                if g["notification"].get("type") == "m.room.message"] == ["alice, look"]
 
 
 # -- a push gateway over TLS: [federation]'s TLS settings apply -------------------------------

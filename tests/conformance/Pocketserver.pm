@@ -341,6 +341,9 @@ sub _get_config
          allowed_ip_ranges => [ @loopback ],
       } ],
       ( @appservices ? [ "appservices", { registration_files => [ @appservices ] } ] : () ),
+      # MSC2228 self-destructing messages, as SyTest's Synapse config turns on
+      # (enable_ephemeral_messages): off by default in pocketserver.
+      [ "experimental", { msc2228_self_destruct => JSON::true } ],
       # Validation mails go to SyTest's SMTP server (no TLS), as Synapse's are.
       ( $self->{smtp_server_config} ? ( [ "email", {
          smtp_host  => $self->{smtp_server_config}{host},
