@@ -347,7 +347,10 @@ class RoomHosting:
     async def on_invite(self, origin: str, room_id: str, event_id: str, body: Any) -> JsonDict:
         """``PUT /_matrix/federation/v2/invite/{roomId}/{eventId}``: one of our users is
         invited; check the event, sign it with our key, keep it (an outlier) so the
-        invitee's /sync shows it with ``invite_room_state``."""
+        invitee's /sync shows it with ``invite_room_state``. The invitee need not have
+        an account yet (as with Synapse): an application service's users are registered
+        when first invited, and a 404 here would tell the inviting server to retry with
+        the v1 API (invites-v2), not that the user is unknown."""
         if not isinstance(body, dict):
             raise MatrixError(400, "M_NOT_JSON", "The body must be a JSON object")
         version = body.get("room_version")
@@ -374,9 +377,6 @@ class RoomHosting:
             raise MatrixError(400, "M_INVALID_PARAM", "The invitee is not a user of this server")
         if _domain(event.sender) != origin:
             raise Forbidden("The inviter does not belong to the requesting server")
-        exists = await self.db.read(lambda c: c.execute("SELECT 1 FROM users WHERE user_id = ?", (event.state_key,)).fetchone())
-        if not exists:
-            raise NotFound("No such user")
         if await self.db.read(blocks_invites, event.state_key):
             raise InviteBlocked("The user does not accept invites")
         info = await self.db.read(ev_store.get_room, room_id)
@@ -466,6 +466,8 @@ class RoomHosting:
             rec = ev_store.get_event(conn, event_id)
             if rec is None:
                 raise NotFound("Unknown event")
+            if not graph.acl_allows(conn, rec.event.room_id, origin):
+                raise Forbidden("The server ACL of the room denies the requesting server")
             self._check_origin_in_room(conn, rec.event.room_id, origin)
             return self._envelope([self._for_server(conn, rec, origin)])
 
@@ -520,10 +522,13 @@ class RoomHosting:
         return await self.db.read(read)
 
     async def get_missing_events(self, origin: str, room_id: str, body: Any) -> JsonDict:
-        """``POST /_matrix/federation/v1/get_missing_events/{roomId}``"""
+        """``POST /_matrix/federation/v1/get_missing_events/{roomId}``. An absent
+        ``earliest_events`` or ``latest_events`` reads as an empty list (as Synapse
+        reads it: with no ``latest_events`` nothing is asked for, and ``{"events": []}``
+        is the answer); present, they must be lists of event IDs."""
         if not isinstance(body, dict):
             raise MatrixError(400, "M_NOT_JSON", "The body must be a JSON object")
-        earliest, latest = body.get("earliest_events"), body.get("latest_events")
+        earliest, latest = body.get("earliest_events", []), body.get("latest_events", [])
         limit, min_depth = body.get("limit", 10), body.get("min_depth", 0)
         if not isinstance(earliest, list) or not isinstance(latest, list):
             raise MatrixError(400, "M_BAD_JSON", "earliest_events and latest_events must be lists")
