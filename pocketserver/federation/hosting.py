@@ -300,20 +300,29 @@ class RoomHosting:
         out["signatures"] = signed["signatures"]
         return out
 
-    async def _accept(self, origin: str, info: RoomInfo, event_id: str, pdu: Any, membership: str) -> Event:
-        if not isinstance(pdu, dict):
-            raise MatrixError(400, "M_BAD_JSON", "The event must be a JSON object")
+    async def _checked(self, pdu: JsonDict, rv: RoomVersion) -> Event:
+        """Steps 1-3 of the PDU checks for an event one server hands us to countersign
+        or accept (send_join, send_leave, send_knock, invite), with one answer for each
+        way it can fail: not canonical JSON -> 400 ``M_BAD_JSON``; not signed, or signed
+        badly, by the servers that must sign it -> 403 ``M_FORBIDDEN`` (no server vouches
+        for it: a refusal, as Synapse answers; invites-v1/v2 mandate no code); anything
+        else malformed -> 400 ``M_INVALID_PARAM``."""
         try:
-            event = await self.intake.check_event(pdu, info.room_version)
+            return await self.intake.check_event(pdu, rv)
         except NonCanonicalPdu as e:
             raise MatrixError(400, "M_BAD_JSON", str(e)) from None
         except BadlySigned as e:
-            raise Forbidden(str(e)) from None
+            raise Forbidden(f"The event is not signed by its server: {e}") from None
         except IntakeError as e:
-            if _unsigned(pdu, info.room_version):
+            if _unsigned(pdu, rv):
                 # The template sent back as it came: no server vouches for it.
                 raise Forbidden("The event is not signed") from None
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+
+    async def _accept(self, origin: str, info: RoomInfo, event_id: str, pdu: Any, membership: str) -> Event:
+        if not isinstance(pdu, dict):
+            raise MatrixError(400, "M_BAD_JSON", "The event must be a JSON object")
+        event = await self._checked(pdu, info.room_version)
         if event.event_id != event_id:
             raise MatrixError(400, "M_INVALID_PARAM", "The event ID does not match the path")
         if event.room_id != info.room_id:
@@ -362,12 +371,7 @@ class RoomHosting:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", f"Unknown room version {version}", room_version=version)
         if not isinstance(pdu, dict):
             raise MatrixError(400, "M_MISSING_PARAM", "event is required")
-        try:
-            event = await self.intake.check_event(pdu, rv)
-        except NonCanonicalPdu as e:
-            raise MatrixError(400, "M_BAD_JSON", str(e)) from None
-        except IntakeError as e:
-            raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+        event = await self._checked(pdu, rv)
         stripped = await self._invite_room_state(body.get("invite_room_state", []), room_id, rv)
         if event.event_id != event_id or event.room_id != room_id:
             raise MatrixError(400, "M_INVALID_PARAM", "The event does not match the path")

@@ -150,7 +150,9 @@ async def test_invite_to_a_blocking_user_is_403_m_invite_blocked(signed: Signed)
 async def test_a_v1_invite_is_countersigned_and_shown_to_the_invitee(signed: Signed) -> None:
     """The deprecated ``PUT /v1/invite``: the body is the event, the answer
     ``[200, {"event"}]`` with our signature added; the invitee's /sync shows it. An
-    unsigned invite is refused (M_INVALID_PARAM, as invites-v1 asks)."""
+    invite its server did not sign, or signed with a bad signature, is refused with 403
+    M_FORBIDDEN, as send_join, send_leave and send_knock refuse such events (and as
+    Synapse answers; invites-v1 mandates no code)."""
     s = signed
     async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
         carol, token, _ = await register(http, "carol")
@@ -169,8 +171,14 @@ async def test_a_v1_invite_is_countersigned_and_shown_to_the_invitee(signed: Sig
         "prev_events": [], "auth_events": [], "origin": s.origin_name,
     }, s.origin_name, s.origin.services.signing_key, rv)
     unsigned_invite = dict(invite, signatures={})
-    r = await s.request("PUT", f"{FED}/v1/invite/{_q(room_id)}/{_q(eid)}", unsigned_invite)
-    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
+    key_id = s.origin.services.signing_key.key_id
+    badly_signed = dict(invite, signatures={s.origin_name: {key_id: invite["signatures"][s.origin_name][key_id][::-1]}})
+    for refused in (unsigned_invite, badly_signed):
+        r = await s.request("PUT", f"{FED}/v1/invite/{_q(room_id)}/{_q(eid)}", refused)
+        assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", r.text
+        r = await s.request("PUT", f"{FED}/v2/invite/{_q(room_id)}/{_q(eid)}",
+                            {"room_version": "1", "event": refused, "invite_room_state": [create]})
+        assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", r.text
     body = dict(invite, unsigned={"invite_room_state": [create]})
     r = await s.request("PUT", f"{FED}/v1/invite/{_q(room_id)}/{_q(eid)}", body)
     assert r.status_code == 200, r.text
