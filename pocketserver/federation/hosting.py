@@ -357,9 +357,9 @@ class RoomHosting:
         """``PUT /_matrix/federation/v2/invite/{roomId}/{eventId}``: one of our users is
         invited; check the event, sign it with our key, keep it (an outlier) so the
         invitee's /sync shows it with ``invite_room_state``. The invitee need not have
-        an account yet (as with Synapse): an application service's users are registered
-        when first invited, and a 404 here would tell the inviting server to retry with
-        the v1 API (invites-v2), not that the user is unknown."""
+        an account yet, as with Synapse (bridges register their users when these are
+        first invited; and a 404 here would tell the inviting server to retry with the
+        v1 API, invites-v2 says, not that the user is unknown)."""
         if not isinstance(body, dict):
             raise MatrixError(400, "M_NOT_JSON", "The body must be a JSON object")
         version = body.get("room_version")
