@@ -56,6 +56,8 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 60.0
 # Background resyncs at once (each one GET /user/devices).
 MAX_RESYNCS = 8
+# Fetches in one resync when updates keep arriving while it is under way.
+MAX_RESYNC_ROUNDS = 3
 # Devices accepted in one remote user's list.
 MAX_REMOTE_DEVICES = 1000
 
@@ -108,6 +110,18 @@ def _valid_cross_signing(obj: Any, user_id: str) -> bool:
     return isinstance(obj, dict) and obj.get("user_id") == user_id and isinstance(obj.get("keys"), dict)
 
 
+class _Resync:
+    """One user's resync under way: who waits for it waits for ``done``."""
+
+    __slots__ = ("again", "done", "ok")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.ok = False
+        # An update came while the fetch was under way: its answer may predate it.
+        self.again = False
+
+
 class FederatedKeys:
     def __init__(
         self,
@@ -125,7 +139,7 @@ class FederatedKeys:
         self.server_name = server_name
         self.e2ee = e2ee
         self._nursery: trio.Nursery | None = None
-        self._resyncing: set[str] = set()
+        self._resyncs: dict[str, _Resync] = {}
         self._resync_limit = trio.CapacityLimiter(MAX_RESYNCS)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -267,6 +281,41 @@ class FederatedKeys:
     # -- device-list cache ----------------------------------------------------------------
 
     async def resync_user(self, user_id: str, *, timeout_s: float = MAX_TIMEOUT_S) -> bool:
+        """Bring a remote user's cached device list up to date (``GET /user/devices``);
+        whether that worked within ``timeout_s``. One resync per user at a time: a
+        caller that comes while one is under way (started by a gap in the updates, or
+        by another client's query) waits for it rather than asking again."""
+        if self._nursery is None:
+            return await self._fetch_devices(user_id, timeout_s)
+        resync = self._start_resync(user_id)
+        with trio.move_on_after(timeout_s):
+            await resync.done.wait()
+        return resync.ok
+
+    def _start_resync(self, user_id: str) -> _Resync:
+        resync = self._resyncs.get(user_id)
+        if resync is None:
+            assert self._nursery is not None
+            resync = self._resyncs[user_id] = _Resync()
+            self._nursery.start_soon(self._run_resync, user_id, resync)
+        return resync
+
+    async def _run_resync(self, user_id: str, resync: _Resync) -> None:
+        try:
+            async with self._resync_limit:
+                for _ in range(MAX_RESYNC_ROUNDS):
+                    resync.again = False
+                    resync.ok = await self._fetch_devices(user_id, MAX_TIMEOUT_S)
+                    if not resync.ok or not resync.again:
+                        break
+                if resync.ok and resync.again:
+                    # Still changing: the next query fetches it again.
+                    await self.db.write(store.mark_stale, user_id)
+        finally:
+            del self._resyncs[user_id]
+            resync.done.set()
+
+    async def _fetch_devices(self, user_id: str, timeout_s: float) -> bool:
         """Fetch a remote user's whole device list (``GET /user/devices``) into the cache;
         whether it worked."""
         server = _domain(user_id)
@@ -337,18 +386,13 @@ class FederatedKeys:
         return pos
 
     def _resync_soon(self, user_id: str) -> None:
-        if user_id in self._resyncing or self._nursery is None:
+        if self._nursery is None:
             return
-        self._resyncing.add(user_id)
-
-        async def resync() -> None:
-            try:
-                async with self._resync_limit:
-                    await self.resync_user(user_id)
-            finally:
-                self._resyncing.discard(user_id)
-
-        self._nursery.start_soon(resync)
+        under_way = self._resyncs.get(user_id)
+        if under_way is not None:
+            under_way.again = True
+            return
+        self._start_resync(user_id)
 
     # -- inbound EDUs (the transaction handler calls these) --------------------------------
 

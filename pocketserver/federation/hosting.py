@@ -300,20 +300,29 @@ class RoomHosting:
         out["signatures"] = signed["signatures"]
         return out
 
-    async def _accept(self, origin: str, info: RoomInfo, event_id: str, pdu: Any, membership: str) -> Event:
-        if not isinstance(pdu, dict):
-            raise MatrixError(400, "M_BAD_JSON", "The event must be a JSON object")
+    async def _checked(self, pdu: JsonDict, rv: RoomVersion) -> Event:
+        """Steps 1-3 of the PDU checks for an event one server hands us to countersign
+        or accept (send_join, send_leave, send_knock, invite), with one answer for each
+        way it can fail: not canonical JSON -> 400 ``M_BAD_JSON``; not signed, or signed
+        badly, by the servers that must sign it -> 403 ``M_FORBIDDEN`` (no server vouches
+        for it: a refusal, as Synapse answers; invites-v1/v2 mandate no code); anything
+        else malformed -> 400 ``M_INVALID_PARAM``."""
         try:
-            event = await self.intake.check_event(pdu, info.room_version)
+            return await self.intake.check_event(pdu, rv)
         except NonCanonicalPdu as e:
             raise MatrixError(400, "M_BAD_JSON", str(e)) from None
         except BadlySigned as e:
-            raise Forbidden(str(e)) from None
+            raise Forbidden(f"The event is not signed by its server: {e}") from None
         except IntakeError as e:
-            if _unsigned(pdu, info.room_version):
+            if _unsigned(pdu, rv):
                 # The template sent back as it came: no server vouches for it.
                 raise Forbidden("The event is not signed") from None
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+
+    async def _accept(self, origin: str, info: RoomInfo, event_id: str, pdu: Any, membership: str) -> Event:
+        if not isinstance(pdu, dict):
+            raise MatrixError(400, "M_BAD_JSON", "The event must be a JSON object")
+        event = await self._checked(pdu, info.room_version)
         if event.event_id != event_id:
             raise MatrixError(400, "M_INVALID_PARAM", "The event ID does not match the path")
         if event.room_id != info.room_id:
@@ -347,7 +356,10 @@ class RoomHosting:
     async def on_invite(self, origin: str, room_id: str, event_id: str, body: Any) -> JsonDict:
         """``PUT /_matrix/federation/v2/invite/{roomId}/{eventId}``: one of our users is
         invited; check the event, sign it with our key, keep it (an outlier) so the
-        invitee's /sync shows it with ``invite_room_state``."""
+        invitee's /sync shows it with ``invite_room_state``. The invitee need not have
+        an account yet, as with Synapse (bridges register their users when these are
+        first invited; and a 404 here would tell the inviting server to retry with the
+        v1 API, invites-v2 says, not that the user is unknown)."""
         if not isinstance(body, dict):
             raise MatrixError(400, "M_NOT_JSON", "The body must be a JSON object")
         version = body.get("room_version")
@@ -359,12 +371,7 @@ class RoomHosting:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", f"Unknown room version {version}", room_version=version)
         if not isinstance(pdu, dict):
             raise MatrixError(400, "M_MISSING_PARAM", "event is required")
-        try:
-            event = await self.intake.check_event(pdu, rv)
-        except NonCanonicalPdu as e:
-            raise MatrixError(400, "M_BAD_JSON", str(e)) from None
-        except IntakeError as e:
-            raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+        event = await self._checked(pdu, rv)
         stripped = await self._invite_room_state(body.get("invite_room_state", []), room_id, rv)
         if event.event_id != event_id or event.room_id != room_id:
             raise MatrixError(400, "M_INVALID_PARAM", "The event does not match the path")
@@ -374,9 +381,6 @@ class RoomHosting:
             raise MatrixError(400, "M_INVALID_PARAM", "The invitee is not a user of this server")
         if _domain(event.sender) != origin:
             raise Forbidden("The inviter does not belong to the requesting server")
-        exists = await self.db.read(lambda c: c.execute("SELECT 1 FROM users WHERE user_id = ?", (event.state_key,)).fetchone())
-        if not exists:
-            raise NotFound("No such user")
         if await self.db.read(blocks_invites, event.state_key):
             raise InviteBlocked("The user does not accept invites")
         info = await self.db.read(ev_store.get_room, room_id)
@@ -466,6 +470,8 @@ class RoomHosting:
             rec = ev_store.get_event(conn, event_id)
             if rec is None:
                 raise NotFound("Unknown event")
+            if not graph.acl_allows(conn, rec.event.room_id, origin):
+                raise Forbidden("The server ACL of the room denies the requesting server")
             self._check_origin_in_room(conn, rec.event.room_id, origin)
             return self._envelope([self._for_server(conn, rec, origin)])
 
@@ -520,10 +526,13 @@ class RoomHosting:
         return await self.db.read(read)
 
     async def get_missing_events(self, origin: str, room_id: str, body: Any) -> JsonDict:
-        """``POST /_matrix/federation/v1/get_missing_events/{roomId}``"""
+        """``POST /_matrix/federation/v1/get_missing_events/{roomId}``. An absent
+        ``earliest_events`` or ``latest_events`` reads as an empty list (as Synapse
+        reads it: with no ``latest_events`` nothing is asked for, and ``{"events": []}``
+        is the answer); present, they must be lists of event IDs."""
         if not isinstance(body, dict):
             raise MatrixError(400, "M_NOT_JSON", "The body must be a JSON object")
-        earliest, latest = body.get("earliest_events"), body.get("latest_events")
+        earliest, latest = body.get("earliest_events", []), body.get("latest_events", [])
         limit, min_depth = body.get("limit", 10), body.get("min_depth", 0)
         if not isinstance(earliest, list) or not isinstance(latest, list):
             raise MatrixError(400, "M_BAD_JSON", "earliest_events and latest_events must be lists")

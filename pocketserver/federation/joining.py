@@ -146,13 +146,18 @@ class RemoteRooms:
 
     # -- errors ----------------------------------------------------------------------------
 
-    def _client_error(self, refused: FederationError | None, what: str) -> MatrixError:
+    def _client_error(self, refused: FederationError | None, what: str, unusable: str | None = None) -> MatrixError:
         """The client's answer when no server completed ``what``: the refusal of the
-        last server that refused (its errcode, never its body), else 502 (as Synapse)."""
+        last server that refused (its errcode, never its body), else 502 (as Synapse),
+        saying why when a server answered something we could not use (``unusable``,
+        our own words: a make_join template that is no valid event of the room's
+        version, a send_join answer without the room's create event, ...)."""
         if refused is not None and 400 <= refused.status < 500 and refused.status != 429:
             errcode = refused.errcode if refused.errcode.startswith("M_") else "M_FORBIDDEN"
             status = refused.status if refused.status in (400, 403, 404) else 403
             return MatrixError(status, errcode, f"The room's server refused the {what}")
+        if unusable is not None:
+            return MatrixError(502, "M_UNKNOWN", f"The room's server gave an answer this server cannot use: {unusable}")
         return MatrixError(502, "M_UNKNOWN", f"No server in the room could be reached to {what}")
 
     def candidates(self, servers: Iterable[str]) -> list[str]:
@@ -259,7 +264,7 @@ class RemoteRooms:
             signed = sign_event(pdu, self.server_name, self.signing_key, rv)
             event = pc.check_format(signed, rv)
         except (ValueError, EventFormatError) as e:
-            raise JoinFailed(f"the make_{membership} template is not a valid event: {e}") from None
+            raise JoinFailed(f"the make_{membership} template is not a valid event of room version {rv.identifier}: {e}") from None
         return event
 
     # -- joining -----------------------------------------------------------------------------
@@ -270,6 +275,7 @@ class RemoteRooms:
         """Join ``room_id`` through the first of ``servers`` that lets us. Raises the
         client's error when none does."""
         refused: FederationError | None = None
+        unusable: str | None = None
         tried = self.candidates(servers)
         if not tried:
             raise NotFound("No server to join the room through is known")
@@ -291,7 +297,8 @@ class RemoteRooms:
                 log.info("joining %s through %s: unreachable: %s", room_id, server, e)
             except JoinFailed as e:
                 log.warning("joining %s through %s failed: %s", room_id, server, e)
-        raise self._client_error(refused, "join")
+                unusable = str(e)
+        raise self._client_error(refused, "join", unusable)
 
     async def _send_join(self, server: str, event: Event, rv: RoomVersion) -> None:
         """``send_join`` v2, its answer spooled to a temporary file as it arrives (never

@@ -846,7 +846,7 @@ class E2eeService:
         limit: int = 100,
     ) -> tuple[JsonDict, int | None]:
         """Every encryption section of one /sync answer, read in one transaction:
-        ``device_lists`` (incremental syncs), ``to_device``, the one-time-key counts and
+        ``device_lists`` (incremental syncs, its non-empty lists), ``to_device``, the one-time-key counts and
         the unused fallback key types. Returns (sections, the to-device position this
         answer is complete up to; None without a device). Acknowledged to-device
         messages are deleted as in :meth:`to_device_for_sync`."""
@@ -866,7 +866,11 @@ class E2eeService:
         out: JsonDict = {}
         if since_pos is not None:
             changed, left = lists if lists is not None else ([], [])
-            out["device_lists"] = {"changed": changed, "left": left}
+            # Only the lists with someone in them: both are optional, and Synapse leaves
+            # an empty one out too (a client may take a present ``changed`` as news).
+            section = {k: v for k, v in (("changed", changed), ("left", left)) if v}
+            if section:
+                out["device_lists"] = section
         if device_id is None:
             return out, None
         events, reached = await self._acknowledge(

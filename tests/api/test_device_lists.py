@@ -81,3 +81,23 @@ async def test_an_invited_user_is_news_to_the_room(http: httpx.AsyncClient) -> N
     assert r.status_code == 200, r.text
     changed, _ = await _changed(http, atok, since)
     assert bob in changed
+
+
+async def test_device_lists_holds_only_the_lists_with_someone_in_them(http: httpx.AsyncClient) -> None:
+    """Both lists are optional: an incremental sync with no device news has no
+    ``device_lists``, and one where somebody only left has ``left`` and no ``changed``
+    (a client, or SyTest, may take a present ``changed`` as news to look through)."""
+    alice, atok, _ = await register(http, "dl_stayer")
+    bob, btok, _ = await register(http, "dl_leaver")
+    room = await create_room(http, atok, preset="public_chat")
+    await join(http, btok, room)
+    since = (await sync(http, atok))["next_batch"]
+    await http.put(f"{V3}/rooms/{room}/send/m.room.message/t1", json={"msgtype": "m.text", "body": "hi"},
+                   headers=auth_headers(atok))
+    out = await sync(http, atok, since=since, timeout=0)
+    assert out["rooms"]["join"][room]["timeline"]["events"] and "device_lists" not in out
+    r = await http.post(f"{V3}/rooms/{room}/leave", json={}, headers=auth_headers(btok))
+    assert r.status_code == 200, r.text
+    out = await sync(http, atok, since=out["next_batch"], timeout=0)
+    assert out["device_lists"] == {"left": [bob]}
+    del alice

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from pocketserver.services import Services
 from tests.api.e2ee_helpers import CrossSigning, FakeDevice
@@ -176,6 +177,63 @@ async def test_a_gap_in_stream_ids_resyncs_the_list(tmp_path: Path) -> None:
             return sorted(got["device_keys"][BOB]) == ["B1", "B3", "B4"]
 
         await poll(has_all)
+        assert all(p.endswith("/user/devices/%40bob%3Aa.remote") for p in key_requests(remotes))
+
+
+async def test_a_query_during_a_resync_waits_for_it_and_an_update_meanwhile_fetches_again(tmp_path: Path) -> None:
+    """A client's /keys/query while the list is being resynced after a gap waits for
+    that resync instead of asking bob's server a second time (a server that answers
+    once would leave the query with nothing, and it is twice the work); an update that
+    arrives while the resync is under way makes it fetch once more, since the answer on
+    its way may predate that update."""
+    a = RemoteA()
+    answers_of_bob: list[Any] = []  # /user/devices as bob's server has it when asked
+
+    def snapshot() -> None:
+        answers_of_bob.append(a("GET", "a.remote", "/_matrix/federation/v1/user/devices/%40bob%3Aa.remote", None))
+
+    def handler(method: str, destination: str, path: str, body: Any) -> Any:
+        return answers_of_bob.pop(0) if "/user/devices/" in path else a(method, destination, path, body)
+
+    remotes = FakeRemotes(handler=handler)
+    async with running_services(tmp_path, remotes) as svc:
+        alice, _ = await _shared_room(svc)
+        assert svc.federation_keys is not None
+        snapshot()
+        await svc.e2ee.query_keys(alice.user_id, {BOB: []})  # cached at stream ID 7
+        remotes.hold = trio.Event()
+        a.devices["B3"] = FakeDevice(BOB, "B3")
+        a.stream_id = 9
+        snapshot()
+        await svc.federation_keys.on_device_list_update(
+            "a.remote", {"user_id": BOB, "device_id": "B3", "stream_id": 9, "prev_id": [8],
+                         "keys": a.devices["B3"].device_keys()},
+        )
+        await remotes.wait_until(lambda: len(key_requests(remotes)) == 2)  # the resync, held
+        got: list[Any] = []
+
+        async def query() -> None:
+            got.append(await svc.e2ee.query_keys(alice.user_id, {BOB: []}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(query)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(key_requests(remotes)) == 2  # the query waits for the resync under way
+            # bob adds a device while the answer of stream ID 9 is on its way.
+            a.devices["B4"] = FakeDevice(BOB, "B4")
+            a.stream_id = 10
+            snapshot()
+            await svc.federation_keys.on_device_list_update(
+                "a.remote", {"user_id": BOB, "device_id": "B4", "stream_id": 10, "prev_id": [9],
+                             "keys": a.devices["B4"].device_keys()},
+            )
+            hold, remotes.hold = remotes.hold, None
+            hold.set()
+        [answer] = got
+        assert sorted(answer["device_keys"][BOB]) == ["B1", "B3", "B4"]
+        assert not answer["failures"]
+        # The query asked nothing itself: the fetch after the gap, and one after bob's update.
+        assert len(key_requests(remotes)) == 3 and not answers_of_bob
         assert all(p.endswith("/user/devices/%40bob%3Aa.remote") for p in key_requests(remotes))
 
 

@@ -185,7 +185,7 @@ async def test_a_room_of_a_version_we_lack_is_m_incompatible_room_version(host: 
     host.requester.make_join_answer[REMOTE] = FederationError(
         400, "M_INCOMPATIBLE_ROOM_VERSION", "upgrade", room_version="future-ver"
     )
-    _alice, token = await host.user()
+    alice, token = await host.user()
     r = await _join(host, token, room.room_id.replace("!", "%21"))
     assert (r.status_code, r.json()) == (400, {
         "errcode": "M_INCOMPATIBLE_ROOM_VERSION",
@@ -197,6 +197,18 @@ async def test_a_room_of_a_version_we_lack_is_m_incompatible_room_version(host: 
     r = await _join(host, token, room.room_id.replace("!", "%21"))
     assert r.status_code == 400 and r.json()["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION"
     assert r.json()["room_version"] == "future-ver"
+    # A template that names no version is of version 1 or 2 (joins-v1); one in a later
+    # version's format then is no valid event: refused at once, no send_join sent, and
+    # the client told the room's server answered something unusable (not "unreachable").
+    host.requester.make_join_answer[REMOTE] = {"event": {
+        "type": "m.room.member", "room_id": room.room_id, "sender": alice, "state_key": alice,
+        "content": {"membership": "join"}, "depth": 5, "origin_server_ts": 1,
+        "prev_events": ["$later-format"], "auth_events": ["$later-format"],
+    }}
+    r = await _join(host, token, room.room_id.replace("!", "%21"))
+    assert (r.status_code, r.json()["errcode"]) == (502, "M_UNKNOWN"), r.text
+    assert "cannot use" in r.json()["error"] and "room version 1" in r.json()["error"]
+    assert host.requester.asked("PUT", "send_join") == []
 
 
 async def test_invite_a_remote_user_is_countersigned_and_kept(host: Host) -> None:

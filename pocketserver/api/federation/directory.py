@@ -1,13 +1,14 @@
 """This server's published room directory (server-server public_rooms.yaml: the client
 endpoint's answer, with its filter, limit and since) and its spaces' hierarchy
-(space_hierarchy.yaml), for other servers."""
+(space_hierarchy.yaml), for other servers. A server the room's ACL denies gets 403
+``M_FORBIDDEN`` for its hierarchy, as for the room's other federation routes."""
 
 from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
 from pocketserver.api.common import json_body, json_response, query_bool, query_int, services
-from pocketserver.api.federation.auth import authenticated_origin
+from pocketserver.api.federation.auth import authenticated_origin, check_server_acl
 from pocketserver.errors import BadJson
 from pocketserver.services.params import get_dict, get_int, get_str
 
@@ -38,5 +39,6 @@ async def public_rooms() -> Response:
 async def hierarchy(room_id: str) -> Response:
     """GET /_matrix/federation/v1/hierarchy/{roomId}?suggested_only="""
     origin = await authenticated_origin()
+    await check_server_acl(room_id, origin)
     suggested_only = query_bool("suggested_only")
     return json_response(await services().hierarchy.federation_hierarchy(origin, room_id, suggested_only=suggested_only))

@@ -2,8 +2,11 @@
 event_auth.yaml, backfill.yaml, timestamp_to_event): thin over
 :class:`~pocketserver.federation.hosting.RoomHosting`, which applies history visibility.
 
-``/state``, ``/state_ids``, ``/event_auth``, ``/backfill`` and ``/get_missing_events``
-are protected by the room's server ACL.
+``/state``, ``/state_ids``, ``/event_auth``, ``/backfill``, ``/get_missing_events`` and
+``/timestamp_to_event`` are protected by the room's server ACL, checked right after the
+request's signature and before anything in the request is looked at (a denied server
+gets 403 ``M_FORBIDDEN``, whatever else is wrong with its request); ``/event`` by the
+ACL of the room the event is in.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ async def get_missing_events(room_id: str) -> Response:
 async def timestamp_to_event(room_id: str) -> Response:
     """GET /_matrix/federation/v1/timestamp_to_event/{roomId}?ts=&dir="""
     origin = await authenticated_origin()
+    await check_server_acl(room_id, origin)
     ts = query_int("ts", None, minimum=0)
     if ts is None:
         raise MissingParam("Missing 'ts'")

@@ -24,6 +24,7 @@ from tests.api.helpers import auth_headers, create_room, register, send, sync
 from tests.federation.servers import start_federating_server
 
 FED = "/_matrix/federation"
+JsonPdu = dict[str, Any]
 
 
 @dataclass
@@ -149,7 +150,9 @@ async def test_invite_to_a_blocking_user_is_403_m_invite_blocked(signed: Signed)
 async def test_a_v1_invite_is_countersigned_and_shown_to_the_invitee(signed: Signed) -> None:
     """The deprecated ``PUT /v1/invite``: the body is the event, the answer
     ``[200, {"event"}]`` with our signature added; the invitee's /sync shows it. An
-    unsigned invite is refused (M_INVALID_PARAM, as invites-v1 asks)."""
+    invite its server did not sign, or signed with a bad signature, is refused with 403
+    M_FORBIDDEN, as send_join, send_leave and send_knock refuse such events (and as
+    Synapse answers; invites-v1 mandates no code)."""
     s = signed
     async with httpx.AsyncClient(base_url=s.target.urls[0]) as http:
         carol, token, _ = await register(http, "carol")
@@ -168,8 +171,14 @@ async def test_a_v1_invite_is_countersigned_and_shown_to_the_invitee(signed: Sig
         "prev_events": [], "auth_events": [], "origin": s.origin_name,
     }, s.origin_name, s.origin.services.signing_key, rv)
     unsigned_invite = dict(invite, signatures={})
-    r = await s.request("PUT", f"{FED}/v1/invite/{_q(room_id)}/{_q(eid)}", unsigned_invite)
-    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
+    key_id = s.origin.services.signing_key.key_id
+    badly_signed = dict(invite, signatures={s.origin_name: {key_id: invite["signatures"][s.origin_name][key_id][::-1]}})
+    for refused in (unsigned_invite, badly_signed):
+        r = await s.request("PUT", f"{FED}/v1/invite/{_q(room_id)}/{_q(eid)}", refused)
+        assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", r.text
+        r = await s.request("PUT", f"{FED}/v2/invite/{_q(room_id)}/{_q(eid)}",
+                            {"room_version": "1", "event": refused, "invite_room_state": [create]})
+        assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", r.text
     body = dict(invite, unsigned={"invite_room_state": [create]})
     r = await s.request("PUT", f"{FED}/v1/invite/{_q(room_id)}/{_q(eid)}", body)
     assert r.status_code == 200, r.text
@@ -236,6 +245,86 @@ async def test_malformed_signed_requests_get_the_spec_errors(signed: Signed) -> 
     assert r.status_code == 200 and [c["room_id"] for c in r.json()["chunk"]] == [s.room_id]
     r = await s.request("POST", f"{FED}/v1/publicRooms", {"filter": {"generic_search_term": "zzz"}})
     assert r.status_code == 200 and r.json()["chunk"] == []
+
+
+def _invite(s: Signed, sender: str, invitee: str, state: dict[tuple[str, str], JsonPdu], prev: JsonPdu) -> tuple[JsonPdu, str]:
+    """An invite of ``invitee`` by ``sender`` (a user of the origin) into ``s.room_id``,
+    on top of ``prev``, signed by the origin."""
+    rv = KNOWN_ROOM_VERSIONS[state[("m.room.create", "")]["content"].get("room_version", "1")]
+    fields = {"type": "m.room.member", "sender": sender, "state_key": invitee, "content": {"membership": "invite"}}
+    auth = [Event.from_pdu(state[k], rv).event_id for k in auth_types_for_event(fields, rv) if k in state]
+    pdu = sign_event({
+        **fields, "room_id": s.room_id, "origin_server_ts": prev["origin_server_ts"] + 1, "depth": prev["depth"] + 1,
+        "prev_events": [Event.from_pdu(prev, rv).event_id], "auth_events": sorted(auth),
+    }, s.origin_name, s.origin.services.signing_key, rv)
+    return pdu, Event.from_pdu(pdu, rv).event_id
+
+
+async def test_a_server_the_acl_denies_gets_403_on_every_room_route_whatever_it_sends(signed: Signed) -> None:
+    """Before the room's ``m.room.server_acl`` names it, the origin's requests are
+    answered (an invite for a user with no account yet is countersigned; an empty
+    get_missing_events asks for nothing); after, every room-scoped route answers 403
+    M_FORBIDDEN first, whatever else is wrong with the request (an empty body, missing
+    parameters, unknown users and events)."""
+    s = signed
+    async with httpx.AsyncClient(base_url=s.origin.urls[0]) as ho, httpx.AsyncClient(base_url=s.target.urls[0]) as ht:
+        bob, bob_token, _ = await register(ho, "bob")
+        r = await ho.post(f"/_matrix/client/v3/join/{_q(s.room_id)}", params={"via": s.target_name},
+                          json={}, headers=auth_headers(bob_token))
+        assert r.status_code == 200, r.text
+        msg = await send(ht, s.alice_token, s.room_id, {"msgtype": "m.text", "body": "before the ban"})
+    room, ev = _q(s.room_id), _q(msg)
+    r = await s.request("GET", f"{FED}/v1/state/{room}?event_id={ev}")
+    assert r.status_code == 200, r.text
+    state = {(p["type"], p["state_key"]): p for p in r.json()["pdus"]}
+    r = await s.request("GET", f"{FED}/v1/event/{ev}")
+    assert r.status_code == 200, r.text
+    prev = r.json()["pdus"][0]
+    ghost = f"@ghost:{s.target_name}"  # no account on the target
+    invite, invite_id = _invite(s, bob, ghost, state, prev)
+    invite_body = {"room_version": state[("m.room.create", "")]["content"]["room_version"], "event": invite,
+                   "invite_room_state": [state[("m.room.create", "")]]}
+    r = await s.request("PUT", f"{FED}/v2/invite/{room}/{_q(invite_id)}", invite_body)
+    assert r.status_code == 200, r.text
+    assert set(r.json()["event"]["signatures"]) == {s.origin_name, s.target_name}
+    r = await s.request("POST", f"{FED}/v1/get_missing_events/{room}", {})
+    assert (r.status_code, r.json()) == (200, {"events": []}), r.text
+
+    async with httpx.AsyncClient(base_url=s.target.urls[0]) as ht:
+        host = s.origin_name.rsplit(":", 1)[0]
+        r = await ht.put(f"/_matrix/client/v3/rooms/{room}/state/m.room.server_acl/",
+                         json={"deny": [host], "allow": ["*"]}, headers=auth_headers(s.alice_token))
+        assert r.status_code == 200, r.text
+    invite2, invite2_id = _invite(s, bob, f"@ghost2:{s.target_name}", state, prev)
+    nobody, no_event = _q(f"@nobody:{s.origin_name}"), _q("$nosuchevent")
+    cases: list[tuple[str, str, Any]] = [
+        ("GET", f"{FED}/v1/make_join/{room}/{nobody}", None),
+        ("PUT", f"{FED}/v1/send_join/{room}/{no_event}", {}),
+        ("PUT", f"{FED}/v2/send_join/{room}/{no_event}", {}),
+        ("GET", f"{FED}/v1/make_leave/{room}/{nobody}", None),
+        ("PUT", f"{FED}/v1/send_leave/{room}/{no_event}", {}),
+        ("PUT", f"{FED}/v2/send_leave/{room}/{no_event}", {}),
+        ("GET", f"{FED}/v1/make_knock/{room}/{nobody}", None),
+        ("PUT", f"{FED}/v1/send_knock/{room}/{no_event}", {}),
+        ("PUT", f"{FED}/v2/invite/{room}/{_q(invite2_id)}", dict(invite_body, event=invite2)),
+        ("PUT", f"{FED}/v2/invite/{room}/{no_event}", {}),
+        ("PUT", f"{FED}/v1/invite/{room}/{no_event}", {}),
+        ("GET", f"{FED}/v1/state/{room}", None),
+        ("GET", f"{FED}/v1/state_ids/{room}?event_id={ev}", None),
+        ("GET", f"{FED}/v1/event_auth/{room}/{no_event}", None),
+        ("GET", f"{FED}/v1/backfill/{room}", None),
+        ("POST", f"{FED}/v1/get_missing_events/{room}", {}),
+        ("GET", f"{FED}/v1/timestamp_to_event/{room}", None),
+        ("GET", f"{FED}/v1/hierarchy/{room}?suggested_only=perhaps", None),
+        ("PUT", f"{FED}/v1/exchange_third_party_invite/{room}", {}),
+        ("GET", f"{FED}/v1/event/{ev}", None),
+    ]
+    problems = []
+    for method, uri, body in cases:
+        r = await s.request(method, uri, body)
+        if r.status_code != 403 or r.json().get("errcode") != "M_FORBIDDEN":
+            problems.append(f"{method} {uri}: {r.status_code} {r.text[:200]}")
+    assert not problems, "\n".join(problems)
 
 
 async def test_hierarchy_lists_the_space_children_a_server_may_join(signed: Signed) -> None:
