@@ -1,0 +1,130 @@
+"""Room rules that play out across two real pocketservers on loopback, seen by their
+users through the client API: bans, guest access revoked, history visibility in
+backfill, erased users' messages, /messages from a sync's prev_batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import trio
+
+from pocketserver.server import RunningServer
+from tests.api.helpers import auth_headers, create_room, register
+from tests.federation.servers import start_federating_server
+
+WAIT_S = 30.0
+C = "/_matrix/client/v3"
+
+
+def _q(s: str) -> str:
+    return quote(s, safe="")
+
+
+async def _poll(what: str, check: Any) -> Any:
+    """``await check()`` until it returns something truthy; bounded in time and rounds."""
+    deadline = trio.current_time() + WAIT_S
+    for _ in range(600):
+        got = await check()
+        if got:
+            return got
+        if trio.current_time() > deadline:
+            break
+        await trio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Pair:
+    """``a`` hosts the rooms (alice), ``b`` is the other server (bob)."""
+
+    a: RunningServer
+    b: RunningServer
+    ha: httpx.AsyncClient
+    hb: httpx.AsyncClient
+    alice: str
+    alice_token: str
+    bob: str
+    bob_token: str
+
+    @property
+    def a_name(self) -> str:
+        return str(self.a.services.config.server_name)
+
+
+@pytest.fixture
+async def pair(nursery: trio.Nursery, tmp_path: Path) -> Any:
+    a = await start_federating_server(nursery, tmp_path / "a")
+    b = await start_federating_server(nursery, tmp_path / "b")
+    async with httpx.AsyncClient(base_url=a.urls[0], timeout=30) as ha, \
+            httpx.AsyncClient(base_url=b.urls[0], timeout=30) as hb:
+        alice, alice_token, _ = await register(ha, "alice")
+        bob, bob_token, _ = await register(hb, "bob")
+        yield Pair(a, b, ha, hb, alice, alice_token, bob, bob_token)
+
+
+async def _join_remote(p: Pair, http: httpx.AsyncClient, token: str, room_id: str) -> httpx.Response:
+    return await http.post(f"{C}/join/{_q(room_id)}", params={"server_name": p.a_name}, json={},
+                           headers=auth_headers(token))
+
+
+async def _membership_on(http: httpx.AsyncClient, token: str, room_id: str, user: str) -> str | None:
+    r = await http.get(f"{C}/rooms/{_q(room_id)}/state/m.room.member/{_q(user)}", headers=auth_headers(token))
+    return r.json().get("membership") if r.status_code == 200 else None
+
+
+async def test_a_remote_banned_user_loses_the_room_on_their_server_until_unbanned(pair: Pair) -> None:
+    p = pair
+    room_id = await create_room(p.ha, p.alice_token, preset="public_chat")
+    r = await _join_remote(p, p.hb, p.bob_token, room_id)
+    assert r.status_code == 200, r.text
+    r = await p.ha.post(f"{C}/rooms/{_q(room_id)}/ban", json={"user_id": p.bob, "reason": "spam"},
+                        headers=auth_headers(p.alice_token))
+    assert r.status_code == 200, r.text
+
+    async def bob_shut_out() -> bool:
+        r = await p.hb.get(f"{C}/rooms/{_q(room_id)}/state/m.room.member/{_q(p.bob)}",
+                           headers=auth_headers(p.bob_token))
+        return r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+
+    # Bob's own server learns of the ban and no longer shows him the room's state...
+    await _poll("bob's server to apply the ban", bob_shut_out)
+    r = await p.hb.get(f"{C}/rooms/{_q(room_id)}/state", headers=auth_headers(p.bob_token))
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    # ... he may not come back, nor be invited or kicked, until alice unbans him.
+    r = await _join_remote(p, p.hb, p.bob_token, room_id)
+    assert r.status_code == 403, r.text
+    for action in ("invite", "kick"):
+        r = await p.ha.post(f"{C}/rooms/{_q(room_id)}/{action}", json={"user_id": p.bob},
+                            headers=auth_headers(p.alice_token))
+        assert r.status_code == 403, (action, r.text)
+    r = await p.ha.post(f"{C}/rooms/{_q(room_id)}/unban", json={"user_id": p.bob},
+                        headers=auth_headers(p.alice_token))
+    assert r.status_code == 200, r.text
+    r = await _join_remote(p, p.hb, p.bob_token, room_id)
+    assert r.status_code == 200, r.text
+    assert await _membership_on(p.ha, p.alice_token, room_id, p.bob) == "join"
+
+
+async def test_a_user_who_left_still_reads_the_state_as_it_was_a_banned_one_does_not(pair: Pair) -> None:
+    p = pair
+    room_id = await create_room(p.ha, p.alice_token, preset="public_chat", name="before")
+    carol, carol_token, _ = await register(p.ha, "carol")
+    r = await p.ha.post(f"{C}/join/{_q(room_id)}", json={}, headers=auth_headers(carol_token))
+    assert r.status_code == 200, r.text
+    r = await p.ha.post(f"{C}/rooms/{_q(room_id)}/leave", json={}, headers=auth_headers(carol_token))
+    assert r.status_code == 200, r.text
+    r = await p.ha.put(f"{C}/rooms/{_q(room_id)}/state/m.room.name/", json={"name": "after"},
+                       headers=auth_headers(p.alice_token))
+    assert r.status_code == 200, r.text
+    r = await p.ha.get(f"{C}/rooms/{_q(room_id)}/state/m.room.name/", headers=auth_headers(carol_token))
+    assert r.status_code == 200 and r.json() == {"name": "before"}
+    r = await p.ha.post(f"{C}/rooms/{_q(room_id)}/ban", json={"user_id": carol}, headers=auth_headers(p.alice_token))
+    assert r.status_code == 200, r.text
+    for path in ("state/m.room.name/", "state", "members"):
+        r = await p.ha.get(f"{C}/rooms/{_q(room_id)}/{path}", headers=auth_headers(carol_token))
+        assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", (path, r.text)
