@@ -177,7 +177,7 @@ def build_services(
         federation_client.authorization,
     )
     uia.email_identity = threepids.auth_stage
-    background: list[Any] = [("media", media.run), ("push", push.run)]
+    background: list[Any] = [("media", media.run), ("push", push.run), ("rooms", rooms.run)]
     appservices = AppserviceService(db, clock, notifier, outbound, registry, config.server_name)
     if registry:
         appservices.ensure_user = accounts.ensure_appservice_user
@@ -257,4 +257,5 @@ def build_services(
         if edus is not None:
             rf.intake.on_persisted.append(edus.on_remote_join)
             rf.remote.in_join_txn.append(edus.presence_on_join_in_txn)
+        rf.intake.on_persisted.append(rooms.on_remote_event)
     return svc

@@ -409,6 +409,18 @@ def local_members(conn: Conn, room_id: str) -> list[str]:
     ]
 
 
+def rooms_with_local_guests(conn: Conn) -> list[str]:
+    """The rooms a guest account of this server is joined to."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT r.room_id FROM room_memberships m"
+            " JOIN rooms r ON r.room_nid = m.room_nid JOIN users u ON u.user_id = m.user_id"
+            " WHERE m.membership = 'join' AND m.is_local = 1 AND u.is_guest = 1"
+        )
+    ]
+
+
 def has_local_member(conn: Conn, room_id: str) -> bool:
     """Whether a user of this server is joined to the room (this server is in it)."""
     row = conn.execute(

@@ -58,8 +58,9 @@ class Pair:
 
 @pytest.fixture
 async def pair(nursery: trio.Nursery, tmp_path: Path) -> Any:
-    a = await start_federating_server(nursery, tmp_path / "a")
-    b = await start_federating_server(nursery, tmp_path / "b")
+    guests = {"registration": {"allow_guests": True}}
+    a = await start_federating_server(nursery, tmp_path / "a", extra=guests)
+    b = await start_federating_server(nursery, tmp_path / "b", extra=guests)
     async with httpx.AsyncClient(base_url=a.urls[0], timeout=30) as ha, \
             httpx.AsyncClient(base_url=b.urls[0], timeout=30) as hb:
         alice, alice_token, _ = await register(ha, "alice")
@@ -128,3 +129,48 @@ async def test_a_user_who_left_still_reads_the_state_as_it_was_a_banned_one_does
     for path in ("state/m.room.name/", "state", "members"):
         r = await p.ha.get(f"{C}/rooms/{_q(room_id)}/{path}", headers=auth_headers(carol_token))
         assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", (path, r.text)
+
+
+async def test_guests_leave_when_another_server_revokes_guest_access(pair: Pair) -> None:
+    """modules/guest_access.md: when guest access is revoked, each guest member's own
+    server sets their membership to leave, also when the revocation came from a user
+    of another server."""
+    p = pair
+    room_id = await create_room(p.ha, p.alice_token, preset="public_chat")
+    r = await p.ha.put(f"{C}/rooms/{_q(room_id)}/state/m.room.guest_access/", json={"guest_access": "can_join"},
+                       headers=auth_headers(p.alice_token))
+    assert r.status_code == 200, r.text
+    r = await p.ha.get(f"{C}/rooms/{_q(room_id)}/state/m.room.power_levels/", headers=auth_headers(p.alice_token))
+    levels = r.json()
+    levels["users"][p.bob] = 50
+    r = await p.ha.put(f"{C}/rooms/{_q(room_id)}/state/m.room.power_levels/", json=levels,
+                       headers=auth_headers(p.alice_token))
+    assert r.status_code == 200, r.text
+    r = await _join_remote(p, p.hb, p.bob_token, room_id)
+    assert r.status_code == 200, r.text
+    r = await p.ha.post(f"{C}/register", params={"kind": "guest"}, json={})
+    assert r.status_code == 200, r.text
+    guest, guest_token = r.json()["user_id"], r.json()["access_token"]
+    r = await p.ha.post(f"{C}/rooms/{_q(room_id)}/join", json={}, headers=auth_headers(guest_token))
+    assert r.status_code == 200, r.text
+
+    async def bob_revokes() -> bool:  # once bob's server has his power level
+        r = await p.hb.put(f"{C}/rooms/{_q(room_id)}/state/m.room.guest_access/",
+                           json={"guest_access": "forbidden"}, headers=auth_headers(p.bob_token))
+        return r.status_code == 200
+
+    await _poll("bob's revocation of guest access", bob_revokes)
+
+    async def guest_left() -> bool:
+        return await _membership_on(p.ha, p.alice_token, room_id, guest) == "leave"
+
+    await _poll("the guest's leave on alice's server", guest_left)
+    # The guest's leave reaches bob's server too, and the guest cannot come back.
+    await _poll("the guest's leave on bob's server",
+                lambda: _is(_membership_on(p.hb, p.bob_token, room_id, guest), "leave"))
+    r = await p.ha.post(f"{C}/rooms/{_q(room_id)}/join", json={}, headers=auth_headers(guest_token))
+    assert r.status_code == 403, r.text
+
+
+async def _is(got: Any, want: Any) -> bool:
+    return await got == want
