@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from pocketserver.server import RunningServer
-from tests.api.helpers import auth_headers, create_room, register
+from tests.api.helpers import auth_headers, create_room, register, send
 from tests.federation.servers import start_federating_server
 
 WAIT_S = 30.0
@@ -174,3 +174,52 @@ async def test_guests_leave_when_another_server_revokes_guest_access(pair: Pair)
 
 async def _is(got: Any, want: Any) -> bool:
     return await got == want
+
+
+async def _remote_history(p: Pair, room_id: str) -> list[dict[str, Any]]:
+    """Everything bob's server shows him of the room, newest first: /messages pages of
+    10 (each page backfills from alice's server as needed) until there is no ``end``."""
+    out: list[dict[str, Any]] = []
+    params = {"dir": "b", "limit": "10"}
+    for _ in range(50):
+        r = await p.hb.get(f"{C}/rooms/{_q(room_id)}/messages", params=params, headers=auth_headers(p.bob_token))
+        assert r.status_code == 200, r.text
+        out += r.json()["chunk"]
+        if "end" not in r.json():
+            return out
+        params["from"] = r.json()["end"]
+    raise AssertionError("no end to the history")
+
+
+@pytest.mark.parametrize("visibility", ["joined", "shared"])
+async def test_history_from_before_a_remote_join_follows_history_visibility(pair: Pair, visibility: str) -> None:
+    """Bob joins from another server after messages were sent: with ``joined`` history
+    he sees none of them (his server backfills redacted copies and hides them), with
+    ``shared`` he reads them all; what follows his join he sees either way."""
+    p = pair
+    room_id = await create_room(p.ha, p.alice_token, preset="public_chat")
+    r = await p.ha.put(f"{C}/rooms/{_q(room_id)}/state/m.room.history_visibility/",
+                       json={"history_visibility": visibility}, headers=auth_headers(p.alice_token))
+    assert r.status_code == 200, r.text
+    for i in range(12):
+        if i == 6:  # a state event among them
+            carol, carol_token, _ = await register(p.ha, "carol")
+            r = await p.ha.post(f"{C}/join/{_q(room_id)}", json={}, headers=auth_headers(carol_token))
+            assert r.status_code == 200, r.text
+        await send(p.ha, p.alice_token, room_id, {"msgtype": "m.text", "body": f"before {i}"})
+    r = await _join_remote(p, p.hb, p.bob_token, room_id)
+    assert r.status_code == 200, r.text
+    after = await send(p.ha, p.alice_token, room_id, {"msgtype": "m.text", "body": "after"})
+
+    async def seen() -> list[dict[str, Any]] | None:
+        history = await _remote_history(p, room_id)
+        return history if any(e["event_id"] == after for e in history) else None
+
+    history = await _poll("alice's message after bob's join", seen)
+    bodies = [e["content"].get("body") for e in history if e["type"] == "m.room.message"]
+    if visibility == "joined":
+        assert bodies == ["after"]
+    else:
+        assert bodies == ["after"] + [f"before {i}" for i in reversed(range(12))]
+        assert any(e["type"] == "m.room.member" and e["state_key"] == carol for e in history)
+        assert history[-1]["type"] == "m.room.create"  # all the way back to the start
