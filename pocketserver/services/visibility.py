@@ -5,8 +5,8 @@ Client-server API, "Room History Visibility". For each event the rules read the 
 from the room's history ordered by stream position (backfilled history sorts before the
 rest), so one check over a page of events costs a few small queries. Backfilled events
 carry no state here: before the first timeline event with state (this server's join),
-the values in the state before that event apply, unless backfill brought an earlier
-change (server-server-api "Backfilling": the joined server applies the rules itself).
+the history visibility in the state before that event applies, unless backfill brought
+an earlier change (server-server-api "Backfilling": the joined server applies the rules itself).
 
 * ``world_readable``: everyone;
 * ``shared``: members at the event, and anyone joined now;
@@ -48,21 +48,14 @@ class VisibilityChecker:
         else:
             mem = []
         # History backfilled from another server sorts before this server's join, with
-        # no state of its own, and the state events in force then (the visibility, the
-        # user's membership) are usually not part of it: what applied before the first
-        # timeline event with state applies to it too, unless backfill brought a change.
-        member_key = ("m.room.member", user_id or "")
-        anchor = state_store.earliest_state_before(
-            conn, room_id, [HV_KEY] + ([member_key] if user_id is not None else [])
-        )
-        if anchor is not None:
-            anchor_pos, before = anchor
-            hv_before = before.get(HV_KEY)
-            if hv_before is not None and (not hv or hv[0][0] > anchor_pos):
-                hv.insert(0, (_ORIGIN, hv_before))
-            m_before = (before.get(member_key) or {}).get("membership")
-            if isinstance(m_before, str) and (not mem or mem[0][0] > anchor_pos):
-                mem.insert(0, (_ORIGIN, m_before))
+        # no state of its own, and the history_visibility event in force then is usually
+        # not part of it (nor of the timeline: it came with the join's state): what
+        # applied before the first timeline event with state applies to it too, unless
+        # backfill brought a change. Looked up only where it can matter.
+        if not hv or state_store.has_backfilled_history(conn, room_id):
+            anchor = state_store.earliest_state_before(conn, room_id, *HV_KEY)
+            if anchor is not None and anchor[1] is not None and (not hv or hv[0][0] > anchor[0]):
+                hv.insert(0, (_ORIGIN, anchor[1]))
         self._hv_pos = [p for p, _ in hv]
         self._hv_val = [
             c.get("history_visibility") if isinstance(c.get("history_visibility"), str) else "shared"

@@ -480,59 +480,47 @@ def user_membership_history(conn: Conn, room_id: str, user_id: str) -> list[tupl
     return out
 
 
-def _group_entry(conn: Conn, group: int, sk: int) -> int | None:
-    """The event_nid of one key in a state group (None: not in it), reading only the
-    group's chain entries for that key."""
-    row = conn.execute(
-        "WITH RECURSIVE chain(g, d) AS ("
-        "  SELECT ?, 0"
-        "  UNION ALL SELECT s.parent_nid, chain.d + 1 FROM state_groups s JOIN chain"
-        "  ON s.group_nid = chain.g WHERE s.parent_nid IS NOT NULL)"
-        " SELECT e.event_nid FROM state_group_entries e JOIN chain ON e.group_nid = chain.g"
-        " WHERE e.sk_nid = ? ORDER BY chain.d LIMIT 1",
-        (group, sk),
-    ).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+def has_backfilled_history(conn: Conn, room_id: str) -> bool:
+    """Whether history was backfilled into the room (negative stream positions)."""
+    return conn.execute(
+        "SELECT 1 FROM events WHERE room_nid = (SELECT room_nid FROM rooms WHERE room_id = ?)"
+        " AND stream_pos < 0 LIMIT 1",
+        (room_id,),
+    ).fetchone() is not None
 
 
-def earliest_state_before(
-    conn: Conn, room_id: str, keys: Iterable[tuple[str, str]]
-) -> tuple[int, dict[tuple[str, str], dict[str, Any] | None]] | None:
+def earliest_state_before(conn: Conn, room_id: str, etype: str, state_key: str) -> tuple[int, dict[str, Any] | None] | None:
     """The earliest event of the room's timeline whose state is known (the create
     event; in a room joined over federation, this server's join, before which
-    backfilled history sorts with no state of its own): its stream position and, for
-    each of ``keys``, the content in force just before it (None: not in the state).
-    None if no timeline event has state."""
-    rnid = room_nid(conn, room_id)
-    if rnid is None:
-        return None
-    # Backfilled events (negative positions) never have state: start at 0.
+    backfilled history sorts with no state of its own): its stream position and the
+    content of ``(etype, state_key)`` in the state just before it (None: not in that
+    state). None if no timeline event has state. One statement: the event's state
+    group is the state *after* it, so its own change is undone through replaces_nid,
+    else the key is read from the group's chain of deltas (nearest first)."""
     row = conn.execute(
-        "SELECT stream_pos, state_group, sk_nid, replaces_nid, rejected_reason FROM events"
-        " WHERE room_nid = ? AND stream_pos >= 0 AND state_group IS NOT NULL"
-        " ORDER BY stream_pos LIMIT 1",
-        (rnid,),
+        "WITH a AS (SELECT stream_pos, state_group, sk_nid, replaces_nid, rejected_reason FROM events"
+        "  WHERE room_nid = (SELECT room_nid FROM rooms WHERE room_id = ?)"
+        "  AND stream_pos >= 0 AND state_group IS NOT NULL ORDER BY stream_pos LIMIT 1),"
+        " k AS (SELECT sk_nid FROM state_keys WHERE type = ? AND state_key = ?),"
+        " chain(g, d) AS (SELECT state_group, 0 FROM a"
+        "  UNION ALL SELECT s.parent_nid, chain.d + 1 FROM state_groups s JOIN chain"
+        "  ON s.group_nid = chain.g WHERE s.parent_nid IS NOT NULL)"
+        " SELECT a.stream_pos, (SELECT json FROM events WHERE event_nid = CASE"
+        "  WHEN a.sk_nid = (SELECT sk_nid FROM k) AND a.rejected_reason IS NULL THEN a.replaces_nid"
+        "  ELSE (SELECT e.event_nid FROM state_group_entries e JOIN chain ON e.group_nid = chain.g"
+        "   WHERE e.sk_nid = (SELECT sk_nid FROM k) ORDER BY chain.d LIMIT 1) END)"
+        " FROM a",
+        (room_id, etype, state_key),
     ).fetchone()
     if row is None:
         return None
-    pos, group, own_sk, replaces, rejected = row
+    pos, blob = row
+    if blob is None:
+        return int(pos), None
     from pocketserver.storage.events import decode_pdu
 
-    out: dict[tuple[str, str], dict[str, Any] | None] = {}
-    for etype, skey in keys:
-        sk = lookup_state_key_nid(conn, etype, skey)
-        nid: int | None = None
-        if sk is not None:
-            # The group is the state *after* the event: undo the event's own change.
-            nid = replaces if sk == own_sk and rejected is None else _group_entry(conn, int(group), sk)
-        content: dict[str, Any] | None = None
-        if nid is not None:
-            blob = conn.execute("SELECT json FROM events WHERE event_nid = ?", (nid,)).fetchone()
-            if blob is not None:
-                c = decode_pdu(blob[0]).get("content")
-                content = c if isinstance(c, dict) else {}
-        out[(etype, skey)] = content
-    return int(pos), out
+    content = decode_pdu(blob).get("content")
+    return int(pos), content if isinstance(content, dict) else {}
 
 
 def state_history(conn: Conn, room_id: str, etype: str, state_key: str) -> list[tuple[int, dict[str, Any]]]:
