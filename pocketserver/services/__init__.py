@@ -209,7 +209,7 @@ def build_services(
         cas = CasService(config, db, clock, outbound, uia, accounts)
         uia.sso_enabled = True
         accounts.extra_login_flows.extend(cas.login_flows())
-    background: list[Any] = [("media", media.run), ("push", push.run)]
+    background: list[Any] = [("media", media.run), ("push", push.run), ("rooms", rooms.run)]
     expiry: EventExpiry | None = None
     if config.experimental.msc2228_self_destruct:
         from pocketserver.services.expiry import EventExpiry
@@ -304,4 +304,5 @@ def build_services(
         if expiry is not None:
             rf.intake.in_persist_txn.append(expiry.in_persist_txn)
             rf.intake.on_persisted.append(expiry.on_persisted)
+        rf.intake.on_persisted.append(rooms.on_remote_event)
     return svc

@@ -107,13 +107,18 @@ class RoomReader:
     # -- access --------------------------------------------------------------------------
 
     def _visible_state(self, conn: Conn, requester: Requester, room_id: str) -> StateMap:
-        """The state the requester may read, or Forbidden."""
+        """The state the requester may read, or Forbidden.
+
+        A member who left reads the state as it was when they left (the spec's "If the
+        user has left the room"); a banned user does not: a ban removes the user's
+        access, as Synapse does (it allows departed users only with membership
+        ``leave``), unless the room is world-readable."""
         if ev_store.get_room(conn, room_id) is None:
             raise Forbidden("You are not in this room")
         m = state_store.get_membership(conn, room_id, requester.user_id)
         if m is not None and m[0] == "join":
             return state_store.get_current_state_ids(conn, room_id)
-        if m is not None and m[0] in ("leave", "ban"):
+        if m is not None and m[0] == "leave":
             after = state_store.state_after_event(conn, m[1])
             if after is not None:
                 return after

@@ -13,6 +13,8 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+import trio
+
 from pocketserver.config import Config
 from pocketserver.errors import (
     BadJson,
@@ -118,6 +120,10 @@ class RoomService:
         # Application services (set when some are configured): namespaces, and asking
         # them about unknown aliases and users (services/appservices.py).
         self.appservices = AppserviceRegistry()
+        # Rooms whose guest access another server changed, for :meth:`run` (a set: at
+        # most one entry per room).
+        self._guest_rooms_due: set[str] = set()
+        self._guest_rooms_wakeup = trio.Event()
         self.query_alias: Callable[[str], Awaitable[bool]] | None = None
         self.query_user: Callable[[str], Awaitable[bool]] | None = None
 
@@ -252,6 +258,33 @@ class RoomService:
     async def _guests_can_join(self, room_id: str) -> bool:
         ga = await self.current_state_event(room_id, "m.room.guest_access") or {}
         return ga.get("guest_access") == "can_join"
+
+    # -- guests removed when another server revokes guest access -------------------------
+
+    async def on_remote_event(self, record: EventRecord) -> None:
+        """An event another server sent was stored (the federation intake's hook, called
+        under the room's lock, so the work is handed to :meth:`run`): guest access
+        revoked over federation makes this server's guests leave too."""
+        ev = record.event
+        if ev.type == "m.room.guest_access" and ev.state_key == "":
+            self._guest_rooms_due.add(ev.room_id)
+            self._guest_rooms_wakeup.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Remove local guests from rooms that no longer allow them: every room with a
+        joined local guest once at start (a revocation received just before a crash
+        is not lost), then each room whose guest access changed on another server."""
+        task_status.started()
+        due = set(await self.db.read(state_store.rooms_with_local_guests))
+        while True:
+            for room_id in sorted(due):
+                try:
+                    await self._remove_guests_unless_allowed(room_id)
+                except Exception:  # one room's failure must not stop the server
+                    log.exception("removing the guests of %s failed", room_id)
+            await self._guest_rooms_wakeup.wait()
+            self._guest_rooms_wakeup = trio.Event()
+            due, self._guest_rooms_due = self._guest_rooms_due, set()
 
     async def _remove_guests_unless_allowed(self, room_id: str) -> None:
         """Guest access revoked: the room's local guests leave (modules/guest_access.md

@@ -3,7 +3,10 @@
 Client-server API, "Room History Visibility". For each event the rules read the room's
 ``m.room.history_visibility`` and the user's membership *at that event*; both are taken
 from the room's history ordered by stream position (backfilled history sorts before the
-rest), so one check over a page of events costs two small queries.
+rest), so one check over a page of events costs a few small queries. Backfilled events
+carry no state here: before the first timeline event with state (this server's join),
+the history visibility in the state before that event applies, unless backfill brought
+an earlier change (server-server-api "Backfilling": the joined server applies the rules itself).
 
 * ``world_readable``: everyone;
 * ``shared``: members at the event, and anyone joined now;
@@ -29,6 +32,10 @@ from pocketserver.storage import state as state_store
 from pocketserver.storage.database import Conn
 from pocketserver.storage.events import EventRecord
 
+HV_KEY = ("m.room.history_visibility", "")
+# Before every stream position (backfilled history counts down from -1).
+_ORIGIN = -(2**62)
+
 
 class VisibilityChecker:
     """Precomputed histories of one (room, user) pair."""
@@ -36,15 +43,24 @@ class VisibilityChecker:
     def __init__(self, conn: Conn, room_id: str, user_id: str | None) -> None:
         self.user_id = user_id
         hv = state_store.state_history(conn, room_id, "m.room.history_visibility", "")
+        if user_id is not None:
+            mem = state_store.user_membership_history(conn, room_id, user_id)
+        else:
+            mem = []
+        # History backfilled from another server sorts before this server's join, with
+        # no state of its own, and the history_visibility event in force then is usually
+        # not part of it (nor of the timeline: it came with the join's state): what
+        # applied before the first timeline event with state applies to it too, unless
+        # backfill brought a change. Looked up only where it can matter.
+        if not hv or state_store.has_backfilled_history(conn, room_id):
+            anchor = state_store.earliest_state_before(conn, room_id, *HV_KEY)
+            if anchor is not None and anchor[1] is not None and (not hv or hv[0][0] > anchor[0]):
+                hv.insert(0, (_ORIGIN, anchor[1]))
         self._hv_pos = [p for p, _ in hv]
         self._hv_val = [
             c.get("history_visibility") if isinstance(c.get("history_visibility"), str) else "shared"
             for _, c in hv
         ]
-        if user_id is not None:
-            mem = state_store.user_membership_history(conn, room_id, user_id)
-        else:
-            mem = []
         self._mem_pos = [p for p, _ in mem]
         self._mem_val = [m for _, m in mem]
         self.current_membership = self._mem_val[-1] if self._mem_val else None

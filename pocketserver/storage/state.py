@@ -409,6 +409,18 @@ def local_members(conn: Conn, room_id: str) -> list[str]:
     ]
 
 
+def rooms_with_local_guests(conn: Conn) -> list[str]:
+    """The rooms a guest account of this server is joined to."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT r.room_id FROM room_memberships m"
+            " JOIN rooms r ON r.room_nid = m.room_nid JOIN users u ON u.user_id = m.user_id"
+            " WHERE m.membership = 'join' AND m.is_local = 1 AND u.is_guest = 1"
+        )
+    ]
+
+
 def has_local_member(conn: Conn, room_id: str) -> bool:
     """Whether a user of this server is joined to the room (this server is in it)."""
     row = conn.execute(
@@ -466,6 +478,49 @@ def user_membership_history(conn: Conn, room_id: str, user_id: str) -> list[tupl
         if isinstance(m, str):
             out.append((int(pos), m))
     return out
+
+
+def has_backfilled_history(conn: Conn, room_id: str) -> bool:
+    """Whether history was backfilled into the room (negative stream positions)."""
+    return conn.execute(
+        "SELECT 1 FROM events WHERE room_nid = (SELECT room_nid FROM rooms WHERE room_id = ?)"
+        " AND stream_pos < 0 LIMIT 1",
+        (room_id,),
+    ).fetchone() is not None
+
+
+def earliest_state_before(conn: Conn, room_id: str, etype: str, state_key: str) -> tuple[int, dict[str, Any] | None] | None:
+    """The earliest event of the room's timeline whose state is known (the create
+    event; in a room joined over federation, this server's join, before which
+    backfilled history sorts with no state of its own): its stream position and the
+    content of ``(etype, state_key)`` in the state just before it (None: not in that
+    state). None if no timeline event has state. One statement: the event's state
+    group is the state *after* it, so its own change is undone through replaces_nid,
+    else the key is read from the group's chain of deltas (nearest first)."""
+    row = conn.execute(
+        "WITH a AS (SELECT stream_pos, state_group, sk_nid, replaces_nid, rejected_reason FROM events"
+        "  WHERE room_nid = (SELECT room_nid FROM rooms WHERE room_id = ?)"
+        "  AND stream_pos >= 0 AND state_group IS NOT NULL ORDER BY stream_pos LIMIT 1),"
+        " k AS (SELECT sk_nid FROM state_keys WHERE type = ? AND state_key = ?),"
+        " chain(g, d) AS (SELECT state_group, 0 FROM a"
+        "  UNION ALL SELECT s.parent_nid, chain.d + 1 FROM state_groups s JOIN chain"
+        "  ON s.group_nid = chain.g WHERE s.parent_nid IS NOT NULL)"
+        " SELECT a.stream_pos, (SELECT json FROM events WHERE event_nid = CASE"
+        "  WHEN a.sk_nid = (SELECT sk_nid FROM k) AND a.rejected_reason IS NULL THEN a.replaces_nid"
+        "  ELSE (SELECT e.event_nid FROM state_group_entries e JOIN chain ON e.group_nid = chain.g"
+        "   WHERE e.sk_nid = (SELECT sk_nid FROM k) ORDER BY chain.d LIMIT 1) END)"
+        " FROM a",
+        (room_id, etype, state_key),
+    ).fetchone()
+    if row is None:
+        return None
+    pos, blob = row
+    if blob is None:
+        return int(pos), None
+    from pocketserver.storage.events import decode_pdu
+
+    content = decode_pdu(blob).get("content")
+    return int(pos), content if isinstance(content, dict) else {}
 
 
 def state_history(conn: Conn, room_id: str, etype: str, state_key: str) -> list[tuple[int, dict[str, Any]]]:
