@@ -1,13 +1,16 @@
 """Idle footprint: time to ready and resident memory of pocketserver and Synapse.
 
-    python3 benchmarks/bench_idle.py [--runs N] [--settle S]
+    python3 benchmarks/bench_idle.py [--runs N] [--settle S] [--no-federation]
 
 Each run starts each server on a fresh data folder (first start: database and keys are
 created), measures the time from spawn to the first 200 from /_matrix/client/versions,
 the RSS (VmRSS of the process tree) right then and after ``--settle`` seconds idle, then
 stops it. Servers are started one at a time so neither competes with the other's start.
 A second start on the same data folder (the usual restart) is measured too.
-Targets (issue 2): pocketserver idle RSS <= 55 MB, ready within 1 s.
+pocketserver runs with its federation services on (``[federation] enabled``, as a
+default install; ``--no-federation`` turns them off), like Synapse.
+Targets (issues 2 and 12): pocketserver idle RSS <= 55 MB with federation on, ready
+within 1 s.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from harness import (
 STARTERS = {"pocketserver": start_pocketserver, "synapse": start_synapse}
 
 
-def measure(name: str, workdir: Path, settle_s: float) -> dict[str, float]:
+def measure(name: str, workdir: Path, settle_s: float, federation: bool = True) -> dict[str, float]:
     server: ServerProcess | None = None
     try:
-        server = STARTERS[name](workdir)
+        if name == "pocketserver":
+            server = start_pocketserver(workdir, federation=federation)
+        else:
+            server = STARTERS[name](workdir)
         ready = wait_ready(server)
         rss_ready = server.rss_mb()
         time.sleep(settle_s)
@@ -48,6 +54,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--settle", type=float, default=5.0, help="seconds idle before the 2nd RSS")
     ap.add_argument("--only", choices=sorted(STARTERS), help="measure one server")
+    ap.add_argument("--no-federation", action="store_true", help="pocketserver without federation")
     args = ap.parse_args()
     names = [args.only] if args.only else ["pocketserver", "synapse"]
 
@@ -56,8 +63,9 @@ def main() -> int:
         for name in names:
             acc: dict[str, list[float]] = {}
             for run in range(args.runs):
-                first = measure(name, Path(tmp) / f"{name}-{run}", args.settle)
-                again = measure(name, Path(tmp) / f"{name}-{run}", args.settle)
+                fed = not args.no_federation
+                first = measure(name, Path(tmp) / f"{name}-{run}", args.settle, fed)
+                again = measure(name, Path(tmp) / f"{name}-{run}", args.settle, fed)
                 for k, v in first.items():
                     acc.setdefault(k, []).append(v)
                 for k, v in again.items():

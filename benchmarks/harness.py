@@ -194,9 +194,11 @@ def start_pocketserver(
     media_toml: str = "",
     executable: Path | None = None,
     extra_toml: str = "",
+    federation: bool = False,
 ) -> ServerProcess:
     """Start (or restart, on the same data) pocketserver in ``workdir``; ``media_toml``
-    adds lines to its ``[media]`` table, ``extra_toml`` more tables at the end.
+    adds lines to its ``[media]`` table, ``extra_toml`` more tables at the end;
+    ``federation`` turns the federation services on (no federation listener).
     ``executable``: a packaged pocketserver (pyinstaller.spec) to run instead of
     ``python3 -m pocketserver`` from this tree."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +223,7 @@ mode = "open"
 enabled = false
 
 [federation]
-enabled = false
+enabled = {"true" if federation else "false"}
 
 [media]
 url_preview_enabled = false

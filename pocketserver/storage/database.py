@@ -298,7 +298,12 @@ class Database:
         self.path = str(path)
         self._memory = self.path == ":memory:"
         self._writer = open_connection(self.path, durable=durable, cache_kib=cache_kib)
-        migrate(self._writer)
+        version_at_open = self._writer.execute("PRAGMA user_version").get
+        if migrate(self._writer) != version_at_open and not self._memory:
+            # A first start (or an upgrade) ran hundreds of statements through this
+            # connection: a fresh one leaves their cached statements and pages behind.
+            self._writer.close()
+            self._writer = open_connection(self.path, durable=durable, cache_kib=cache_kib)
         self._checkpointer: _Checkpointer | None = None
         if not self._memory:
             page_size = self._writer.execute("PRAGMA page_size").get
