@@ -509,18 +509,9 @@ class AccountsService:
         if not isinstance(username, str) or not username:
             raise BadJson("'username' must be a non-empty string")
         inhibit = body.get("inhibit_login", False)
-        want_refresh = body.get("refresh_token", False)
-        device_id = body.get("device_id")
-        display = body.get("initial_device_display_name")
-        if not isinstance(inhibit, bool) or not isinstance(want_refresh, bool):
-            raise BadJson("'inhibit_login' and 'refresh_token' must be booleans")
-        if device_id is not None and (not isinstance(device_id, str) or not device_id):
-            raise BadJson("'device_id' must be a non-empty string")
-        if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
-            raise InvalidParam("device_id too long")
-        if display is not None and not isinstance(display, str):
-            raise BadJson("'initial_device_display_name' must be a string")
-        _check_device_name(display)
+        if not isinstance(inhibit, bool):
+            raise BadJson("'inhibit_login' must be a boolean")
+        device_id, display, want_refresh = self._session_params(body)
         if username.startswith("@"):
             user_id = username
             if not is_valid_user_id(user_id) or not user_id.endswith(":" + self.server_name):
@@ -570,18 +561,7 @@ class AccountsService:
             raise MissingParam("Missing user identifier")
         if not reg.is_interested_in_user(user_id):
             raise MatrixError(400, "M_EXCLUSIVE", "This user is not in the application service's namespace")
-        device_id = body.get("device_id")
-        display = body.get("initial_device_display_name")
-        want_refresh = body.get("refresh_token", False)
-        if device_id is not None and (not isinstance(device_id, str) or not device_id):
-            raise BadJson("'device_id' must be a non-empty string")
-        if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
-            raise InvalidParam("device_id too long")
-        if display is not None and not isinstance(display, str):
-            raise BadJson("'initial_device_display_name' must be a string")
-        _check_device_name(display)
-        if not isinstance(want_refresh, bool):
-            raise BadJson("'refresh_token' must be a boolean")
+        device_id, display, want_refresh = self._session_params(body)
         user = await self.db.read(accounts.get_user, user_id)
         if user is None:
             raise Forbidden("Unknown user")
@@ -632,7 +612,7 @@ class AccountsService:
         if device_id is not None and (not isinstance(device_id, str) or not device_id):
             raise BadJson("'device_id' must be a non-empty string")
         if isinstance(device_id, str) and len(device_id) > MAX_DEVICE_ID:
-            raise MatrixError(400, "M_INVALID_PARAM", "device_id too long")
+            raise InvalidParam("device_id too long")
         if display is not None and not isinstance(display, str):
             raise BadJson("'initial_device_display_name' must be a string")
         _check_device_name(display)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,21 +345,6 @@ class AppserviceService:
             del q.typing[:-MAX_EPHEMERAL_PER_TXN]
             q.wake.set()
 
-    async def _wait_for_news(self, changed: trio.Event, wake: trio.Event) -> None:
-        """Until the stream moves, ephemeral data comes, or a minute passes."""
-        with trio.move_on_after(60):
-            async with trio.open_nursery() as waiters:
-
-                async def on_notify() -> None:
-                    await self.notifier.wait_for_change(60, changed)
-                    waiters.cancel_scope.cancel()
-
-                async def on_wake() -> None:
-                    await wake.wait()
-                    waiters.cancel_scope.cancel()
-
-                waiters.start_soon(on_notify)
-                waiters.start_soon(on_wake)
 
     def mark_alive(self, as_id: str) -> None:
         """The AS just made a request with its token: if we are backing off from it,
@@ -386,7 +371,7 @@ class AppserviceService:
                 await trio.sleep(0)
                 continue
             if txn is None:
-                await self._wait_for_news(changed, wake)
+                await self.notifier.wait_for_change_or(changed, wake, 60)
                 if wake.is_set():
                     q.wake = trio.Event()
                 continue
@@ -534,33 +519,25 @@ class AppserviceService:
     async def query_user(self, user_id: str) -> bool:
         """Ask the ASes whose namespaces hold ``user_id`` (a local user not known here);
         True when one answered that it exists now (it will have registered it)."""
-        for reg in self.registry.interested_in_user(user_id):
-            if not reg.url or user_id == reg.sender:
-                continue
-            try:
-                resp = await as_request(
-                    self.outbound, reg, "GET", "/_matrix/app/v1/users/" + quote(user_id, safe=""),
-                    timeout_s=self.query_timeout_s,
-                )
-            except AppserviceUnreachable as e:
-                log.info("application service %s: user query for %s failed: %s", reg.id, user_id, e)
-                continue
-            if resp.status == 200:
-                return True
-        return False
+        regs = [r for r in self.registry.interested_in_user(user_id) if user_id != r.sender]
+        return await self._query(regs, "users", user_id)
 
     async def query_alias(self, alias: str) -> bool:
         """Ask the ASes whose namespaces hold ``alias``; True when one says it made it."""
-        for reg in self.registry.interested_in_alias(alias):
+        return await self._query(self.registry.interested_in_alias(alias), "rooms", alias)
+
+    async def _query(self, regs: Iterable[Registration], kind: str, name: str) -> bool:
+        """``GET /_matrix/app/v1/{kind}/{name}`` to each AS in turn, until one answers 200."""
+        for reg in regs:
             if not reg.url:
                 continue
             try:
                 resp = await as_request(
-                    self.outbound, reg, "GET", "/_matrix/app/v1/rooms/" + quote(alias, safe=""),
+                    self.outbound, reg, "GET", f"/_matrix/app/v1/{kind}/" + quote(name, safe=""),
                     timeout_s=self.query_timeout_s,
                 )
             except AppserviceUnreachable as e:
-                log.info("application service %s: alias query for %s failed: %s", reg.id, alias, e)
+                log.info("application service %s: %s query for %s failed: %s", reg.id, kind, name, e)
                 continue
             if resp.status == 200:
                 return True

@@ -75,6 +75,7 @@ from pocketserver.services.auth import hash_token
 from pocketserver.services.clock import Clock
 from pocketserver.services.mailer import Mailer, MailError
 from pocketserver.services.openid import OpenIdService
+from pocketserver.services.params import get_str
 from pocketserver.storage import identity as store
 from pocketserver.storage.database import Database
 
@@ -114,14 +115,8 @@ def _opaque(body: Mapping[str, Any], key: str) -> str:
 
 
 def _string(body: Mapping[str, Any], key: str, *, required: bool = True, limit: int = 1024) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise MissingParam(f"Missing {key!r}")
-        return None
-    if not isinstance(value, str):
-        raise BadJson(f"{key!r} must be a string")
-    if len(value) > limit:
+    value = get_str(body, key, required=required)
+    if value is not None and len(value) > limit:
         raise InvalidParam(f"{key!r} is too long")
     return value
 

@@ -66,6 +66,23 @@ class Notifier:
         self._on_loop()
         return self._event
 
+    async def wait_for_change_or(self, changed: trio.Event, wake: trio.Event, timeout_s: float) -> None:
+        """For a background worker: until ``changed`` (taken with :meth:`change_event`
+        before the worker last read the stream) or ``wake`` is set, or the timeout."""
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as waiters:
+
+                async def on_change() -> None:
+                    await self.wait_for_change(timeout_s, changed)
+                    waiters.cancel_scope.cancel()
+
+                async def on_wake() -> None:
+                    await wake.wait()
+                    waiters.cancel_scope.cancel()
+
+                waiters.start_soon(on_change)
+                waiters.start_soon(on_wake)
+
     async def wait_for_change(self, timeout_s: float, event: trio.Event | None = None) -> bool:
         """Wait until ``event`` (default: the next notify()) is set or the timeout; True
         if woken."""

@@ -685,23 +685,8 @@ class PushService:
                 progressed = await self._step()
                 if progressed:
                     continue
-                await self._wait_for_news(wake, changed)
+                await self.notifier.wait_for_change_or(changed, wake, 60)
 
-    async def _wait_for_news(self, wake: trio.Event, changed: trio.Event) -> None:
-        """Until the stream moves, a pusher is set, or a minute passes."""
-        with trio.move_on_after(60):
-            async with trio.open_nursery() as waiters:
-
-                async def on_notify() -> None:
-                    await self.notifier.wait_for_change(60, changed)
-                    waiters.cancel_scope.cancel()
-
-                async def on_wake() -> None:
-                    await wake.wait()
-                    waiters.cancel_scope.cancel()
-
-                waiters.start_soon(on_notify)
-                waiters.start_soon(on_wake)
 
     def _start_position(self, conn: Conn) -> tuple[int, int]:
         stored = store.get_push_position(conn)

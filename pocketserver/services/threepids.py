@@ -43,6 +43,7 @@ from pocketserver.config import Config
 from pocketserver.errors import BadJson, Forbidden, MatrixError, MissingParam
 from pocketserver.services.clock import Clock
 from pocketserver.services.mailer import Mailer, MailError, validation_mail
+from pocketserver.services.params import get_str
 from pocketserver.services.ratelimit import RateLimiter
 from pocketserver.services.third_party_invites import (
     IdentityClient,
@@ -81,19 +82,8 @@ def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-def _str_field(body: Mapping[str, Any], key: str, *, required: bool = True) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise MissingParam(f"Missing {key!r}")
-        return None
-    if not isinstance(value, str):
-        raise BadJson(f"{key!r} must be a string")
-    return value
-
-
 def _client_secret(body: Mapping[str, Any]) -> str:
-    secret = _str_field(body, "client_secret")
+    secret = get_str(body, "client_secret", required=True)
     assert secret is not None
     if not CLIENT_SECRET.fullmatch(secret):
         raise MatrixError(400, "M_INVALID_PARAM", "client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
@@ -101,7 +91,7 @@ def _client_secret(body: Mapping[str, Any]) -> str:
 
 
 def _sid(body: Mapping[str, Any]) -> str:
-    sid = _str_field(body, "sid")
+    sid = get_str(body, "sid", required=True)
     assert sid is not None
     if not SID.fullmatch(sid):
         raise MatrixError(400, "M_INVALID_PARAM", "sid must be 1-255 characters of [0-9a-zA-Z.=_-]")
@@ -109,8 +99,8 @@ def _sid(body: Mapping[str, Any]) -> str:
 
 
 def _medium_address(body: Mapping[str, Any]) -> tuple[str, str]:
-    medium = _str_field(body, "medium")
-    address = _str_field(body, "address")
+    medium = get_str(body, "medium", required=True)
+    address = get_str(body, "address", required=True)
     assert medium is not None and address is not None
     if medium == "email":
         return medium, address.strip().lower()
@@ -193,7 +183,7 @@ class ThreepidService:
         """``POST …/email/requestToken`` for ``purpose`` (register, add, password)."""
         assert purpose in PURPOSES
         client_secret = _client_secret(body)
-        email = _str_field(body, "email")
+        email = get_str(body, "email", required=True)
         assert email is not None
         attempt = body.get("send_attempt")
         if attempt is None:
@@ -203,8 +193,8 @@ class ThreepidService:
         if not 0 <= attempt < 2**53:
             raise MatrixError(400, "M_INVALID_PARAM", "send_attempt out of range")
         for key in ("id_server", "id_access_token"):
-            _str_field(body, key, required=False)
-        next_link = _str_field(body, "next_link", required=False)
+            get_str(body, key)
+        next_link = get_str(body, "next_link")
         if next_link is not None and (
             len(next_link) > 2048 or not re.match(r"https?://[^\s]+\Z", next_link)
         ):
@@ -353,8 +343,8 @@ class ThreepidService:
         session ``sid`` validated to ``user_id``; the binding is remembered here."""
         client_secret = _client_secret(body)
         sid = _sid(body)
-        id_server = _str_field(body, "id_server")
-        token = _str_field(body, "id_access_token")
+        id_server = get_str(body, "id_server", required=True)
+        token = get_str(body, "id_access_token", required=True)
         assert id_server is not None and token is not None
         url = identity_url(id_server, "/_matrix/identity/v2/3pid/bind")
         try:
@@ -380,7 +370,7 @@ class ThreepidService:
     async def unbind(self, user_id: str, body: Mapping[str, Any]) -> str:
         """``POST /account/3pid/unbind``: ``success`` or ``no-support``."""
         medium, address = _medium_address(body)
-        id_server = _str_field(body, "id_server", required=False)
+        id_server = get_str(body, "id_server")
         if id_server is not None:
             identity_url(id_server, "/")
         return await self._unbind(user_id, medium, address, id_server)
@@ -389,7 +379,7 @@ class ThreepidService:
         """``POST /account/3pid/delete``: unbind where it is bound, then take the
         address off the account (nothing to take off is no error)."""
         medium, address = _medium_address(body)
-        id_server = _str_field(body, "id_server", required=False)
+        id_server = get_str(body, "id_server")
         if id_server is not None:
             identity_url(id_server, "/")
         result = await self._unbind(user_id, medium, address, id_server)
